@@ -1,0 +1,36 @@
+# Two commands do everything on a fresh machine: `make train` and `make test`.
+# Each creates .venv from the pinned requirements the first time.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Huge pages for glibc malloc: XLA allocates its temporaries afresh every step
+# (see docs/performance notes); harmless where transparent huge pages are off.
+export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
+CONFIG ?= configs/default.py
+WORKDIR ?= workdirs/default
+
+.PHONY: setup train eval test test-fast bench clean
+
+$(VENV)/.stamp: requirements.txt requirements-dev.txt pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements-dev.txt
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+setup: $(VENV)/.stamp
+
+train: setup
+	$(BIN)/python train.py --config $(CONFIG) --workdir $(WORKDIR)
+
+eval: setup
+	$(BIN)/python eval.py --config $(CONFIG) --workdir $(WORKDIR)
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache
