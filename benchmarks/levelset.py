@@ -1,0 +1,178 @@
+"""Times the level set evolution (T steps) forward and forward+backward.
+
+Compares the jit-compiled JAX `evolve` with the same computation in plain numpy
+(float32, forward only: numpy has no autodiff) and, where PyTorch is installed, with
+a PyTorch transcription of the authors' evolution (same operations as their
+`levelset_evolution`, 2 threads), forward and with gradients.
+
+    python benchmarks/levelset.py            # batch 10, 256x256, T=5
+    python benchmarks/levelset.py --batch 2 --size 128 --repeats 3
+"""
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from dlset_jax import levelset as ls  # noqa: E402
+
+
+def median_time(fn, repeats):
+  fn()  # compile / warm up
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
+
+
+def numpy_evolve(phi, vy, vx, g, steps, timestep=5.0, ratio=0.3, dt_max=30.0):
+  """float32 numpy evolution on (B, H, W) arrays."""
+  f32 = np.float32
+  for _ in range(steps):
+    phi = phi.copy()
+    phi[:, [0, -1], :] = phi[:, [2, -3], :]
+    phi[:, :, [0, -1]] = phi[:, :, [2, -3]]
+    py, px = np.gradient(phi, axis=(1, 2))
+    s = np.sqrt(px * px + py * py + f32(1e-10))
+    kappa = np.gradient(px / s, axis=2) + np.gradient(py / s, axis=1)
+    u = phi / f32(dt_max)
+    delta = np.where(np.abs(u) < ratio, f32(0.5) * (1 + np.cos(f32(np.pi) * u / ratio)),
+                     f32(0))
+    phi = phi + f32(timestep) * delta * (vx * px + vy * py + g * kappa)
+    py, px = np.gradient(phi, axis=(1, 2))
+    s = np.sqrt(px * px + py * py + f32(1e-10))
+    ps = np.where(s <= 1, np.sin(f32(2 * np.pi) * s) / f32(2 * np.pi), s - 1)
+    ps = np.where(np.abs(ps) <= 1e-10, f32(1), ps)
+    dps = ps / np.where(s <= 1e-10, f32(1), s)
+    lap = np.pad(phi[:, :-2, 1:-1] + phi[:, 2:, 1:-1] + phi[:, 1:-1, :-2] +
+                 phi[:, 1:-1, 2:] - 4 * phi[:, 1:-1, 1:-1], ((0, 0), (1, 1), (1, 1)),
+                 mode="edge")
+    reg = (np.gradient((dps - 1) * px, axis=2) + np.gradient((dps - 1) * py, axis=1) +
+           lap)
+    phi = phi + f32(0.2) * reg
+  return phi
+
+
+def torch_evolution(torch):
+  """PyTorch transcription of the authors' evolution (their operations, NCHW)."""
+  F = torch.nn.functional
+
+  def gradient(x):
+    gy = x.clone()
+    gy[..., 1:-1, :] = (x[..., 2:, :] - x[..., :-2, :]) / 2
+    gy[..., 0, :] = x[..., 1, :] - x[..., 0, :]
+    gy[..., -1, :] = x[..., -1, :] - x[..., -2, :]
+    gx = x.clone()
+    gx[..., 1:-1] = (x[..., 2:] - x[..., :-2]) / 2
+    gx[..., 0] = x[..., 1] - x[..., 0]
+    gx[..., -1] = x[..., -1] - x[..., -2]
+    return gy, gx
+
+  kernel = torch.tensor([[0., 1., 0.], [1., -4., 1.], [0., 1., 0.]])[None, None]
+
+  def dist_reg(phi):
+    py, px = gradient(phi)
+    s = torch.sqrt(px**2 + py**2 + 1e-10)
+    ps = torch.where(s <= 1, torch.sin(2 * np.pi * s) / (2 * np.pi), s - 1)
+    ps = torch.where(ps.abs() <= 1e-10, torch.ones_like(ps), ps)
+    dps = ps / torch.where(s <= 1e-10, torch.ones_like(s), s)
+    lap = F.pad(F.conv2d(phi, kernel), (1, 1, 1, 1), mode="replicate")
+    return gradient(dps * px - px)[1] + gradient(dps * py - py)[0] + lap
+
+  def evolve(phi, vf, g, steps):
+    vy, vx = vf[:, :1], vf[:, 1:]
+    for _ in range(steps):
+      phi = phi.clone()
+      phi[..., [0, -1], :] = phi[..., [2, -3], :]
+      phi[..., :, [0, -1]] = phi[..., :, [2, -3]]
+      py, px = gradient(phi)
+      s = torch.sqrt(px**2 + py**2 + 1e-10)
+      kappa = gradient(px / s)[1] + gradient(py / s)[0]
+      u = phi / 30
+      delta = 0.5 * (1 + torch.cos(np.pi * u / 0.3))
+      delta = torch.where(u.abs() < 0.3, delta, torch.zeros_like(delta))
+      phi = phi + 5 * delta * (vx * px + vy * py + g * kappa.detach())
+      phi = phi + 0.2 * dist_reg(phi.detach())
+    return phi
+
+  return evolve
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--batch", type=int, default=10)
+  parser.add_argument("--size", type=int, default=256)
+  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--repeats", type=int, default=5)
+  args = parser.parse_args()
+  b, n, t = args.batch, args.size, args.steps
+
+  rng = np.random.default_rng(0)
+  yy, xx = np.mgrid[:n, :n]
+  phi = np.clip(np.hypot(yy - n / 2, xx - n / 2) - n / 4, -30, 30)
+  phi = np.broadcast_to(phi, (b, n, n)).astype(np.float32)
+  motion = rng.normal(size=(b, n, n, 2)).astype(np.float32)
+  g = rng.uniform(size=(b, n, n)).astype(np.float32)
+  weights = rng.normal(size=(b, n, n, 1)).astype(np.float32)
+
+  phi_j = jnp.asarray(phi[..., None])
+  mot_j, g_j, w_j = jnp.asarray(motion), jnp.asarray(g[..., None]), jnp.asarray(weights)
+  fwd = jax.jit(lambda p, m, gg: ls.evolve(p, m, gg, steps=t))
+  obj = lambda p, m, gg: jnp.sum(ls.heaviside(ls.evolve(p, m, gg, steps=t)) * w_j)
+  bwd = jax.jit(jax.grad(obj, argnums=(0, 1, 2)))
+  rows = []
+  jax_fwd = median_time(lambda: fwd(phi_j, mot_j, g_j).block_until_ready(), args.repeats)
+  jax_bwd = median_time(lambda: jax.block_until_ready(bwd(phi_j, mot_j, g_j)),
+                        args.repeats)
+  np_fwd = median_time(
+      lambda: numpy_evolve(phi, motion[..., 0], motion[..., 1], g, t), args.repeats)
+  rows.append(("JAX (jit)", jax_fwd, jax_bwd))
+  rows.append(("numpy float32", np_fwd, float("nan")))
+
+  try:
+    import torch
+  except ImportError:
+    torch = None
+    print("PyTorch not installed: the authors'-style PyTorch row is skipped.")
+  if torch is not None:
+    torch.set_num_threads(2)
+    evolve = torch_evolution(torch)
+    p_t = torch.from_numpy(phi[:, None].copy())
+    v_t = torch.from_numpy(np.moveaxis(motion, -1, 1).copy())
+    g_t = torch.from_numpy(g[:, None].copy())
+    w_t = torch.from_numpy(np.moveaxis(weights, -1, 1).copy())
+
+    def torch_fwd():
+      with torch.no_grad():
+        evolve(p_t, v_t, g_t, t)
+
+    def torch_bwd():
+      leaves = [x.clone().requires_grad_(True) for x in (p_t, v_t, g_t)]
+      out = evolve(*leaves, t)
+      heav = 0.5 * (1 + 2 / np.pi * torch.atan(-out))
+      (heav * w_t).sum().backward()
+
+    rows.append((f"PyTorch {torch.__version__} (2 threads)",
+                 median_time(torch_fwd, args.repeats),
+                 median_time(torch_bwd, args.repeats)))
+
+  print(f"\nLevel set evolution, T={t}, batch {b}, {n}x{n}, float32, "
+        f"median of {args.repeats} (jax {jax.__version__}, {jax.devices()[0].platform})")
+  print(f"{'implementation':34s} {'forward ms':>11s} {'fwd+bwd ms':>11s} "
+        f"{'fwd speed-up of JAX':>20s} {'fwd+bwd speed-up':>17s}")
+  for name, f, fb in rows:
+    print(f"{name:34s} {f * 1e3:11.1f} {fb * 1e3:11.1f} {f / jax_fwd:20.1f}x "
+          f"{(fb / jax_bwd if fb == fb else float('nan')):16.1f}x")
+
+
+if __name__ == "__main__":
+  main()
