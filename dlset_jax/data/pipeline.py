@@ -1,0 +1,575 @@
+"""The input pipeline: grain over a TFDS data source, one element per OBJECT.
+
+Flow per object (docs/data.md, "Pipeline"):
+
+1. The data set's images are flattened to objects: element ``i`` is
+   ``(record, object)`` = ``index[i]`` (records in data-source order, objects in
+   stored order); objects whose mask is empty are skipped and counted.
+2. Training only, when ``augment``: a random horizontal flip, scale and
+   rotation about the object's centre, applied to image (bilinear) and mask
+   (nearest) together BEFORE the points are taken (only a window around the
+   object is resampled; outside the image is zero).
+3. Extreme points of the mask (left, right, top, bottom; ``(x, y)`` px): ties
+   broken at random and each coordinate jittered by an integer in
+   ``[-pert, pert]`` in training; exact (first pixel of a tie) in evaluation.
+4. ``targets.crop_box(points, relax)``, ``targets.crop_and_resize`` to
+   ``resolution`` (zero padding outside the image): image bilinear, mask nearest.
+5. Image: ``/255``, grey replicated to 3 channels, then ImageNet mean/std per
+   channel (the backbone is ImageNet-pretrained).
+6. Guidance channel from the points in crop coordinates, exactly
+   ``guidance.guidance_channel`` (heatmap in [0, 255], plus 255 * CM for
+   "heatmap+cm"; not rescaled further here).
+7. Targets on the crop: ``mask`` {0, 1}, ``sdt`` (truncated at ``dt_max``),
+   ``dt`` and ``direction`` = ``targets.direction_field(dt)`` (d/dy, d/dx).
+
+Steps 3 and 6 re-implement ``guidance.extreme_points`` / ``guidance.guidance_channel``
+in numpy (the JAX versions would initialise JAX in every worker process and
+recompile per image size); tests check that both agree.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from typing import Any
+
+import grain.python as grain
+import numpy as np
+from scipy import ndimage
+
+from dlset_jax import targets
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "TRAIN_KEYS",
+    "EVAL_KEYS",
+    "load_source",
+    "object_index",
+    "ObjectSource",
+    "extreme_points_np",
+    "guidance_channel_np",
+    "normalize_image",
+    "make_train_loader",
+    "make_eval_iterator",
+    "process_object",
+]
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+TRAIN_KEYS = ("image", "guidance", "mask", "sdt", "dt", "direction", "points", "class_id")
+EVAL_KEYS = TRAIN_KEYS + (
+    "box", "image_shape", "full_mask", "spacing", "id", "record_index", "object_index", "valid",
+)
+
+
+# --------------------------------------------------------------------------
+# Sources
+# --------------------------------------------------------------------------
+def load_source(name: str, data_dir, split: str, *, build: bool = True, manual_dir=None, config=None):
+    """A TFDS random-access data source of one split, building the data set if needed.
+
+    Args:
+      name: a builder of ``dlset_jax.data.builders`` (``synthetic_prostate``,
+        ``synthetic_fundus``, ``medical_volumes``, ``refuge_fundus``,
+        ``user_segmentation``, ``colin27_aal``), optionally with a config
+        (``"synthetic_prostate/tiny"``).
+      data_dir: TFDS data directory (built data sets live under it).
+      split: "train", "validation", "test" (TFDS split syntax such as
+        "train[:10]" works too).
+      build: build the data set when it is not there yet; with False a missing
+        data set raises FileNotFoundError.
+      manual_dir: directory with the user's files (real data sets); default
+        ``<data_dir>/downloads/manual``.
+      config: a BuilderConfig instance overriding the named config.
+
+    Returns:
+      ``tfds`` ArrayRecordDataSource (``len``, ``[i]`` -> dict of numpy arrays);
+      its ``dataset_info.metadata["class_names"]`` names the classes.
+    """
+    import tensorflow_datasets as tfds
+
+    from dlset_jax.data import builders
+
+    base, _, cfg_name = name.partition("/")
+    cls = builders.BUILDERS.get(base)
+    if cls is None:
+        raise ValueError(f"unknown data set {name!r}; known: {sorted(builders.BUILDERS)}")
+    kwargs: dict[str, Any] = {"data_dir": os.fspath(data_dir), "file_format": "array_record"}
+    if config is not None:
+        kwargs["config"] = config
+    elif cfg_name:
+        if cfg_name not in cls.builder_configs:
+            raise ValueError(f"unknown config {cfg_name!r} of {base}; known: {sorted(cls.builder_configs)}")
+        kwargs["config"] = cfg_name
+    builder = cls(**kwargs)
+    if not builder.is_prepared():
+        if not build:
+            raise FileNotFoundError(
+                f"data set {name!r} is not built under {data_dir} (expected {builder.data_dir}); "
+                "call load_source(..., build=True) to build it"
+            )
+        dl_config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir) if manual_dir else None)
+        builder.download_and_prepare(download_config=dl_config)
+    if split.split("[")[0] not in builder.info.splits:
+        raise ValueError(f"{name}: no split {split!r}; available: {list(builder.info.splits)}")
+    return builder.as_data_source(split=split)
+
+
+def object_index(source) -> tuple[np.ndarray, dict]:
+    """``(M, 2)`` int64 ``(record, object)`` pairs of every non-empty object, and counts.
+
+    Reads every record once. Objects whose mask has no foreground pixel are
+    skipped and counted in ``stats["empty_objects"]`` (never a crash).
+    """
+    pairs = []
+    stats = {"records": len(source), "objects": 0, "empty_objects": 0, "records_without_objects": 0}
+    for r in range(len(source)):
+        rec = source[r]
+        masks = np.asarray(rec["masks"])
+        if masks.shape[0] == 0:
+            stats["records_without_objects"] += 1
+        for k in range(masks.shape[0]):
+            if masks[k].any():
+                pairs.append((r, k))
+            else:
+                stats["empty_objects"] += 1
+    stats["objects"] = len(pairs)
+    if stats["empty_objects"]:
+        log.warning("object_index: skipped %d objects without foreground", stats["empty_objects"])
+    return np.asarray(pairs, np.int64).reshape(-1, 2), stats
+
+
+class ObjectSource(grain.RandomAccessDataSource):
+    """Random access to objects: element ``i`` = record ``index[i, 0]``, object ``index[i, 1]``."""
+
+    def __init__(self, source, index: np.ndarray | None = None):
+        self.source = source
+        if index is None:
+            index, self.stats = object_index(source)
+        else:
+            self.stats = {"objects": len(index)}
+        self.index = np.asarray(index, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i):
+        r, k = (int(v) for v in self.index[int(i)])
+        rec = self.source[r]
+        cid = np.asarray(rec["classes"])[k]
+        sid = rec["id"]
+        return {
+            "image": np.asarray(rec["image"]),
+            "mask": np.asarray(rec["masks"])[k] > 0,
+            "class_id": np.int32(cid),
+            "spacing": np.asarray(rec["spacing"], np.float32),
+            "id": sid.decode() if isinstance(sid, bytes) else str(sid),
+            "record_index": np.int64(r),
+            "object_index": np.int64(k),
+        }
+
+    def __repr__(self):
+        return f"ObjectSource({self.source!r}, objects={len(self)})"
+
+
+# --------------------------------------------------------------------------
+# Numpy versions of the core's guidance rules (checked against them in tests)
+# --------------------------------------------------------------------------
+def extreme_points_np(mask: np.ndarray, rng: np.random.Generator | None = None, pert: int = 0) -> np.ndarray:
+    """The rule of ``guidance.extreme_points`` in numpy.
+
+    Left/right: extreme column, row among its foreground pixels; top/bottom:
+    extreme row, column among its pixels. Without ``rng`` the first candidate
+    (smallest index) is taken; with it one uniformly at random, then each
+    coordinate gets an integer jitter in ``[-pert, pert]`` and is clipped to the
+    image. Returns float32 ``(4, 2)`` ``(x, y)``, order left, right, top, bottom.
+    """
+    fg = np.asarray(mask) != 0
+    if fg.ndim != 2:
+        raise ValueError(f"extreme_points_np: mask must be 2-D, got shape {fg.shape}")
+    if not fg.any():
+        raise ValueError(f"extreme_points_np: empty mask of shape {fg.shape}")
+    if pert > 0 and rng is None:
+        raise ValueError("extreme_points_np: pert > 0 needs an rng")
+    h, w = fg.shape
+    cols, rows = np.flatnonzero(fg.any(0)), np.flatnonzero(fg.any(1))
+    x0, x1, y0, y1 = cols[0], cols[-1], rows[0], rows[-1]
+
+    def pick(cands):
+        idx = np.flatnonzero(cands)
+        return idx[0] if rng is None else idx[rng.integers(len(idx))]
+
+    pts = np.array(
+        [[x0, pick(fg[:, x0])], [x1, pick(fg[:, x1])], [pick(fg[y0, :]), y0], [pick(fg[y1, :]), y1]],
+        np.float32,
+    )
+    if rng is not None and pert > 0:
+        pts += rng.integers(-pert, pert + 1, size=(4, 2)).astype(np.float32)
+        pts = np.clip(pts, 0.0, np.array([w - 1, h - 1], np.float32))
+    return pts
+
+
+def _segment_distance(xs, ys, a, b):
+    ex, ey = b[0] - a[0], b[1] - a[1]
+    len2 = ex * ex + ey * ey
+    dx, dy = xs - a[0], ys - a[1]
+    if len2 > 0:
+        t = np.clip((dx * ex + dy * ey) / max(len2, 1e-12), 0.0, 1.0)
+    else:
+        t = np.zeros_like(dx + dy)
+    return np.sqrt(np.maximum((dx - t * ex) ** 2 + (dy - t * ey) ** 2, 1e-20))
+
+
+def guidance_channel_np(points, height: int, width: int, mode: str = "heatmap+cm",
+                        sigma: float = 10.0, cm_variant: str = "paper") -> np.ndarray:
+    """``guidance.guidance_channel`` (FWHM heatmap) in numpy: ``(H, W, 1)`` float32."""
+    if mode not in ("heatmap", "heatmap+cm"):
+        raise ValueError(f"unknown guidance mode {mode!r}; expected 'heatmap' or 'heatmap+cm'")
+    if cm_variant not in ("paper", "authors"):
+        raise ValueError(f"unknown cm_variant {cm_variant!r}; expected 'paper' or 'authors'")
+    p = np.asarray(points, np.float64).reshape(4, 2)
+    xs = np.arange(width, dtype=np.float64)[None, :]
+    ys = np.arange(height, dtype=np.float64)[:, None]
+    coef = 4.0 * math.log(2.0) / sigma**2
+    m = np.zeros((height, width))
+    for px, py in p:
+        m = np.maximum(m, np.exp(-coef * ((xs - px) ** 2 + (ys - py) ** 2)))
+    g = 255.0 * (m - m.min()) / (m.max() - m.min() + 1e-10)
+    if mode == "heatmap+cm":
+        def scaled(a, b):
+            half = 0.5 * math.sqrt(max(float(np.sum((b - a) ** 2)), 1e-20))
+            return _segment_distance(xs, ys, a, b) / max(half, 0.5)
+
+        d_s1, d_s2 = scaled(p[0], p[1]), scaled(p[2], p[3])
+        d1 = np.minimum(d_s1, d_s2)
+        if cm_variant == "paper":
+            cm = 1.0 / (1.0 + d1 + np.sqrt(np.maximum(d_s1**2 + d_s2**2, 1e-20)))
+        else:
+            cm = 1.0 / (1.0 + d1 * (np.abs(d_s1) + np.abs(d_s2)))
+        g = g + 255.0 * cm
+    return g[..., None].astype(np.float32)
+
+
+def normalize_image(crop: np.ndarray) -> np.ndarray:
+    """``(R, R, C)`` crop in [0, 255] -> float32 ``(R, R, 3)``: /255, grey -> 3, ImageNet mean/std."""
+    x = np.asarray(crop, np.float32) / 255.0
+    if x.ndim == 2:
+        x = x[..., None]
+    if x.shape[-1] == 1:
+        x = np.repeat(x, 3, axis=-1)
+    return ((x - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)
+
+
+# --------------------------------------------------------------------------
+# Per-object processing
+# --------------------------------------------------------------------------
+def _augment_window(image, mask, rng, *, scale_range, max_rotation_deg, flip, margin):
+    """Flip/scale/rotate about the object centre; resample only a window around it.
+
+    Returns (image window (h, w, C) float32, mask window (h, w) bool), i.e. a
+    crop of the transformed full image (zero outside the original image) that
+    contains the transformed object plus ``margin`` px on every side.
+    """
+    ys, xs = np.nonzero(mask)
+    c = np.array([(ys.min() + ys.max()) / 2.0, (xs.min() + xs.max()) / 2.0])
+    s = rng.uniform(*scale_range)
+    th = np.deg2rad(rng.uniform(-max_rotation_deg, max_rotation_deg))
+    f = -1.0 if (flip and rng.uniform() < 0.5) else 1.0
+    rot = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+    fwd = s * rot @ np.diag([1.0, f])  # (y, x) -> (y, x), about c
+    inv = np.linalg.inv(fwd)
+    corners = np.array([[ys.min() - 1, xs.min() - 1], [ys.min() - 1, xs.max() + 1],
+                        [ys.max() + 1, xs.min() - 1], [ys.max() + 1, xs.max() + 1]], np.float64)
+    out = (corners - c) @ fwd.T + c
+    lo = np.floor(out.min(0)) - margin
+    hi = np.ceil(out.max(0)) + margin + 1
+    shape = tuple(int(v) for v in (hi - lo))
+    offset = c + inv @ (lo - c)
+    img = np.asarray(image, np.float32)
+    chans = [
+        ndimage.affine_transform(img[..., k], inv, offset=offset, output_shape=shape, order=1,
+                                 mode="grid-constant", cval=0.0)
+        for k in range(img.shape[-1])
+    ]
+    m = ndimage.affine_transform(mask.astype(np.float32), inv, offset=offset, output_shape=shape, order=0,
+                                 mode="grid-constant", cval=0.0) > 0.5
+    if not m.any():  # a sliver that vanished under down-scaling: keep the untransformed object
+        return None
+    return np.stack(chans, axis=-1), m
+
+
+def process_object(
+    image: np.ndarray,
+    mask: np.ndarray,
+    *,
+    resolution: int,
+    relax: int,
+    dt_max: float,
+    guidance_mode: str,
+    cm_variant: str,
+    sigma: float,
+    rng: np.random.Generator | None = None,
+    pert: int = 0,
+    augment: bool = False,
+    scale_range: tuple[float, float] = (0.75, 1.25),
+    max_rotation_deg: float = 20.0,
+    flip: bool = True,
+) -> dict[str, np.ndarray]:
+    """One object -> network inputs and targets (steps 2-7 of the module doc).
+
+    ``rng`` None means evaluation: exact points (first pixel of a tie), no
+    augmentation. Returns the TRAIN_KEYS (without class_id) plus ``box``
+    (crop box in the coordinates of ``image``; after augmentation in those of
+    the augmented window).
+    """
+    mask = np.asarray(mask) != 0
+    img = np.asarray(image)
+    if augment and rng is not None:
+        res = _augment_window(img, mask, rng, scale_range=scale_range, max_rotation_deg=max_rotation_deg,
+                              flip=flip, margin=relax + pert + 2)
+        if res is not None:
+            img, mask = res
+    pts = extreme_points_np(mask, rng, pert if rng is not None else 0)
+    box = targets.crop_box(pts, mask.shape, relax=relax)
+    crop = targets.crop_and_resize(img, box, resolution, order=1)
+    mcrop = targets.crop_and_resize(mask, box, resolution, order=0) > 0.5
+    if not mcrop.any():  # object thinner than a crop pixel: keep it visible
+        soft = targets.crop_and_resize(mask.astype(np.float32), box, resolution, order=1)
+        mcrop = soft >= soft.max()
+    sdt, dt = targets.signed_distance(mcrop, dt_max=dt_max)
+    cpts = targets.points_to_crop(pts, box, resolution)
+    return {
+        "image": normalize_image(crop),
+        "guidance": guidance_channel_np(cpts, resolution, resolution, guidance_mode, sigma, cm_variant),
+        "mask": mcrop.astype(np.float32)[..., None],
+        "sdt": sdt[..., None],
+        "dt": dt[..., None],
+        "direction": targets.direction_field(dt),
+        "points": cpts.astype(np.float32),
+        "box": np.asarray(box, np.int64),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    resolution: int
+    relax: int
+    dt_max: float
+    guidance_mode: str
+    cm_variant: str
+    sigma: float
+    pert: int = 0
+    augment: bool = False
+    scale_range: tuple = (0.75, 1.25)
+    max_rotation_deg: float = 20.0
+    flip: bool = True
+
+
+class TrainTransform(grain.RandomMapTransform):
+    """Per-object training example; randomness from grain's per-element rng."""
+
+    def __init__(self, opts: _Options):
+        self.opts = opts
+
+    def random_map(self, element, rng: np.random.Generator):
+        o = self.opts
+        out = process_object(
+            element["image"], element["mask"], rng=rng, pert=o.pert, augment=o.augment,
+            resolution=o.resolution, relax=o.relax, dt_max=o.dt_max, guidance_mode=o.guidance_mode,
+            cm_variant=o.cm_variant, sigma=o.sigma, scale_range=o.scale_range,
+            max_rotation_deg=o.max_rotation_deg, flip=o.flip,
+        )
+        out.pop("box")
+        out["class_id"] = np.int32(element["class_id"])
+        return out
+
+
+class EvalTransform(grain.MapTransform):
+    """Per-object evaluation example: exact points, plus what scoring in the image needs."""
+
+    def __init__(self, opts: _Options):
+        self.opts = opts
+
+    def map(self, element):
+        o = self.opts
+        out = process_object(
+            element["image"], element["mask"], rng=None, resolution=o.resolution, relax=o.relax,
+            dt_max=o.dt_max, guidance_mode=o.guidance_mode, cm_variant=o.cm_variant, sigma=o.sigma,
+        )
+        out.update(
+            class_id=np.int32(element["class_id"]),
+            image_shape=np.asarray(element["mask"].shape, np.int32),
+            full_mask=np.asarray(element["mask"], np.uint8),
+            spacing=element["spacing"],
+            id=element["id"],
+            record_index=element["record_index"],
+            object_index=element["object_index"],
+            valid=np.bool_(True),
+        )
+        return out
+
+
+class _EvalBatch:
+    """Stacks eval elements; pads the last batch to ``batch_size`` and the full masks to the largest."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+
+    def __call__(self, elements):
+        n, bs = len(elements), self.batch_size
+        elements = list(elements) + [elements[-1]] * (bs - n)
+        keys = TRAIN_KEYS + ("box", "image_shape", "spacing", "record_index", "object_index")
+        out = {k: np.stack([e[k] for e in elements]) for k in keys}
+        out["valid"] = np.arange(bs) < n
+        out["id"] = np.array([e["id"] for e in elements], dtype=object)
+        hmax = max(e["full_mask"].shape[0] for e in elements)
+        wmax = max(e["full_mask"].shape[1] for e in elements)
+        full = np.zeros((bs, hmax, wmax), np.uint8)
+        for i, e in enumerate(elements):
+            h, w = e["full_mask"].shape
+            full[i, :h, :w] = e["full_mask"]
+        out["full_mask"] = full
+        return out
+
+
+def _check_common(resolution, relax, dt_max, guidance_mode, cm_variant, sigma, batch_size):
+    if guidance_mode not in ("heatmap", "heatmap+cm"):
+        raise ValueError(f"guidance_mode must be 'heatmap' or 'heatmap+cm', got {guidance_mode!r}")
+    if cm_variant not in ("paper", "authors"):
+        raise ValueError(f"cm_variant must be 'paper' or 'authors', got {cm_variant!r}")
+    for name, v, lo in (("resolution", resolution, 2), ("relax", relax, 0), ("batch_size", batch_size, 1)):
+        if not isinstance(v, (int, np.integer)) or v < lo:
+            raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+    if not (dt_max > 0 and sigma > 0):
+        raise ValueError(f"dt_max and sigma must be > 0, got {dt_max}, {sigma}")
+
+
+def _ensure_absl_flags_parsed():
+    """grain's worker processes read absl flags; parse them if the program did not."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def _objects(source, shard_index: int, shard_count: int):
+    objs = source if isinstance(source, ObjectSource) else ObjectSource(source)
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
+    ds = grain.MapDataset.source(objs)
+    if shard_count > 1:
+        ds = ds[shard_index::shard_count]
+    if len(ds) == 0:
+        raise ValueError(f"no objects in shard {shard_index}/{shard_count} of {objs!r}")
+    return ds
+
+
+def _to_iter(ds, worker_count: int, worker_buffer_size: int, read_threads: int):
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(read_threads * 2, 1)))
+    if worker_count > 0:
+        _ensure_absl_flags_parsed()
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
+                                                         per_worker_buffer_size=worker_buffer_size))
+    return iter(it)
+
+
+def make_train_loader(
+    source,
+    *,
+    batch_size: int,
+    resolution: int = 256,
+    relax: int = 10,
+    pert: int = 5,
+    dt_max: float = 30.0,
+    guidance_mode: str = "heatmap+cm",
+    cm_variant: str = "paper",
+    sigma: float = 10.0,
+    augment: bool = False,
+    scale_range: tuple[float, float] = (0.75, 1.25),
+    max_rotation_deg: float = 20.0,
+    flip: bool = True,
+    seed: int = 0,
+    num_epochs: int | None = None,
+    num_steps: int | None = None,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    worker_count: int = 0,
+    worker_buffer_size: int = 2,
+    read_threads: int = 1,
+):
+    """Iterator over training batches (dicts of numpy arrays), checkpointable.
+
+    Objects of this shard (``source`` objects ``shard_index::shard_count``) are
+    shuffled per epoch (seeded), repeated ``num_epochs`` times (None: forever),
+    transformed with a per-element rng derived from ``seed`` and the element's
+    position, and batched with ``batch_size`` (per process; the last partial
+    batch of the whole stream is dropped). ``num_steps`` caps the number of
+    batches. Batch keys (B = batch_size, R = resolution)::
+
+        image (B,R,R,3) float32   guidance (B,R,R,1)   mask (B,R,R,1) {0,1}
+        sdt (B,R,R,1)   dt (B,R,R,1)   direction (B,R,R,2) (d/dy, d/dx)
+        points (B,4,2) (x, y) crop px   class_id (B,) int32
+
+    The returned grain ``DatasetIterator`` has ``get_state()`` / ``set_state()``:
+    restoring a saved state into a fresh loader made with the same arguments
+    continues with exactly the batches the original would have produced.
+    ``worker_count > 0`` uses that many worker processes (spawned: call it from
+    under ``if __name__ == "__main__":``); absl flags are marked parsed if
+    the program has not parsed them.
+
+    ``source``: a TFDS data source (``load_source``) or an :class:`ObjectSource`.
+    """
+    _check_common(resolution, relax, dt_max, guidance_mode, cm_variant, sigma, batch_size)
+    if pert < 0:
+        raise ValueError(f"pert must be >= 0, got {pert}")
+    opts = _Options(resolution=int(resolution), relax=int(relax), dt_max=float(dt_max),
+                    guidance_mode=guidance_mode, cm_variant=cm_variant, sigma=float(sigma), pert=int(pert),
+                    augment=bool(augment), scale_range=tuple(scale_range),
+                    max_rotation_deg=float(max_rotation_deg), flip=bool(flip))
+    ds = _objects(source, shard_index, shard_count)
+    ds = ds.seed(int(seed)).shuffle().repeat(num_epochs).random_map(TrainTransform(opts))
+    ds = ds.batch(batch_size, drop_remainder=True)
+    if num_steps is not None:
+        ds = ds[: int(num_steps)]
+    return _to_iter(ds, worker_count, worker_buffer_size, read_threads)
+
+
+def make_eval_iterator(
+    source,
+    *,
+    batch_size: int,
+    resolution: int = 256,
+    relax: int = 10,
+    dt_max: float = 30.0,
+    guidance_mode: str = "heatmap+cm",
+    cm_variant: str = "paper",
+    sigma: float = 10.0,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    worker_count: int = 0,
+    worker_buffer_size: int = 2,
+    read_threads: int = 1,
+):
+    """One pass over this shard's objects in index order, exact extreme points, no augmentation.
+
+    Every batch has exactly ``batch_size`` rows (the last is padded by
+    repeating its last object, with ``valid`` False on the padding), so a
+    jitted step sees one shape. Keys: the training keys plus
+
+        box (B,4) int64          crop box (y0, x0, y1, x1), end-exclusive, in ORIGINAL image px
+        image_shape (B,2) int32  (H, W) of each object's image
+        full_mask (B,Hmax,Wmax) uint8  the full-resolution mask, zero padded to the largest
+                                 image of the batch: object b is full_mask[b, :H_b, :W_b]
+        spacing (B,2) float32 mm (row, col)   id (B,) object (str)   valid (B,) bool
+        record_index (B,), object_index (B,) int64: (record, object) in the data source
+    """
+    _check_common(resolution, relax, dt_max, guidance_mode, cm_variant, sigma, batch_size)
+    opts = _Options(resolution=int(resolution), relax=int(relax), dt_max=float(dt_max),
+                    guidance_mode=guidance_mode, cm_variant=cm_variant, sigma=float(sigma))
+    ds = _objects(source, shard_index, shard_count).map(EvalTransform(opts))
+    ds = ds.batch(batch_size, drop_remainder=False, batch_fn=_EvalBatch(batch_size))
+    return _to_iter(ds, worker_count, worker_buffer_size, read_threads)
