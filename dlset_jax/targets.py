@@ -36,6 +36,7 @@ __all__ = [
     "crop_and_resize",
     "points_to_crop",
     "paste_back",
+    "polygon_mask",
 ]
 
 # 4-connected cross: a mask pixel is on the contour if one of its 4-neighbours
@@ -344,3 +345,36 @@ def paste_back(phi_crop, box, image_shape, background: float = 20.0, order: int 
         phi.astype(np.float32), coords, order=order, mode="nearest"
     )
     return out
+
+
+def polygon_mask(points, image_shape) -> np.ndarray:
+    """The filled quadrilateral through the four extreme points (the trivial baseline).
+
+    The polygon visits the points in the order left, top, right, bottom. A pixel is
+    inside when its centre is inside the polygon (even-odd rule) or within half a
+    pixel of an edge, so the four points themselves always belong to the mask.
+
+    Args:
+      points: ``(4, 2)`` ``(x, y)`` image px, order left, right, top, bottom.
+      image_shape: ``(H, W)`` (or ``(H, W, C)``).
+
+    Returns:
+      ``(H, W)`` bool.
+    """
+    pts = _as_points(points, "polygon_mask")
+    if pts.shape != (4, 2):
+        raise ValueError(f"polygon_mask: points must have shape (4, 2), got {pts.shape}")
+    h, w = _as_image_shape(image_shape, "polygon_mask")
+    poly = pts[[0, 2, 1, 3]].astype(np.float64)  # left, top, right, bottom
+    yy, xx = np.mgrid[:h, :w].astype(np.float64)
+    inside = np.zeros((h, w), bool)
+    near = np.zeros((h, w), bool)
+    for (ax, ay), (bx, by) in zip(poly, np.roll(poly, -1, axis=0)):
+        crosses = (ay > yy) != (by > yy)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x_cross = ax + (yy - ay) * (bx - ax) / (by - ay)
+        inside ^= crosses & (xx < x_cross)
+        dx, dy = bx - ax, by - ay
+        t = np.clip(((xx - ax) * dx + (yy - ay) * dy) / max(dx * dx + dy * dy, 1e-12), 0, 1)
+        near |= np.hypot(xx - (ax + t * dx), yy - (ay + t * dy)) <= 0.5
+    return inside | near

@@ -137,12 +137,15 @@ def test_train_loader_resumes_exactly(fundus):
 def test_train_loader_num_steps_and_shards(fundus):
     it = pipeline.make_train_loader(fundus, batch_size=2, seed=0, num_steps=3, **KW)
     assert len(list(it)) == 3
-    a = next(pipeline.make_train_loader(fundus, batch_size=6, pert=0, seed=0, shard_index=0, shard_count=2, **KW))
-    b = next(pipeline.make_train_loader(fundus, batch_size=6, pert=0, seed=0, shard_index=1, shard_count=2, **KW))
-    # The two shards hold disjoint halves of the 12 objects.
-    pa = {tuple(np.round(p, 3).ravel()) for p in a["points"]}
-    pb = {tuple(np.round(p, 3).ravel()) for p in b["points"]}
-    assert len(pa) == 6 and not pa & pb
+    shards = [pipeline.make_train_loader(fundus, batch_size=3, seed=0, shard_index=i,
+                                         shard_count=2, augment=True, **KW) for i in range(2)]
+    whole = pipeline.make_train_loader(fundus, batch_size=6, seed=0, augment=True, **KW)
+    # Two processes with 3 rows each see exactly the global batches of one process
+    # with 6 rows, augmentation and jitter included.
+    for _ in range(3):
+        a, b, w = next(shards[0]), next(shards[1]), next(whole)
+        for k in w:
+            np.testing.assert_array_equal(np.concatenate([a[k], b[k]]), w[k])
 
 
 # --------------------------------------------------------------------------

@@ -477,6 +477,37 @@ def _to_iter(ds, worker_count: int, worker_buffer_size: int, read_threads: int):
     return iter(it)
 
 
+class _BatchShard(grain.MapDataset):
+    """This process's rows of every global batch of a (transformed) element stream.
+
+    Element ``j`` is the parent's element at global position
+    ``(j // local) * (local * count) + index * local + j % local``: process
+    ``index`` of ``count`` gets rows ``[index * local, (index + 1) * local)`` of
+    each global batch. Random transforms upstream are seeded by the global
+    position, so P processes together see exactly the batches, augmentation
+    included, that one process with the global batch sees.
+    """
+
+    def __init__(self, parent: grain.MapDataset, index: int, count: int, local: int):
+        super().__init__(parent)
+        self._index, self._count, self._local = index, count, local
+
+    def __len__(self) -> int:
+        return (len(self._parent) // (self._local * self._count)) * self._local
+
+    def _position(self, j: int) -> int:
+        batch, row = divmod(int(j), self._local)
+        return batch * self._local * self._count + self._index * self._local + row
+
+    def __getitem__(self, j):
+        if isinstance(j, slice):
+            return self.slice(j)
+        return self._parent[self._position(j)]
+
+    def __str__(self) -> str:
+        return f"_BatchShard({self._index}/{self._count}, local={self._local})"
+
+
 def make_train_loader(
     source,
     *,
@@ -503,11 +534,14 @@ def make_train_loader(
 ):
     """Iterator over training batches (dicts of numpy arrays), checkpointable.
 
-    Objects of this shard (``source`` objects ``shard_index::shard_count``) are
-    shuffled per epoch (seeded), repeated ``num_epochs`` times (None: forever),
-    transformed with a per-element rng derived from ``seed`` and the element's
-    position, and batched with ``batch_size`` (per process; the last partial
-    batch of the whole stream is dropped). ``num_steps`` caps the number of
+    All objects are shuffled per epoch (seeded), repeated ``num_epochs`` times
+    (None: forever) and transformed with a per-element rng derived from ``seed``
+    and the element's position in that stream. With ``shard_count`` P > 1 the
+    stream is cut into global batches of ``P * batch_size`` and this process
+    takes rows ``[shard_index * batch_size, (shard_index + 1) * batch_size)`` of
+    each (only those elements are computed), so P processes together train on
+    exactly the batches of a single process with the global batch size.
+    ``batch_size`` is per process; the last partial batch is dropped. ``num_steps`` caps the number of
     batches. Batch keys (B = batch_size, R = resolution)::
 
         image (B,R,R,3) float32   guidance (B,R,R,1)   mask (B,R,R,1) {0,1}
@@ -530,8 +564,12 @@ def make_train_loader(
                     guidance_mode=guidance_mode, cm_variant=cm_variant, sigma=float(sigma), pert=int(pert),
                     augment=bool(augment), scale_range=tuple(scale_range),
                     max_rotation_deg=float(max_rotation_deg), flip=bool(flip))
-    ds = _objects(source, shard_index, shard_count)
+    ds = _objects(source, 0, 1)
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
     ds = ds.seed(int(seed)).shuffle().repeat(num_epochs).random_map(TrainTransform(opts))
+    if shard_count > 1:
+        ds = _BatchShard(ds, int(shard_index), int(shard_count), int(batch_size))
     ds = ds.batch(batch_size, drop_remainder=True)
     if num_steps is not None:
         ds = ds[: int(num_steps)]

@@ -1,0 +1,91 @@
+"""The deep level set network: dilated ResNet, skip fusion, four PSP heads.
+
+``DeepLevelSet()(x, train)`` maps a crop ``x`` of shape (B, H, W, in_channels)
+(image channels + guidance channel, NHWC) to a dict of float32 maps at the
+input resolution (bilinear, corners aligned):
+
+  ``phi0``   (B, H, W, 1)  initial level set function
+  ``motion`` (B, H, W, 2)  motion map M, channel 0 = y, channel 1 = x
+  ``g``      (B, H, W, 1)  curvature modulation, after a sigmoid
+  ``logits`` (B, H, W, 2)  class logits, channel 0 = object, 1 = background
+
+Parameters: top-level subtrees ``backbone`` (ResNet, torchvision names),
+``fusion`` and ``head_phi0`` / ``head_motion`` / ``head_g`` / ``head_logits``.
+``param_labels`` tells the backbone from the heads (the heads get 10x the
+learning rate in the authors' training). BatchNorm statistics live in the
+``batch_stats`` collection: apply with ``mutable=['batch_stats']`` when
+``train=True``.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dlset_jax.models.heads import PSPHead, SkipFusion, resize_bilinear
+from dlset_jax.models.resnet import ResNet
+
+# name -> output channels, in the order the authors' four heads are built.
+HEADS = {"phi0": 1, "motion": 2, "g": 1, "logits": 2}
+BACKBONE = "backbone"
+
+
+class DeepLevelSet(nn.Module):
+    depth: int = 101
+    width: int = 64
+    in_channels: int = 4
+    output_stride: int = 8
+    frozen_bn: bool = True
+    dtype: Any = jnp.float32
+    fusion_channels: int = 128
+    fusion_align_corners: bool = False
+    psp_channels: int = 128
+    psp_bins: Sequence[int] = (1, 2, 3, 6)
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        size = x.shape[1:3]
+        feats = ResNet(depth=self.depth, width=self.width, in_channels=self.in_channels,
+                       output_stride=self.output_stride, frozen_bn=self.frozen_bn,
+                       dtype=self.dtype, name=BACKBONE)(x, train)
+        fused = SkipFusion(channels=self.fusion_channels, align_corners=self.fusion_align_corners,
+                           dtype=self.dtype, name="fusion")(feats, train)
+        out = {}
+        for name, n_out in HEADS.items():
+            y = PSPHead(n_out, channels=self.psp_channels, bins=tuple(self.psp_bins),
+                        dtype=self.dtype, name=f"head_{name}")(fused, train)
+            out[name] = resize_bilinear(y.astype(jnp.float32), size, align_corners=True)
+        out["g"] = jax.nn.sigmoid(out["g"])
+        return out
+
+    def init_variables(self, rng, image_size: int | Sequence[int] = 64, batch: int = 1):
+        """``init`` on a zero input of the given size (any size works later)."""
+        hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        x = jnp.zeros((batch, *hw, self.in_channels), jnp.float32)
+        return self.init(rng, x, train=False)
+
+
+def param_labels(params, frozen_bn: bool = False):
+    """Same tree as ``params`` with leaves ``'backbone'`` or ``'head'``.
+
+    With ``frozen_bn=True`` the backbone's BatchNorm scale/bias leaves are
+    labelled ``'frozen'`` (give them ``optax.set_to_zero()`` so that weight decay
+    and momentum cannot move them either).
+    """
+    def label(path, _):
+        top = path[0].key
+        if top != BACKBONE:
+            return "head"
+        module = path[-2].key
+        if frozen_bn and (module.startswith("bn") or module == "downsample_bn"):
+            return "frozen"
+        return "backbone"
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def param_count(tree) -> int:
+    """Number of scalars in a (params) tree; works on ShapeDtypeStructs too."""
+    return int(sum(np.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree)))
