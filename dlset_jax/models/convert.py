@@ -31,7 +31,6 @@ import os
 import re
 from typing import Iterable, Mapping
 
-import jax
 import numpy as np
 
 IGNORED_SUFFIXES = ("num_batches_tracked",)
@@ -227,7 +226,7 @@ def import_torchvision_resnet(source, variables, subtree: str = "backbone") -> d
         template = {c: variables[c][subtree] for c in ("params", "batch_stats") if c in variables}
     new = convert_state_dict(sd, template, ignore_prefixes=BACKBONE_IGNORED_PREFIXES)
     if subtree is None:
-        return {**variables, **jax.tree_util.tree_map(np.asarray, new)}
+        return {**variables, **new}
     out = dict(variables)
     for c, tree in new.items():
         out[c] = {**variables[c], subtree: tree}

@@ -36,7 +36,7 @@ statistics stay float32, BatchNorm statistics are computed in float32.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax

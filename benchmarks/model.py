@@ -1,0 +1,251 @@
+"""Forward and training-step time of the whole DeepLevelSet network, JAX vs PyTorch.
+
+A training step is forward (train mode) + a loss on all four outputs + backward
++ SGD (momentum 0.9) update; the forward is inference (eval mode). Times are
+medians of ``--repeats`` runs after compilation / warm-up. By default each
+variant (framework x depth x size) runs in its own process, as in
+docs/performance.md. PyTorch runs the same architecture in plain torch.nn
+(``dlset_jax.models.torch_reference``) with ``--threads`` threads.
+
+  python benchmarks/model.py                                  # depths 18 50 101, 128 and 256 px
+  python benchmarks/model.py --depths 18 --sizes 64 --repeats 2   # quick
+
+Set ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` before starting Python (the
+Makefile does) for the allocation savings described in docs/performance.md.
+
+On a machine shared with other jobs, PyTorch with 2 OpenMP threads slows down
+by 10-20x whenever a core is taken (its threads wait for each other), which
+makes the ratio meaningless. Then pin everything to one core and interleave:
+
+  taskset -c 0 python benchmarks/model.py --threads 1 --interleave
+
+(Both then compute on one core; XLA also sizes its thread pools from the affinity mask.)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+
+def _model_kwargs(a, depth):
+    return dict(depth=depth, width=a.width, in_channels=4, output_stride=a.output_stride,
+                frozen_bn=not a.train_bn)
+
+
+def setup_jax(a, depth: int, size: int) -> dict:
+    """Compiled forward and train step of the Flax model (callables)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    from dlset_jax.models import DeepLevelSet
+
+    model = DeepLevelSet(**_model_kwargs(a, depth),
+                         dtype=jnp.bfloat16 if a.bf16 else jnp.float32)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(a.batch, size, size, 4)), jnp.float32)
+    targets = {
+        "phi0": jnp.asarray(rng.normal(size=(a.batch, size, size, 1)), jnp.float32),
+        "motion": jnp.asarray(rng.normal(size=(a.batch, size, size, 2)), jnp.float32),
+        "g": jnp.asarray(rng.uniform(size=(a.batch, size, size, 1)), jnp.float32),
+        "labels": jnp.asarray(rng.integers(0, 2, size=(a.batch, size, size)), jnp.int32),
+    }
+    variables = jax.jit(model.init)(jax.random.key(0, impl="unsafe_rbg"), x)
+    tx = optax.sgd(1e-3, momentum=0.9)
+    state = (variables["params"], variables["batch_stats"], tx.init(variables["params"]))
+
+    def loss_fn(params, batch_stats, x, t):
+        out, upd = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
+                               mutable=["batch_stats"])
+        loss = (jnp.mean(jnp.square(out["phi0"] - t["phi0"]))
+                + jnp.mean(jnp.square(out["motion"] - t["motion"]))
+                + jnp.mean(jnp.square(out["g"] - t["g"]))
+                + jnp.mean(optax.softmax_cross_entropy_with_integer_labels(out["logits"],
+                                                                           t["labels"])))
+        return loss, upd["batch_stats"]
+
+    @jax.jit
+    def train_step(state, x, t):
+        params, batch_stats, opt_state = state
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, batch_stats, x, t)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
+
+    @jax.jit
+    def forward(params, batch_stats, x):
+        return model.apply({"params": params, "batch_stats": batch_stats}, x, train=False)
+
+    t0 = time.perf_counter()
+    jax.block_until_ready(forward(state[0], state[1], x))
+    compile_fwd = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    state, loss = train_step(state, x, targets)
+    jax.block_until_ready(loss)
+    compile_step = time.perf_counter() - t0
+    holder = [state]
+
+    def fwd():
+        jax.block_until_ready(forward(holder[0][0], holder[0][1], x))
+
+    def step():
+        holder[0], loss = train_step(holder[0], x, targets)
+        jax.block_until_ready(loss)
+    return {"fwd": fwd, "step": step, "compile_s": compile_fwd + compile_step}
+
+
+def setup_torch(a, depth: int, size: int) -> dict:
+    """Forward and train step of the plain-PyTorch model (callables)."""
+    import torch
+    import torch.nn.functional as F
+
+    from dlset_jax.models.torch_reference import TorchDeepLevelSet
+
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    net = TorchDeepLevelSet(**_model_kwargs(a, depth))
+    x = torch.randn(a.batch, 4, size, size)
+    t = {"phi0": torch.randn(a.batch, 1, size, size), "motion": torch.randn(a.batch, 2, size, size),
+         "g": torch.rand(a.batch, 1, size, size),
+         "labels": torch.randint(0, 2, (a.batch, size, size))}
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=1e-3,
+                          momentum=0.9)
+
+    def forward():
+        net.eval()
+        with torch.no_grad():
+            net(x)
+
+    def step():
+        net.train()
+        opt.zero_grad(set_to_none=True)
+        out = net(x)
+        loss = (F.mse_loss(out["phi0"], t["phi0"]) + F.mse_loss(out["motion"], t["motion"])
+                + F.mse_loss(out["g"], t["g"]) + F.cross_entropy(out["logits"], t["labels"]))
+        loss.backward()
+        opt.step()
+
+    return {"fwd": forward, "step": step}
+
+
+SETUP = {"jax": setup_jax, "torch": setup_torch}
+
+
+def bench(a, frameworks, depth: int, size: int) -> dict:
+    """Set up every framework, warm up, then time. With several frameworks the
+    repeats alternate between them, so that a machine whose load changes over
+    time slows them alike (the ratio stays meaningful)."""
+    fns = {fw: SETUP[fw](a, depth, size) for fw in frameworks}
+    res = {fw: {k: v for k, v in f.items() if not callable(v)} for fw, f in fns.items()}
+    for kind in ("fwd", "step"):
+        for f in fns.values():
+            for _ in range(max(a.warmup, 1)):
+                f[kind]()
+        times = {fw: [] for fw in fns}
+        for _ in range(a.repeats):
+            for fw, f in fns.items():
+                t = time.perf_counter()
+                f[kind]()
+                times[fw].append(1e3 * (time.perf_counter() - t))
+        for fw in fns:
+            res[fw][f"{kind}_ms"] = statistics.median(times[fw])
+    return res
+
+
+def run_variant(a, frameworks, depth: int, size: int) -> dict:
+    """{framework: result}; a child process per framework, or one for all of
+    them with --interleave, or none with --no_isolate."""
+    if not a.isolate:
+        return bench(a, frameworks, depth, size)
+    groups = [frameworks] if a.interleave else [[fw] for fw in frameworks]
+    out = {}
+    for group in groups:
+        cmd = [sys.executable, os.path.abspath(__file__), "--_single",
+               f"{'+'.join(group)}:{depth}:{size}", *a.passthrough]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            err = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
+            out.update({fw: {"error": err or f"exit {proc.returncode}"} for fw in group})
+        else:
+            out.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return out
+
+
+def _fmt(v, spec="{:8.0f}"):
+    return spec.format(v) if isinstance(v, (int, float)) else f"{'-':>8}"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--depths", default="18,50,101")
+    p.add_argument("--sizes", default="128,256")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--output_stride", type=int, default=8)
+    p.add_argument("--train_bn", action="store_true", help="trainable backbone BatchNorm")
+    p.add_argument("--bf16", action="store_true", help="JAX: bfloat16 compute")
+    p.add_argument("--threads", type=int, default=2, help="PyTorch threads")
+    p.add_argument("--frameworks", default="jax,torch")
+    p.add_argument("--no_isolate", dest="isolate", action="store_false",
+                   help="run every variant in this process")
+    p.add_argument("--interleave", action="store_true",
+                   help="JAX and PyTorch in one process per (depth, size), repeats alternating "
+                        "(fairer ratios on a machine with a changing load)")
+    p.add_argument("--_single", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    a.passthrough = [s for i, s in enumerate(raw) if s != "--_single"
+                     and (i == 0 or raw[i - 1] != "--_single")]
+
+    if a._single:
+        fws, depth, size = a._single.split(":")
+        print(json.dumps(bench(a, fws.split("+"), int(depth), int(size))))
+        return
+
+    frameworks = a.frameworks.split(",")
+    if "torch" in frameworks:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            print("torch not importable: JAX only")
+            frameworks = [f for f in frameworks if f != "torch"]
+    import jax
+    print(f"jax {jax.__version__} ({jax.default_backend()}), batch {a.batch}, width {a.width}, "
+          f"output stride {a.output_stride}, frozen backbone BN {not a.train_bn}, "
+          f"{'bf16' if a.bf16 else 'fp32'}, median of {a.repeats}, torch threads {a.threads}, "
+          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}, "
+          f"{'one process' if not a.isolate else 'interleaved, one process per size' if a.interleave else 'one process per variant'}",
+          flush=True)
+    header = (f"{'depth':>5} {'size':>5} | {'jax fwd':>8} {'jax step':>8} {'compile':>8} | "
+              f"{'pt fwd':>8} {'pt step':>8} | {'fwd x':>6} {'step x':>6}")
+    print(header)
+    print("-" * len(header), flush=True)
+    for depth in (int(d) for d in a.depths.split(",")):
+        for size in (int(s) for s in a.sizes.split(",")):
+            r = run_variant(a, frameworks, depth, size)
+            j, t = r.get("jax", {}), r.get("torch", {})
+            ratio = lambda k: (j[k] / t[k]) if k in j and k in t else None
+            print(f"{depth:>5} {size:>5} | {_fmt(j.get('fwd_ms'))} {_fmt(j.get('step_ms'))} "
+                  f"{_fmt(j.get('compile_s'), '{:7.1f}s')} | {_fmt(t.get('fwd_ms'))} "
+                  f"{_fmt(t.get('step_ms'))} | {_fmt(ratio('fwd_ms'), '{:6.2f}')} "
+                  f"{_fmt(ratio('step_ms'), '{:6.2f}')}", flush=True)
+            for fw, res in r.items():
+                if "error" in res:
+                    print(f"      {fw} failed: {res['error']}", flush=True)
+    print("times in ms; ratios are JAX / PyTorch (>1: JAX slower)")
+
+
+if __name__ == "__main__":
+    main()

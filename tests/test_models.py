@@ -1,0 +1,327 @@
+"""Tests for dlset_jax.models (tiny widths, small inputs)."""
+import itertools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from dlset_jax.models import DeepLevelSet, HEADS, ResNet, create_model, param_count, param_labels
+from dlset_jax.models.heads import adaptive_avg_pool, resize_bilinear
+
+TINY = dict(width=8, fusion_channels=8, psp_channels=8)
+
+
+def tiny_model(**kw):
+    return DeepLevelSet(**{"depth": 18, **TINY, **kw})
+
+
+def fast_variables(model, shape, seed=0):
+    """Random variables of the right tree, filled with numpy.
+
+    ``jax.jit(model.init)`` spends ~10 s compiling the threefry initialisers even
+    for a tiny net; the tests only need some plausible values: He-normal
+    kernels, small biases, BatchNorm scale 1 and bias 0, statistics (0, 1).
+    """
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct(shape, jnp.float32))
+
+    def fill(path, leaf):
+        name = path[-1].key
+        if name == "kernel":
+            fan_in = np.prod(leaf.shape[:-1])
+            return jnp.asarray(rng.normal(size=leaf.shape) * np.sqrt(2.0 / fan_in), leaf.dtype)
+        if name in ("scale", "var"):
+            return jnp.ones(leaf.shape, leaf.dtype)
+        return jnp.asarray(rng.normal(size=leaf.shape) * 0.01, leaf.dtype) if name == "bias" \
+            else jnp.zeros(leaf.shape, leaf.dtype)
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+@pytest.fixture(scope="module")
+def tiny18():
+    """Depth 18, trainable BatchNorm, and its variables."""
+    model = tiny_model(frozen_bn=False)
+    return model, fast_variables(model, (1, 32, 32, 4))
+
+
+# ----------------------------------------------------------------------------- resampling
+
+def _bilinear_reference(x, oh, ow, align_corners):
+    """Per-pixel bilinear sampling written directly from PyTorch's formulas."""
+    b, h, w, c = x.shape
+
+    def src(i, n_in, n_out):
+        if align_corners:
+            return 0.0 if n_out == 1 else i * (n_in - 1) / (n_out - 1)
+        return max((i + 0.5) * n_in / n_out - 0.5, 0.0)
+
+    out = np.zeros((b, oh, ow, c))
+    for i in range(oh):
+        sy = src(i, h, oh)
+        y0 = min(int(np.floor(sy)), h - 1)
+        y1, wy = min(y0 + 1, h - 1), sy - y0
+        for j in range(ow):
+            sx = src(j, w, ow)
+            x0 = min(int(np.floor(sx)), w - 1)
+            x1, wx = min(x0 + 1, w - 1), sx - x0
+            out[:, i, j] = ((1 - wy) * (1 - wx) * x[:, y0, x0] + (1 - wy) * wx * x[:, y0, x1]
+                            + wy * (1 - wx) * x[:, y1, x0] + wy * wx * x[:, y1, x1])
+    return out
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+@pytest.mark.parametrize("src,dst", [((4, 5), (16, 9)), ((7, 3), (7, 11)), ((1, 2), (5, 4)),
+                                     ((9, 8), (4, 3))])
+def test_resize_bilinear_matches_reference(rng, src, dst, align_corners):
+    x = rng.normal(size=(2, *src, 3)).astype(np.float32)
+    got = np.asarray(resize_bilinear(jnp.asarray(x), dst, align_corners=align_corners))
+    np.testing.assert_allclose(got, _bilinear_reference(x, *dst, align_corners), atol=1e-5)
+    if align_corners:  # corners are reproduced exactly
+        np.testing.assert_allclose(got[:, [0, -1]][:, :, [0, -1]], x[:, [0, -1]][:, :, [0, -1]],
+                                   atol=1e-6)
+
+
+@pytest.mark.parametrize("shape,bins", [((12, 12), 6), ((13, 7), 3), ((5, 5), 2), ((4, 9), 1),
+                                        ((2, 3), 6)])
+def test_adaptive_avg_pool_matches_reference(rng, shape, bins):
+    x = rng.normal(size=(2, *shape, 3))
+    h, w = shape
+    ref = np.zeros((2, bins, bins, 3))
+    for i, j in itertools.product(range(bins), range(bins)):
+        ys = slice(int(np.floor(i * h / bins)), int(np.ceil((i + 1) * h / bins)))
+        xs = slice(int(np.floor(j * w / bins)), int(np.ceil((j + 1) * w / bins)))
+        ref[:, i, j] = x[:, ys, xs].mean(axis=(1, 2))
+    got = np.asarray(adaptive_avg_pool(jnp.asarray(x, jnp.float32), bins))
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- shapes
+
+@pytest.mark.parametrize("depth", [18, 34, 50, 101])
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_shapes_and_dtypes(depth, output_stride):
+    """Abstract evaluation (no compilation): every depth and output stride."""
+    h, w = 40, 56
+    model = DeepLevelSet(depth=depth, output_stride=output_stride, **TINY)
+    x = jax.ShapeDtypeStruct((2, h, w, 4), jnp.float32)
+
+    def run(x):
+        v = model.init(jax.random.key(0), x)
+        return v, model.apply(v, x)
+
+    variables, out = jax.eval_shape(run, x)
+    expected = {"phi0": 1, "motion": 2, "g": 1, "logits": 2}
+    assert set(out) == set(expected) == set(HEADS)
+    for k, c in expected.items():
+        assert out[k].shape == (2, h, w, c), k
+        assert out[k].dtype == jnp.float32, k
+    assert set(variables["params"]) == {"backbone", "fusion", "head_phi0", "head_motion",
+                                        "head_g", "head_logits"}
+    # backbone feature strides
+    net = ResNet(depth=depth, width=8, output_stride=output_stride)
+    feats = jax.eval_shape(lambda x: net.init_with_output(jax.random.key(0), x)[0], x)
+    e = 4 if depth >= 50 else 1
+    ceil = lambda n, s: -(-n // s)
+    s3 = 8 if output_stride == 8 else 16
+    assert feats["stem"].shape == (2, h // 2, w // 2, 8)
+    assert feats["layer1"].shape == (2, h // 4, w // 4, 8 * e)
+    assert feats["layer2"].shape == (2, ceil(h, 8), ceil(w, 8), 16 * e)
+    assert feats["layer3"].shape == (2, ceil(h, s3), ceil(w, s3), 32 * e)
+    assert feats["layer4"].shape == (2, ceil(h, output_stride), ceil(w, output_stride), 64 * e)
+
+def test_forward_values_odd_size():
+    """A real init and run on an odd, non-square crop: finite outputs, g in (0, 1).
+
+    (An "unsafe_rbg" key: jitting the threefry initialisers costs ~10 s more.)"""
+    model = tiny_model(output_stride=16)
+    x = jax.random.normal(jax.random.key(1), (1, 37, 45, 4))
+    out, _ = jax.jit(model.init_with_output)(jax.random.key(0, impl="unsafe_rbg"), x)
+    for k, c in HEADS.items():
+        assert out[k].shape == (1, 37, 45, c)
+        assert np.all(np.isfinite(out[k]))
+    assert np.all((out["g"] > 0) & (out["g"] < 1))
+
+
+def test_input_channels_checked():
+    with pytest.raises(ValueError, match="expected input"):
+        jax.eval_shape(lambda x: tiny_model().init(jax.random.key(0), x),
+                       jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+
+
+# ----------------------------------------------------------------------------- BatchNorm
+
+def test_batchnorm_train_vs_eval(tiny18):
+    model, variables = tiny18
+    x = jax.random.normal(jax.random.key(2), (2, 32, 32, 4))
+    apply_train = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
+    apply_eval = jax.jit(lambda v, x: model.apply(v, x, train=False))
+
+    out_train, updates = apply_train(variables, x)
+    old, new = variables["batch_stats"], updates["batch_stats"]
+    # train: every statistic moves (momentum 0.9 towards the batch statistics)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(old),
+                            jax.tree_util.tree_leaves(new)):
+        assert not np.allclose(a, b), jax.tree_util.keystr(path)
+    # train: normalised with batch statistics, so a sample's output depends on the batch
+    out_train_0, _ = apply_train(variables, x[:1].repeat(2, axis=0))
+    assert not np.allclose(out_train["phi0"][0], out_train_0["phi0"][0], atol=1e-5)
+    # eval: running statistics, per-sample, no state to update
+    out_eval = apply_eval(variables, x)
+    out_eval_0 = apply_eval(variables, x[:1].repeat(2, axis=0))
+    np.testing.assert_allclose(out_eval["phi0"][0], out_eval_0["phi0"][0], rtol=1e-5, atol=1e-6)
+    # eval uses the running statistics
+    other = {**variables, "batch_stats": updates["batch_stats"]}
+    assert not np.allclose(apply_eval(other, x)["phi0"], out_eval["phi0"])
+
+
+def _loss_fn(model, x):
+    def loss(params, batch_stats):
+        out, upd = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
+                               mutable=["batch_stats"])
+        value = sum(jnp.mean(jnp.square(o)) for o in out.values())
+        return value, upd["batch_stats"]
+    return loss
+
+
+def test_frozen_backbone_bn():
+    model = tiny_model(frozen_bn=True)
+    x = jax.random.normal(jax.random.key(3), (2, 32, 32, 4))
+    variables = fast_variables(model, x.shape)
+    params, stats = variables["params"], variables["batch_stats"]
+    # non-default statistics, so that "unchanged" means something
+    params = jax.tree_util.tree_map(lambda p: p + 0.1, params)
+    grads, new_stats = jax.jit(jax.grad(_loss_fn(model, x), has_aux=True))(params, stats)
+
+    # backbone statistics untouched in train mode, heads' statistics updated
+    for a, b in zip(jax.tree_util.tree_leaves(stats["backbone"]),
+                    jax.tree_util.tree_leaves(new_stats["backbone"])):
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(stats["fusion"]["bn_stem"]["mean"], new_stats["fusion"]["bn_stem"]["mean"])
+
+    labels = param_labels(params, frozen_bn=True)
+    flat_g = jax.tree_util.tree_leaves_with_path(grads)
+    flat_l = jax.tree_util.tree_leaves(labels)
+    n_frozen = 0
+    for (path, g), label in zip(flat_g, flat_l):
+        name = jax.tree_util.keystr(path)
+        if label == "frozen":
+            n_frozen += 1
+            assert path[-1].key in ("scale", "bias") and "bn" in path[-2].key, name
+            np.testing.assert_array_equal(g, 0.0, err_msg=name)
+        elif path[-1].key == "kernel":
+            assert np.any(g != 0), name
+    assert n_frozen == 2 * (1 + 8 * 2 + 3)  # stem + 8 blocks x 2 BN + 3 downsample BN
+
+    # with the labels, SGD with momentum and weight decay leaves them unchanged
+    tx = optax.multi_transform(
+        {"backbone": optax.chain(optax.add_decayed_weights(1e-2), optax.sgd(0.1, momentum=0.9)),
+         "head": optax.sgd(1.0, momentum=0.9), "frozen": optax.set_to_zero()}, labels)
+    opt_state = tx.init(params)
+    updates, _ = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    for (path, a), b, label in zip(jax.tree_util.tree_leaves_with_path(params),
+                                   jax.tree_util.tree_leaves(new_params), flat_l):
+        if label == "frozen":
+            np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+    assert not np.allclose(params["backbone"]["conv1"]["kernel"],
+                           new_params["backbone"]["conv1"]["kernel"])
+
+
+def test_param_labels(tiny18):
+    _, variables = tiny18
+    labels = param_labels(variables["params"])
+    assert set(jax.tree_util.tree_leaves(labels["backbone"])) == {"backbone"}
+    for k in ("fusion", "head_phi0", "head_motion", "head_g", "head_logits"):
+        assert set(jax.tree_util.tree_leaves(labels[k])) == {"head"}
+    assert jax.tree_util.tree_structure(labels) == jax.tree_util.tree_structure(variables["params"])
+
+
+# ----------------------------------------------------------------------------- jit, dtypes
+
+def test_jit_compiles_once_per_shape(tiny18):
+    model, variables = tiny18
+    traces = []
+
+    @jax.jit
+    def fwd(v, x):
+        traces.append(x.shape)
+        return model.apply(v, x)["phi0"]
+
+    x = jnp.ones((1, 32, 32, 4))
+    fwd(variables, x)
+    fwd(variables, x + 1.0)
+    fwd(variables, 2.0 * x)
+    assert len(traces) == 1
+    fwd(variables, jnp.ones((1, 48, 32, 4)))
+    fwd(variables, jnp.zeros((1, 48, 32, 4)))
+    assert traces == [(1, 32, 32, 4), (1, 48, 32, 4)]
+
+
+def test_bfloat16_compute():
+    model = tiny_model(dtype=jnp.bfloat16, frozen_bn=False)
+    x = jax.random.normal(jax.random.key(4), (2, 32, 32, 4))
+
+    variables = fast_variables(model, x.shape)
+
+    @jax.jit
+    def run(variables, x):
+        return model.apply(variables, x, train=True, capture_intermediates=True,
+                           mutable=["intermediates", "batch_stats"])
+
+    out, state = run(variables, x)
+    assert {l.dtype for l in jax.tree_util.tree_leaves(variables)} == {jnp.dtype(jnp.float32)}
+    assert {l.dtype for l in jax.tree_util.tree_leaves(state["batch_stats"])} == {
+        jnp.dtype(jnp.float32)}
+    for k in HEADS:
+        assert out[k].dtype == jnp.float32
+        assert np.all(np.isfinite(out[k]))
+    inter = state["intermediates"]
+    bb = inter["backbone"]
+    assert bb["layer4_1"]["__call__"][0].dtype == jnp.bfloat16
+    assert bb["layer2_0"]["conv1"]["__call__"][0].dtype == jnp.bfloat16
+    assert bb["bn1"]["__call__"][0].dtype == jnp.bfloat16
+    assert inter["fusion"]["__call__"][0].dtype == jnp.bfloat16
+    assert inter["head_phi0"]["__call__"][0].dtype == jnp.bfloat16
+
+
+# ----------------------------------------------------------------------------- sizes, config
+
+# torchvision resnetN parameter counts without the 1000-way fc (weights + biases)
+TORCHVISION_NO_FC = {18: 11_689_512 - 513_000, 34: 21_797_672 - 513_000,
+                     50: 25_557_032 - 2_049_000, 101: 44_549_160 - 2_049_000}
+
+
+@pytest.mark.parametrize("depth", [18, 34, 50, 101])
+def test_backbone_param_count(depth):
+    net = ResNet(depth=depth, width=64, in_channels=3)
+    shapes = jax.eval_shape(net.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 64, 64, 3),
+                                                                              jnp.float32))
+    assert param_count(shapes["params"]) == TORCHVISION_NO_FC[depth]
+    if depth == 101:
+        assert round(param_count(shapes["params"]) / 1e6, 1) == 42.5
+
+
+def test_full_model_param_count():
+    model = DeepLevelSet(depth=101)
+    shapes = jax.eval_shape(model.init_variables, jax.random.key(0))
+    n = param_count(shapes["params"])
+    # backbone (4 input channels: +64*49) + fusion + 4 PSP heads
+    assert param_count(shapes["params"]["backbone"]) == 42_500_160 + 64 * 49
+    assert param_count(shapes["params"]["fusion"]) == 128 * 9 * (64 + 256 + 512 + 2048) + 4 * 256
+    assert n == 47_400_838, n
+
+
+def test_create_model_from_config():
+    cfg = ml_collections.ConfigDict(dict(depth=34, width=8, output_stride=16,
+                                         frozen_backbone_bn=False, compute_dtype="bfloat16",
+                                         in_channels=2))
+    model = create_model(cfg)
+    assert (model.depth, model.width, model.output_stride, model.frozen_bn, model.dtype,
+            model.in_channels) == (34, 8, 16, False, jnp.bfloat16, 2)
+    assert model.fusion_channels == 128 and tuple(model.psp_bins) == (1, 2, 3, 6)
+    cfg.compute_dtype = "float16"
+    with pytest.raises(ValueError, match="compute_dtype"):
+        create_model(cfg)
