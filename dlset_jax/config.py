@@ -109,7 +109,8 @@ def base_config() -> ml_collections.ConfigDict:
 def cpu_sized(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Model, optimiser and schedule sized for a 2-core CPU (the built-in data sets).
 
-  ResNet-18 at half width with 64-channel heads on 128x128 crops, Adam at 1e-3: a
+  ResNet-18 at half width, output stride 16, 64-channel heads on 128x128 crops,
+  Adam at 1e-3: a
   model that trains to a useful accuracy in minutes. Returns `c`, changed in place.
   """
   c.data.resolution = 128
@@ -117,6 +118,9 @@ def cpu_sized(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.model.width = 32
   c.model.fusion_channels = 64
   c.model.psp_channels = 64
+  # Stride 16 keeps the last stage at 8x8 instead of 16x16: about 30% less compute
+  # for a 128-px crop; the heads still work at stride 2 through the skip fusion.
+  c.model.output_stride = 16
   c.optim.name = "adam"
   c.optim.learning_rate = 1e-3
   c.optim.head_lr_multiplier = 1.0

@@ -148,8 +148,12 @@ def test_sigterm_saves_a_checkpoint(tmp_path, data_dir):
 
 
 def test_data_parallel_matches_single_device(tmp_path, data_dir):
+  # SGD at a small rate, no warm-up: parameter differences then stay proportional to
+  # gradient differences. (Adam's normalised step magnifies rounding in near-zero
+  # gradients, and the warm-up motion loss has gradients ~ 1/|M| where the predicted
+  # motion is near zero, which turns reduction-order rounding into visible changes.)
   args = ["--config.train.num_steps=3", "--config.train.batch_size=4",
-          "--config.train.log_every=1", "--config.eval.batch_size=4"]
+          "--config.train.log_every=1", "--config.eval.batch_size=4"] + STABLE
   one = run_train(tmp_path / "one", data_dir, *args, devices=1)
   four = run_train(tmp_path / "four", data_dir, *args, devices=4)
   assert "devices: 4" in four and "devices: 1" in one
@@ -157,9 +161,13 @@ def test_data_parallel_matches_single_device(tmp_path, data_dir):
                         if l.startswith("step ")]
   l1, l4 = np.array(losses(one), float), np.array(losses(four), float)
   assert len(l1) == 3
-  np.testing.assert_allclose(l1, l4, rtol=1e-4)
+  np.testing.assert_allclose(l1, l4, rtol=1e-5)
   assert_trees_close(final_params(tmp_path / "one")[1],
                      final_params(tmp_path / "four")[1], rtol=1e-4, atol=1e-5)
+
+
+STABLE = ["--config.optim.name=sgd", "--config.optim.learning_rate=0.001",
+          "--config.loss.warmup_epochs=0"]
 
 
 def _free_port():
@@ -170,7 +178,7 @@ def _free_port():
 
 def test_two_processes_train_in_lockstep(tmp_path, data_dir):
   args = ["--config.train.num_steps=3", "--config.train.batch_size=4",
-          "--config.eval.batch_size=2"]
+          "--config.eval.batch_size=2"] + STABLE
   single = run_train(tmp_path / "single", data_dir, *args, devices=2)
   port = _free_port()
   workdir = tmp_path / "multi"
