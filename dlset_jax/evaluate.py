@@ -147,10 +147,10 @@ def _overlay_crop(image, mask, phi, max_rgb=255):
   img = np.asarray(image, np.float32)
   img = (img - img.min()) / max(img.max() - img.min(), 1e-6)
   rgb = (img * max_rgb).astype(np.uint8).copy()
-  gt_edge = targets.contour(np.asarray(mask)[..., 0] > 0.5)
-  pred_edge = targets.contour(np.asarray(phi)[..., 0] <= 0)
-  rgb[gt_edge] = (0, 255, 0)
-  rgb[pred_edge] = (255, 0, 0)
+  for region, color in ((np.asarray(mask)[..., 0] > 0.5, (0, 255, 0)),
+                        (np.asarray(phi)[..., 0] <= 0, (255, 0, 0))):
+    if region.any():  # an empty prediction has no contour to draw
+      rgb[targets.contour(region)] = color
   return rgb
 
 
@@ -295,11 +295,17 @@ def _atomic_savefig(fig, path: str) -> None:
   os.replace(tmp, path)
 
 
-def write_reports(outdir: str, result: dict, config) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+def _figure(**kwargs):
+  """A matplotlib figure on the Agg canvas, without touching pyplot's global backend
+  (which would break inline figures in a notebook that trains in-process)."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  fig = Figure(**kwargs)
+  FigureCanvasAgg(fig)
+  return fig
 
+
+def write_reports(outdir: str, result: dict, config) -> None:
   os.makedirs(outdir, exist_ok=True)
   payload = {"split": result["split"], "threshold": result["threshold"],
              "summary": result["summary"], "records": result["records"],
@@ -309,7 +315,8 @@ def write_reports(outdir: str, result: dict, config) -> None:
   atomic_write_text(os.path.join(outdir, "table.md"),
                     f"# {config.data.name} / {result['split']} "
                     f"(threshold {result['threshold']:g})\n\n{result['table']}\n")
-  fig, ax = plt.subplots(figsize=(4.5, 3.2))
+  fig = _figure(figsize=(4.5, 3.2))
+  ax = fig.subplots()
   f_means = [np.mean([r[f"bf_curve_{t}"] for r in result["records"]])
              for t in F_TOLERANCES]
   ax.plot(F_TOLERANCES, f_means, "o-", label="deep level set")
@@ -320,13 +327,12 @@ def write_reports(outdir: str, result: dict, config) -> None:
   ax.legend(loc="lower right")
   ax.set_title(f"{config.data.name}: {result['split']}")
   _atomic_savefig(fig, os.path.join(outdir, "fmeasure.png"))
-  plt.close(fig)
   if result["overlays"] is not None:
     n = len(result["overlays"])
     cols = min(n, 4)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.4 * rows),
-                             squeeze=False)
+    fig = _figure(figsize=(2.4 * cols, 2.4 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, k in zip(axes.ravel(), range(rows * cols)):
       ax.axis("off")
       if k < n:
@@ -335,4 +341,3 @@ def write_reports(outdir: str, result: dict, config) -> None:
         ax.set_title(f"DSC {rec['dsc']:.3f}", fontsize=8)
     fig.suptitle("green: ground truth, red: prediction", fontsize=9)
     _atomic_savefig(fig, os.path.join(outdir, "overlays.png"))
-    plt.close(fig)

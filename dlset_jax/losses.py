@@ -72,8 +72,15 @@ def sdt_loss(phi0: jax.Array, sdt: jax.Array) -> jax.Array:
 
 
 def _normalize(v: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
-  norm = jnp.sqrt(jnp.sum(v * v, axis=axis, keepdims=True))
-  return v / jnp.maximum(norm, eps)
+  """`v / max(|v|, eps)` (torch's F.normalize) with a finite gradient at v = 0.
+
+  sqrt's derivative is infinite at 0, and 0 * inf would poison every parameter
+  through the chain rule, so the norm is only taken where it is above eps.
+  """
+  sq = jnp.sum(v * v, axis=axis, keepdims=True)
+  big = sq > eps * eps
+  norm = jnp.sqrt(jnp.where(big, sq, 1.0))
+  return jnp.where(big, v / norm, v / eps)
 
 
 def motion_loss(motion: jax.Array, direction: jax.Array) -> jax.Array:

@@ -124,6 +124,13 @@ def test_perfect_prediction_has_low_losses():
       L.levelset_output_loss(sdt, d["mask"]))
 
 
+def test_motion_loss_gradient_is_finite_at_zero_vectors():
+  d = _random_case()
+  motion = d["motion"].at[:, :3, :3].set(0.0)  # e.g. dead ReLUs in a narrow net
+  g = jax.grad(L.motion_loss)(motion, d["direction"])
+  assert np.all(np.isfinite(np.asarray(g)))
+
+
 def test_motion_loss_is_pi_squared_for_opposite_fields():
   d = _random_case()
   v = float(L.motion_loss(-d["direction"], d["direction"]))
