@@ -26,6 +26,8 @@ def main(argv):
   from dlset_jax import config as config_lib
   from dlset_jax import evaluate
   logging.set_verbosity(logging.WARNING)
+  import tensorflow_datasets as tfds
+  tfds.disable_progress_bar()  # one line per phase instead of per-example bars
   try:
     result = evaluate.evaluate_workdir(FLAGS.workdir, split=FLAGS.split,
                                        step=None if FLAGS.step < 0 else FLAGS.step,

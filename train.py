@@ -21,6 +21,8 @@ def main(argv):
   from dlset_jax import config as config_lib
   from dlset_jax import train_lib
   logging.set_verbosity(logging.WARNING)
+  import tensorflow_datasets as tfds
+  tfds.disable_progress_bar()  # one line per phase instead of per-example bars
   try:
     config_lib.validate(FLAGS.config)
     train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
