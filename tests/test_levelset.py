@@ -303,3 +303,19 @@ def test_bad_steps_and_corners():
     ls.evolve(phi, motion, g, steps=-1)
   with pytest.raises(ValueError, match="corners"):
     ls.evolve(phi, motion, g, steps=1, corners="mirror")
+
+
+def test_polynomial_trig_matches_numpy():
+  # The evolution uses float32 polynomials for sin/cos/atan (XLA:CPU's are scalar
+  # library calls); they must agree with float64 numpy to float32 precision.
+  x = np.concatenate([np.linspace(-40, 40, 20001),
+                      np.random.default_rng(0).uniform(-1e3, 1e3, 5000)]).astype(np.float32)
+  xd = x.astype(np.float64)
+  np.testing.assert_allclose(ls._sin(jnp.asarray(x)), np.sin(xd), atol=3e-7)
+  np.testing.assert_allclose(ls._cos(jnp.asarray(x)), np.cos(xd), atol=3e-7)
+  t = np.concatenate([x, np.array([1e6, -1e6, 0.0], np.float32)])
+  np.testing.assert_allclose(ls._atan(jnp.asarray(t)), np.arctan(t.astype(np.float64)),
+                             atol=3e-7)
+  g = jax.grad(lambda v: jnp.sum(ls._sin(v) + ls._cos(v) + ls._atan(v)))(jnp.asarray(x[:100]))
+  expect = np.cos(xd[:100]) - np.sin(xd[:100]) + 1 / (1 + xd[:100] ** 2)
+  np.testing.assert_allclose(g, expect, atol=1e-6)
