@@ -382,6 +382,8 @@ METRIC_INFO: dict[str, tuple[str, float, str]] = {
     "hd": ("HD", 1.0, "mm"),
     "hd95": ("HD95", 1.0, "mm"),
     "abd": ("ABD", 1.0, "mm"),
+    # DSC of the filled quadrilateral through the four extreme points (evaluate.py).
+    "baseline_dsc": ("4-point polygon DSC", 100.0, "%"),
 }
 _DISTANCE_KEYS = ("hd", "hd95", "abd")
 

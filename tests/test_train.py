@@ -147,27 +147,38 @@ def test_sigterm_saves_a_checkpoint(tmp_path, data_dir):
   assert 2 <= step < 400
 
 
-def test_data_parallel_matches_single_device(tmp_path, data_dir):
-  # SGD at a small rate, no warm-up: parameter differences then stay proportional to
-  # gradient differences. (Adam's normalised step magnifies rounding in near-zero
-  # gradients, and the warm-up motion loss has gradients ~ 1/|M| where the predicted
-  # motion is near zero, which turns reduction-order rounding into visible changes.)
-  args = ["--config.train.num_steps=3", "--config.train.batch_size=4",
-          "--config.train.log_every=1", "--config.eval.batch_size=4"] + STABLE
-  one = run_train(tmp_path / "one", data_dir, *args, devices=1)
-  four = run_train(tmp_path / "four", data_dir, *args, devices=4)
-  assert "devices: 4" in four and "devices: 1" in one
-  losses = lambda out: [l.split("| loss ")[1].split()[0] for l in out.splitlines()
-                        if l.startswith("step ")]
-  l1, l4 = np.array(losses(one), float), np.array(losses(four), float)
-  assert len(l1) == 3
-  np.testing.assert_allclose(l1, l4, rtol=1e-5)
-  assert_trees_close(final_params(tmp_path / "one")[1],
-                     final_params(tmp_path / "four")[1], rtol=1e-4, atol=1e-5)
+# SGD at a small rate, no warm-up: parameter differences then stay proportional to
+# gradient differences. (Adam's normalised step magnifies rounding in near-zero
+# gradients, and the warm-up motion loss has gradients ~ 1/|M| where the predicted
+# motion is near zero, which turns reduction-order rounding into visible changes.)
+PARALLEL_ARGS = ["--config.train.num_steps=3", "--config.train.batch_size=4",
+                 "--config.train.log_every=1", "--config.eval.batch_size=2",
+                 "--config.optim.name=sgd", "--config.optim.learning_rate=0.001",
+                 "--config.loss.warmup_epochs=0"]
 
 
-STABLE = ["--config.optim.name=sgd", "--config.optim.learning_rate=0.001",
-          "--config.loss.warmup_epochs=0"]
+@pytest.fixture(scope="module")
+def one_device_run(tmp_path_factory, data_dir):
+  """The reference for the data-parallel and multi-process runs: one device."""
+  workdir = tmp_path_factory.mktemp("one_device")
+  out = run_train(workdir, data_dir, *PARALLEL_ARGS, devices=1)
+  assert "devices: 1" in out
+  return workdir, out
+
+
+def _losses(out):
+  return np.array([l.split("| loss ")[1].split()[0] for l in out.splitlines()
+                   if l.startswith("step ")], float)
+
+
+def test_data_parallel_matches_single_device(tmp_path, data_dir, one_device_run):
+  one_dir, one = one_device_run
+  four = run_train(tmp_path / "four", data_dir, *PARALLEL_ARGS, devices=4)
+  assert "devices: 4" in four
+  assert len(_losses(one)) == 3
+  np.testing.assert_allclose(_losses(one), _losses(four), rtol=1e-5)
+  assert_trees_close(final_params(one_dir)[1], final_params(tmp_path / "four")[1],
+                     rtol=1e-4, atol=1e-5)
 
 
 def _free_port():
@@ -176,10 +187,8 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_train_in_lockstep(tmp_path, data_dir):
-  args = ["--config.train.num_steps=3", "--config.train.batch_size=4",
-          "--config.eval.batch_size=2"] + STABLE
-  single = run_train(tmp_path / "single", data_dir, *args, devices=2)
+def test_two_processes_train_in_lockstep(tmp_path, data_dir, one_device_run):
+  args = PARALLEL_ARGS
   port = _free_port()
   workdir = tmp_path / "multi"
   procs = [run_train(workdir, data_dir, *args,
@@ -193,7 +202,7 @@ def test_two_processes_train_in_lockstep(tmp_path, data_dir):
   for p, o in zip(procs, outs):
     assert p.returncode == 0, o
   assert "processes: 2" in outs[0]
-  assert_trees_close(final_params(tmp_path / "single")[1], final_params(workdir)[1],
+  assert_trees_close(final_params(one_device_run[0])[1], final_params(workdir)[1],
                      rtol=1e-4, atol=1e-5)
   assert os.path.exists(workdir / "eval" / "test" / "results.json")
 
