@@ -32,3 +32,9 @@ def test_gpu_benchmark_runs_on_cpu_with_a_tiny_model():
 def test_levelset_benchmark_prints_ratios():
   out = run("levelset.py", "--batch", "2", "--size", "32", "--repeats", "1")
   assert "JAX (jit)" in out and "numpy float32" in out
+
+
+def test_train_step_benchmark_runs_with_a_tiny_model():
+  out = run("train_step.py", "--depths", "18", "--sizes", "32", "--width", "8",
+            "--head_channels", "8", "--repeats", "1", "--warmup", "0", "--threads", "1")
+  assert "18" in out and "32" in out

@@ -15,6 +15,11 @@ Parameters: top-level subtrees ``backbone`` (ResNet, torchvision names),
 learning rate in the authors' training). BatchNorm statistics live in the
 ``batch_stats`` collection: apply with ``mutable=['batch_stats']`` when
 ``train=True``.
+
+The four heads are evaluated jointly (``heads.fused_psp_heads``: shared pyramid
+pooling, bottleneck convolutions split by rows so that no 1024-channel map is formed
+at stride 2); ``resnet.implementation(fused_heads=False)`` evaluates them one by one
+on the concatenated fused map. Same variables and math either way.
 """
 from __future__ import annotations
 
@@ -25,8 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlset_jax.models.heads import PSPHead, SkipFusion, resize_bilinear
-from dlset_jax.models.resnet import ResNet
+from dlset_jax.models.heads import PSPHead, SkipFusion, fused_psp_heads, resize_bilinear
+from dlset_jax.models.resnet import IMPL, ResNet
 
 # name -> output channels, in the order the authors' four heads are built.
 HEADS = {"phi0": 1, "motion": 2, "g": 1, "logits": 2}
@@ -51,13 +56,27 @@ class DeepLevelSet(nn.Module):
         feats = ResNet(depth=self.depth, width=self.width, in_channels=self.in_channels,
                        output_stride=self.output_stride, frozen_bn=self.frozen_bn,
                        dtype=self.dtype, name=BACKBONE)(x, train)
-        fused = SkipFusion(channels=self.fusion_channels, align_corners=self.fusion_align_corners,
-                           dtype=self.dtype, name="fusion")(feats, train)
-        out = {}
+        fusion = SkipFusion(channels=self.fusion_channels,
+                            align_corners=self.fusion_align_corners, dtype=self.dtype,
+                            name="fusion")
+        heads = [PSPHead(n_out, in_channels=4 * self.fusion_channels,
+                         channels=self.psp_channels, bins=tuple(self.psp_bins),
+                         dtype=self.dtype, name=f"head_{name}") for name, n_out in HEADS.items()]
+        if IMPL["fused_heads"]:
+            # Same math without the full-resolution concatenations (see fused_psp_heads).
+            parts = fusion(feats, train, return_parts=True)
+            ys = fused_psp_heads(heads, parts, feats["stem"].shape[1:3],
+                                 self.fusion_align_corners, train)
+        else:
+            fused = fusion(feats, train)
+            ys = [head(fused, train) for head in heads]
+        # One resize of all heads' channels to the input resolution.
+        y = resize_bilinear(jnp.concatenate([y.astype(jnp.float32) for y in ys], axis=-1),
+                            size, align_corners=True)
+        out, off = {}, 0
         for name, n_out in HEADS.items():
-            y = PSPHead(n_out, channels=self.psp_channels, bins=tuple(self.psp_bins),
-                        dtype=self.dtype, name=f"head_{name}")(fused, train)
-            out[name] = resize_bilinear(y.astype(jnp.float32), size, align_corners=True)
+            out[name] = y[..., off:off + n_out]
+            off += n_out
         out["g"] = jax.nn.sigmoid(out["g"])
         return out
 

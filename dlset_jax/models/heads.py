@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlset_jax.models.resnet import BN_EPS, BN_MOMENTUM, conv
+from dlset_jax.models.resnet import BN_EPS, BN_MOMENTUM, IMPL, Conv1x1, conv, matmul
 
 
 def linear_interp_matrix(n_in: int, n_out: int, align_corners: bool = True) -> np.ndarray:
@@ -77,6 +77,11 @@ def adaptive_avg_pool(x, bins: int | Sequence[int]):
     return _apply_hw(x, adaptive_pool_matrix(h, bh), adaptive_pool_matrix(w, bw))
 
 
+def _bn_module(dtype) -> nn.BatchNorm:
+    """BatchNorm for setup-style modules: pass ``use_running_average`` at call time."""
+    return nn.BatchNorm(momentum=BN_MOMENTUM, epsilon=BN_EPS, dtype=dtype)
+
+
 def _bn(train: bool, dtype, name: str) -> nn.BatchNorm:
     return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS,
                         dtype=dtype, name=name)
@@ -97,13 +102,18 @@ class SkipFusion(nn.Module):
     sources: Sequence[str] = ("stem", "layer1", "layer2", "layer4")
 
     @nn.compact
-    def __call__(self, feats: dict, train: bool = False):
+    def __call__(self, feats: dict, train: bool = False, return_parts: bool = False):
+        """The fused map (B, H/2, W/2, 4 * channels); with ``return_parts`` the list of
+        per-source maps before resizing (each at its source's resolution), whose
+        resized concatenation is the fused map."""
         size = feats["stem"].shape[1:3]
         outs = []
         for src in self.sources:
             y = conv(self.channels, 3, dtype=self.dtype, name=f"conv_{src}")(feats[src])
             y = nn.relu(_bn(train, self.dtype, f"bn_{src}")(y))
-            outs.append(resize_bilinear(y, size, self.align_corners))
+            outs.append(y if return_parts else resize_bilinear(y, size, self.align_corners))
+        if return_parts:
+            return outs
         return jnp.concatenate(outs, axis=-1)
 
 
@@ -114,28 +124,148 @@ class PSPHead(nn.Module):
     channels (no bias) + BN + ReLU, bilinear resize back (corners aligned).
     Concatenate the pooled maps and the input, 1x1 conv to ``channels`` (no
     bias) + BN + ReLU, final 1x1 conv (with bias) to ``n_out``.
+
+    ``__call__`` evaluates exactly that. ``fused_psp_heads`` evaluates several
+    heads on one input jointly, with the same variables, through the methods
+    ``prior_terms``, ``input_kernel`` and ``finish``.
     """
     n_out: int
+    in_channels: int = 512
     channels: int = 128
     bins: Sequence[int] = (1, 2, 3, 6)
     dtype: Any = jnp.float32
     # Authors: normal(0, 0.01) for every conv of the heads (their weight_init).
     kernel_init: Any = nn.initializers.normal(0.01)
 
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        c = x.shape[-1]
-        size = x.shape[1:3]
-        priors = []
+    def setup(self):
+        # The fused path needs the kernels themselves, hence Conv1x1 there; the plain
+        # path follows IMPL['matmul_1x1'] (nn.Conv when off).
+        if IMPL["fused_heads"]:
+            make = lambda n, **kw: Conv1x1(n, dtype=self.dtype, kernel_init=self.kernel_init,
+                                           **kw)
+        else:
+            make = lambda n, **kw: conv(n, 1, dtype=self.dtype, kernel_init=self.kernel_init,
+                                        **kw)
+        c4 = self.in_channels // 4
         for b in self.bins:
-            y = adaptive_avg_pool(x, b)
-            y = conv(c // 4, 1, dtype=self.dtype, kernel_init=self.kernel_init,
-                     name=f"pool{b}_conv")(y)
-            y = nn.relu(_bn(train, self.dtype, f"pool{b}_bn")(y))
-            priors.append(resize_bilinear(y, size, align_corners=True))
+            setattr(self, f"pool{b}_conv", make(c4))
+            setattr(self, f"pool{b}_bn", _bn_module(self.dtype))
+        self.bottleneck_conv = make(self.channels)
+        self.bottleneck_bn = _bn_module(self.dtype)
+        self.final = make(self.n_out, use_bias=True)
+
+    def _check(self, c: int):
+        if c != self.in_channels:
+            raise ValueError(f"PSPHead: expected {self.in_channels} input channels, got {c}")
+
+    def _pool_branch(self, b: int, pooled, train: bool):
+        y = getattr(self, f"pool{b}_conv")(pooled)
+        return nn.relu(getattr(self, f"pool{b}_bn")(y, use_running_average=not train))
+
+    def __call__(self, x, train: bool = False):
+        self._check(x.shape[-1])
+        size = x.shape[1:3]
+        priors = [resize_bilinear(self._pool_branch(b, adaptive_avg_pool(x, b), train), size,
+                                  align_corners=True) for b in self.bins]
         y = jnp.concatenate(priors + [x], axis=-1)
-        y = conv(self.channels, 1, dtype=self.dtype, kernel_init=self.kernel_init,
-                 name="bottleneck_conv")(y)
-        y = nn.relu(_bn(train, self.dtype, "bottleneck_bn")(y))
-        return conv(self.n_out, 1, dtype=self.dtype, kernel_init=self.kernel_init,
-                    use_bias=True, name="final")(y)
+        return self.finish(self.bottleneck_conv(y), train)
+
+    def _bottleneck_kernel(self):
+        c = self.in_channels
+        return self.bottleneck_conv(in_features=len(self.bins) * (c // 4) + c)[0][0, 0]
+
+    def prior_terms(self, pooled: dict, train: bool = False) -> list:
+        """Per bin b, the pooled branch's contribution to the bottleneck conv before
+        resizing: ``relu(bn(conv(pooled[b]))) @ W_b``, (B, b, b, channels)."""
+        c4 = self.in_channels // 4
+        kernel = self._bottleneck_kernel()
+        out = []
+        for i, b in enumerate(self.bins):
+            self._check(pooled[b].shape[-1])
+            y = self._pool_branch(b, pooled[b], train)
+            out.append(matmul(y, kernel[i * c4:(i + 1) * c4].astype(y.dtype)))
+        return out
+
+    def input_kernel(self):
+        """The rows of the bottleneck kernel that multiply the input, (in_channels,
+        channels)."""
+        return self._bottleneck_kernel()[len(self.bins) * (self.in_channels // 4):]
+
+    def finish(self, pre, train: bool = False):
+        """BN + ReLU of the bottleneck conv's output ``pre``, then the final conv."""
+        y = nn.relu(self.bottleneck_bn(pre, use_running_average=not train))
+        return self.final(y)
+
+
+def _sum_resized(pieces, size):
+    """``sum(resize_bilinear(z, size, ac) for z, ac in pieces)`` with ONE full-size
+    product: each piece is resized along H alone, the results are concatenated
+    along W with their W-matrices, and a single einsum resizes along W and sums
+    (a full-size output is written once instead of once per piece)."""
+    oh, ow = size
+    full, zs, mws = None, [], []
+    for z, ac in pieces:
+        h, w = z.shape[1:3]
+        if (h, w) == (oh, ow):
+            full = z if full is None else full + z
+            continue
+        if not IMPL["merged_resize"]:
+            z = resize_bilinear(z, size, ac)
+            full = z if full is None else full + z
+            continue
+        mh = jnp.asarray(linear_interp_matrix(h, oh, ac), z.dtype)
+        zs.append(jnp.einsum("oh,bhwc->bowc", mh, z, precision=jax.lax.Precision.HIGHEST))
+        mws.append(linear_interp_matrix(w, ow, ac))
+    if zs:
+        mw = jnp.asarray(np.concatenate(mws, axis=1), zs[0].dtype)
+        z = jnp.einsum("pw,bowc->bopc", mw, jnp.concatenate(zs, axis=2),
+                       precision=jax.lax.Precision.HIGHEST)
+        full = z if full is None else full + z
+    return full
+
+
+def fused_psp_heads(heads: Sequence[PSPHead], parts: Sequence, size: Sequence[int],
+                    align_corners: bool, train: bool = False) -> list:
+    """``[head(fused, train) for head in heads]`` where ``fused`` is the
+    concatenation of ``parts`` resized bilinearly to ``size`` (SkipFusion's output),
+    without forming ``fused`` or the heads' full-resolution concatenations.
+
+    Same math in another order (float rounding aside), using linearity:
+      * pyramid pooling of ``fused``: pool and resize matrices composed, applied to
+        each part at its own resolution, computed once for all heads;
+      * the bottleneck conv of ``concat(priors + [fused])`` is split by rows:
+        ``fused @ W_x`` for all heads at once is the sum over parts of
+        ``resize(part @ W_x[rows of part])`` (parts of equal resolution summed
+        before resizing), and each prior's term ``resize(p_b) @ W_b`` is
+        ``resize(p_b @ W_b)``, computed at b x b and resized once per bin for all
+        heads.
+    """
+    bins = tuple(heads[0].bins)
+    ch = heads[0].channels
+    if any(tuple(h.bins) != bins or h.channels != ch for h in heads):
+        raise ValueError("fused_psp_heads: the heads must share bins and channels")
+    oh, ow = size
+    pooled = {}
+    for b in bins:
+        pieces = []
+        for y in parts:
+            h, w = y.shape[1:3]
+            mh, mw = adaptive_pool_matrix(oh, b), adaptive_pool_matrix(ow, b)
+            if (h, w) != (oh, ow):
+                mh = mh @ linear_interp_matrix(h, oh, align_corners)
+                mw = mw @ linear_interp_matrix(w, ow, align_corners)
+            pieces.append(_apply_hw(y, mh, mw))
+        pooled[b] = jnp.concatenate(pieces, axis=-1)
+
+    wx = jnp.concatenate([h.input_kernel() for h in heads], axis=1)  # (C, n_heads * ch)
+    groups, off = {}, 0
+    for y in parts:
+        z = matmul(y, wx[off:off + y.shape[-1]].astype(y.dtype))
+        off += y.shape[-1]
+        key = tuple(y.shape[1:3])
+        groups[key] = groups[key] + z if key in groups else z
+    priors = [h.prior_terms(pooled, train) for h in heads]
+    pieces = [(z, align_corners) for z in groups.values()]
+    pieces += [(jnp.concatenate([p[i] for p in priors], axis=-1), True) for i in range(len(bins))]
+    pre = _sum_resized(pieces, size)
+    return [h.finish(pre[..., k * ch:(k + 1) * ch], train) for k, h in enumerate(heads)]

@@ -33,9 +33,16 @@ leaves (``deep_level_set.param_labels(..., frozen_bn=True)`` labels them
 
 ``dtype`` is the compute dtype (e.g. ``jnp.bfloat16``); parameters and batch
 statistics stay float32, BatchNorm statistics are computed in float32.
+
+Speed on XLA:CPU (docs/performance.md): 1x1 convolutions are ``Conv1x1``, a matmul
+with a custom VJP (same variables as ``nn.Conv``), and every residual block's output
+is divided by a run-time 1 (``barrier``, bit-exact) so that XLA does not recompute the
+residual stream inside later fusions. ``IMPL`` / ``implementation(...)`` switch both
+back to the plain formulation (tests, before/after benchmarks).
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import flax.linen as nn
@@ -73,10 +80,128 @@ def stage_strides_dilations(output_stride: int) -> tuple[tuple[int, ...], tuple[
     raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
 
 
+# Implementation switches (numerically equivalent ways to evaluate the same network;
+# the parameter tree does not depend on them). The defaults are the fast ones; the
+# reference settings (all False) are the plain ``nn.Conv`` / unfused formulation, kept
+# for tests and before/after benchmarks. Read at trace time: change them only through
+# ``implementation(...)`` and re-trace (a new ``jax.jit``) afterwards.
+IMPL = {
+    "matmul_1x1": True,     # 1x1 convolutions as a matmul with a custom VJP (Conv1x1)
+    "block_barrier": True,  # divide each residual block's output by a run-time 1
+    "fused_heads": True,    # DeepLevelSet: heads evaluated jointly, no full-res concat
+    "merged_resize": True,  # fused heads: one full-size resize product for all terms
+}
+
+
+@contextlib.contextmanager
+def implementation(**flags):
+    """Temporarily set ``IMPL`` flags, e.g. ``implementation(matmul_1x1=False)``."""
+    unknown = set(flags) - set(IMPL)
+    if unknown:
+        raise ValueError(f"unknown implementation flags {sorted(unknown)}; known: {sorted(IMPL)}")
+    old = dict(IMPL)
+    IMPL.update(flags)
+    try:
+        yield IMPL
+    finally:
+        IMPL.clear()
+        IMPL.update(old)
+
+
+@jax.custom_vjp
+def matmul(x, w):
+    """``x @ w`` over the last axis of ``x`` (any leading shape), ``w`` (C_in, C_out).
+
+    The custom VJP computes the weight gradient as a dot product over the flattened
+    pixels with the wider of (x, cotangent) as the left operand. XLA:CPU otherwise
+    copies the right-hand operand through a slow transpose loop, and autodiff of a
+    1x1 ``nn.Conv`` turns the weight gradient into a convolution with an image-sized
+    window (docs/performance.md, cause 2).
+    """
+    return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
+
+
+def _matmul_fwd(x, w):
+    return matmul(x, w), (x, w)
+
+
+def _matmul_bwd(res, g):
+    x, w = res
+    dx = jax.lax.dot_general(g, w, (((g.ndim - 1,), (1,)), ((), ())))
+    x2 = x.reshape(-1, x.shape[-1])
+    g2 = g.reshape(-1, g.shape[-1])
+    contract = (((0,), (0,)), ((), ()))
+    if x2.shape[1] >= g2.shape[1]:
+        dw = jax.lax.dot_general(x2, g2, contract)
+    else:
+        dw = jax.lax.dot_general(g2, x2, contract).T
+    return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+class Conv1x1(nn.Module):
+    """A 1x1 convolution (stride s: subsample ``x[:, ::s, ::s]``) as ``matmul``.
+
+    Same variables as ``nn.Conv(features, (1, 1))``: ``kernel`` (1, 1, C_in, C_out) and,
+    with ``use_bias``, ``bias`` (C_out,); same dtype promotion. Called without ``x``
+    (``in_features`` given instead) it returns ``(kernel, bias)`` as stored, so that a
+    parent can combine several kernels (the fused heads).
+    """
+    features: int
+    stride: int = 1
+    use_bias: bool = False
+    dtype: Any = None
+    kernel_init: Any = conv_init
+    bias_init: Any = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x=None, *, in_features: int | None = None):
+        cin = x.shape[-1] if x is not None else in_features
+        kernel = self.param("kernel", self.kernel_init, (1, 1, cin, self.features), jnp.float32)
+        bias = (self.param("bias", self.bias_init, (self.features,), jnp.float32)
+                if self.use_bias else None)
+        if x is None:
+            return kernel, bias
+        dtype = self.dtype or jnp.result_type(x.dtype, kernel.dtype)
+        if self.stride != 1:
+            x = x[:, ::self.stride, ::self.stride, :]
+        y = matmul(x.astype(dtype), kernel[0, 0].astype(dtype))
+        if bias is not None:
+            y = y + bias.astype(dtype)
+        return y
+
+
+def runtime_one(x):
+    """1.0 computed at run time from ``x`` (XLA cannot fold it), without gradient.
+
+    ``y / runtime_one(x)`` is bit-exact and stops XLA:CPU from duplicating the
+    elementwise ops that produced ``y`` into every fusion that reads it
+    (docs/performance.md, cause 1). Finite whatever ``x[0]`` holds.
+    """
+    x0 = jax.lax.stop_gradient(x.ravel()[0])
+    return 1 + 0 * jnp.where(jnp.abs(x0) < 1, x0, jnp.asarray(0.5, x0.dtype))
+
+
+def barrier(y, one):
+    """``y / one`` when ``IMPL['block_barrier']`` (``one`` from ``runtime_one``)."""
+    if one is None or not IMPL["block_barrier"]:
+        return y
+    return y / one.astype(y.dtype)
+
+
 def conv(features: int, kernel: int, *, stride: int = 1, dilation: int = 1,
          dtype: Any = None, name: str | None = None, use_bias: bool = False,
-         kernel_init=conv_init) -> nn.Conv:
-    """A convolution with PyTorch's symmetric padding ``dilation * (k - 1) // 2``."""
+         kernel_init=conv_init) -> nn.Module:
+    """A convolution with PyTorch's symmetric padding ``dilation * (k - 1) // 2``.
+
+    1x1 convolutions are ``Conv1x1`` (same variables as ``nn.Conv``) unless
+    ``IMPL['matmul_1x1']`` is off.
+    """
+    if kernel == 1 and IMPL["matmul_1x1"]:
+        return Conv1x1(features, stride=stride, use_bias=use_bias, dtype=dtype,
+                       kernel_init=kernel_init, name=name)
     pad = dilation * (kernel - 1) // 2
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                    padding=((pad, pad), (pad, pad)), kernel_dilation=(dilation, dilation),
@@ -115,7 +240,8 @@ def batch_norm(train: bool, *, frozen: bool = False, dtype: Any = None,
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convolutions (ResNet-18/34)."""
+    """Two 3x3 convolutions (ResNet-18/34). ``one`` (optional, ``runtime_one``): the
+    output is divided by it, a fusion barrier (see ``barrier``)."""
     planes: int
     stride: int = 1
     dilation: int = 1
@@ -125,7 +251,7 @@ class BasicBlock(nn.Module):
     expansion = 1
 
     @nn.compact
-    def __call__(self, x, train: bool):
+    def __call__(self, x, train: bool, one=None):
         bn = lambda name: batch_norm(train, frozen=self.frozen_bn, dtype=self.dtype, name=name)
         out = conv(self.planes, 3, stride=self.stride, dilation=self.dilation,
                    dtype=self.dtype, name="conv1")(x)
@@ -136,11 +262,12 @@ class BasicBlock(nn.Module):
             x = conv(self.planes, 1, stride=self.stride, dtype=self.dtype,
                      name="downsample_conv")(x)
             x = bn("downsample_bn")(x)
-        return nn.relu(out + x)
+        return barrier(nn.relu(out + x), one)
 
 
 class Bottleneck(nn.Module):
-    """1x1 -> 3x3 (stride, dilation) -> 1x1 (x4 channels) (ResNet-50/101)."""
+    """1x1 -> 3x3 (stride, dilation) -> 1x1 (x4 channels) (ResNet-50/101). ``one``: as
+    in ``BasicBlock``."""
     planes: int
     stride: int = 1
     dilation: int = 1
@@ -150,7 +277,7 @@ class Bottleneck(nn.Module):
     expansion = 4
 
     @nn.compact
-    def __call__(self, x, train: bool):
+    def __call__(self, x, train: bool, one=None):
         bn = lambda name: batch_norm(train, frozen=self.frozen_bn, dtype=self.dtype, name=name)
         out = conv(self.planes, 1, dtype=self.dtype, name="conv1")(x)
         out = nn.relu(bn("bn1")(out))
@@ -163,7 +290,7 @@ class Bottleneck(nn.Module):
             x = conv(self.planes * 4, 1, stride=self.stride, dtype=self.dtype,
                      name="downsample_conv")(x)
             x = bn("downsample_bn")(x)
-        return nn.relu(out + x)
+        return barrier(nn.relu(out + x), one)
 
 
 class ResNet(nn.Module):
@@ -196,6 +323,7 @@ class ResNet(nn.Module):
         block_cls = Bottleneck if is_bottleneck(self.depth) else BasicBlock
         strides, dilations = stage_strides_dilations(self.output_stride)
         x = x.astype(self.dtype)
+        one = runtime_one(x)
         x = conv(self.width, 7, stride=2, dtype=self.dtype, name="conv1")(x)
         x = batch_norm(train, frozen=self.frozen_bn, dtype=self.dtype, name="bn1")(x)
         x = nn.relu(x)
@@ -209,7 +337,7 @@ class ResNet(nn.Module):
                 needs_ds = b == 0 and (stride != 1 or in_ch != planes * block_cls.expansion)
                 x = block_cls(planes, stride=stride, dilation=dilations[stage],
                               downsample=needs_ds, frozen_bn=self.frozen_bn, dtype=self.dtype,
-                              name=f"layer{stage + 1}_{b}")(x, train)
+                              name=f"layer{stage + 1}_{b}")(x, train, one)
                 in_ch = planes * block_cls.expansion
             feats[f"layer{stage + 1}"] = x
         return feats
