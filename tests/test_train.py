@@ -152,7 +152,7 @@ def test_sigterm_saves_a_checkpoint(tmp_path, data_dir):
 # gradients, and the warm-up motion loss has gradients ~ 1/|M| where the predicted
 # motion is near zero, which turns reduction-order rounding into visible changes.)
 PARALLEL_ARGS = ["--config.train.num_steps=3", "--config.train.batch_size=4",
-                 "--config.train.log_every=1", "--config.eval.batch_size=2",
+                 "--config.train.log_every=1", "--config.eval.batch_size=4",
                  "--config.optim.name=sgd", "--config.optim.learning_rate=0.001",
                  "--config.loss.warmup_epochs=0"]
 
