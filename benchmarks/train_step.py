@@ -108,7 +108,7 @@ def setup_jax(a, depth: int, size: int, impl: dict) -> dict:
     import jax
     import numpy as np
 
-    from dlset_jax import evaluate, targets, train_lib
+    from dlset_jax import evaluate, hostmem, targets, train_lib
     from dlset_jax.models import create_model, resnet
 
     resnet.IMPL.update(impl)
@@ -124,6 +124,7 @@ def setup_jax(a, depth: int, size: int, impl: dict) -> dict:
         batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
         rng=jax.random.key_data(jax.random.key(1)))
     batch = jax.device_put(fake_batch(a.batch, size))
+    hostmem.release_freed_memory()  # as train.py: the init compilation's scratch memory
     step_fn = jax.jit(functools.partial(train_lib.train_step, model=model, tx=tx, config=c,
                                         warmup_steps=0, schedule=schedule),
                       donate_argnums=(0,))
@@ -276,6 +277,9 @@ def bench_single(a, fw: str, impl_spec: str, depth: int, size: int) -> dict:
         res[f"first_{kind}_s"] = time.perf_counter() - t  # compilation included (JAX)
         for _ in range(a.warmup):
             fn()
+        if fw == "jax":  # as train.py does after compiling its step
+            from dlset_jax import hostmem
+            hostmem.release_freed_memory()
         times = []
         if kind == "step":  # before the reset: ru_maxrss follows the reset peak mark
             res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -25,6 +25,7 @@ import optax
 from dlset_jax import checkpoint as ckpt_lib
 from dlset_jax import config as config_lib
 from dlset_jax import evaluate
+from dlset_jax import hostmem
 from dlset_jax import levelset
 from dlset_jax import losses
 from dlset_jax import parallel
@@ -228,6 +229,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state, data_state, _ = checkpointer.restore(state)
     train_iter.set_state(data_state)
     writer.text(f"resumed from step {int(state.step)}")
+  hostmem.release_freed_memory()  # the init / restore compilations' scratch memory
   writer.text(f"model: ResNet-{config.model.depth} width {config.model.width}, "
               f"{models.param_count(state.params) / 1e6:.2f} M parameters")
 
@@ -252,6 +254,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       batch = parallel.shard_batch(next(train_iter), mesh)
       state, metrics = step_fn(state, batch)
       pending.append(metrics)
+      if step == start:  # the step is compiled now; give its scratch memory back
+        hostmem.release_freed_memory()
       done = step + 1
       if done % config.train.log_every == 0 or done == total_steps:
         summary = reporting.mean_metrics(jax.device_get(pending))
@@ -266,6 +270,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         writer.scalars(done, {f"val/{k}": v for k, v in val["scalars"].items()})
         writer.images(done, "val/overlays", val["overlays"])
         writer.text(f"validation at step {done}: " + reporting.short(val["scalars"]))
+        hostmem.release_freed_memory()
       if done % config.train.checkpoint_every == 0 or done == total_steps:
         save(done)
       if preemption.requested:
