@@ -1,9 +1,11 @@
 """The benchmark scripts run (tiny sizes) and print their tables. No timing asserts."""
 
+import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import REPO
@@ -19,14 +21,20 @@ def run(script, *args):
   return proc.stdout
 
 
-def test_gpu_benchmark_runs_on_cpu_with_a_tiny_model():
+def test_gpu_benchmark_runs_on_cpu_with_a_tiny_model(tmp_path):
   # bfloat16 only: the float32 path is the one every training test compiles.
   out = run("gpu.py", "--depth", "18", "--width", "4", "--sizes", "32", "--batch", "2",
-            "--steps", "1", "--dtypes", "bfloat16")
+            "--steps", "1", "--dtypes", "bfloat16", "--json", str(tmp_path / "gpu.json"))
   rows = [l.split() for l in out.splitlines() if l.strip().startswith("32 ")]
-  assert [r[1] for r in rows] == ["bfloat16"]
-  for r in rows:
-    assert float(r[2]) > 0 and float(r[3]) > 0 and float(r[4]) > 0
+  assert [r[:3] for r in rows] == [["32", "bfloat16", "fast"]]
+  saved = json.loads((tmp_path / "gpu.json").read_text())
+  assert saved["device"] == "cpu" and len(saved["rows"]) == 1
+  row = saved["rows"][0]
+  for key in ("step_s", "images_per_s", "infer_ms", "infer_objects_per_s", "mem_gb",
+              "tflop_per_step", "compile_s"):
+    assert row[key] > 0, key
+  assert np.isfinite(row["loss"])
+  assert row["images_per_s"] == pytest.approx(2 / row["step_s"])
 
 
 def test_levelset_benchmark_prints_ratios():
