@@ -1,8 +1,20 @@
-"""Shared test set-up: CPU only, deterministic, quiet."""
+"""Shared test set-up: CPU only, deterministic, quiet, one compilation cache."""
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The end-to-end tests start train.py / eval.py / predict.py in subprocesses, several
+# with the same model (the resume tests train three times). A persistent compilation
+# cache shared through the environment lets the later processes load the compiled
+# executables instead of recompiling them. One fresh directory per test session, so
+# no test depends on what an earlier session left behind.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="dlset_jax_test_cache_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
 import pathlib
 
