@@ -28,3 +28,34 @@ FIXTURES = REPO / "tests" / "fixtures"
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def brute_contour(m):
+    """Foreground pixels with a 4-neighbour in the background or off the image.
+
+    The loop-by-loop reference that metrics.contour and targets.contour are tested
+    against.
+    """
+    h, w = m.shape
+    out = np.zeros_like(m)
+    for y in range(h):
+        for x in range(w):
+            if not m[y, x]:
+                continue
+            for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+                yy, xx = y + dy, x + dx
+                if not (0 <= yy < h and 0 <= xx < w) or not m[yy, xx]:
+                    out[y, x] = True
+                    break
+    return out
+
+
+def override(config, **overrides):
+    """Sets dotted config fields, e.g. `override(c, **{"train.num_steps": 3})`."""
+    for key, value in overrides.items():
+        node = config
+        *path, last = key.split(".")
+        for part in path:
+            node = node[part]
+        node[last] = value
+    return config

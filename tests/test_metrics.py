@@ -17,6 +17,7 @@ from scipy import ndimage
 
 medpy_binary = pytest.importorskip("medpy.metric.binary")
 
+from conftest import brute_contour  # noqa: E402
 from dlset_jax import metrics as M  # noqa: E402
 
 
@@ -224,21 +225,6 @@ def test_cropping_does_not_change_distances():
 # --------------------------------------------------------------------------
 # Boundary F vs brute force
 # --------------------------------------------------------------------------
-def brute_contour(m):
-    h, w = m.shape
-    out = np.zeros_like(m)
-    for y in range(h):
-        for x in range(w):
-            if not m[y, x]:
-                continue
-            for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
-                yy, xx = y + dy, x + dx
-                if not (0 <= yy < h and 0 <= xx < w) or not m[yy, xx]:
-                    out[y, x] = True
-                    break
-    return out
-
-
 def brute_bf(p, g, tol):
     cp = np.argwhere(brute_contour(p)).astype(float)
     cg = np.argwhere(brute_contour(g)).astype(float)

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, override
 
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "configs"))
@@ -64,13 +64,7 @@ def tiny_config(**overrides):
   import tiny
   c = tiny.get_config()
   c.data.resolution = RES
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
+  return override(c, **overrides)
 
 
 def save_checkpoint(workdir, config, variables, step=1):

@@ -3,27 +3,13 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from conftest import brute_contour
 from dlset_jax import targets as T
 
 
 def disc(h, w, cy, cx, r):
     yy, xx = np.mgrid[:h, :w]
     return (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
-
-
-def brute_contour(m):
-    """Foreground pixels with a 4-neighbour in the background or off the image."""
-    h, w = m.shape
-    out = np.zeros_like(m)
-    for y in range(h):
-        for x in range(w):
-            if not m[y, x]:
-                continue
-            for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
-                yy, xx = y + dy, x + dx
-                if not (0 <= yy < h and 0 <= xx < w) or not m[yy, xx]:
-                    out[y, x] = True
-    return out
 
 
 # ------------------------------------------------------------------ SDT

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, override
 
 pytestmark = pytest.mark.slow
 
@@ -35,13 +35,7 @@ def tiny_config(data_dir, **overrides):
   import tiny
   config = tiny.get_config()
   config.data.data_dir = data_dir
-  for k, v in overrides.items():
-    node = config
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return config
+  return override(config, **overrides)
 
 
 def run_train(workdir, data_dir, *args, env=None, wait=True, devices=None):
