@@ -27,13 +27,14 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+
+import common  # noqa: E402  (benchmarks/common.py)
 
 
 def _model_kwargs(a, depth):
@@ -170,57 +171,27 @@ def run_variant(a, frameworks, depth: int, size: int) -> dict:
     groups = [frameworks] if a.interleave else [[fw] for fw in frameworks]
     out = {}
     for group in groups:
-        cmd = [sys.executable, os.path.abspath(__file__), "--_single",
-               f"{'+'.join(group)}:{depth}:{size}", *a.passthrough]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            err = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
-            out.update({fw: {"error": err or f"exit {proc.returncode}"} for fw in group})
-        else:
-            out.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+        res = common.run_single(os.path.abspath(__file__),
+                                f"{'+'.join(group)}:{depth}:{size}", a.passthrough)
+        out.update({fw: res for fw in group} if "error" in res else res)
     return out
-
-
-def _fmt(v, spec="{:8.0f}"):
-    return spec.format(v) if isinstance(v, (int, float)) else f"{'-':>8}"
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--depths", default="18,50,101")
-    p.add_argument("--sizes", default="128,256")
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--width", type=int, default=64)
-    p.add_argument("--output_stride", type=int, default=8)
+    common.add_model_arguments(p)
     p.add_argument("--train_bn", action="store_true", help="trainable backbone BatchNorm")
     p.add_argument("--bf16", action="store_true", help="JAX: bfloat16 compute")
-    p.add_argument("--threads", type=int, default=2, help="PyTorch threads")
-    p.add_argument("--frameworks", default="jax,torch")
     p.add_argument("--no_isolate", dest="isolate", action="store_false",
                    help="run every variant in this process")
-    p.add_argument("--interleave", action="store_true",
-                   help="JAX and PyTorch in one process per (depth, size), repeats alternating "
-                        "(fairer ratios on a machine with a changing load)")
-    p.add_argument("--_single", default=None, help=argparse.SUPPRESS)
-    a = p.parse_args(argv)
-    raw = list(sys.argv[1:] if argv is None else argv)
-    a.passthrough = [s for i, s in enumerate(raw) if s != "--_single"
-                     and (i == 0 or raw[i - 1] != "--_single")]
+    a = common.parse(p, argv)
 
     if a._single:
         fws, depth, size = a._single.split(":")
         print(json.dumps(bench(a, fws.split("+"), int(depth), int(size))))
         return
 
-    frameworks = a.frameworks.split(",")
-    if "torch" in frameworks:
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            print("torch not importable: JAX only")
-            frameworks = [f for f in frameworks if f != "torch"]
+    frameworks = common.torch_available(a.frameworks.split(","))
     import jax
     print(f"jax {jax.__version__} ({jax.default_backend()}), batch {a.batch}, width {a.width}, "
           f"output stride {a.output_stride}, frozen backbone BN {not a.train_bn}, "
@@ -237,10 +208,10 @@ def main(argv=None):
             r = run_variant(a, frameworks, depth, size)
             j, t = r.get("jax", {}), r.get("torch", {})
             ratio = lambda k: (j[k] / t[k]) if k in j and k in t else None
-            print(f"{depth:>5} {size:>5} | {_fmt(j.get('fwd_ms'))} {_fmt(j.get('step_ms'))} "
-                  f"{_fmt(j.get('compile_s'), '{:7.1f}s')} | {_fmt(t.get('fwd_ms'))} "
-                  f"{_fmt(t.get('step_ms'))} | {_fmt(ratio('fwd_ms'), '{:6.2f}')} "
-                  f"{_fmt(ratio('step_ms'), '{:6.2f}')}", flush=True)
+            print(f"{depth:>5} {size:>5} | {common.fmt(j.get('fwd_ms'))} {common.fmt(j.get('step_ms'))} "
+                  f"{common.fmt(j.get('compile_s'), '{:7.1f}s')} | {common.fmt(t.get('fwd_ms'))} "
+                  f"{common.fmt(t.get('step_ms'))} | {common.fmt(ratio('fwd_ms'), '{:6.2f}')} "
+                  f"{common.fmt(ratio('step_ms'), '{:6.2f}')}", flush=True)
             for fw, res in r.items():
                 if "error" in res:
                     print(f"      {fw} failed: {res['error']}", flush=True)

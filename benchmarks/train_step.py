@@ -42,13 +42,14 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+
+import common  # noqa: E402  (benchmarks/common.py)
 
 
 def parse_impl(spec: str) -> dict:
@@ -320,44 +321,20 @@ def bench_interleaved(a, impl_spec: str, depth: int, size: int) -> dict:
 
 
 def run_variant(a, fw: str, impl_spec: str, depth: int, size: int) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--_single",
-           f"{fw}:{impl_spec}:{depth}:{size}", *a.passthrough]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        lines = proc.stderr.strip().splitlines()
-        return {"error": lines[-1] if lines else f"exit {proc.returncode}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _fmt(v, spec="{:8.0f}"):
-    return spec.format(v) if isinstance(v, (int, float)) else f"{'-':>8}"
+    return common.run_single(os.path.abspath(__file__), f"{fw}:{impl_spec}:{depth}:{size}",
+                             a.passthrough)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--depths", default="18,50,101")
-    p.add_argument("--sizes", default="128,256")
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
+    common.add_model_arguments(p)
     p.add_argument("--rounds", type=int, default=1,
                    help="repeat every variant this many times, interleaved; median over rounds")
-    p.add_argument("--width", type=int, default=64)
     p.add_argument("--head_channels", type=int, default=128, help="fusion and PSP channels")
-    p.add_argument("--output_stride", type=int, default=8)
-    p.add_argument("--threads", type=int, default=2, help="PyTorch threads")
-    p.add_argument("--frameworks", default="jax,torch")
     p.add_argument("--impls", default="fast", help="JAX implementations, comma separated")
     p.add_argument("--infer", action="store_true",
                    help="also time inference of one object (forward + evolution + paste back)")
-    p.add_argument("--interleave", action="store_true",
-                   help="one process per (depth, size) with JAX (first of --impls) and "
-                        "PyTorch steps alternating; prints step times and ratio only")
-    p.add_argument("--_single", default=None, help=argparse.SUPPRESS)
-    a = p.parse_args(argv)
-    raw = list(sys.argv[1:] if argv is None else argv)
-    a.passthrough = [s for i, s in enumerate(raw) if s != "--_single"
-                     and (i == 0 or raw[i - 1] != "--_single")]
+    a = common.parse(p, argv)
 
     if a._single:
         fw, impl, depth, size = a._single.split(":")
@@ -367,13 +344,7 @@ def main(argv=None):
             print(json.dumps(bench_single(a, fw, impl, int(depth), int(size))))
         return
 
-    frameworks = a.frameworks.split(",")
-    if "torch" in frameworks:
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            print("torch is not installed: PyTorch side skipped, JAX only")
-            frameworks = [f for f in frameworks if f != "torch"]
+    frameworks = common.torch_available(a.frameworks.split(","))
     impls = a.impls.split(",")
     for spec in impls:
         parse_impl(spec)
@@ -424,10 +395,10 @@ def main(argv=None):
                     print(f"{depth:>5} {size:>5} {name:<26} | failed: {r['error']}")
                     continue
                 ratio = r["step_ms"] / t_step if t_step else None
-                print(f"{depth:>5} {size:>5} {name:<26} | {_fmt(r['step_ms'])} "
-                      f"{_fmt(ratio, '{:7.2f}')} {_fmt(r['peak_rss_mb'])} {_fmt(r.get('step_rss_mb'))} "
-                      f"{_fmt(r['first_step_s'], '{:7.1f}s')}"
-                      + (f" | {_fmt(r.get('infer_ms'))}" if a.infer else ""), flush=True)
+                print(f"{depth:>5} {size:>5} {name:<26} | {common.fmt(r['step_ms'])} "
+                      f"{common.fmt(ratio, '{:7.2f}')} {common.fmt(r['peak_rss_mb'])} {common.fmt(r.get('step_rss_mb'))} "
+                      f"{common.fmt(r['first_step_s'], '{:7.1f}s')}"
+                      + (f" | {common.fmt(r.get('infer_ms'))}" if a.infer else ""), flush=True)
                 if a.rounds > 1 or a.repeats > 1:
                     print(f"{'':>38}steps ms: {r['all']}", flush=True)
     print("step: median ms per training step; x torch: JAX / PyTorch (<1: JAX faster); "

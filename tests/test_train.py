@@ -7,7 +7,6 @@ subprocesses.
 
 import json
 import os
-import pathlib
 import signal
 import socket
 import subprocess
@@ -213,7 +212,6 @@ def test_bad_config_stops_before_compute(tmp_path, override, message):
          f"--workdir={tmp_path / 'w'}", f"--config.data.data_dir={empty}", override]
   if "build" not in override:
     cmd.append("--config.data.build=false")
-  t0 = time.time()
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert proc.returncode != 0
