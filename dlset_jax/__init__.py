@@ -4,7 +4,7 @@ Layering (imports only run downwards):
   core (pure array functions): guidance, levelset, losses, targets, metrics
   models/ (Flax Linen networks)
   data/ (data sets and the input pipeline), predict
-  train_lib, checkpoint, evaluate
+  train_lib, checkpoint, evaluate, reporting, hostmem (the edges: files, devices, memory)
 """
 
 __version__ = "0.1.0"

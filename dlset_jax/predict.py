@@ -45,6 +45,7 @@ import jax
 import numpy as np
 
 from dlset_jax import evaluate
+from dlset_jax import hostmem
 from dlset_jax import targets
 from dlset_jax.data import pipeline
 from dlset_jax.data import readers
@@ -428,6 +429,8 @@ class Segmenter:
     keys = ["phi_t"] + (["trajectory"] if return_trajectory else []) + (
         ["phi0", "motion", "g", "logits"] if return_network_outputs else [])
     out = jax.device_get({k: out[k] for k in keys})  # slicing on the host: no extra programs
+    if self.trace_count > traces:  # a new bucket was compiled: drop the compiler's scratch
+      hostmem.release_freed_memory()
     t2 = time.perf_counter()
     results = []
     for k, (p, it) in enumerate(zip(checked, items)):
