@@ -1,4 +1,4 @@
-"""Helpers shared by the model benchmarks (model.py, train_step.py).
+"""Helpers shared by the model benchmarks (model.py, train_step.py, gpu.py).
 
 Each variant runs in a fresh process (``--_single SPEC``) so that its timings and its
 peak RSS are its own; the parent collects the JSON line the child prints last.
@@ -9,6 +9,8 @@ import argparse
 import json
 import subprocess
 import sys
+
+import numpy as np
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -62,3 +64,22 @@ def torch_available(frameworks: list[str]) -> list[str]:
 def fmt(v, spec="{:8.0f}"):
     """A number in `spec`, or a dash where it is missing."""
     return spec.format(v) if isinstance(v, (int, float)) else f"{'-':>8}"
+
+
+def fake_batch(b: int, size: int, seed: int = 0) -> dict:
+    """A plausible training batch (NHWC, the pipeline's keys): an ellipse mask, its
+    truncated SDT and unit normals, a random image and guidance map."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] / size
+    mask = (((yy - 0.5) / 0.3) ** 2 + ((xx - 0.5) / 0.35) ** 2 < 1).astype(np.float32)
+    sdt = np.clip((np.sqrt(((yy - 0.5) / 0.3) ** 2 + ((xx - 0.5) / 0.35) ** 2) - 1) * size * 0.3,
+                  -30, 30).astype(np.float32)
+    gy, gx = np.gradient(sdt)
+    n = np.sqrt(gx ** 2 + gy ** 2) + 1e-6
+    tile = lambda a: np.repeat(a[None, ..., None] if a.ndim == 2 else a[None], b, 0)
+    return {
+        "image": rng.normal(size=(b, size, size, 3)).astype(np.float32),
+        "guidance": (rng.uniform(size=(b, size, size, 1)) * 510).astype(np.float32),
+        "mask": tile(mask), "sdt": tile(sdt),
+        "direction": tile(np.stack([gy / n, gx / n], -1).astype(np.float32)),
+    }

@@ -43,6 +43,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+import common  # noqa: E402  (benchmarks/common.py)
 from dlset_jax import config as config_lib  # noqa: E402
 from dlset_jax import evaluate, models, train_lib  # noqa: E402
 from dlset_jax.models import resnet  # noqa: E402
@@ -67,18 +68,6 @@ def peak_tflops(device, dtype: str, precision: str, override: float | None):
         return bf16
       return fp32 if precision == "highest" else tf32
   return None
-
-
-def synthetic_batch(rng, batch, size):
-  """A training batch of the pipeline's keys and shapes (a disc in every crop)."""
-  yy, xx = np.mgrid[:size, :size]
-  mask = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 3) ** 2)
-  mask = np.broadcast_to(mask[None, ..., None], (batch, size, size, 1)).astype(np.float32)
-  sdt = np.where(mask > 0, -5.0, 5.0).astype(np.float32)
-  direction = rng.normal(size=(batch, size, size, 2)).astype(np.float32)
-  return {"image": rng.normal(size=(batch, size, size, 3)).astype(np.float32),
-          "guidance": rng.uniform(0, 255, size=(batch, size, size, 1)).astype(np.float32),
-          "mask": mask, "sdt": sdt, "dt": np.abs(sdt), "direction": direction}
 
 
 def timed(fn, steps):
@@ -124,7 +113,7 @@ def bench(args, size, dtype, impl):
     abstract = jax.eval_shape(lambda: model.init_variables(jax.random.key(0), size))
     tx = train_lib.make_optimizer(config, abstract["params"], schedule)
     state = train_lib.create_train_state(config, model, tx, 0)
-    batch = jax.device_put(synthetic_batch(np.random.default_rng(0), args.batch, size))
+    batch = jax.device_put(common.fake_batch(args.batch, size))
     step = jax.jit(functools.partial(train_lib.train_step, model=model, tx=tx,
                                      config=config, warmup_steps=0, schedule=schedule),
                    donate_argnums=(0,))

@@ -50,6 +50,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 import common  # noqa: E402  (benchmarks/common.py)
+from dlset_jax import hostmem  # noqa: E402  (no JAX import: safe in PyTorch children)
 
 
 def parse_impl(spec: str) -> dict:
@@ -82,25 +83,6 @@ def make_config(a, depth: int, size: int):
     return c
 
 
-def fake_batch(b: int, size: int, seed: int = 0) -> dict:
-    """A plausible batch: an ellipse-ish mask, its truncated SDT, a random image."""
-    import numpy as np
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size] / size
-    mask = (((yy - 0.5) / 0.3) ** 2 + ((xx - 0.5) / 0.35) ** 2 < 1).astype(np.float32)
-    sdt = np.clip((np.sqrt(((yy - 0.5) / 0.3) ** 2 + ((xx - 0.5) / 0.35) ** 2) - 1) * size * 0.3,
-                  -30, 30).astype(np.float32)
-    gy, gx = np.gradient(sdt)
-    n = np.sqrt(gx ** 2 + gy ** 2) + 1e-6
-    tile = lambda a: np.repeat(a[None, ..., None] if a.ndim == 2 else a[None], b, 0)
-    return {
-        "image": rng.normal(size=(b, size, size, 3)).astype(np.float32),
-        "guidance": (rng.uniform(size=(b, size, size, 1)) * 510).astype(np.float32),
-        "mask": tile(mask), "sdt": tile(sdt),
-        "direction": tile(np.stack([gy / n, gx / n], -1).astype(np.float32)),
-    }
-
-
 # ----------------------------------------------------------------------------- JAX
 
 def setup_jax(a, depth: int, size: int, impl: dict) -> dict:
@@ -109,7 +91,7 @@ def setup_jax(a, depth: int, size: int, impl: dict) -> dict:
     import jax
     import numpy as np
 
-    from dlset_jax import evaluate, hostmem, targets, train_lib
+    from dlset_jax import evaluate, targets, train_lib
     from dlset_jax.models import create_model, resnet
 
     resnet.IMPL.update(impl)
@@ -124,7 +106,7 @@ def setup_jax(a, depth: int, size: int, impl: dict) -> dict:
         step=jax.numpy.zeros((), jax.numpy.int32), params=variables["params"],
         batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
         rng=jax.random.key_data(jax.random.key(1)))
-    batch = jax.device_put(fake_batch(a.batch, size))
+    batch = jax.device_put(common.fake_batch(a.batch, size))
     hostmem.release_freed_memory()  # as train.py: the init compilation's scratch memory
     step_fn = jax.jit(functools.partial(train_lib.train_step, model=model, tx=tx, config=c,
                                         warmup_steps=0, schedule=schedule),
@@ -139,7 +121,7 @@ def setup_jax(a, depth: int, size: int, impl: dict) -> dict:
     fns = {"step": step}
     if a.infer:
         predict = jax.jit(functools.partial(evaluate.predict_crops, model=model, config=c))
-        one = fake_batch(1, size, seed=1)
+        one = common.fake_batch(1, size, seed=1)
         image_shape, box = (512, 512), (80, 100, 400, 440)
 
         def infer():
@@ -205,7 +187,7 @@ def setup_torch(a, depth: int, size: int, impl: dict) -> dict:
                             fusion_channels=a.head_channels, psp_channels=a.head_channels)
     evolve = _torch_evolution()
     nchw = lambda v: torch.from_numpy(np.ascontiguousarray(np.moveaxis(v, -1, 1)))
-    t = {k: nchw(v) for k, v in fake_batch(a.batch, size).items()}
+    t = {k: nchw(v) for k, v in common.fake_batch(a.batch, size).items()}
     x = torch.cat([t["image"], t["guidance"] / 255.0], 1)
     o = c.optim
     backbone = [p for p in net.backbone.parameters() if p.requires_grad]
@@ -229,7 +211,7 @@ def setup_torch(a, depth: int, size: int, impl: dict) -> dict:
 
     fns = {"step": step}
     if a.infer:
-        one = {k: nchw(v) for k, v in fake_batch(1, size, seed=1).items()}
+        one = {k: nchw(v) for k, v in common.fake_batch(1, size, seed=1).items()}
         x1 = torch.cat([one["image"], one["guidance"] / 255.0], 1)
 
         def infer():
@@ -279,7 +261,6 @@ def bench_single(a, fw: str, impl_spec: str, depth: int, size: int) -> dict:
         for _ in range(a.warmup):
             fn()
         if fw == "jax":  # as train.py does after compiling its step
-            from dlset_jax import hostmem
             hostmem.release_freed_memory()
         times = []
         if kind == "step":  # before the reset: ru_maxrss follows the reset peak mark
