@@ -16,6 +16,7 @@ $(VENV)/.stamp: requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements-dev.txt
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/python -m dlset_jax.evolution_kernel
 	touch $@
 
 setup: $(VENV)/.stamp

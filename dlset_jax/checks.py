@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -28,8 +29,9 @@ def check_channels(name: str, x, channels: int) -> None:
 
 
 def check_floating(name: str, x) -> None:
-  if not np.issubdtype(np.asarray(x).dtype if not hasattr(x, "dtype") else x.dtype,
-                       np.floating):
+  # jnp.issubdtype, not numpy's: bfloat16 is a floating type to JAX, not to numpy.
+  if not jnp.issubdtype(np.asarray(x).dtype if not hasattr(x, "dtype") else x.dtype,
+                        jnp.floating):
     raise ValueError(f"{name} must be a floating-point array, got dtype {x.dtype}")
 
 

@@ -32,6 +32,7 @@ keep the gradients those of autodiff, which the parity tests check directly.
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Literal
 
 import chex
@@ -39,8 +40,10 @@ import jax
 import jax.numpy as jnp
 
 from dlset_jax import checks
+from dlset_jax import evolution_kernel
 
 Corners = Literal["full", "authors"]
+Impl = Literal["auto", "xla", "kernel"]
 
 
 def _index(x, axis):
@@ -294,10 +297,38 @@ def _validate(phi0, motion, g):
     checks.check_same_shape(phi0=phi0, g=g)
 
 
+@functools.lru_cache(maxsize=None)
+def _warn_no_kernel(why: str) -> None:
+  warnings.warn(f"levelset.evolve: the fused CPU kernel is unavailable ({why}); "
+                "using the XLA version (same results, several times slower).",
+                RuntimeWarning, stacklevel=3)
+
+
+def _use_kernel(impl: str, dtype) -> bool:
+  """Whether `evolve` runs the fused kernel (see `evolve`'s `impl`)."""
+  if impl not in ("auto", "xla", "kernel"):
+    raise ValueError(f"impl must be 'auto', 'xla' or 'kernel', got {impl!r}")
+  if impl == "xla":
+    return False
+  if impl == "kernel":
+    if dtype != jnp.float32:
+      raise ValueError(f"impl='kernel' needs a float32 phi0, got {dtype}")
+    why = evolution_kernel.unavailable_reason()
+    if why is not None:
+      raise evolution_kernel.KernelUnavailable(why)
+    return True
+  if jax.default_backend() != "cpu" or dtype != jnp.float32:
+    return False
+  why = evolution_kernel.unavailable_reason()
+  if why is not None:
+    _warn_no_kernel(why)
+  return why is None
+
+
 @functools.partial(
     jax.jit,
     static_argnames=("steps", "timestep", "dirac_ratio", "dt_max", "corners",
-                     "return_trajectory"))
+                     "return_trajectory", "impl"))
 def evolve(phi0: jax.Array,
            motion: jax.Array,
            g: jax.Array | None = None,
@@ -307,7 +338,8 @@ def evolve(phi0: jax.Array,
            dirac_ratio: float = 0.3,
            dt_max: float = 30.0,
            corners: Corners = "full",
-           return_trajectory: bool = False):
+           return_trajectory: bool = False,
+           impl: Impl = "auto"):
   """Evolves a level set for `steps` steps under motion, curvature and regularisation.
 
   One step (`jax.lax.scan` over `steps`):
@@ -325,6 +357,10 @@ def evolve(phi0: jax.Array,
     dt_max: truncation distance of the signed distance (pixels).
     corners: "full" (correct Neumann corners) or "authors" (reference quirk).
     return_trajectory: also return every level set.
+    impl: "xla" runs the steps as a `jax.lax.scan` of the functions above; "kernel"
+      the fused C++ kernel (`dlset_jax.evolution_kernel`, float32, CPU only; same
+      numerics to float rounding, several times faster); "auto" the kernel when the
+      default backend is CPU, phi0 is float32 and the kernel could be built, else XLA.
 
   Returns:
     `phi_T` `(B, H, W, 1)`; with `return_trajectory`, `(phi_T, trajectory)` where
@@ -333,9 +369,19 @@ def evolve(phi0: jax.Array,
   _validate(phi0, motion, g)
   if steps < 0:
     raise ValueError(f"steps must be >= 0, got {steps}")
+  if corners not in ("full", "authors"):
+    raise ValueError(f"corners must be 'full' or 'authors', got {corners!r}")
   phi = phi0[..., 0]
   vy, vx = motion[..., 0], motion[..., 1]
   gg = None if g is None else g[..., 0]
+  if _use_kernel(impl, phi0.dtype):
+    args = (phi, motion.astype(jnp.float32),
+            jnp.ones_like(phi) if gg is None else gg.astype(jnp.float32),
+            steps, timestep, dirac_ratio, dt_max, corners)
+    if not return_trajectory:
+      return evolution_kernel.final(*args)[..., None]
+    states = evolution_kernel.trajectory(*args)  # (B, T+1, H, W)
+    return states[:, -1, :, :, None], jnp.moveaxis(states, 1, 0)[..., None]
   step = functools.partial(evolve_step, vy=vy, vx=vx, g=gg, timestep=timestep,
                            dirac_ratio=dirac_ratio, dt_max=dt_max, corners=corners)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from conftest import FIXTURES
+from conftest import FIXTURES, IMPLS
 from dlset_jax import levelset as ls
 
 REF = np.load(FIXTURES / "authors_levelset.npz")
@@ -34,9 +34,9 @@ def case_inputs(c):
   return nhwc(REF[p + "phi0"]), nhwc(REF[p + "vf"]), g, nhwc(REF[p + "W"])
 
 
-def objective(corners, steps, weights):
+def objective(corners, steps, weights, impl):
   def f(phi0, motion, g):
-    phi_t = ls.evolve(phi0, motion, g, steps=steps, corners=corners)
+    phi_t = ls.evolve(phi0, motion, g, steps=steps, corners=corners, impl=impl)
     return jnp.sum(ls.heaviside(phi_t) * weights), phi_t
   return f
 
@@ -53,12 +53,13 @@ def corner_mask(shape, steps):
 
 @pytest.mark.parametrize("case", CASES, ids=[c["prefix"][:-1] for c in CASES])
 @pytest.mark.parametrize("corners", ["authors", "full"])
-def test_parity_with_authors(case, corners):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_parity_with_authors(case, corners, impl):
   p, steps = case["prefix"], case["T"]
   phi0, motion, g, weights = case_inputs(case)
   argnums = (0, 1, 2) if g is not None else (0, 1)
   (obj, phi_t), grads = jax.value_and_grad(
-      objective(corners, steps, weights), argnums=argnums, has_aux=True)(
+      objective(corners, steps, weights, impl), argnums=argnums, has_aux=True)(
           phi0, motion, g)
   keep = None if corners == "authors" else corner_mask(phi0.shape, steps)
   keep2 = None if keep is None else np.repeat(keep, 2, axis=-1)
@@ -80,11 +81,12 @@ def test_parity_with_authors(case, corners):
 
 
 @pytest.mark.parametrize("prefix", ["c2_", "c8_"])
-def test_trajectory_matches_authors_steps(prefix):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_trajectory_matches_authors_steps(prefix, impl):
   case = next(c for c in CASES if c["prefix"] == prefix)
   phi0, motion, g, _ = case_inputs(case)
   phi_t, traj = ls.evolve(phi0, motion, g, steps=5, corners="authors",
-                          return_trajectory=True)
+                          return_trajectory=True, impl=impl)
   ref = np.moveaxis(REF[prefix + "phi_steps_f32"], 2, -1)
   assert traj.shape == ref.shape == (6,) + phi0.shape
   for k in range(6):
