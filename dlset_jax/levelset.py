@@ -371,17 +371,18 @@ def evolve(phi0: jax.Array,
     raise ValueError(f"steps must be >= 0, got {steps}")
   if corners not in ("full", "authors"):
     raise ValueError(f"corners must be 'full' or 'authors', got {corners!r}")
+  if _use_kernel(impl, phi0.dtype):
+    # The kernel takes the NHWC arrays as they are (no slices, so no layout copies).
+    args = (phi0, motion.astype(jnp.float32),
+            jnp.ones_like(phi0) if g is None else g.astype(jnp.float32),
+            steps, timestep, dirac_ratio, dt_max, corners)
+    if not return_trajectory:
+      return evolution_kernel.final(*args)
+    states = evolution_kernel.trajectory(*args)  # (B, T+1, H, W)
+    return states[:, -1, :, :, None], jnp.moveaxis(states, 1, 0)[..., None]
   phi = phi0[..., 0]
   vy, vx = motion[..., 0], motion[..., 1]
   gg = None if g is None else g[..., 0]
-  if _use_kernel(impl, phi0.dtype):
-    args = (phi, motion.astype(jnp.float32),
-            jnp.ones_like(phi) if gg is None else gg.astype(jnp.float32),
-            steps, timestep, dirac_ratio, dt_max, corners)
-    if not return_trajectory:
-      return evolution_kernel.final(*args)[..., None]
-    states = evolution_kernel.trajectory(*args)  # (B, T+1, H, W)
-    return states[:, -1, :, :, None], jnp.moveaxis(states, 1, 0)[..., None]
   step = functools.partial(evolve_step, vy=vy, vx=vx, g=gg, timestep=timestep,
                            dirac_ratio=dirac_ratio, dt_max=dt_max, corners=corners)
 

@@ -78,6 +78,33 @@ def test_gradients_match_xla_autodiff(shape, corners):
     assert max_rel(k, x) < 1e-4
 
 
+@pytest.mark.parametrize("radius", [12.0, 200.0], ids=["thin-band", "no-band"])
+def test_band_limited_update_matches_xla(radius):
+  """The kernel skips the update where the Dirac delta is zero (|phi| >= 9 px): a
+  thin band around a circle, and no band at all (a circle outside the image)."""
+  h, w = 70, 83  # not multiples of the kernel's 16-column chunks
+  yy, xx = np.mgrid[:h, :w]
+  sdf = np.clip(np.hypot(yy - 30.5, xx - 41.0) - radius, -30, 30)
+  rng = np.random.default_rng(6)
+  phi = jnp.asarray(sdf[None, ..., None], jnp.float32)
+  motion = jnp.asarray(rng.normal(size=(1, h, w, 2)), jnp.float32)
+  g = jnp.asarray(rng.uniform(size=(1, h, w, 1)), jnp.float32)
+  weights = jnp.asarray(rng.normal(size=(1, h, w, 1)), jnp.float32)
+
+  def run(impl):
+    f = lambda p, m, gg: jnp.sum(ls.heaviside(ls.evolve(
+        p, m, gg, steps=5, impl=impl)) * weights)
+    return ls.evolve(phi, motion, g, steps=5, impl=impl), jax.grad(
+        f, argnums=(0, 1, 2))(phi, motion, g)
+
+  (out_k, grads_k), (out_x, grads_x) = run("kernel"), run("xla")
+  np.testing.assert_allclose(out_k, out_x, rtol=0, atol=1e-3)  # values reach 30 px
+  for k, x in zip(grads_k, grads_x):
+    np.testing.assert_allclose(k, x, rtol=0, atol=1e-4 * max(float(np.abs(x).max()), 1))
+  if radius > 100:  # no pixel in the band: motion and g get no gradient at all
+    assert not np.any(np.asarray(grads_k[1])) and not np.any(np.asarray(grads_k[2]))
+
+
 def test_gradient_through_every_state_of_the_trajectory():
   phi, motion, g, weights = inputs(2, 20, 16, seed=2)
 
@@ -143,7 +170,7 @@ def test_auto_falls_back_to_xla_with_a_warning(monkeypatch):
       out, ls.evolve(phi, motion, g, steps=2, timestep=4.25, impl="kernel"), atol=1e-4)
   with pytest.raises(ek.KernelUnavailable, match="unavailable"):
     monkeypatch.setattr(ek, "_load", lambda: "no compiler (test)")
-    ek.final(phi[..., 0], motion, g[..., 0], 2, 4.5, 0.3, 30.0, "full")
+    ek.final(phi, motion, g, 2, 4.5, 0.3, 30.0, "full")
 
 
 def test_bad_arguments_are_named():
@@ -153,10 +180,10 @@ def test_bad_arguments_are_named():
   with pytest.raises(ValueError, match="float32 phi0"):
     ls.evolve(phi.astype(jnp.bfloat16), motion, g, steps=1, impl="kernel")
   with pytest.raises(TypeError, match="motion is float16"):
-    ek.final(phi[..., 0], motion.astype(jnp.float16), g[..., 0], 1, 5.0, 0.3, 30.0,
+    ek.final(phi, motion.astype(jnp.float16), g, 1, 5.0, 0.3, 30.0,
              "full")
   with pytest.raises(ValueError, match="expected"):
-    ek.final(phi[..., 0], motion[..., :1], g[..., 0], 1, 5.0, 0.3, 30.0, "full")
+    ek.final(phi, motion[..., :1], g, 1, 5.0, 0.3, 30.0, "full")
 
 
 def test_build_reports_a_missing_or_failing_compiler(tmp_path, monkeypatch):

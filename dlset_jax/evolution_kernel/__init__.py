@@ -159,35 +159,39 @@ def _batch_dims(n: int):
   return set_xla_metadata(num_batch_dims=str(n))
 
 
-def _forward(phi0, motion, g, steps, timestep, dirac_ratio, dt_max, corners):
-  """(phi_0 .. phi_{T-1} as `(..., T, H, W)`, phi_T `(..., H, W)`)."""
+def _forward(phi0, motion, g, static, keep_states=False):
+  """(phi_T `(..., H, W, 1)`, states phi_0 .. phi_{T-1} `(..., T, H, W)`); the
+  states have a zero-sized axis unless kept (inference needs only phi_T)."""
   _require()
-  saved = jax.ShapeDtypeStruct(phi0.shape[:-2] + (steps,) + phi0.shape[-2:], jnp.float32)
-  last = jax.ShapeDtypeStruct(phi0.shape, jnp.float32)
-  call = jax.ffi.ffi_call(FORWARD_TARGET, (saved, last), vmap_method="broadcast_all")
-  with _batch_dims(phi0.ndim - 2):
-    return call(phi0, motion, g, **_attrs(steps, timestep, dirac_ratio, dt_max, corners))
+  steps = static[0]
+  lead, hw = phi0.shape[:-3], phi0.shape[-3:-1]
+  specs = (jax.ShapeDtypeStruct(phi0.shape, jnp.float32),
+           jax.ShapeDtypeStruct(lead + (steps if keep_states else 0,) + hw, jnp.float32))
+  call = jax.ffi.ffi_call(FORWARD_TARGET, specs, vmap_method="broadcast_all")
+  with _batch_dims(phi0.ndim - 3):
+    return call(phi0, motion, g, **_attrs(*static))
 
 
 def _backward(static, res, cotangent):
-  """Cotangents of (phi0, motion, g). `cotangent` is phi_T's `(..., H, W)` or every
-  state's `(..., T+1, H, W)`."""
-  saved, motion, g = res
+  """Cotangents of (phi0, motion, g). `cotangent` is phi_T's `(..., H, W, 1)` or
+  every state's `(..., T+1, H, W)`."""
+  states, motion, g = res
   specs = (jax.ShapeDtypeStruct(g.shape, jnp.float32),
            jax.ShapeDtypeStruct(motion.shape, jnp.float32),
            jax.ShapeDtypeStruct(g.shape, jnp.float32))
   call = jax.ffi.ffi_call(BACKWARD_TARGET, specs, vmap_method="broadcast_all")
-  with _batch_dims(g.ndim - 2):
-    return tuple(call(saved, motion, g, cotangent, **_attrs(*static)))
+  with _batch_dims(g.ndim - 3):
+    return tuple(call(states, motion, g, cotangent, **_attrs(*static)))
 
 
 def _check(phi0, motion, g):
   for name, x in (("phi0", phi0), ("motion", motion), ("g", g)):
     if x.dtype != jnp.float32:
       raise TypeError(f"the evolution kernel takes float32, {name} is {x.dtype}")
-  if g.shape != phi0.shape or motion.shape != phi0.shape + (2,):
+  if (phi0.ndim < 3 or phi0.shape[-1] != 1 or g.shape != phi0.shape
+      or motion.shape != phi0.shape[:-1] + (2,)):
     raise ValueError(f"phi0 {phi0.shape}, motion {motion.shape} and g {g.shape}: "
-                     "expected (..., H, W), (..., H, W, 2), (..., H, W)")
+                     "expected (..., H, W, 1), (..., H, W, 2), (..., H, W, 1)")
 
 
 _STATIC = (3, 4, 5, 6, 7)  # steps, timestep, dirac_ratio, dt_max, corners
@@ -198,34 +202,42 @@ def final(phi0, motion, g, steps, timestep, dirac_ratio, dt_max, corners):
   """phi_T of the evolution, computed by the fused kernel.
 
   Args:
-    phi0: `(..., H, W)` float32 level set in px, H and W >= 3.
+    phi0: `(..., H, W, 1)` float32 level set in px, H and W >= 3.
     motion: `(..., H, W, 2)` float32 motion field (y, x).
-    g: `(..., H, W)` float32 curvature modulation.
+    g: `(..., H, W, 1)` float32 curvature modulation.
     steps, timestep, dirac_ratio, dt_max, corners: as `levelset.evolve`.
 
   Returns:
-    phi_T, `(..., H, W)` float32.
+    phi_T, `(..., H, W, 1)` float32.
   """
   _check(phi0, motion, g)
-  return _forward(phi0, motion, g, steps, timestep, dirac_ratio, dt_max, corners)[1]
+  static = (steps, timestep, dirac_ratio, dt_max, corners)
+  return _forward(phi0, motion, g, static)[0]
+
+
+def _with_last(states, last):
+  return jnp.concatenate([states, last[..., None, :, :, 0]], axis=-3)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=_STATIC)
 def trajectory(phi0, motion, g, steps, timestep, dirac_ratio, dt_max, corners):
   """Every state phi_0 .. phi_T, `(..., T+1, H, W)`; arguments as `final`."""
   _check(phi0, motion, g)
-  saved, last = _forward(phi0, motion, g, steps, timestep, dirac_ratio, dt_max, corners)
-  return jnp.concatenate([saved, last[..., None, :, :]], axis=-3)
+  static = (steps, timestep, dirac_ratio, dt_max, corners)
+  last, states = _forward(phi0, motion, g, static, keep_states=True)
+  return _with_last(states, last)
 
 
 def _final_fwd(phi0, motion, g, *static):
-  saved, last = _forward(phi0, motion, g, *static)
-  return last, (saved, motion, g)
+  _check(phi0, motion, g)
+  last, states = _forward(phi0, motion, g, static, keep_states=True)
+  return last, (states, motion, g)
 
 
 def _trajectory_fwd(phi0, motion, g, *static):
-  saved, last = _forward(phi0, motion, g, *static)
-  return jnp.concatenate([saved, last[..., None, :, :]], axis=-3), (saved, motion, g)
+  _check(phi0, motion, g)
+  last, states = _forward(phi0, motion, g, static, keep_states=True)
+  return _with_last(states, last), (states, motion, g)
 
 
 final.defvjp(_final_fwd, lambda *a: _backward(a[:-2], a[-2], a[-1]))
