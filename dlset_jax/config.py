@@ -59,6 +59,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.levelset.epsilon = -1.0            # Heaviside width (negative: H -> 1 inside)
   c.levelset.corners = "full"          # Neumann corners; "authors" = their quirk
   c.levelset.threshold = 0.0           # mask = phi <= threshold
+  # "auto": the fused C++ kernel on CPU (float32), the XLA scan elsewhere; "xla" or
+  # "kernel" force one (same numerics; see levelset.evolve).
+  c.levelset.impl = "auto"
 
   c.loss = ml_collections.ConfigDict()
   c.loss.boundary = "eq8"              # "eq8" (paper), "active_contour" (authors' code), "none"
@@ -213,6 +216,8 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int = 1,
   need(ls.epsilon != 0, "levelset.epsilon must be non-zero")
   need(ls.corners in ("full", "authors"),
        f"levelset.corners must be 'full' or 'authors', got {ls.corners!r}")
+  need(ls.get("impl", "auto") in ("auto", "xla", "kernel"),
+       f"levelset.impl must be 'auto', 'xla' or 'kernel', got {ls.get('impl')!r}")
   need(lo.boundary in BOUNDARY_LOSSES,
        f"loss.boundary must be one of {BOUNDARY_LOSSES}, got {lo.boundary!r}")
   need(lo.boundary_reduction in ("sum", "mean"),

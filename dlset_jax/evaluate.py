@@ -69,6 +69,7 @@ def predict_crops(variables, image, guidance, *, model, config,
   res = levelset.evolve(out["phi0"], out["motion"], out["g"], steps=ls_cfg.steps,
                         timestep=ls_cfg.timestep, dirac_ratio=ls_cfg.dirac_ratio,
                         dt_max=config.data.dt_max, corners=ls_cfg.corners,
+                        impl=ls_cfg.get("impl", "auto"),
                         return_trajectory=return_trajectory)
   if return_trajectory:
     out["phi_t"], out["trajectory"] = res

@@ -102,7 +102,8 @@ def compute_losses(params, batch_stats, batch, rng, warmup, *, model, config):
   phi_init = jnp.where(warmup, batch["sdt"], out["phi0"]) + shift
   phi_t = levelset.evolve(phi_init, out["motion"], out["g"], steps=ls_cfg.steps,
                           timestep=ls_cfg.timestep, dirac_ratio=ls_cfg.dirac_ratio,
-                          dt_max=config.data.dt_max, corners=ls_cfg.corners)
+                          dt_max=config.data.dt_max, corners=ls_cfg.corners,
+                          impl=ls_cfg.get("impl", "auto"))
   terms = {"levelset": losses.levelset_output_loss(phi_t, batch["mask"],
                                                    ls_cfg.epsilon)}
   onehot = jnp.concatenate([batch["mask"], 1.0 - batch["mask"]], axis=-1)

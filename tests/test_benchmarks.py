@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from dlset_jax import evolution_kernel
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +40,14 @@ def test_gpu_benchmark_runs_on_cpu_with_a_tiny_model(tmp_path):
 
 def test_levelset_benchmark_prints_ratios():
   out = run("levelset.py", "--batch", "2", "--size", "32", "--repeats", "1")
-  assert "JAX (jit)" in out and "numpy float32" in out
+  rows = {line.split("  ")[0]: line.split()[-4:] for line in out.splitlines()
+          if line.startswith(("JAX", "numpy"))}
+  assert set(rows) >= {"JAX (jit, XLA scan)", "numpy float32"}, out
+  if evolution_kernel.compiler() is not None:
+    assert "JAX + fused CPU kernel" in rows, out
+  # Each row: forward ms, forward+backward ms and the two ratios to the first row.
+  forward, _, ratio, _ = rows["JAX (jit, XLA scan)"]
+  assert float(forward) > 0 and ratio.endswith("x")
 
 
 def test_train_step_benchmark_runs_with_a_tiny_model():

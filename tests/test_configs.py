@@ -46,6 +46,7 @@ def test_paper_configs_follow_the_paper():
     ("loss.boundary", "dice", "loss.boundary must be one of"),
     ("data.guidance", "cm", "data.guidance must be one of"),
     ("train.batch_size", 3, "divisible by the number of devices"),
+    ("levelset.impl", "cuda", "levelset.impl must be"),
 ])
 def test_bad_values_are_named(field, value, message):
   c = load(REPO / "configs" / "default.py")
