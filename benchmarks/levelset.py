@@ -186,7 +186,7 @@ def main():
   print(f"\nLevel set evolution, T={t}, batch {b}, {n}x{n}, float32, "
         f"{args.stat} of {args.repeats} (jax {jax.__version__}, {jax.devices()[0].platform})")
   print(f"{'implementation':34s} {'forward ms':>11s} {'fwd+bwd ms':>11s} "
-        f"{'fwd speed-up of JAX':>20s} {'fwd+bwd speed-up':>17s}")
+        f"{'fwd: x row 1':>16s} {'fwd+bwd: x row 1':>20s}")
   for name, f, fb in rows:
     print(f"{name:34s} {f * 1e3:11.1f} {fb * 1e3:11.1f} {f / jax_fwd:15.1f}x "
           f"{(fb / jax_bwd if fb == fb else float('nan')):19.1f}x")
