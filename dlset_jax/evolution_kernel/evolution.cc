@@ -26,6 +26,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #if defined(__AVX512F__) || defined(__AVX__)
@@ -469,31 +470,59 @@ void Regularise(const float* p1, Scratch& s, float* out, int h, int w) {
   }
 }
 
+// What both directions of a step start with: b = boundary(phi), where the band is,
+// and the gradients and normals near it.
+void PrepareStep(const float* phi, Scratch& s, int h, int w, const Params& prm,
+                 const Band& band) {
+  Boundary(phi, s.b.data(), h, w, prm.authors_corners);
+  FindActivity(s.b.data(), band, h, w, s.act);
+  GradientsAndNormal(s.b.data(), s, h, w);
+}
+
+// f(j0, j1, kappa) for each run of band chunks of row i, with the curvature of the run
+// in kappa[j0:j1].
+template <typename F>
+inline void ForBandRuns(Scratch& s, int i, int h, int w, F&& f) {
+  float* kappa = s.row2.data();
+  ForRuns(s.act.band.data() + i * s.act.chunks, s.act.chunks, w, [&](int j0, int j1) {
+    CurvatureRange(s, i, h, w, j0, j1, s.row.data(), kappa);
+    f(j0, j1, kappa);
+  });
+}
+
+// The update p1 = b + timestep * delta(b) * force at one pixel: delta, its slope
+// d delta / d b, and force = M . grad(b) + g kappa.
+struct Update {
+  float delta, slope, force;
+};
+
+inline Update UpdateAt(float b, float vx, float vy, float gx, float gy, float g,
+                       float kappa, const Band& band) {
+  Update u;
+  Dirac(b, band, &u.delta, &u.slope);
+  u.force = vx * gx + vy * gy + g * kappa;
+  return u;
+}
+
 // One step phi -> out.
 void ForwardStep(const float* phi, const float* vy, const float* vx, const float* g,
                  float* out, Scratch& s, int h, int w, const Params& prm) {
   const Band band(prm);
-  Boundary(phi, s.b.data(), h, w, prm.authors_corners);
-  FindActivity(s.b.data(), band, h, w, s.act);
-  GradientsAndNormal(s.b.data(), s, h, w);
+  PrepareStep(phi, s, h, w, prm, band);
   // p1 = b + A force overwrites b in place: from here on b is read pixel by pixel only
   // (its gradients and normals are computed), and outside the band p1 = b.
   for (int i = 0; i < h; ++i) {
     if (!s.act.any_row[i]) continue;
     const int64_t o = static_cast<int64_t>(i) * w;
     float* b = s.b.data() + o;
-    float* p1 = b;
     const float* gx = s.gx.data() + o;
     const float* gy = s.gy.data() + o;
-    float* kappa = s.row2.data();
-    ForRuns(s.act.band.data() + i * s.act.chunks, s.act.chunks, w, [&](int j0, int j1) {
-      CurvatureRange(s, i, h, w, j0, j1, s.row.data(), kappa);
+    ForBandRuns(s, i, h, w, [&](int j0, int j1, const float* kappa) {
 #pragma omp simd
       for (int j = j0; j < j1; ++j) {
-        float delta, slope;
-        Dirac(b[j], band, &delta, &slope);
-        const float force = vx[o + j] * gx[j] + vy[o + j] * gy[j] + g[o + j] * kappa[j];
-        p1[j] = b[j] + prm.timestep * delta * force;
+        const Update u =
+            UpdateAt(b[j], vx[o + j], vy[o + j], gx[j], gy[j], g[o + j], kappa[j], band);
+        b[j] = b[j] + prm.timestep * u.delta * u.force;
       }
     });
   }
@@ -510,16 +539,13 @@ void BackwardStep(const float* phi, const float* vy, const float* vx, const floa
                   float* c_out, float* c_phi, float* c_vy, float* c_vx,
                   float* c_g, Scratch& s, int h, int w, const Params& prm) {
   const Band band(prm);
-  Boundary(phi, s.b.data(), h, w, prm.authors_corners);
-  FindActivity(s.b.data(), band, h, w, s.act);
-  GradientsAndNormal(s.b.data(), s, h, w);
-  // c_out becomes c_b in place (outside the band c_b = c_out); s.ax / s.ay hold the
-  // cotangents of gx / gy (zero outside the band), transposed below.
+  PrepareStep(phi, s, h, w, prm, band);
+  // s.ax / s.ay hold the cotangents of gx / gy (zero outside the band), transposed
+  // below.
   for (int i = 0; i < h; ++i) {
     if (!s.act.any_row[i]) continue;
     const int64_t o = static_cast<int64_t>(i) * w;
     float* c = c_out + o;
-    float* cb = c;
     const float* b = s.b.data() + o;
     const float* gx = s.gx.data() + o;
     const float* gy = s.gy.data() + o;
@@ -527,17 +553,14 @@ void BackwardStep(const float* phi, const float* vy, const float* vx, const floa
     float* cgy = s.ay.data() + o;
     std::fill(cgx, cgx + w, 0.f);
     std::fill(cgy, cgy + w, 0.f);
-    float* kappa = s.row2.data();
-    ForRuns(s.act.band.data() + i * s.act.chunks, s.act.chunks, w, [&](int j0, int j1) {
-      CurvatureRange(s, i, h, w, j0, j1, s.row.data(), kappa);
+    ForBandRuns(s, i, h, w, [&](int j0, int j1, const float* kappa) {
 #pragma omp simd
       for (int j = j0; j < j1; ++j) {
-        float delta, slope;
-        Dirac(b[j], band, &delta, &slope);
-        const float force = vx[o + j] * gx[j] + vy[o + j] * gy[j] + g[o + j] * kappa[j];
+        const Update u =
+            UpdateAt(b[j], vx[o + j], vy[o + j], gx[j], gy[j], g[o + j], kappa[j], band);
         const float cj = c[j];
-        const float c_force = cj * prm.timestep * delta;
-        cb[j] = cj + cj * prm.timestep * force * slope;
+        const float c_force = cj * prm.timestep * u.delta;
+        c[j] = cj + cj * prm.timestep * u.force * u.slope;  // c_b
         cgx[j] = c_force * vx[o + j];
         cgy[j] = c_force * vy[o + j];
         c_vx[o + j] += c_force * gx[j];
@@ -751,34 +774,35 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> states,
   return ffi::Error::Success();
 }
 
+// The step parameters: the same attributes, in the order of the handlers' arguments.
+template <typename Binding>
+auto WithStepAttributes(Binding binding) {
+  return std::move(binding)
+      .template Attr<int64_t>("steps")
+      .template Attr<float>("timestep")
+      .template Attr<float>("ratio")
+      .template Attr<float>("dt_max")
+      .template Attr<int64_t>("authors_corners");
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DlsetEvolveForward, Forward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("steps")
-                                  .Attr<float>("timestep")
-                                  .Attr<float>("ratio")
-                                  .Attr<float>("dt_max")
-                                  .Attr<int64_t>("authors_corners"));
+                              WithStepAttributes(ffi::Ffi::Bind()
+                                                     .Ctx<ffi::ThreadPool>()
+                                                     .Arg<ffi::Buffer<ffi::F32>>()
+                                                     .Arg<ffi::Buffer<ffi::F32>>()
+                                                     .Arg<ffi::Buffer<ffi::F32>>()
+                                                     .Ret<ffi::Buffer<ffi::F32>>()
+                                                     .Ret<ffi::Buffer<ffi::F32>>()));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DlsetEvolveBackward, Backward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("steps")
-                                  .Attr<float>("timestep")
-                                  .Attr<float>("ratio")
-                                  .Attr<float>("dt_max")
-                                  .Attr<int64_t>("authors_corners"));
+                              WithStepAttributes(ffi::Ffi::Bind()
+                                                     .Ctx<ffi::ThreadPool>()
+                                                     .Arg<ffi::Buffer<ffi::F32>>()
+                                                     .Arg<ffi::Buffer<ffi::F32>>()
+                                                     .Arg<ffi::Buffer<ffi::F32>>()
+                                                     .Arg<ffi::Buffer<ffi::F32>>()
+                                                     .Ret<ffi::Buffer<ffi::F32>>()
+                                                     .Ret<ffi::Buffer<ffi::F32>>()
+                                                     .Ret<ffi::Buffer<ffi::F32>>()));
