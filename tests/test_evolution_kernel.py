@@ -198,6 +198,12 @@ def test_build_reports_a_missing_or_failing_compiler(tmp_path, monkeypatch):
   with pytest.raises(ek.KernelUnavailable, match="compiler says no"):
     ek.build()
   assert list(tmp_path.glob("*.so")) == []  # no half-written library left behind
+  monkeypatch.delenv("CXX")
+  not_a_dir = tmp_path / "file"
+  not_a_dir.write_text("")
+  monkeypatch.setenv("DLSET_KERNEL_CACHE", str(not_a_dir / "cache"))
+  with pytest.raises(ek.KernelUnavailable, match="cannot write the kernel cache"):
+    ek.build()
 
 
 def test_build_is_cached_and_keyed_by_source(tmp_path, monkeypatch):

@@ -90,7 +90,8 @@ def build(verbose: bool = False) -> pathlib.Path:
   interrupted builds never leave a half-written library.
 
   Raises:
-    KernelUnavailable: no compiler, or the compiler failed (its output is included).
+    KernelUnavailable: no compiler, the compiler failed (its output is included), or
+      the cache directory is not writable.
   """
   cxx = compiler()
   if cxx is None:
@@ -98,8 +99,12 @@ def build(verbose: bool = False) -> pathlib.Path:
   target = library_path(cxx)
   if target.exists():
     return target
-  target.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+  try:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+  except OSError as e:
+    raise KernelUnavailable(f"cannot write the kernel cache {target.parent} ({e}); "
+                            "set DLSET_KERNEL_CACHE to a writable directory") from e
   os.close(fd)
   cmd = [cxx, *FLAGS, "-isystem", jax.ffi.include_dir(), "-o", tmp, str(SOURCE)]
   if verbose:
