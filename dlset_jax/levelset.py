@@ -119,6 +119,11 @@ def curvature(phi: jax.Array) -> jax.Array:
   return divergence(gx / s, gy / s)
 
 
+def _check_corners(corners) -> None:
+  if corners not in ("full", "authors"):
+    raise ValueError(f"corners must be 'full' or 'authors', got {corners!r}")
+
+
 def neumann_boundary(phi: jax.Array, corners: Corners = "full") -> jax.Array:
   """Neumann (mirror) boundary condition on the outer one-pixel frame.
 
@@ -130,8 +135,7 @@ def neumann_boundary(phi: jax.Array, corners: Corners = "full") -> jax.Array:
     corners: "full" sets all four corners. "authors" reproduces the reference
       implementation, which leaves the corners (0, W-1) and (H-1, 0) unchanged.
   """
-  if corners not in ("full", "authors"):
-    raise ValueError(f"corners must be 'full' or 'authors', got {corners!r}")
+  _check_corners(corners)
   h, w = phi.shape[-2:]
   out = _set_ends(_set_ends(phi, -2, 2, h - 3), -1, 2, w - 3)
   if corners == "authors":
@@ -372,8 +376,7 @@ def evolve(phi0: jax.Array,
   _validate(phi0, motion, g)
   if steps < 0:
     raise ValueError(f"steps must be >= 0, got {steps}")
-  if corners not in ("full", "authors"):
-    raise ValueError(f"corners must be 'full' or 'authors', got {corners!r}")
+  _check_corners(corners)
   if _use_kernel(impl, phi0.dtype):
     # The kernel takes the NHWC arrays as they are (no slices, so no layout copies).
     args = (phi0, motion.astype(jnp.float32),

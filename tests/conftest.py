@@ -28,12 +28,10 @@ FIXTURES = REPO / "tests" / "fixtures"
 
 # Both implementations of levelset.evolve. The kernel is skipped only where no C++
 # compiler exists; where one exists, a failing build fails the kernel's tests.
-IMPLS = [
-    pytest.param("kernel", marks=pytest.mark.skipif(
-        evolution_kernel.compiler() is None,
-        reason="no C++ compiler: the fused CPU evolution kernel cannot be built")),
-    "xla",
-]
+needs_compiler = pytest.mark.skipif(
+    evolution_kernel.compiler() is None,
+    reason="no C++ compiler: the fused CPU evolution kernel cannot be built")
+IMPLS = [pytest.param("kernel", marks=needs_compiler), "xla"]
 
 
 @pytest.fixture

@@ -16,12 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, needs_compiler
 from dlset_jax import evolution_kernel as ek
 from dlset_jax import levelset as ls
 
-pytestmark = pytest.mark.skipif(ek.compiler() is None,
-                                reason="no C++ compiler: the kernel cannot be built")
+pytestmark = needs_compiler
 
 
 def inputs(b, h, w, seed=0, noise=1.0):

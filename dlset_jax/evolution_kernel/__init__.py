@@ -8,7 +8,7 @@ jaxlib version, the compiler and the CPU's instruction set (it is built with
 `-march=native`). `make setup` builds it ahead of time; `python -m
 dlset_jax.evolution_kernel` builds it and prints where.
 
-Where no compiler is found, `available()` is False and says why; `levelset.evolve`
+Where no compiler is found, `unavailable_reason()` says why; `levelset.evolve`
 then runs the XLA version (the numerics are the same, only slower).
 
 Environment:
@@ -134,10 +134,6 @@ def _load() -> str | None:
     # Every operand and result has the batch as its leading axes (see _batch_dims).
     jax.ffi.register_ffi_target_as_batch_partitionable(name)
   return None
-
-
-def available() -> bool:
-  return _load() is None
 
 
 def unavailable_reason() -> str | None:

@@ -40,7 +40,6 @@ namespace ffi = xla::ffi;
 namespace {
 
 struct Params {
-  int64_t steps;
   float timestep, ratio, dt_max;
   bool authors_corners;
 };
@@ -276,6 +275,7 @@ struct Activity {
   std::vector<uint8_t> band;     // h x chunks: some pixel has delta != 0
   std::vector<uint8_t> normals;  // normals needed: band dilated by a row and a chunk
   std::vector<uint8_t> any_row;  // h: the row has a band chunk
+  std::vector<uint8_t> sideways;  // h x chunks: band dilated by a chunk (temporary)
 };
 
 void FindActivity(const float* b, const Band& bd, int h, int w, Activity& act) {
@@ -298,8 +298,7 @@ void FindActivity(const float* b, const Band& bd, int h, int w, Activity& act) {
     act.any_row[i] = row_any;
   }
   // normals = band dilated by one chunk sideways, then by one row up and down.
-  std::vector<uint8_t>& wide = act.normals;  // first the sideways dilation, per row
-  std::vector<uint8_t> rows(static_cast<size_t>(h) * nc);
+  std::vector<uint8_t>& rows = act.sideways;
   for (int i = 0; i < h; ++i) {
     const uint8_t* f = band + i * nc;
     uint8_t* o = rows.data() + i * nc;
@@ -310,7 +309,7 @@ void FindActivity(const float* b, const Band& bd, int h, int w, Activity& act) {
     const uint8_t* up = rows.data() + std::max(i - 1, 0) * nc;
     const uint8_t* mid = rows.data() + i * nc;
     const uint8_t* down = rows.data() + std::min(i + 1, h - 1) * nc;
-    for (int c = 0; c < nc; ++c) wide[i * nc + c] = up[c] | mid[c] | down[c];
+    for (int c = 0; c < nc; ++c) act.normals[i * nc + c] = up[c] | mid[c] | down[c];
   }
 }
 
@@ -344,15 +343,18 @@ struct Scratch {
       : b(int64_t{h} * w), gx(int64_t{h} * w), gy(int64_t{h} * w), nx(int64_t{h} * w),
         ny(int64_t{h} * w), ax(int64_t{h} * w), ay(int64_t{h} * w),
         vy(int64_t{h} * w), vx(int64_t{h} * w), c(int64_t{h} * w),
-        c_prev(int64_t{h} * w), row(w), row2(w) {
+        c_prev(int64_t{h} * w), c_vy(int64_t{h} * w), c_vx(int64_t{h} * w), row(w),
+        row2(w) {
     act.chunks = (w + kChunk - 1) / kChunk;
     act.band.resize(static_cast<size_t>(h) * act.chunks);
     act.normals.resize(static_cast<size_t>(h) * act.chunks);
+    act.sideways.resize(static_cast<size_t>(h) * act.chunks);
     act.any_row.resize(h);
   }
   Floats b, gx, gy, nx, ny, ax, ay;  // b: the bounded level set, then p1
   Floats vy, vx;         // the image's motion, de-interleaved
-  Floats c, c_prev;      // forward: alternate states; backward: cotangents
+  Floats c, c_prev;      // forward: c alternates with phi_T; backward: cotangents
+  Floats c_vy, c_vx;     // backward: the motion's cotangents, de-interleaved
   Floats row, row2;
   Activity act;
 };
@@ -652,9 +654,8 @@ ffi::Error CheckSameSize(const char* name, size_t got, size_t want) {
                                      " elements, expected " + std::to_string(want));
 }
 
-Params MakeParams(int64_t steps, float timestep, float ratio, float dt_max,
-                  int64_t authors) {
-  return Params{steps, timestep, ratio, dt_max, authors != 0};
+Params MakeParams(float timestep, float ratio, float dt_max, int64_t authors) {
+  return Params{timestep, ratio, dt_max, authors != 0};
 }
 
 // Motion is (..., H, W, 2) with y then x: split into two planes once per image.
@@ -692,7 +693,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> phi0,
         Sizes{"phi_T", last->element_count(), n},
         Sizes{"states", states->element_count(), keep_states ? n * steps : 0}})
     if (auto e = CheckSameSize(name, got, want); e.failure()) return e;
-  const Params prm = MakeParams(steps, timestep, ratio, dt_max, authors);
+  const Params prm = MakeParams(timestep, ratio, dt_max, authors);
   const int64_t hw = static_cast<int64_t>(geo.h) * geo.w;
   ParallelOverImages(pool, geo.images, geo.h, geo.w, [&](int64_t img, Scratch& s) {
     const float* p0 = phi0.typed_data() + img * hw;
@@ -742,21 +743,24 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> states,
         Sizes{"motion cotangent", c_motion->element_count(), 2 * n},
         Sizes{"g cotangent", c_g->element_count(), n}})
     if (auto e = CheckSameSize(name, got, want); e.failure()) return e;
-  const Params prm = MakeParams(steps, timestep, ratio, dt_max, authors);
+  const Params prm = MakeParams(timestep, ratio, dt_max, authors);
   const int64_t hw = static_cast<int64_t>(geo.h) * geo.w;
   ParallelOverImages(pool, geo.images, geo.h, geo.w, [&](int64_t img, Scratch& s) {
     const int64_t o = img * hw;
     const float* saved = states.typed_data() + img * steps * hw;
     const float* cots = cotangent.typed_data() + img * (per_state ? steps + 1 : 1) * hw;
     float* cg = c_g->typed_data() + o;
-    std::vector<float> cvy(hw, 0.f), cvx(hw, 0.f);
+    float* cvy = s.c_vy.data();
+    float* cvx = s.c_vx.data();
+    std::fill(cvy, cvy + hw, 0.f);
+    std::fill(cvx, cvx + hw, 0.f);
     std::fill(cg, cg + hw, 0.f);
     SplitMotion(motion.typed_data() + 2 * o, hw, s.vy.data(), s.vx.data());
     const float* c_last = cots + (per_state ? steps : 0) * hw;
     std::copy(c_last, c_last + hw, s.c.data());
     for (int64_t t = steps - 1; t >= 0; --t) {
       BackwardStep(saved + t * hw, s.vy.data(), s.vx.data(), g.typed_data() + o,
-                   s.c.data(), s.c_prev.data(), cvy.data(), cvx.data(), cg, s, geo.h,
+                   s.c.data(), s.c_prev.data(), cvy, cvx, cg, s, geo.h,
                    geo.w, prm);
       float* c = s.c.data();
       const float* prev = s.c_prev.data();
@@ -769,7 +773,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> states,
       }
     }
     std::copy(s.c.data(), s.c.data() + hw, c_phi0->typed_data() + o);
-    JoinMotion(cvy.data(), cvx.data(), hw, c_motion->typed_data() + 2 * o);
+    JoinMotion(cvy, cvx, hw, c_motion->typed_data() + 2 * o);
   });
   return ffi::Error::Success();
 }
