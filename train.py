@@ -10,25 +10,28 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/default.py",
-                                "Path to a get_config() file.", lock_config=True)
+config_flags.DEFINE_config_file(
+    "config", "configs/default.py", "Path to a get_config() file.", lock_config=True
+)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and reports.")
 flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
-  del argv
-  from dlset_jax import config as config_lib
-  from dlset_jax import train_lib
-  logging.set_verbosity(logging.WARNING)
-  import tensorflow_datasets as tfds
-  tfds.disable_progress_bar()  # one line per phase instead of per-example bars
-  try:
-    config_lib.validate(FLAGS.config)
-    train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (config_lib.ConfigError, FileNotFoundError) as e:
-    raise app.UsageError(str(e)) from None
+    del argv
+    from dlset_jax import config as config_lib
+    from dlset_jax import train_lib
+
+    logging.set_verbosity(logging.WARNING)
+    import tensorflow_datasets as tfds
+
+    tfds.disable_progress_bar()  # one line per phase instead of per-example bars
+    try:
+        config_lib.validate(FLAGS.config)
+        train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except (config_lib.ConfigError, FileNotFoundError) as e:
+        raise app.UsageError(str(e)) from None
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

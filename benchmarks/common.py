@@ -3,6 +3,7 @@
 Each variant runs in a fresh process (``--_single SPEC``) so that its timings and its
 peak RSS are its own; the parent collects the JSON line the child prints last.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,9 +25,12 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output_stride", type=int, default=8)
     p.add_argument("--threads", type=int, default=2, help="PyTorch threads")
     p.add_argument("--frameworks", default="jax,torch")
-    p.add_argument("--interleave", action="store_true",
-                   help="JAX and PyTorch in one process per (depth, size), repeats "
-                        "alternating (fairer ratios on a machine with a changing load)")
+    p.add_argument(
+        "--interleave",
+        action="store_true",
+        help="JAX and PyTorch in one process per (depth, size), repeats "
+        "alternating (fairer ratios on a machine with a changing load)",
+    )
     p.add_argument("--_single", default=None, help=argparse.SUPPRESS)
 
 
@@ -34,16 +38,18 @@ def parse(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     """Parses, and keeps the command line minus ``--_single`` for the child processes."""
     a = p.parse_args(argv)
     raw = list(sys.argv[1:] if argv is None else argv)
-    a.passthrough = [s for i, s in enumerate(raw) if s != "--_single"
-                     and (i == 0 or raw[i - 1] != "--_single")]
+    a.passthrough = [
+        s for i, s in enumerate(raw) if s != "--_single" and (i == 0 or raw[i - 1] != "--_single")
+    ]
     return a
 
 
 def run_single(script: str, spec: str, passthrough: list[str]) -> dict:
     """Runs ``script --_single spec`` in a new process; its last stdout line as a dict,
     or ``{"error": <last stderr line>}`` when it failed."""
-    proc = subprocess.run([sys.executable, script, "--_single", spec, *passthrough],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, script, "--_single", spec, *passthrough], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines()
         return {"error": lines[-1] if lines else f"exit {proc.returncode}"}
@@ -72,14 +78,16 @@ def fake_batch(b: int, size: int, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size] / size
     mask = (((yy - 0.5) / 0.3) ** 2 + ((xx - 0.5) / 0.35) ** 2 < 1).astype(np.float32)
-    sdt = np.clip((np.sqrt(((yy - 0.5) / 0.3) ** 2 + ((xx - 0.5) / 0.35) ** 2) - 1) * size * 0.3,
-                  -30, 30).astype(np.float32)
+    sdt = np.clip(
+        (np.sqrt(((yy - 0.5) / 0.3) ** 2 + ((xx - 0.5) / 0.35) ** 2) - 1) * size * 0.3, -30, 30
+    ).astype(np.float32)
     gy, gx = np.gradient(sdt)
-    n = np.sqrt(gx ** 2 + gy ** 2) + 1e-6
+    n = np.sqrt(gx**2 + gy**2) + 1e-6
     tile = lambda a: np.repeat(a[None, ..., None] if a.ndim == 2 else a[None], b, 0)
     return {
         "image": rng.normal(size=(b, size, size, 3)).astype(np.float32),
         "guidance": (rng.uniform(size=(b, size, size, 1)) * 510).astype(np.float32),
-        "mask": tile(mask), "sdt": tile(sdt),
+        "mask": tile(mask),
+        "sdt": tile(sdt),
         "direction": tile(np.stack([gy / n, gx / n], -1).astype(np.float32)),
     }

@@ -40,10 +40,10 @@ import traceback
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+import common  # noqa: E402  (benchmarks/common.py)
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-import common  # noqa: E402  (benchmarks/common.py)
 from dlset_jax import config as config_lib  # noqa: E402
 from dlset_jax import evaluate, models, train_lib  # noqa: E402
 from dlset_jax.models import resnet  # noqa: E402
@@ -51,163 +51,209 @@ from dlset_jax.models import resnet  # noqa: E402
 # Dense peak TFLOP/s (without sparsity) by device-kind substring: (fp32, tf32, bf16).
 # Vendors' datasheets, SXM parts where there are several.
 PEAK_TFLOPS = {
-    "H200": (67.0, 494.7, 989.4), "H100": (67.0, 494.7, 989.4),
-    "A100": (19.5, 156.0, 312.0), "L4": (30.3, 60.0, 121.0),
-    "V100": (15.7, 15.7, 125.0), "RTX 4090": (82.6, 82.6, 165.2),
+    "H200": (67.0, 494.7, 989.4),
+    "H100": (67.0, 494.7, 989.4),
+    "A100": (19.5, 156.0, 312.0),
+    "L4": (30.3, 60.0, 121.0),
+    "V100": (15.7, 15.7, 125.0),
+    "RTX 4090": (82.6, 82.6, 165.2),
 }
 
 
 def peak_tflops(device, dtype: str, precision: str, override: float | None):
-  """Peak TFLOP/s the step's math can reach on `device` (None when unknown)."""
-  if override:
-    return override
-  kind = getattr(device, "device_kind", "")
-  for name, (fp32, tf32, bf16) in PEAK_TFLOPS.items():
-    if name in kind:
-      if dtype == "bfloat16":
-        return bf16
-      return fp32 if precision == "highest" else tf32
-  return None
+    """Peak TFLOP/s the step's math can reach on `device` (None when unknown)."""
+    if override:
+        return override
+    kind = getattr(device, "device_kind", "")
+    for name, (fp32, tf32, bf16) in PEAK_TFLOPS.items():
+        if name in kind:
+            if dtype == "bfloat16":
+                return bf16
+            return fp32 if precision == "highest" else tf32
+    return None
 
 
 def timed(fn, steps):
-  """Median wall time (s) of `steps` calls after one warm-up call."""
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(steps):
-    t0 = time.perf_counter()
+    """Median wall time (s) of `steps` calls after one warm-up call."""
     jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
 
 
 def planned_memory_gb(compiled) -> float:
-  """XLA's memory plan of a compiled computation (GiB), NaN where not reported."""
-  try:
-    m = compiled.memory_analysis()
-    total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-             - m.alias_size_in_bytes)
-    return total / 2**30
-  except Exception:  # noqa: BLE001 - not every backend / version reports it
-    return float("nan")
+    """XLA's memory plan of a compiled computation (GiB), NaN where not reported."""
+    try:
+        m = compiled.memory_analysis()
+        total = (
+            m.argument_size_in_bytes
+            + m.output_size_in_bytes
+            + m.temp_size_in_bytes
+            - m.alias_size_in_bytes
+        )
+        return total / 2**30
+    except Exception:  # noqa: BLE001 - not every backend / version reports it
+        return float("nan")
 
 
 def flop_count(compiled) -> float:
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost.get("flops", float("nan"))) if cost else float("nan")
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
 def bench(args, size, dtype, impl):
-  config = config_lib.base_config()
-  config.model.depth, config.model.width = args.depth, args.width
-  config.model.compute_dtype = dtype
-  config.data.resolution = size
-  config.train.batch_size = args.batch
-  config.optim.name = "sgd"
-  config_lib.validate(config)
-  flags = {} if impl == "fast" else {k: False for k in resnet.IMPL}
-  with resnet.implementation(**flags):  # read at trace time: compile inside
-    model = models.create_model(config.model)
-    schedule = train_lib.learning_rate_schedule(config.optim, 100)
-    abstract = jax.eval_shape(lambda: model.init_variables(jax.random.key(0), size))
-    tx = train_lib.make_optimizer(config, abstract["params"], schedule)
-    state = train_lib.create_train_state(config, model, tx, 0)
-    batch = jax.device_put(common.fake_batch(args.batch, size))
-    step = jax.jit(functools.partial(train_lib.train_step, model=model, tx=tx,
-                                     config=config, warmup_steps=0, schedule=schedule),
-                   donate_argnums=(0,))
-    t0 = time.perf_counter()
-    compiled = step.lower(state, batch).compile()
-    t_compile = time.perf_counter() - t0
-    predict = jax.jit(functools.partial(evaluate.predict_crops, model=model,
-                                        config=config))
-    one = {k: v[:1] for k, v in batch.items()}
-    variables = state.variables()
-    t_infer = timed(lambda: predict(variables, one["image"], one["guidance"])["phi_t"],
-                    args.steps)
-    t_infer_batch = timed(
-        lambda: predict(variables, batch["image"], batch["guidance"])["phi_t"], args.steps)
-  flops = flop_count(compiled)
-  holder = {"state": state}
+    config = config_lib.base_config()
+    config.model.depth, config.model.width = args.depth, args.width
+    config.model.compute_dtype = dtype
+    config.data.resolution = size
+    config.train.batch_size = args.batch
+    config.optim.name = "sgd"
+    config_lib.validate(config)
+    flags = {} if impl == "fast" else {k: False for k in resnet.IMPL}
+    with resnet.implementation(**flags):  # read at trace time: compile inside
+        model = models.create_model(config.model)
+        schedule = train_lib.learning_rate_schedule(config.optim, 100)
+        abstract = jax.eval_shape(lambda: model.init_variables(jax.random.key(0), size))
+        tx = train_lib.make_optimizer(config, abstract["params"], schedule)
+        state = train_lib.create_train_state(config, model, tx, 0)
+        batch = jax.device_put(common.fake_batch(args.batch, size))
+        step = jax.jit(
+            functools.partial(
+                train_lib.train_step,
+                model=model,
+                tx=tx,
+                config=config,
+                warmup_steps=0,
+                schedule=schedule,
+            ),
+            donate_argnums=(0,),
+        )
+        t0 = time.perf_counter()
+        compiled = step.lower(state, batch).compile()
+        t_compile = time.perf_counter() - t0
+        predict = jax.jit(functools.partial(evaluate.predict_crops, model=model, config=config))
+        one = {k: v[:1] for k, v in batch.items()}
+        variables = state.variables()
+        t_infer = timed(
+            lambda: predict(variables, one["image"], one["guidance"])["phi_t"], args.steps
+        )
+        t_infer_batch = timed(
+            lambda: predict(variables, batch["image"], batch["guidance"])["phi_t"], args.steps
+        )
+    flops = flop_count(compiled)
+    holder = {"state": state}
 
-  def train_once():
-    holder["state"], metrics = compiled(holder["state"], batch)
-    return metrics["loss"]
+    def train_once():
+        holder["state"], metrics = compiled(holder["state"], batch)
+        return metrics["loss"]
 
-  t_step = timed(train_once, args.steps)
-  loss = float(train_once())
-  if not np.isfinite(loss):
-    raise FloatingPointError(f"training loss is {loss}")
-  peak = peak_tflops(jax.devices()[0], dtype, args.precision, args.peak_tflops)
-  return {"size": size, "dtype": dtype, "impl": impl, "step_s": t_step,
-          "images_per_s": args.batch / t_step, "infer_ms": t_infer * 1e3,
-          "infer_objects_per_s": args.batch / t_infer_batch,
-          "mem_gb": planned_memory_gb(compiled), "tflop_per_step": flops / 1e12,
-          "achieved_tflops": flops / t_step / 1e12,
-          "mfu": flops / t_step / (peak * 1e12) if peak else float("nan"),
-          "peak_tflops": peak, "compile_s": t_compile, "loss": loss}
+    t_step = timed(train_once, args.steps)
+    loss = float(train_once())
+    if not np.isfinite(loss):
+        raise FloatingPointError(f"training loss is {loss}")
+    peak = peak_tflops(jax.devices()[0], dtype, args.precision, args.peak_tflops)
+    return {
+        "size": size,
+        "dtype": dtype,
+        "impl": impl,
+        "step_s": t_step,
+        "images_per_s": args.batch / t_step,
+        "infer_ms": t_infer * 1e3,
+        "infer_objects_per_s": args.batch / t_infer_batch,
+        "mem_gb": planned_memory_gb(compiled),
+        "tflop_per_step": flops / 1e12,
+        "achieved_tflops": flops / t_step / 1e12,
+        "mfu": flops / t_step / (peak * 1e12) if peak else float("nan"),
+        "peak_tflops": peak,
+        "compile_s": t_compile,
+        "loss": loss,
+    }
 
 
-HEADER = (f"{'size':>5} {'dtype':>9} {'impl':>9} {'step s':>8} {'img/s':>8} "
-          f"{'infer ms/obj':>13} {'infer obj/s':>12} {'mem GB':>7} {'TFLOP/step':>11} "
-          f"{'TFLOP/s':>8} {'MFU':>6} {'compile s':>10}")
+HEADER = (
+    f"{'size':>5} {'dtype':>9} {'impl':>9} {'step s':>8} {'img/s':>8} "
+    f"{'infer ms/obj':>13} {'infer obj/s':>12} {'mem GB':>7} {'TFLOP/step':>11} "
+    f"{'TFLOP/s':>8} {'MFU':>6} {'compile s':>10}"
+)
 
 
 def format_row(r):
-  return (f"{r['size']:>5} {r['dtype']:>9} {r['impl']:>9} {r['step_s']:8.4f} "
-          f"{r['images_per_s']:8.2f} {r['infer_ms']:13.2f} {r['infer_objects_per_s']:12.1f} "
-          f"{r['mem_gb']:7.2f} {r['tflop_per_step']:11.4f} {r['achieved_tflops']:8.3f} "
-          f"{r['mfu']:6.1%} {r['compile_s']:10.1f}")
+    return (
+        f"{r['size']:>5} {r['dtype']:>9} {r['impl']:>9} {r['step_s']:8.4f} "
+        f"{r['images_per_s']:8.2f} {r['infer_ms']:13.2f} {r['infer_objects_per_s']:12.1f} "
+        f"{r['mem_gb']:7.2f} {r['tflop_per_step']:11.4f} {r['achieved_tflops']:8.3f} "
+        f"{r['mfu']:6.1%} {r['compile_s']:10.1f}"
+    )
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--depth", type=int, default=101)
-  p.add_argument("--width", type=int, default=64)
-  p.add_argument("--batch", type=int, default=10)
-  p.add_argument("--sizes", default="256,512")
-  p.add_argument("--dtypes", default="float32,bfloat16")
-  p.add_argument("--impls", default="fast", help="comma separated: fast, reference")
-  p.add_argument("--steps", type=int, default=10)
-  p.add_argument("--precision", choices=("default", "highest"), default="default",
-                 help="jax_default_matmul_precision for float32 rows")
-  p.add_argument("--peak_tflops", type=float, default=None)
-  p.add_argument("--json", default=None, help="also write the rows to this JSON file")
-  args = p.parse_args()
-  for impl in args.impls.split(","):
-    if impl not in ("fast", "reference"):
-      p.error(f"--impls: unknown implementation {impl!r} (fast, reference)")
-  if args.precision == "highest":
-    jax.config.update("jax_default_matmul_precision", "highest")
-  device = jax.devices()[0]
-  print(f"device: {getattr(device, 'device_kind', device.platform)} "
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--depth", type=int, default=101)
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--batch", type=int, default=10)
+    p.add_argument("--sizes", default="256,512")
+    p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--impls", default="fast", help="comma separated: fast, reference")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument(
+        "--precision",
+        choices=("default", "highest"),
+        default="default",
+        help="jax_default_matmul_precision for float32 rows",
+    )
+    p.add_argument("--peak_tflops", type=float, default=None)
+    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    args = p.parse_args()
+    for impl in args.impls.split(","):
+        if impl not in ("fast", "reference"):
+            p.error(f"--impls: unknown implementation {impl!r} (fast, reference)")
+    if args.precision == "highest":
+        jax.config.update("jax_default_matmul_precision", "highest")
+    device = jax.devices()[0]
+    print(
+        f"device: {getattr(device, 'device_kind', device.platform)} "
         f"({jax.device_count()} visible, using 1), jax {jax.__version__}; "
         f"ResNet-{args.depth} width {args.width}, batch {args.batch}, T=5, "
-        f"matmul precision {args.precision}", flush=True)
-  print(HEADER, flush=True)
-  rows, failed = [], []
-  for size in (int(s) for s in args.sizes.split(",")):
-    for dtype in args.dtypes.split(","):
-      for impl in args.impls.split(","):
-        try:
-          row = bench(args, size, dtype, impl)
-        except Exception:  # noqa: BLE001 - report and go on with the other rows
-          failed.append((size, dtype, impl))
-          print(f"{size:>5} {dtype:>9} {impl:>9} FAILED:\n{traceback.format_exc()}",
-                flush=True)
-          continue
-        rows.append(row)
-        print(format_row(row), flush=True)
-  if args.json:
-    with open(args.json + ".tmp", "w") as f:
-      json.dump({"device": getattr(device, "device_kind", device.platform),
-                 "jax": jax.__version__, "args": vars(args), "rows": rows}, f, indent=1)
-    os.replace(args.json + ".tmp", args.json)
-  if failed:
-    sys.exit(f"{len(failed)} row(s) failed: {failed}")
-  return rows
+        f"matmul precision {args.precision}",
+        flush=True,
+    )
+    print(HEADER, flush=True)
+    rows, failed = [], []
+    for size in (int(s) for s in args.sizes.split(",")):
+        for dtype in args.dtypes.split(","):
+            for impl in args.impls.split(","):
+                try:
+                    row = bench(args, size, dtype, impl)
+                except Exception:  # noqa: BLE001 - report and go on with the other rows
+                    failed.append((size, dtype, impl))
+                    print(
+                        f"{size:>5} {dtype:>9} {impl:>9} FAILED:\n{traceback.format_exc()}",
+                        flush=True,
+                    )
+                    continue
+                rows.append(row)
+                print(format_row(row), flush=True)
+    if args.json:
+        with open(args.json + ".tmp", "w") as f:
+            json.dump(
+                {
+                    "device": getattr(device, "device_kind", device.platform),
+                    "jax": jax.__version__,
+                    "args": vars(args),
+                    "rows": rows,
+                },
+                f,
+                indent=1,
+            )
+        os.replace(args.json + ".tmp", args.json)
+    if failed:
+        sys.exit(f"{len(failed)} row(s) failed: {failed}")
+    return rows
 
 
 if __name__ == "__main__":
-  main()
+    main()

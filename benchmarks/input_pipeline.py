@@ -9,6 +9,7 @@ batches. ``--train_examples_per_s`` (the training step's consumption rate,
 e.g. from the training benchmark) is printed alongside, with the number of
 workers needed to keep up.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,9 +22,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dlset_jax.data import pipeline  # noqa: E402
 
 
-def measure(src, *, workers: int, batch_size: int, batches: int, resolution: int, augment: bool) -> float:
-    it = pipeline.make_train_loader(src, batch_size=batch_size, resolution=resolution, augment=augment, seed=0,
-                                    worker_count=workers, worker_buffer_size=4)
+def measure(
+    src, *, workers: int, batch_size: int, batches: int, resolution: int, augment: bool
+) -> float:
+    it = pipeline.make_train_loader(
+        src,
+        batch_size=batch_size,
+        resolution=resolution,
+        augment=augment,
+        seed=0,
+        worker_count=workers,
+        worker_buffer_size=4,
+    )
     try:
         for _ in range(2 + workers):  # warm-up: worker start, first reads
             next(it)
@@ -46,15 +56,27 @@ def main(argv=None):
     p.add_argument("--batches", type=int, default=20)
     p.add_argument("--resolution", type=int, default=256)
     p.add_argument("--augment", action="store_true")
-    p.add_argument("--train_examples_per_s", type=float, default=None,
-                   help="the training step's consumption rate, printed for comparison")
+    p.add_argument(
+        "--train_examples_per_s",
+        type=float,
+        default=None,
+        help="the training step's consumption rate, printed for comparison",
+    )
     a = p.parse_args(argv)
-    print(f"cpu cores: {os.cpu_count()}  resolution: {a.resolution}  batch: {a.batch_size}  augment: {a.augment}")
+    print(
+        f"cpu cores: {os.cpu_count()}  resolution: {a.resolution}  batch: {a.batch_size}  augment: {a.augment}"
+    )
     for name in a.datasets.split(","):
         src = pipeline.load_source(name, a.data_dir, "train")
         for w in (int(x) for x in a.workers.split(",")):
-            rate = measure(src, workers=w, batch_size=a.batch_size, batches=a.batches, resolution=a.resolution,
-                           augment=a.augment)
+            rate = measure(
+                src,
+                workers=w,
+                batch_size=a.batch_size,
+                batches=a.batches,
+                resolution=a.resolution,
+                augment=a.augment,
+            )
             line = f"{name:28s} workers={w}  {rate:7.1f} examples/s"
             if a.train_examples_per_s:
                 line += f"   (training step consumes {a.train_examples_per_s:.1f}/s: {rate / a.train_examples_per_s:.2f}x)"

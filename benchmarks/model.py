@@ -21,6 +21,7 @@ makes the ratio meaningless. Then pin everything to one core and interleave:
 
 (Both then compute on one core; XLA also sizes its thread pools from the affinity mask.)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,13 @@ import common  # noqa: E402  (benchmarks/common.py)
 
 
 def _model_kwargs(a, depth):
-    return dict(depth=depth, width=a.width, in_channels=4, output_stride=a.output_stride,
-                frozen_bn=not a.train_bn)
+    return dict(
+        depth=depth,
+        width=a.width,
+        in_channels=4,
+        output_stride=a.output_stride,
+        frozen_bn=not a.train_bn,
+    )
 
 
 def setup_jax(a, depth: int, size: int) -> dict:
@@ -51,8 +57,7 @@ def setup_jax(a, depth: int, size: int) -> dict:
 
     from dlset_jax.models import DeepLevelSet
 
-    model = DeepLevelSet(**_model_kwargs(a, depth),
-                         dtype=jnp.bfloat16 if a.bf16 else jnp.float32)
+    model = DeepLevelSet(**_model_kwargs(a, depth), dtype=jnp.bfloat16 if a.bf16 else jnp.float32)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(a.batch, size, size, 4)), jnp.float32)
     targets = {
@@ -66,20 +71,23 @@ def setup_jax(a, depth: int, size: int) -> dict:
     state = (variables["params"], variables["batch_stats"], tx.init(variables["params"]))
 
     def loss_fn(params, batch_stats, x, t):
-        out, upd = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
-                               mutable=["batch_stats"])
-        loss = (jnp.mean(jnp.square(out["phi0"] - t["phi0"]))
-                + jnp.mean(jnp.square(out["motion"] - t["motion"]))
-                + jnp.mean(jnp.square(out["g"] - t["g"]))
-                + jnp.mean(optax.softmax_cross_entropy_with_integer_labels(out["logits"],
-                                                                           t["labels"])))
+        out, upd = model.apply(
+            {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
+        )
+        loss = (
+            jnp.mean(jnp.square(out["phi0"] - t["phi0"]))
+            + jnp.mean(jnp.square(out["motion"] - t["motion"]))
+            + jnp.mean(jnp.square(out["g"] - t["g"]))
+            + jnp.mean(optax.softmax_cross_entropy_with_integer_labels(out["logits"], t["labels"]))
+        )
         return loss, upd["batch_stats"]
 
     @jax.jit
     def train_step(state, x, t):
         params, batch_stats, opt_state = state
         (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, batch_stats, x, t)
+            params, batch_stats, x, t
+        )
         updates, opt_state = tx.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
 
@@ -102,6 +110,7 @@ def setup_jax(a, depth: int, size: int) -> dict:
     def step():
         holder[0], loss = train_step(holder[0], x, targets)
         jax.block_until_ready(loss)
+
     return {"fwd": fwd, "step": step, "compile_s": compile_fwd + compile_step}
 
 
@@ -116,11 +125,13 @@ def setup_torch(a, depth: int, size: int) -> dict:
     torch.manual_seed(0)
     net = TorchDeepLevelSet(**_model_kwargs(a, depth))
     x = torch.randn(a.batch, 4, size, size)
-    t = {"phi0": torch.randn(a.batch, 1, size, size), "motion": torch.randn(a.batch, 2, size, size),
-         "g": torch.rand(a.batch, 1, size, size),
-         "labels": torch.randint(0, 2, (a.batch, size, size))}
-    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=1e-3,
-                          momentum=0.9)
+    t = {
+        "phi0": torch.randn(a.batch, 1, size, size),
+        "motion": torch.randn(a.batch, 2, size, size),
+        "g": torch.rand(a.batch, 1, size, size),
+        "labels": torch.randint(0, 2, (a.batch, size, size)),
+    }
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
 
     def forward():
         net.eval()
@@ -131,8 +142,12 @@ def setup_torch(a, depth: int, size: int) -> dict:
         net.train()
         opt.zero_grad(set_to_none=True)
         out = net(x)
-        loss = (F.mse_loss(out["phi0"], t["phi0"]) + F.mse_loss(out["motion"], t["motion"])
-                + F.mse_loss(out["g"], t["g"]) + F.cross_entropy(out["logits"], t["labels"]))
+        loss = (
+            F.mse_loss(out["phi0"], t["phi0"])
+            + F.mse_loss(out["motion"], t["motion"])
+            + F.mse_loss(out["g"], t["g"])
+            + F.cross_entropy(out["logits"], t["labels"])
+        )
         loss.backward()
         opt.step()
 
@@ -171,8 +186,9 @@ def run_variant(a, frameworks, depth: int, size: int) -> dict:
     groups = [frameworks] if a.interleave else [[fw] for fw in frameworks]
     out = {}
     for group in groups:
-        res = common.run_single(os.path.abspath(__file__),
-                                f"{'+'.join(group)}:{depth}:{size}", a.passthrough)
+        res = common.run_single(
+            os.path.abspath(__file__), f"{'+'.join(group)}:{depth}:{size}", a.passthrough
+        )
         out.update({fw: res for fw in group} if "error" in res else res)
     return out
 
@@ -182,8 +198,12 @@ def main(argv=None):
     common.add_model_arguments(p)
     p.add_argument("--train_bn", action="store_true", help="trainable backbone BatchNorm")
     p.add_argument("--bf16", action="store_true", help="JAX: bfloat16 compute")
-    p.add_argument("--no_isolate", dest="isolate", action="store_false",
-                   help="run every variant in this process")
+    p.add_argument(
+        "--no_isolate",
+        dest="isolate",
+        action="store_false",
+        help="run every variant in this process",
+    )
     a = common.parse(p, argv)
 
     if a._single:
@@ -193,14 +213,19 @@ def main(argv=None):
 
     frameworks = common.torch_available(a.frameworks.split(","))
     import jax
-    print(f"jax {jax.__version__} ({jax.default_backend()}), batch {a.batch}, width {a.width}, "
-          f"output stride {a.output_stride}, frozen backbone BN {not a.train_bn}, "
-          f"{'bf16' if a.bf16 else 'fp32'}, median of {a.repeats}, torch threads {a.threads}, "
-          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}, "
-          f"{'one process' if not a.isolate else 'interleaved, one process per size' if a.interleave else 'one process per variant'}",
-          flush=True)
-    header = (f"{'depth':>5} {'size':>5} | {'jax fwd':>8} {'jax step':>8} {'compile':>8} | "
-              f"{'pt fwd':>8} {'pt step':>8} | {'fwd x':>6} {'step x':>6}")
+
+    print(
+        f"jax {jax.__version__} ({jax.default_backend()}), batch {a.batch}, width {a.width}, "
+        f"output stride {a.output_stride}, frozen backbone BN {not a.train_bn}, "
+        f"{'bf16' if a.bf16 else 'fp32'}, median of {a.repeats}, torch threads {a.threads}, "
+        f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}, "
+        f"{'one process' if not a.isolate else 'interleaved, one process per size' if a.interleave else 'one process per variant'}",
+        flush=True,
+    )
+    header = (
+        f"{'depth':>5} {'size':>5} | {'jax fwd':>8} {'jax step':>8} {'compile':>8} | "
+        f"{'pt fwd':>8} {'pt step':>8} | {'fwd x':>6} {'step x':>6}"
+    )
     print(header)
     print("-" * len(header), flush=True)
     for depth in (int(d) for d in a.depths.split(",")):
@@ -208,10 +233,13 @@ def main(argv=None):
             r = run_variant(a, frameworks, depth, size)
             j, t = r.get("jax", {}), r.get("torch", {})
             ratio = lambda k: (j[k] / t[k]) if k in j and k in t else None
-            print(f"{depth:>5} {size:>5} | {common.fmt(j.get('fwd_ms'))} {common.fmt(j.get('step_ms'))} "
-                  f"{common.fmt(j.get('compile_s'), '{:7.1f}s')} | {common.fmt(t.get('fwd_ms'))} "
-                  f"{common.fmt(t.get('step_ms'))} | {common.fmt(ratio('fwd_ms'), '{:6.2f}')} "
-                  f"{common.fmt(ratio('step_ms'), '{:6.2f}')}", flush=True)
+            print(
+                f"{depth:>5} {size:>5} | {common.fmt(j.get('fwd_ms'))} {common.fmt(j.get('step_ms'))} "
+                f"{common.fmt(j.get('compile_s'), '{:7.1f}s')} | {common.fmt(t.get('fwd_ms'))} "
+                f"{common.fmt(t.get('step_ms'))} | {common.fmt(ratio('fwd_ms'), '{:6.2f}')} "
+                f"{common.fmt(ratio('step_ms'), '{:6.2f}')}",
+                flush=True,
+            )
             for fw, res in r.items():
                 if "error" in res:
                     print(f"      {fw} failed: {res['error']}", flush=True)

@@ -34,6 +34,7 @@ Set ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` before starting Python (the Makefi
 does). On a machine shared with other jobs, prefer ``taskset -c 0 ... --threads 1``
 (see benchmarks/model.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,11 +51,13 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 import common  # noqa: E402  (benchmarks/common.py)
+
 from dlset_jax import hostmem  # noqa: E402  (no JAX import: safe in PyTorch children)
 
 
 def parse_impl(spec: str) -> dict:
     from dlset_jax.models import resnet
+
     if spec == "fast":
         return {}
     if spec == "reference":
@@ -63,14 +66,14 @@ def parse_impl(spec: str) -> dict:
     for item in spec.split("+"):
         k, _, v = item.partition("=")
         if k not in resnet.IMPL or v not in ("0", "1"):
-            raise SystemExit(f"bad --impls entry {item!r}: flags {sorted(resnet.IMPL)}, "
-                             "values 0/1")
+            raise SystemExit(f"bad --impls entry {item!r}: flags {sorted(resnet.IMPL)}, values 0/1")
         flags[k] = v == "1"
     return flags
 
 
 def make_config(a, depth: int, size: int):
     from dlset_jax.config import base_config
+
     c = base_config()
     c.model.depth = depth
     c.model.width = a.width
@@ -84,6 +87,7 @@ def make_config(a, depth: int, size: int):
 
 
 # ----------------------------------------------------------------------------- JAX
+
 
 def setup_jax(a, depth: int, size: int, impl: dict) -> dict:
     import functools
@@ -101,16 +105,23 @@ def setup_jax(a, depth: int, size: int, impl: dict) -> dict:
     shapes = jax.eval_shape(lambda: model.init_variables(jax.random.key(0), size))
     tx = train_lib.make_optimizer(c, shapes["params"], schedule)
     variables = jax.jit(model.init_variables, static_argnums=(1,))(
-        jax.random.key(0, impl="unsafe_rbg"), size)
+        jax.random.key(0, impl="unsafe_rbg"), size
+    )
     state = train_lib.TrainState(
-        step=jax.numpy.zeros((), jax.numpy.int32), params=variables["params"],
-        batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
-        rng=jax.random.key_data(jax.random.key(1)))
+        step=jax.numpy.zeros((), jax.numpy.int32),
+        params=variables["params"],
+        batch_stats=variables["batch_stats"],
+        opt_state=tx.init(variables["params"]),
+        rng=jax.random.key_data(jax.random.key(1)),
+    )
     batch = jax.device_put(common.fake_batch(a.batch, size))
     hostmem.release_freed_memory()  # as train.py: the init compilation's scratch memory
-    step_fn = jax.jit(functools.partial(train_lib.train_step, model=model, tx=tx, config=c,
-                                        warmup_steps=0, schedule=schedule),
-                      donate_argnums=(0,))
+    step_fn = jax.jit(
+        functools.partial(
+            train_lib.train_step, model=model, tx=tx, config=c, warmup_steps=0, schedule=schedule
+        ),
+        donate_argnums=(0,),
+    )
     holder = [state]
 
     def step():
@@ -129,24 +140,29 @@ def setup_jax(a, depth: int, size: int, impl: dict) -> dict:
             out = predict(v, one["image"], one["guidance"])
             phi = np.asarray(out["phi_t"][0, ..., 0])
             return targets.paste_back(phi, box, image_shape)
+
         fns["infer"] = infer
     return fns
 
 
 # ----------------------------------------------------------------------------- PyTorch
 
+
 def _torch_evolution():
     spec = importlib.util.spec_from_file_location(
-        "_bench_levelset", os.path.join(REPO, "benchmarks", "levelset.py"))
+        "_bench_levelset", os.path.join(REPO, "benchmarks", "levelset.py")
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     import torch
+
     return mod.torch_evolution(torch)
 
 
 def torch_losses(torch, out, phi_t, t, c):
     """The losses of ``train_lib.compute_losses`` (eq. 6, eq. 8 'mean', warm-up terms x0)."""
     import numpy as np
+
     F = torch.nn.functional
     mask = t["mask"]
     # level set BCE: 100 * class-balanced BCE of H(phi_T), H = 0.5 (1 + 2/pi atan(-phi))
@@ -154,14 +170,21 @@ def torch_losses(torch, out, phi_t, t, c):
     n_pos = mask.sum()
     n_neg = (1 - mask).sum()
     nll = -(mask * torch.log(prob) + (1 - mask) * torch.log(1 - prob))
-    ls = 100 * (n_neg / mask.numel() * (mask * nll).sum()
-                + n_pos / mask.numel() * ((1 - mask) * nll).sum()) / mask.numel()
+    ls = (
+        100
+        * (
+            n_neg / mask.numel() * (mask * nll).sum()
+            + n_pos / mask.numel() * ((1 - mask) * nll).sum()
+        )
+        / mask.numel()
+    )
     # boundary loss, eq. 8, per-pixel mean, weighted
     labels = torch.cat([mask, 1 - mask], 1)
     h = 0.5 * (1 + torch.tanh(40 * (F.softmax(out["logits"], 1) - 0.5)))
     t_in = (h * labels).sum((2, 3), keepdim=True) / (h.sum((2, 3), keepdim=True) + 1e-5)
-    t_out = ((1 - h) * labels).sum((2, 3), keepdim=True) / ((1 - h).sum((2, 3), keepdim=True)
-                                                            + 1e-5)
+    t_out = ((1 - h) * labels).sum((2, 3), keepdim=True) / (
+        (1 - h).sum((2, 3), keepdim=True) + 1e-5
+    )
     energy = ((labels - t_in) ** 2 * h + (labels - t_out) ** 2 * (1 - h)).sum((2, 3))
     boundary = c.loss.boundary_weight * (energy / (mask.shape[2] * mask.shape[3])).mean()
     # warm-up terms (weight 0 after warm-up, computed as in JAX)
@@ -182,9 +205,15 @@ def setup_torch(a, depth: int, size: int, impl: dict) -> dict:
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     c = make_config(a, depth, size)
-    net = TorchDeepLevelSet(depth=depth, width=a.width, in_channels=4,
-                            output_stride=a.output_stride, frozen_bn=True,
-                            fusion_channels=a.head_channels, psp_channels=a.head_channels)
+    net = TorchDeepLevelSet(
+        depth=depth,
+        width=a.width,
+        in_channels=4,
+        output_stride=a.output_stride,
+        frozen_bn=True,
+        fusion_channels=a.head_channels,
+        psp_channels=a.head_channels,
+    )
     evolve = _torch_evolution()
     nchw = lambda v: torch.from_numpy(np.ascontiguousarray(np.moveaxis(v, -1, 1)))
     t = {k: nchw(v) for k, v in common.fake_batch(a.batch, size).items()}
@@ -192,9 +221,15 @@ def setup_torch(a, depth: int, size: int, impl: dict) -> dict:
     o = c.optim
     backbone = [p for p in net.backbone.parameters() if p.requires_grad]
     heads = [p for n, p in net.named_parameters() if not n.startswith("backbone.")]
-    opt = torch.optim.SGD([{"params": backbone, "lr": o.learning_rate},
-                           {"params": heads, "lr": o.learning_rate * o.head_lr_multiplier}],
-                          lr=o.learning_rate, momentum=o.momentum, weight_decay=o.weight_decay)
+    opt = torch.optim.SGD(
+        [
+            {"params": backbone, "lr": o.learning_rate},
+            {"params": heads, "lr": o.learning_rate * o.head_lr_multiplier},
+        ],
+        lr=o.learning_rate,
+        momentum=o.momentum,
+        weight_decay=o.weight_decay,
+    )
     params = backbone + heads
 
     def step():
@@ -220,6 +255,7 @@ def setup_torch(a, depth: int, size: int, impl: dict) -> dict:
                 out = net(x1)
                 phi = evolve(out["phi0"], out["motion"], out["g"], c.levelset.steps)
             return targets.paste_back(phi[0, 0].numpy(), (80, 100, 400, 440), (512, 512))
+
         fns["infer"] = infer
     return fns
 
@@ -286,8 +322,10 @@ def bench_interleaved(a, impl_spec: str, depth: int, size: int) -> dict:
     """JAX and PyTorch in one process, their timed steps alternating (on a machine
     whose load changes, both see the same load: the fairer ratio). No per-framework
     RSS here."""
-    fns = {"jax": setup_jax(a, depth, size, parse_impl(impl_spec)),
-           "torch": setup_torch(a, depth, size, {})}
+    fns = {
+        "jax": setup_jax(a, depth, size, parse_impl(impl_spec)),
+        "torch": setup_torch(a, depth, size, {}),
+    }
     times = {fw: [] for fw in fns}
     for f in fns.values():
         for _ in range(1 + a.warmup):
@@ -297,24 +335,34 @@ def bench_interleaved(a, impl_spec: str, depth: int, size: int) -> dict:
             t = time.perf_counter()
             f["step"]()
             times[fw].append(1e3 * (time.perf_counter() - t))
-    return {fw: {"step_ms": statistics.median(ts), "step_all_ms": [round(v) for v in ts]}
-            for fw, ts in times.items()}
+    return {
+        fw: {"step_ms": statistics.median(ts), "step_all_ms": [round(v) for v in ts]}
+        for fw, ts in times.items()
+    }
 
 
 def run_variant(a, fw: str, impl_spec: str, depth: int, size: int) -> dict:
-    return common.run_single(os.path.abspath(__file__), f"{fw}:{impl_spec}:{depth}:{size}",
-                             a.passthrough)
+    return common.run_single(
+        os.path.abspath(__file__), f"{fw}:{impl_spec}:{depth}:{size}", a.passthrough
+    )
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     common.add_model_arguments(p)
-    p.add_argument("--rounds", type=int, default=1,
-                   help="repeat every variant this many times, interleaved; median over rounds")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat every variant this many times, interleaved; median over rounds",
+    )
     p.add_argument("--head_channels", type=int, default=128, help="fusion and PSP channels")
     p.add_argument("--impls", default="fast", help="JAX implementations, comma separated")
-    p.add_argument("--infer", action="store_true",
-                   help="also time inference of one object (forward + evolution + paste back)")
+    p.add_argument(
+        "--infer",
+        action="store_true",
+        help="also time inference of one object (forward + evolution + paste back)",
+    )
     a = common.parse(p, argv)
 
     if a._single:
@@ -330,11 +378,15 @@ def main(argv=None):
     for spec in impls:
         parse_impl(spec)
     import jax
-    print(f"jax {jax.__version__} ({jax.default_backend()}), batch {a.batch}, width {a.width}, "
-          f"heads {a.head_channels} ch, output stride {a.output_stride}, T=5, median of "
-          f"{a.repeats} x {a.rounds} round(s), torch threads {a.threads}, "
-          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}, "
-          f"cpus {len(os.sched_getaffinity(0))}", flush=True)
+
+    print(
+        f"jax {jax.__version__} ({jax.default_backend()}), batch {a.batch}, width {a.width}, "
+        f"heads {a.head_channels} ch, output stride {a.output_stride}, T=5, median of "
+        f"{a.repeats} x {a.rounds} round(s), torch threads {a.threads}, "
+        f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}, "
+        f"cpus {len(os.sched_getaffinity(0))}",
+        flush=True,
+    )
     if a.interleave:
         if "torch" not in frameworks:
             raise SystemExit("--interleave needs PyTorch")
@@ -345,13 +397,18 @@ def main(argv=None):
                     print(f"{depth:>5} {size:>5} failed: {r['error']}", flush=True)
                     continue
                 j, t = r["jax"], r["torch"]
-                print(f"{depth:>5} {size:>5} interleaved | JAX {impls[0]} {j['step_ms']:8.0f} ms "
-                      f"{j['step_all_ms']} | PyTorch {t['step_ms']:8.0f} ms {t['step_all_ms']} | "
-                      f"JAX / PyTorch {j['step_ms'] / t['step_ms']:.2f}", flush=True)
+                print(
+                    f"{depth:>5} {size:>5} interleaved | JAX {impls[0]} {j['step_ms']:8.0f} ms "
+                    f"{j['step_all_ms']} | PyTorch {t['step_ms']:8.0f} ms {t['step_all_ms']} | "
+                    f"JAX / PyTorch {j['step_ms'] / t['step_ms']:.2f}",
+                    flush=True,
+                )
         return
     variants = [("jax", s) for s in impls] + [("torch", "-")] * ("torch" in frameworks)
-    header = (f"{'depth':>5} {'size':>5} {'framework':<26} | {'step ms':>8} {'x torch':>7} "
-              f"{'peak MB':>8} {'step MB':>8} {'compile':>8}" + (f" | {'infer ms':>8}" if a.infer else ""))
+    header = (
+        f"{'depth':>5} {'size':>5} {'framework':<26} | {'step ms':>8} {'x torch':>7} "
+        f"{'peak MB':>8} {'step MB':>8} {'compile':>8}" + (f" | {'infer ms':>8}" if a.infer else "")
+    )
     for depth in (int(d) for d in a.depths.split(",")):
         for size in (int(s) for s in a.sizes.split(",")):
             rounds = {v: [] for v in variants}
@@ -366,8 +423,11 @@ def main(argv=None):
                 if not ok:
                     med[v] = {"error": rs[0]["error"]}
                     continue
-                med[v] = {k: statistics.median(r[k] for r in ok) for k in ok[0]
-                          if isinstance(ok[0][k], (int, float))}
+                med[v] = {
+                    k: statistics.median(r[k] for r in ok)
+                    for k in ok[0]
+                    if isinstance(ok[0][k], (int, float))
+                }
                 med[v]["all"] = [r["step_all_ms"] for r in ok]
             t_step = med.get(("torch", "-"), {}).get("step_ms")
             for (fw, spec), r in med.items():
@@ -376,18 +436,23 @@ def main(argv=None):
                     print(f"{depth:>5} {size:>5} {name:<26} | failed: {r['error']}")
                     continue
                 ratio = r["step_ms"] / t_step if t_step else None
-                print(f"{depth:>5} {size:>5} {name:<26} | {common.fmt(r['step_ms'])} "
-                      f"{common.fmt(ratio, '{:7.2f}')} {common.fmt(r['peak_rss_mb'])} {common.fmt(r.get('step_rss_mb'))} "
-                      f"{common.fmt(r['first_step_s'], '{:7.1f}s')}"
-                      + (f" | {common.fmt(r.get('infer_ms'))}" if a.infer else ""), flush=True)
+                print(
+                    f"{depth:>5} {size:>5} {name:<26} | {common.fmt(r['step_ms'])} "
+                    f"{common.fmt(ratio, '{:7.2f}')} {common.fmt(r['peak_rss_mb'])} {common.fmt(r.get('step_rss_mb'))} "
+                    f"{common.fmt(r['first_step_s'], '{:7.1f}s')}"
+                    + (f" | {common.fmt(r.get('infer_ms'))}" if a.infer else ""),
+                    flush=True,
+                )
                 if a.rounds > 1 or a.repeats > 1:
                     print(f"{'':>38}steps ms: {r['all']}", flush=True)
-    print("step: median ms per training step; x torch: JAX / PyTorch (<1: JAX faster); "
-          "peak MB: peak RSS of the variant's process up to the timed steps (compilation "
-          "included); step MB: peak RSS during the timed steps (Linux; elsewhere the "
-          "process peak); "
-          "compile: first step (JAX: compilation)" + ("; infer: one object, forward + "
-                                                     "evolution + paste back" if a.infer else ""))
+    print(
+        "step: median ms per training step; x torch: JAX / PyTorch (<1: JAX faster); "
+        "peak MB: peak RSS of the variant's process up to the timed steps (compilation "
+        "included); step MB: peak RSS during the timed steps (Linux; elsewhere the "
+        "process peak); "
+        "compile: first step (JAX: compilation)"
+        + ("; infer: one object, forward + evolution + paste back" if a.infer else "")
+    )
 
 
 if __name__ == "__main__":

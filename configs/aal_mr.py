@@ -10,8 +10,8 @@ from dlset_jax.config import base_config, cpu_sized
 
 
 def get_config():
-  c = cpu_sized(base_config())
-  c.data.name = "colin27_aal"
-  c.data.builder_config = "deep_grey"
-  c.train.num_epochs = 40
-  return c
+    c = cpu_sized(base_config())
+    c.data.name = "colin27_aal"
+    c.data.builder_config = "deep_grey"
+    c.train.num_epochs = 40
+    return c

@@ -18,9 +18,8 @@ VARIANTS = {
 
 
 def get_config(variant="cm_bd"):
-  if variant not in VARIANTS:
-    raise ValueError(f"ablation variant must be one of {sorted(VARIANTS)}, got "
-                     f"{variant!r}")
-  c = cpu_sized(base_config())
-  c.data.guidance, c.loss.boundary = VARIANTS[variant]
-  return c
+    if variant not in VARIANTS:
+        raise ValueError(f"ablation variant must be one of {sorted(VARIANTS)}, got {variant!r}")
+    c = cpu_sized(base_config())
+    c.data.guidance, c.loss.boundary = VARIANTS[variant]
+    return c

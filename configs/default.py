@@ -11,6 +11,6 @@ from dlset_jax.config import base_config, cpu_sized
 
 
 def get_config():
-  c = cpu_sized(base_config())
-  c.data.name = "synthetic_prostate"
-  return c
+    c = cpu_sized(base_config())
+    c.data.name = "synthetic_prostate"
+    return c

@@ -12,7 +12,7 @@ from dlset_jax.config import base_config, paper_training
 
 
 def get_config():
-  c = paper_training(base_config())
-  c.data.name = "medical_volumes"
-  c.data.builder_config = "prostate"
-  return c
+    c = paper_training(base_config())
+    c.data.name = "medical_volumes"
+    c.data.builder_config = "prostate"
+    return c

@@ -9,7 +9,7 @@ from dlset_jax.config import base_config, paper_training
 
 
 def get_config():
-  c = paper_training(base_config())
-  c.data.name = "refuge_fundus"
-  c.data.builder_config = "disc_crop"
-  return c
+    c = paper_training(base_config())
+    c.data.name = "refuge_fundus"
+    c.data.builder_config = "disc_crop"
+    return c

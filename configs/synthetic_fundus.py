@@ -4,6 +4,6 @@ from dlset_jax.config import base_config, cpu_sized
 
 
 def get_config():
-  c = cpu_sized(base_config())
-  c.data.name = "synthetic_fundus"
-  return c
+    c = cpu_sized(base_config())
+    c.data.name = "synthetic_fundus"
+    return c

@@ -18,238 +18,264 @@ DEPTHS = (18, 34, 50, 101)
 
 
 def base_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.seed = 0
+    c = ml_collections.ConfigDict()
+    c.seed = 0
 
-  c.data = ml_collections.ConfigDict()
-  c.data.name = "synthetic_prostate"   # a name known to dlset_jax.data
-  c.data.builder_config = ""           # TFDS builder config ("" = the builder's default)
-  c.data.data_dir = "data/tfds"        # where TFDS data sets are built / read
-  c.data.manual_dir = ""               # user-supplied raw data (REFUGE, volumes, own data)
-  c.data.build = True                  # build the data set if it is missing
-  c.data.train_split = "train"
-  c.data.eval_split = "validation"
-  c.data.test_split = "test"
-  c.data.resolution = 128              # crop size fed to the network (px)
-  c.data.relax = 10                    # crop margin around the extreme points (px)
-  c.data.pert = 5                      # training jitter of the extreme points (px)
-  c.data.dt_max = 30.0                 # SDT truncation, also the evolution's Dirac scale
-  c.data.guidance = "heatmap+cm"       # "heatmap" = DELSE baseline, "heatmap+cm" = paper
-  c.data.cm_variant = "paper"          # confidence map: "paper" (eq. 3) or "authors"
-  c.data.sigma = 10.0                  # heatmap Gaussian width (px, FWHM as DEXTR)
-  c.data.augment = True                # flip / scale / rotation in training
-  c.data.num_workers = 0               # grain worker processes
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "synthetic_prostate"  # a name known to dlset_jax.data
+    c.data.builder_config = ""  # TFDS builder config ("" = the builder's default)
+    c.data.data_dir = "data/tfds"  # where TFDS data sets are built / read
+    c.data.manual_dir = ""  # user-supplied raw data (REFUGE, volumes, own data)
+    c.data.build = True  # build the data set if it is missing
+    c.data.train_split = "train"
+    c.data.eval_split = "validation"
+    c.data.test_split = "test"
+    c.data.resolution = 128  # crop size fed to the network (px)
+    c.data.relax = 10  # crop margin around the extreme points (px)
+    c.data.pert = 5  # training jitter of the extreme points (px)
+    c.data.dt_max = 30.0  # SDT truncation, also the evolution's Dirac scale
+    c.data.guidance = "heatmap+cm"  # "heatmap" = DELSE baseline, "heatmap+cm" = paper
+    c.data.cm_variant = "paper"  # confidence map: "paper" (eq. 3) or "authors"
+    c.data.sigma = 10.0  # heatmap Gaussian width (px, FWHM as DEXTR)
+    c.data.augment = True  # flip / scale / rotation in training
+    c.data.num_workers = 0  # grain worker processes
 
-  c.model = ml_collections.ConfigDict()
-  c.model.depth = 101
-  c.model.width = 64                   # base width (64 = the standard ResNet)
-  c.model.in_channels = 4              # RGB (grey replicated) + guidance
-  c.model.output_stride = 8
-  c.model.frozen_backbone_bn = False   # the authors froze it (with ImageNet weights)
-  c.model.compute_dtype = "float32"    # "bfloat16" for mixed precision on GPU/TPU
-  c.model.fusion_channels = 128
-  c.model.psp_channels = 128
-  c.model.pretrained = ""              # torchvision ResNet weights (.pth/.npz/.safetensors)
+    c.model = ml_collections.ConfigDict()
+    c.model.depth = 101
+    c.model.width = 64  # base width (64 = the standard ResNet)
+    c.model.in_channels = 4  # RGB (grey replicated) + guidance
+    c.model.output_stride = 8
+    c.model.frozen_backbone_bn = False  # the authors froze it (with ImageNet weights)
+    c.model.compute_dtype = "float32"  # "bfloat16" for mixed precision on GPU/TPU
+    c.model.fusion_channels = 128
+    c.model.psp_channels = 128
+    c.model.pretrained = ""  # torchvision ResNet weights (.pth/.npz/.safetensors)
 
-  c.levelset = ml_collections.ConfigDict()
-  c.levelset.steps = 5                 # T, train and test (paper)
-  c.levelset.timestep = 5.0
-  c.levelset.dirac_ratio = 0.3
-  c.levelset.init_shift = 5.0          # training shift of phi0, uniform in [-s, s] px
-  c.levelset.epsilon = -1.0            # Heaviside width (negative: H -> 1 inside)
-  c.levelset.corners = "full"          # Neumann corners; "authors" = their quirk
-  c.levelset.threshold = 0.0           # mask = phi <= threshold
-  # "auto": the fused C++ kernel on CPU (float32), the XLA scan elsewhere; "xla" or
-  # "kernel" force one (same numerics; see levelset.evolve).
-  c.levelset.impl = "auto"
+    c.levelset = ml_collections.ConfigDict()
+    c.levelset.steps = 5  # T, train and test (paper)
+    c.levelset.timestep = 5.0
+    c.levelset.dirac_ratio = 0.3
+    c.levelset.init_shift = 5.0  # training shift of phi0, uniform in [-s, s] px
+    c.levelset.epsilon = -1.0  # Heaviside width (negative: H -> 1 inside)
+    c.levelset.corners = "full"  # Neumann corners; "authors" = their quirk
+    c.levelset.threshold = 0.0  # mask = phi <= threshold
+    # "auto": the fused C++ kernel on CPU (float32), the XLA scan elsewhere; "xla" or
+    # "kernel" force one (same numerics; see levelset.evolve).
+    c.levelset.impl = "auto"
 
-  c.loss = ml_collections.ConfigDict()
-  c.loss.boundary = "eq8"              # "eq8" (paper), "active_contour" (authors' code), "none"
-  # eq. 8 is normalised per pixel ("mean"); 0.01 * 256**2 reproduces the authors'
-  # weight 0.01 on pixel sums at their 256x256 crops, independent of resolution.
-  c.loss.boundary_reduction = "mean"
-  c.loss.boundary_weight = 655.36
-  c.loss.active_contour_weight = 0.01  # the authors' factor on their AC loss
-  c.loss.warmup_epochs = 5             # DELSE warm-up: SDT + motion losses, evolve from SDT
+    c.loss = ml_collections.ConfigDict()
+    c.loss.boundary = "eq8"  # "eq8" (paper), "active_contour" (authors' code), "none"
+    # eq. 8 is normalised per pixel ("mean"); 0.01 * 256**2 reproduces the authors'
+    # weight 0.01 on pixel sums at their 256x256 crops, independent of resolution.
+    c.loss.boundary_reduction = "mean"
+    c.loss.boundary_weight = 655.36
+    c.loss.active_contour_weight = 0.01  # the authors' factor on their AC loss
+    c.loss.warmup_epochs = 5  # DELSE warm-up: SDT + motion losses, evolve from SDT
 
-  c.optim = ml_collections.ConfigDict()
-  c.optim.name = "sgd"
-  c.optim.learning_rate = 3e-4
-  c.optim.momentum = 0.9
-  c.optim.weight_decay = 1e-6
-  c.optim.head_lr_multiplier = 10.0
-  c.optim.decay_factor = 0.3
-  c.optim.decay_every_epochs = 10
-  c.optim.clip_norm = 10.0
+    c.optim = ml_collections.ConfigDict()
+    c.optim.name = "sgd"
+    c.optim.learning_rate = 3e-4
+    c.optim.momentum = 0.9
+    c.optim.weight_decay = 1e-6
+    c.optim.head_lr_multiplier = 10.0
+    c.optim.decay_factor = 0.3
+    c.optim.decay_every_epochs = 10
+    c.optim.clip_norm = 10.0
 
-  c.train = ml_collections.ConfigDict()
-  c.train.batch_size = 10              # global batch (all devices, all hosts)
-  c.train.num_epochs = 100
-  c.train.num_steps = -1               # > 0 overrides num_epochs
-  c.train.log_every = 50
-  c.train.eval_every = 1000            # steps; 0 = only at the end
-  c.train.checkpoint_every = 500
-  c.train.keep_checkpoints = 3
-  c.train.num_log_images = 4
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = 10  # global batch (all devices, all hosts)
+    c.train.num_epochs = 100
+    c.train.num_steps = -1  # > 0 overrides num_epochs
+    c.train.log_every = 50
+    c.train.eval_every = 1000  # steps; 0 = only at the end
+    c.train.checkpoint_every = 500
+    c.train.keep_checkpoints = 3
+    c.train.num_log_images = 4
 
-  c.eval = ml_collections.ConfigDict()
-  c.eval.batch_size = 16
-  c.eval.max_objects = -1              # > 0 evaluates only the first N (periodic validation)
-  c.eval.sweep_thresholds = False      # sweep the mask threshold on the validation split
-  c.eval.sweep_range = (-6.0, 4.0, 1.0)
-  c.eval.num_overlays = 8
-  c.eval.checkpoint_step = -1          # -1 = latest
+    c.eval = ml_collections.ConfigDict()
+    c.eval.batch_size = 16
+    c.eval.max_objects = -1  # > 0 evaluates only the first N (periodic validation)
+    c.eval.sweep_thresholds = False  # sweep the mask threshold on the validation split
+    c.eval.sweep_range = (-6.0, 4.0, 1.0)
+    c.eval.num_overlays = 8
+    c.eval.checkpoint_step = -1  # -1 = latest
 
-  c.distributed = ml_collections.ConfigDict()
-  c.distributed.initialize = False     # call jax.distributed.initialize() (multi-host)
-  c.distributed.coordinator_address = ""  # empty: auto-detect (Slurm, TPU, ...)
-  c.distributed.num_processes = -1
-  c.distributed.process_id = -1
-  c.distributed.cpu_collectives = ""   # "gloo" for CPU multi-process runs
-  return c
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.initialize = False  # call jax.distributed.initialize() (multi-host)
+    c.distributed.coordinator_address = ""  # empty: auto-detect (Slurm, TPU, ...)
+    c.distributed.num_processes = -1
+    c.distributed.process_id = -1
+    c.distributed.cpu_collectives = ""  # "gloo" for CPU multi-process runs
+    return c
 
 
 def paper_training(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The paper's model and schedule (section 4.2) with the authors' optimiser.
+    """The paper's model and schedule (section 4.2) with the authors' optimiser.
 
-  ResNet-101 at output stride 8 with frozen backbone BatchNorm (as the authors, with
-  ImageNet weights), 256x256 crops, batch 10, 100 epochs, SGD (momentum 0.9, weight
-  decay 1e-6) at 3e-4 decayed by 0.3 every 10 epochs, heads at 10x, clipping at 10,
-  T = 5; the mask threshold is swept on the validation split as the authors did.
-  Returns `c`, changed in place.
-  """
-  c.data.resolution = 256
-  c.model.depth = 101
-  c.model.output_stride = 8
-  c.model.frozen_backbone_bn = True
-  c.optim.name = "sgd"
-  c.train.batch_size = 10
-  c.train.num_epochs = 100
-  c.train.eval_every = 2000
-  c.train.checkpoint_every = 1000
-  c.eval.sweep_thresholds = True
-  return c
+    ResNet-101 at output stride 8 with frozen backbone BatchNorm (as the authors, with
+    ImageNet weights), 256x256 crops, batch 10, 100 epochs, SGD (momentum 0.9, weight
+    decay 1e-6) at 3e-4 decayed by 0.3 every 10 epochs, heads at 10x, clipping at 10,
+    T = 5; the mask threshold is swept on the validation split as the authors did.
+    Returns `c`, changed in place.
+    """
+    c.data.resolution = 256
+    c.model.depth = 101
+    c.model.output_stride = 8
+    c.model.frozen_backbone_bn = True
+    c.optim.name = "sgd"
+    c.train.batch_size = 10
+    c.train.num_epochs = 100
+    c.train.eval_every = 2000
+    c.train.checkpoint_every = 1000
+    c.eval.sweep_thresholds = True
+    return c
 
 
 def cpu_sized(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Model, optimiser and schedule sized for a 2-core CPU (the built-in data sets).
+    """Model, optimiser and schedule sized for a 2-core CPU (the built-in data sets).
 
-  ResNet-18 at half width, output stride 16, 64-channel heads on 128x128 crops,
-  Adam at 1e-3: a
-  model that trains to a useful accuracy in minutes. Returns `c`, changed in place.
-  """
-  c.data.resolution = 128
-  c.model.depth = 18
-  c.model.width = 32
-  c.model.fusion_channels = 64
-  c.model.psp_channels = 64
-  # Stride 16 keeps the last stage at 8x8 instead of 16x16: about 30% less compute
-  # for a 128-px crop; the heads still work at stride 2 through the skip fusion.
-  c.model.output_stride = 16
-  c.optim.name = "adam"
-  c.optim.learning_rate = 1e-3
-  c.optim.head_lr_multiplier = 1.0
-  c.optim.decay_every_epochs = 6
-  c.optim.decay_factor = 0.3
-  c.loss.warmup_epochs = 2
-  c.train.batch_size = 8
-  c.train.num_epochs = 15
-  c.train.log_every = 10
-  c.train.eval_every = 0
-  c.train.checkpoint_every = 50
-  c.eval.batch_size = 16
-  return c
+    ResNet-18 at half width, output stride 16, 64-channel heads on 128x128 crops,
+    Adam at 1e-3: a
+    model that trains to a useful accuracy in minutes. Returns `c`, changed in place.
+    """
+    c.data.resolution = 128
+    c.model.depth = 18
+    c.model.width = 32
+    c.model.fusion_channels = 64
+    c.model.psp_channels = 64
+    # Stride 16 keeps the last stage at 8x8 instead of 16x16: about 30% less compute
+    # for a 128-px crop; the heads still work at stride 2 through the skip fusion.
+    c.model.output_stride = 16
+    c.optim.name = "adam"
+    c.optim.learning_rate = 1e-3
+    c.optim.head_lr_multiplier = 1.0
+    c.optim.decay_every_epochs = 6
+    c.optim.decay_factor = 0.3
+    c.loss.warmup_epochs = 2
+    c.train.batch_size = 8
+    c.train.num_epochs = 15
+    c.train.log_every = 10
+    c.train.eval_every = 0
+    c.train.checkpoint_every = 50
+    c.eval.batch_size = 16
+    return c
 
 
 class ConfigError(ValueError):
-  """A configuration value that cannot work; raised before any compute."""
+    """A configuration value that cannot work; raised before any compute."""
 
 
 def _unknown_fields(config, schema, prefix=""):
-  for key in config.keys():
-    path = f"{prefix}{key}"
-    if key not in schema:
-      yield path
-    elif isinstance(config[key], ml_collections.ConfigDict):
-      if not isinstance(schema[key], ml_collections.ConfigDict):
-        yield path
-      else:
-        yield from _unknown_fields(config[key], schema[key], path + ".")
+    for key in config.keys():
+        path = f"{prefix}{key}"
+        if key not in schema:
+            yield path
+        elif isinstance(config[key], ml_collections.ConfigDict):
+            if not isinstance(schema[key], ml_collections.ConfigDict):
+                yield path
+            else:
+                yield from _unknown_fields(config[key], schema[key], path + ".")
 
 
-def validate(config: ml_collections.ConfigDict, *, device_count: int = 1,
-             process_count: int = 1) -> None:
-  """Raises ConfigError naming the first problem found."""
-  unknown = list(_unknown_fields(config, base_config()))
-  if unknown:
-    raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
+def validate(
+    config: ml_collections.ConfigDict, *, device_count: int = 1, process_count: int = 1
+) -> None:
+    """Raises ConfigError naming the first problem found."""
+    unknown = list(_unknown_fields(config, base_config()))
+    if unknown:
+        raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
 
-  def need(cond, msg):
-    if not cond:
-      raise ConfigError(msg)
+    def need(cond, msg):
+        if not cond:
+            raise ConfigError(msg)
 
-  d, m, ls, lo, o, t, e = (config.data, config.model, config.levelset, config.loss,
-                           config.optim, config.train, config.eval)
-  need(m.depth in DEPTHS, f"model.depth must be one of {DEPTHS}, got {m.depth}")
-  need(m.output_stride in (8, 16), f"model.output_stride must be 8 or 16, got "
-       f"{m.output_stride}")
-  need(m.width >= 1, f"model.width must be >= 1, got {m.width}")
-  need(m.compute_dtype in ("float32", "bfloat16"),
-       f"model.compute_dtype must be 'float32' or 'bfloat16', got {m.compute_dtype!r}")
-  need(d.resolution >= 16 and d.resolution % m.output_stride == 0,
-       f"data.resolution ({d.resolution}) must be >= 16 and divisible by "
-       f"model.output_stride ({m.output_stride})")
-  need(d.guidance in GUIDANCE_MODES,
-       f"data.guidance must be one of {GUIDANCE_MODES}, got {d.guidance!r}")
-  need(d.cm_variant in CM_VARIANTS,
-       f"data.cm_variant must be one of {CM_VARIANTS}, got {d.cm_variant!r}")
-  need(d.relax >= 0, f"data.relax must be >= 0, got {d.relax}")
-  need(d.pert >= 0, f"data.pert must be >= 0, got {d.pert}")
-  need(d.dt_max > 0, f"data.dt_max must be > 0, got {d.dt_max}")
-  need(d.sigma > 0, f"data.sigma must be > 0, got {d.sigma}")
-  need(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
-  need(ls.steps >= 0, f"levelset.steps must be >= 0, got {ls.steps}")
-  need(ls.timestep > 0, f"levelset.timestep must be > 0, got {ls.timestep}")
-  need(0 < ls.dirac_ratio <= 1, f"levelset.dirac_ratio must be in (0, 1], got "
-       f"{ls.dirac_ratio}")
-  need(ls.init_shift >= 0, f"levelset.init_shift must be >= 0, got {ls.init_shift}")
-  need(ls.epsilon != 0, "levelset.epsilon must be non-zero")
-  need(ls.corners in ("full", "authors"),
-       f"levelset.corners must be 'full' or 'authors', got {ls.corners!r}")
-  need(ls.get("impl", "auto") in ("auto", "xla", "kernel"),
-       f"levelset.impl must be 'auto', 'xla' or 'kernel', got {ls.get('impl')!r}")
-  need(lo.boundary in BOUNDARY_LOSSES,
-       f"loss.boundary must be one of {BOUNDARY_LOSSES}, got {lo.boundary!r}")
-  need(lo.boundary_reduction in ("sum", "mean"),
-       f"loss.boundary_reduction must be 'sum' or 'mean', got {lo.boundary_reduction!r}")
-  need(lo.boundary_weight >= 0, f"loss.boundary_weight must be >= 0, got "
-       f"{lo.boundary_weight}")
-  need(lo.warmup_epochs >= 0, f"loss.warmup_epochs must be >= 0, got "
-       f"{lo.warmup_epochs}")
-  need(o.name in OPTIMIZERS, f"optim.name must be one of {OPTIMIZERS}, got {o.name!r}")
-  need(o.learning_rate > 0, f"optim.learning_rate must be > 0, got {o.learning_rate}")
-  need(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1), got {o.momentum}")
-  need(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
-  need(o.head_lr_multiplier > 0, "optim.head_lr_multiplier must be > 0")
-  need(0 < o.decay_factor <= 1, f"optim.decay_factor must be in (0, 1], got "
-       f"{o.decay_factor}")
-  need(o.decay_every_epochs >= 1, "optim.decay_every_epochs must be >= 1")
-  need(o.clip_norm > 0, f"optim.clip_norm must be > 0, got {o.clip_norm}")
-  need(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
-  need(t.batch_size % device_count == 0,
-       f"train.batch_size ({t.batch_size}) must be divisible by the number of "
-       f"devices ({device_count})")
-  need(t.batch_size % process_count == 0,
-       f"train.batch_size ({t.batch_size}) must be divisible by the number of "
-       f"processes ({process_count})")
-  need(t.num_epochs >= 1 or t.num_steps > 0,
-       "set train.num_epochs >= 1 or train.num_steps > 0")
-  for name in ("log_every", "checkpoint_every", "keep_checkpoints"):
-    need(t[name] >= 1, f"train.{name} must be >= 1, got {t[name]}")
-  need(t.eval_every >= 0, f"train.eval_every must be >= 0, got {t.eval_every}")
-  need(e.batch_size >= 1 and e.batch_size % device_count == 0,
-       f"eval.batch_size ({e.batch_size}) must be >= 1 and divisible by the number "
-       f"of devices ({device_count})")
-  lo_, hi_, step_ = e.sweep_range
-  need(step_ > 0 and hi_ >= lo_, f"eval.sweep_range must be (low, high, step>0), got "
-       f"{tuple(e.sweep_range)}")
+    d, m, ls, lo, o, t, e = (
+        config.data,
+        config.model,
+        config.levelset,
+        config.loss,
+        config.optim,
+        config.train,
+        config.eval,
+    )
+    need(m.depth in DEPTHS, f"model.depth must be one of {DEPTHS}, got {m.depth}")
+    need(m.output_stride in (8, 16), f"model.output_stride must be 8 or 16, got {m.output_stride}")
+    need(m.width >= 1, f"model.width must be >= 1, got {m.width}")
+    need(
+        m.compute_dtype in ("float32", "bfloat16"),
+        f"model.compute_dtype must be 'float32' or 'bfloat16', got {m.compute_dtype!r}",
+    )
+    need(
+        d.resolution >= 16 and d.resolution % m.output_stride == 0,
+        f"data.resolution ({d.resolution}) must be >= 16 and divisible by "
+        f"model.output_stride ({m.output_stride})",
+    )
+    need(
+        d.guidance in GUIDANCE_MODES,
+        f"data.guidance must be one of {GUIDANCE_MODES}, got {d.guidance!r}",
+    )
+    need(
+        d.cm_variant in CM_VARIANTS,
+        f"data.cm_variant must be one of {CM_VARIANTS}, got {d.cm_variant!r}",
+    )
+    need(d.relax >= 0, f"data.relax must be >= 0, got {d.relax}")
+    need(d.pert >= 0, f"data.pert must be >= 0, got {d.pert}")
+    need(d.dt_max > 0, f"data.dt_max must be > 0, got {d.dt_max}")
+    need(d.sigma > 0, f"data.sigma must be > 0, got {d.sigma}")
+    need(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
+    need(ls.steps >= 0, f"levelset.steps must be >= 0, got {ls.steps}")
+    need(ls.timestep > 0, f"levelset.timestep must be > 0, got {ls.timestep}")
+    need(0 < ls.dirac_ratio <= 1, f"levelset.dirac_ratio must be in (0, 1], got {ls.dirac_ratio}")
+    need(ls.init_shift >= 0, f"levelset.init_shift must be >= 0, got {ls.init_shift}")
+    need(ls.epsilon != 0, "levelset.epsilon must be non-zero")
+    need(
+        ls.corners in ("full", "authors"),
+        f"levelset.corners must be 'full' or 'authors', got {ls.corners!r}",
+    )
+    need(
+        ls.get("impl", "auto") in ("auto", "xla", "kernel"),
+        f"levelset.impl must be 'auto', 'xla' or 'kernel', got {ls.get('impl')!r}",
+    )
+    need(
+        lo.boundary in BOUNDARY_LOSSES,
+        f"loss.boundary must be one of {BOUNDARY_LOSSES}, got {lo.boundary!r}",
+    )
+    need(
+        lo.boundary_reduction in ("sum", "mean"),
+        f"loss.boundary_reduction must be 'sum' or 'mean', got {lo.boundary_reduction!r}",
+    )
+    need(lo.boundary_weight >= 0, f"loss.boundary_weight must be >= 0, got {lo.boundary_weight}")
+    need(lo.warmup_epochs >= 0, f"loss.warmup_epochs must be >= 0, got {lo.warmup_epochs}")
+    need(o.name in OPTIMIZERS, f"optim.name must be one of {OPTIMIZERS}, got {o.name!r}")
+    need(o.learning_rate > 0, f"optim.learning_rate must be > 0, got {o.learning_rate}")
+    need(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1), got {o.momentum}")
+    need(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
+    need(o.head_lr_multiplier > 0, "optim.head_lr_multiplier must be > 0")
+    need(0 < o.decay_factor <= 1, f"optim.decay_factor must be in (0, 1], got {o.decay_factor}")
+    need(o.decay_every_epochs >= 1, "optim.decay_every_epochs must be >= 1")
+    need(o.clip_norm > 0, f"optim.clip_norm must be > 0, got {o.clip_norm}")
+    need(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
+    need(
+        t.batch_size % device_count == 0,
+        f"train.batch_size ({t.batch_size}) must be divisible by the number of "
+        f"devices ({device_count})",
+    )
+    need(
+        t.batch_size % process_count == 0,
+        f"train.batch_size ({t.batch_size}) must be divisible by the number of "
+        f"processes ({process_count})",
+    )
+    need(t.num_epochs >= 1 or t.num_steps > 0, "set train.num_epochs >= 1 or train.num_steps > 0")
+    for name in ("log_every", "checkpoint_every", "keep_checkpoints"):
+        need(t[name] >= 1, f"train.{name} must be >= 1, got {t[name]}")
+    need(t.eval_every >= 0, f"train.eval_every must be >= 0, got {t.eval_every}")
+    need(
+        e.batch_size >= 1 and e.batch_size % device_count == 0,
+        f"eval.batch_size ({e.batch_size}) must be >= 1 and divisible by the number "
+        f"of devices ({device_count})",
+    )
+    lo_, hi_, step_ = e.sweep_range
+    need(
+        step_ > 0 and hi_ >= lo_,
+        f"eval.sweep_range must be (low, high, step>0), got {tuple(e.sweep_range)}",
+    )

@@ -13,6 +13,7 @@ Conventions (see docs/method.md, "Inputs: crop, guidance channel"):
 * Output maps have shape ``(..., H, W)`` (or ``(..., H, W, 1)`` for the
   guidance channel, NHWC), float32.
 """
+
 from __future__ import annotations
 
 import math
@@ -65,7 +66,9 @@ def _as_points(points, fn: str) -> jax.Array:
             f"{fn}: points must have shape (..., 4, 2) (x, y for left, right, top, "
             f"bottom), got shape {points.shape}"
         )
-    if not (jnp.issubdtype(points.dtype, jnp.floating) or jnp.issubdtype(points.dtype, jnp.integer)):
+    if not (
+        jnp.issubdtype(points.dtype, jnp.floating) or jnp.issubdtype(points.dtype, jnp.integer)
+    ):
         raise ValueError(f"{fn}: points must be numeric, got dtype {points.dtype}")
     return points.astype(jnp.float32)
 
@@ -259,7 +262,9 @@ def confidence_map(points, height: int, width: int, variant: str = "paper"):
       (intersection), and for "authors" anywhere on either segment.
     """
     if variant not in CM_VARIANTS:
-        raise ValueError(f"confidence_map: unknown variant {variant!r}; expected one of {CM_VARIANTS}")
+        raise ValueError(
+            f"confidence_map: unknown variant {variant!r}; expected one of {CM_VARIANTS}"
+        )
     _check_size(height, width, "confidence_map")
     points = _as_points(points, "confidence_map")
     xs, ys = _pixel_grid(height, width)
@@ -315,7 +320,9 @@ def guidance_channel(
       ``(..., H, W, 1)`` float32 (NHWC channel).
     """
     if mode not in HEATMAP_MODES:
-        raise ValueError(f"guidance_channel: unknown mode {mode!r}; expected one of {HEATMAP_MODES}")
+        raise ValueError(
+            f"guidance_channel: unknown mode {mode!r}; expected one of {HEATMAP_MODES}"
+        )
     g = gaussian_heatmap(points, height, width, sigma=sigma, fwhm=fwhm)
     if mode == "heatmap+cm":
         g = g + 255.0 * confidence_map(points, height, width, variant=cm_variant)

@@ -20,163 +20,158 @@ _PROB_EPS = 1e-7
 
 
 def class_balanced_bce(prob: jax.Array, labels: jax.Array) -> jax.Array:
-  """Class-balanced binary cross-entropy, averaged over pixels (paper eq. 6).
+    """Class-balanced binary cross-entropy, averaged over pixels (paper eq. 6).
 
-  Positives are weighted by the fraction of negatives and negatives by the fraction
-  of positives, both counted over the WHOLE batch (as the reference code does), then
-  the weighted sum is divided by the number of pixels.
+    Positives are weighted by the fraction of negatives and negatives by the fraction
+    of positives, both counted over the WHOLE batch (as the reference code does), then
+    the weighted sum is divided by the number of pixels.
 
-  Args:
-    prob: `(B, H, W, 1)` foreground probability in (0, 1).
-    labels: `(B, H, W, 1)` binary ground truth {0, 1} (float).
+    Args:
+      prob: `(B, H, W, 1)` foreground probability in (0, 1).
+      labels: `(B, H, W, 1)` binary ground truth {0, 1} (float).
 
-  Returns:
-    Scalar loss (nats per pixel).
-  """
-  checks.check_same_shape(prob=prob, labels=labels)
-  prob = jnp.clip(prob, _PROB_EPS, 1 - _PROB_EPS)
-  n_pos = jnp.sum(labels)
-  n_neg = jnp.sum(1.0 - labels)
-  total = n_pos + n_neg
-  nll = -(labels * jnp.log(prob) + (1.0 - labels) * jnp.log(1.0 - prob))
-  loss = (n_neg / total * jnp.sum(labels * nll) +
-          n_pos / total * jnp.sum((1.0 - labels) * nll))
-  return loss / labels.size
+    Returns:
+      Scalar loss (nats per pixel).
+    """
+    checks.check_same_shape(prob=prob, labels=labels)
+    prob = jnp.clip(prob, _PROB_EPS, 1 - _PROB_EPS)
+    n_pos = jnp.sum(labels)
+    n_neg = jnp.sum(1.0 - labels)
+    total = n_pos + n_neg
+    nll = -(labels * jnp.log(prob) + (1.0 - labels) * jnp.log(1.0 - prob))
+    loss = n_neg / total * jnp.sum(labels * nll) + n_pos / total * jnp.sum((1.0 - labels) * nll)
+    return loss / labels.size
 
 
-def levelset_output_loss(phi_t: jax.Array, mask: jax.Array,
-                         epsilon: float = -1.0) -> jax.Array:
-  """Level-set output loss: `100 *` class-balanced BCE of `H(phi_T)` (paper eq. 6).
+def levelset_output_loss(phi_t: jax.Array, mask: jax.Array, epsilon: float = -1.0) -> jax.Array:
+    """Level-set output loss: `100 *` class-balanced BCE of `H(phi_T)` (paper eq. 6).
 
-  The factor 100 is the authors' scaling (their `LSE_output_loss`).
+    The factor 100 is the authors' scaling (their `LSE_output_loss`).
 
-  Args:
-    phi_t: `(B, H, W, 1)` evolved level set (pixels, negative inside).
-    mask: `(B, H, W, 1)` ground-truth mask {0, 1}.
-    epsilon: Heaviside width; negative so that H -> 1 inside.
-  """
-  return 100.0 * class_balanced_bce(heaviside(phi_t, epsilon), mask)
+    Args:
+      phi_t: `(B, H, W, 1)` evolved level set (pixels, negative inside).
+      mask: `(B, H, W, 1)` ground-truth mask {0, 1}.
+      epsilon: Heaviside width; negative so that H -> 1 inside.
+    """
+    return 100.0 * class_balanced_bce(heaviside(phi_t, epsilon), mask)
 
 
 def sdt_loss(phi0: jax.Array, sdt: jax.Array) -> jax.Array:
-  """Mean squared error between the predicted initial level set and the truncated SDT.
+    """Mean squared error between the predicted initial level set and the truncated SDT.
 
-  DELSE warm-up term (authors' `level_map_loss`), in pixels^2.
+    DELSE warm-up term (authors' `level_map_loss`), in pixels^2.
 
-  Args:
-    phi0: `(B, H, W, 1)` predicted initial level set.
-    sdt: `(B, H, W, 1)` truncated signed distance target.
-  """
-  checks.check_same_shape(phi0=phi0, sdt=sdt)
-  return jnp.mean((sdt - phi0) ** 2)
+    Args:
+      phi0: `(B, H, W, 1)` predicted initial level set.
+      sdt: `(B, H, W, 1)` truncated signed distance target.
+    """
+    checks.check_same_shape(phi0=phi0, sdt=sdt)
+    return jnp.mean((sdt - phi0) ** 2)
 
 
 def _normalize(v: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
-  """`v / max(|v|, eps)` (torch's F.normalize) with a finite gradient at v = 0.
+    """`v / max(|v|, eps)` (torch's F.normalize) with a finite gradient at v = 0.
 
-  sqrt's derivative is infinite at 0, and 0 * inf would poison every parameter
-  through the chain rule, so the norm is only taken where it is above eps.
-  """
-  sq = jnp.sum(v * v, axis=axis, keepdims=True)
-  big = sq > eps * eps
-  norm = jnp.sqrt(jnp.where(big, sq, 1.0))
-  return jnp.where(big, v / norm, v / eps)
+    sqrt's derivative is infinite at 0, and 0 * inf would poison every parameter
+    through the chain rule, so the norm is only taken where it is above eps.
+    """
+    sq = jnp.sum(v * v, axis=axis, keepdims=True)
+    big = sq > eps * eps
+    norm = jnp.sqrt(jnp.where(big, sq, 1.0))
+    return jnp.where(big, v / norm, v / eps)
 
 
 def motion_loss(motion: jax.Array, direction: jax.Array) -> jax.Array:
-  """Mean squared angle (radians^2) between predicted motion and target direction.
+    """Mean squared angle (radians^2) between predicted motion and target direction.
 
-  DELSE warm-up term (authors' `vector_field_loss`): both fields are normalised to
-  unit length (zero vectors stay zero), and the angle is
-  `acos(cos * (1 - 1e-4))`, which keeps the gradient of acos finite at cos = +-1.
+    DELSE warm-up term (authors' `vector_field_loss`): both fields are normalised to
+    unit length (zero vectors stay zero), and the angle is
+    `acos(cos * (1 - 1e-4))`, which keeps the gradient of acos finite at cos = +-1.
 
-  Args:
-    motion: `(B, H, W, 2)` predicted motion field (y, x).
-    direction: `(B, H, W, 2)` target direction, the gradient of the distance map.
-  """
-  checks.check_same_shape(motion=motion, direction=direction)
-  checks.check_channels("motion", motion, 2)
-  cos = jnp.sum(_normalize(motion) * _normalize(direction), axis=-1)
-  angle = jnp.arccos(cos * (1 - 1e-4))
-  return jnp.mean(angle**2)
-
-
-def boundary_loss(logits: jax.Array, labels: jax.Array,
-                  reduction: str = "sum") -> jax.Array:
-  """Boundary (region-based level set) loss of paper eq. 8 (Kim et al.).
-
-  `Q = softmax(P) - 0.5`, `H = 0.5 * (1 + tanh(40 Q))`. For each class c with binary
-  ground truth `Y_c`: `t_in = sum(Y_c H) / sum(H)`, `t_out = sum(Y_c (1-H)) / sum(1-H)`
-  (both with 1e-5 added to the denominator), and
-  `L_c = sum((Y_c - t_in)^2 H) + sum((Y_c - t_out)^2 (1 - H))`. The result is the mean
-  over classes and over the batch.
-
-  Args:
-    logits: `(B, H, W, C)` class logits (object, background).
-    labels: `(B, H, W, C)` one-hot ground truth.
-    reduction: "sum" sums over pixels (the authors' scale, which grows with the image
-      area; their weight lambda = 0.01 was set at 256x256); "mean" divides by H * W so
-      that the weight does not depend on the crop size.
-  """
-  checks.check_rank("logits", logits, 4)
-  checks.check_same_shape(logits=logits, labels=labels)
-  h = 0.5 * (1 + jnp.tanh(40.0 * (jax.nn.softmax(logits, axis=-1) - 0.5)))
-  eps = 1e-5
-  t_in = jnp.sum(h * labels, axis=(1, 2)) / (jnp.sum(h, axis=(1, 2)) + eps)
-  t_out = (jnp.sum((1 - h) * labels, axis=(1, 2)) /
-           (jnp.sum(1 - h, axis=(1, 2)) + eps))
-  t_in, t_out = t_in[:, None, None, :], t_out[:, None, None, :]
-  energy = jnp.sum((labels - t_in) ** 2 * h + (labels - t_out) ** 2 * (1 - h),
-                   axis=(1, 2))
-  if reduction == "mean":
-    energy = energy / (logits.shape[1] * logits.shape[2])
-  elif reduction != "sum":
-    raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
-  return jnp.mean(energy)
+    Args:
+      motion: `(B, H, W, 2)` predicted motion field (y, x).
+      direction: `(B, H, W, 2)` target direction, the gradient of the distance map.
+    """
+    checks.check_same_shape(motion=motion, direction=direction)
+    checks.check_channels("motion", motion, 2)
+    cos = jnp.sum(_normalize(motion) * _normalize(direction), axis=-1)
+    angle = jnp.arccos(cos * (1 - 1e-4))
+    return jnp.mean(angle**2)
 
 
-def active_contour_loss(logits: jax.Array, labels: jax.Array,
-                        length_weight: float = 10.0,
-                        region_weight: float = 5.0) -> jax.Array:
-  """Active-contour loss (Chen et al. 2019) as the authors' code trains by default.
+def boundary_loss(logits: jax.Array, labels: jax.Array, reduction: str = "sum") -> jax.Array:
+    """Boundary (region-based level set) loss of paper eq. 8 (Kim et al.).
 
-  `p = sigmoid(logits)`. Length term: `sum(sqrt(dr^2 + dc^2 + 1e-8))` over both
-  channels of forward differences (rows 1..H-2 of the vertical and columns 1..W-2 of
-  the horizontal difference, on an (H-2, W-2) grid). Region term, on channel 1 only
-  (the authors' choice; channel 1 is background in their label order):
-  `|sum(p_1 (y_1 - 1)^2)| + |sum((1 - p_1) y_1^2)|`. Loss =
-  `length_weight * length + region_weight * region`. The authors multiply it by 0.01
-  in training.
+    `Q = softmax(P) - 0.5`, `H = 0.5 * (1 + tanh(40 Q))`. For each class c with binary
+    ground truth `Y_c`: `t_in = sum(Y_c H) / sum(H)`, `t_out = sum(Y_c (1-H)) / sum(1-H)`
+    (both with 1e-5 added to the denominator), and
+    `L_c = sum((Y_c - t_in)^2 H) + sum((Y_c - t_out)^2 (1 - H))`. The result is the mean
+    over classes and over the batch.
 
-  Args:
-    logits: `(B, H, W, 2)` class logits (object, background).
-    labels: `(B, H, W, 2)` one-hot ground truth.
-  """
-  checks.check_rank("logits", logits, 4)
-  checks.check_same_shape(logits=logits, labels=labels)
-  p = jax.nn.sigmoid(logits)
-  dr = (p[:, 1:] - p[:, :-1])[:, 1:, :-2] ** 2
-  dc = (p[:, :, 1:] - p[:, :, :-1])[:, :-2, 1:] ** 2
-  length = jnp.sum(jnp.sqrt(jnp.abs(dr + dc) + 1e-8))
-  p1, y1 = p[..., 1], labels[..., 1]
-  region = (jnp.abs(jnp.sum(p1 * (y1 - 1.0) ** 2)) +
-            jnp.abs(jnp.sum((1.0 - p1) * y1**2)))
-  return length_weight * length + region_weight * region
+    Args:
+      logits: `(B, H, W, C)` class logits (object, background).
+      labels: `(B, H, W, C)` one-hot ground truth.
+      reduction: "sum" sums over pixels (the authors' scale, which grows with the image
+        area; their weight lambda = 0.01 was set at 256x256); "mean" divides by H * W so
+        that the weight does not depend on the crop size.
+    """
+    checks.check_rank("logits", logits, 4)
+    checks.check_same_shape(logits=logits, labels=labels)
+    h = 0.5 * (1 + jnp.tanh(40.0 * (jax.nn.softmax(logits, axis=-1) - 0.5)))
+    eps = 1e-5
+    t_in = jnp.sum(h * labels, axis=(1, 2)) / (jnp.sum(h, axis=(1, 2)) + eps)
+    t_out = jnp.sum((1 - h) * labels, axis=(1, 2)) / (jnp.sum(1 - h, axis=(1, 2)) + eps)
+    t_in, t_out = t_in[:, None, None, :], t_out[:, None, None, :]
+    energy = jnp.sum((labels - t_in) ** 2 * h + (labels - t_out) ** 2 * (1 - h), axis=(1, 2))
+    if reduction == "mean":
+        energy = energy / (logits.shape[1] * logits.shape[2])
+    elif reduction != "sum":
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+    return jnp.mean(energy)
 
 
-def band_loss(phi: jax.Array, sdt: jax.Array, sigma: float = 0.08,
-              dt_max: float = 30.0) -> jax.Array:
-  """DELSE's narrow-band regression of a level set onto the SDT (optional extra).
+def active_contour_loss(
+    logits: jax.Array, labels: jax.Array, length_weight: float = 10.0, region_weight: float = 5.0
+) -> jax.Array:
+    """Active-contour loss (Chen et al. 2019) as the authors' code trains by default.
 
-  `sum((phi - sdt)^2 * (dirac(sdt) + dirac(sg(phi)))) / sum(dirac(sdt))`: squared
-  error (pixels^2) weighted towards both contours. Not used by the paper's objective;
-  kept because the authors' code defines it.
+    `p = sigmoid(logits)`. Length term: `sum(sqrt(dr^2 + dc^2 + 1e-8))` over both
+    channels of forward differences (rows 1..H-2 of the vertical and columns 1..W-2 of
+    the horizontal difference, on an (H-2, W-2) grid). Region term, on channel 1 only
+    (the authors' choice; channel 1 is background in their label order):
+    `|sum(p_1 (y_1 - 1)^2)| + |sum((1 - p_1) y_1^2)|`. Loss =
+    `length_weight * length + region_weight * region`. The authors multiply it by 0.01
+    in training.
 
-  Args:
-    phi: `(B, H, W, 1)` level set.
-    sdt: `(B, H, W, 1)` truncated signed distance target.
-  """
-  checks.check_same_shape(phi=phi, sdt=sdt)
-  w_gt = dirac(sdt, sigma, dt_max)
-  w = w_gt + dirac(jax.lax.stop_gradient(phi), sigma, dt_max)
-  return jnp.sum((phi - sdt) ** 2 * w) / jnp.sum(w_gt)
+    Args:
+      logits: `(B, H, W, 2)` class logits (object, background).
+      labels: `(B, H, W, 2)` one-hot ground truth.
+    """
+    checks.check_rank("logits", logits, 4)
+    checks.check_same_shape(logits=logits, labels=labels)
+    p = jax.nn.sigmoid(logits)
+    dr = (p[:, 1:] - p[:, :-1])[:, 1:, :-2] ** 2
+    dc = (p[:, :, 1:] - p[:, :, :-1])[:, :-2, 1:] ** 2
+    length = jnp.sum(jnp.sqrt(jnp.abs(dr + dc) + 1e-8))
+    p1, y1 = p[..., 1], labels[..., 1]
+    region = jnp.abs(jnp.sum(p1 * (y1 - 1.0) ** 2)) + jnp.abs(jnp.sum((1.0 - p1) * y1**2))
+    return length_weight * length + region_weight * region
+
+
+def band_loss(
+    phi: jax.Array, sdt: jax.Array, sigma: float = 0.08, dt_max: float = 30.0
+) -> jax.Array:
+    """DELSE's narrow-band regression of a level set onto the SDT (optional extra).
+
+    `sum((phi - sdt)^2 * (dirac(sdt) + dirac(sg(phi)))) / sum(dirac(sdt))`: squared
+    error (pixels^2) weighted towards both contours. Not used by the paper's objective;
+    kept because the authors' code defines it.
+
+    Args:
+      phi: `(B, H, W, 1)` level set.
+      sdt: `(B, H, W, 1)` truncated signed distance target.
+    """
+    checks.check_same_shape(phi=phi, sdt=sdt)
+    w_gt = dirac(sdt, sigma, dt_max)
+    w = w_gt + dirac(jax.lax.stop_gradient(phi), sigma, dt_max)
+    return jnp.sum((phi - sdt) ** 2 * w) / jnp.sum(w_gt)

@@ -55,11 +55,13 @@ default and reports how many it dropped (``n_nonfinite``), and
 :func:`format_table` prints that count next to the value, so failures are
 never hidden silently.  Pass ``nonfinite="propagate"`` to get ``inf`` means.
 """
+
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -118,11 +120,11 @@ def _check_spacing(spacing: Any) -> tuple[float, float]:
     try:
         s = np.asarray(spacing, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"spacing must be a pair (sy, sx) of positive numbers, got {spacing!r}") from e
-    if s.shape != (2,):
         raise ValueError(
-            f"spacing must have length 2 (sy, sx) for 2-D masks, got {spacing!r}"
-        )
+            f"spacing must be a pair (sy, sx) of positive numbers, got {spacing!r}"
+        ) from e
+    if s.shape != (2,):
+        raise ValueError(f"spacing must have length 2 (sy, sx) for 2-D masks, got {spacing!r}")
     if not np.all(np.isfinite(s)) or np.any(s <= 0):
         raise ValueError(f"spacing must be finite and positive, got {spacing!r}")
     return (float(s[0]), float(s[1]))
@@ -182,13 +184,7 @@ def contour(mask: Any) -> np.ndarray:
         raise ValueError(f"mask must be 2-D (H, W); got shape {m.shape}")
     m = _as_mask(m, "mask")
     pad = np.pad(m, 1, mode="constant", constant_values=False)
-    interior = (
-        pad[1:-1, 1:-1]
-        & pad[:-2, 1:-1]
-        & pad[2:, 1:-1]
-        & pad[1:-1, :-2]
-        & pad[1:-1, 2:]
-    )
+    interior = pad[1:-1, 1:-1] & pad[:-2, 1:-1] & pad[2:, 1:-1] & pad[1:-1, :-2] & pad[1:-1, 2:]
     return m & ~interior
 
 
@@ -284,9 +280,7 @@ def abd(pred: Any, gt: Any, spacing: Sequence[float] | None = None) -> float:
 # --------------------------------------------------------------------------
 # Boundary F-measure
 # --------------------------------------------------------------------------
-def boundary_fmeasure(
-    pred: Any, gt: Any, tolerance: float = 1.0
-) -> tuple[float, float, float]:
+def boundary_fmeasure(pred: Any, gt: Any, tolerance: float = 1.0) -> tuple[float, float, float]:
     """DAVIS-style boundary (precision, recall, F), fractions in [0, 1].
 
     A contour pixel of one mask is matched when a contour pixel of the other
@@ -296,7 +290,9 @@ def boundary_fmeasure(
     p, g = _check_pair(pred, gt)
     tol = float(tolerance)
     if not math.isfinite(tol) or tol < 0:
-        raise ValueError(f"tolerance must be a finite non-negative number of pixels, got {tolerance!r}")
+        raise ValueError(
+            f"tolerance must be a finite non-negative number of pixels, got {tolerance!r}"
+        )
     ep, eg = not p.any(), not g.any()
     if ep and eg:
         return 1.0, 1.0, 1.0
@@ -366,7 +362,9 @@ def batch_object_metrics(
         elif len(it) == 3:
             pred, gt, spacing = it
         else:
-            raise ValueError(f"item {i} must be (pred, gt) or (pred, gt, spacing), got length {len(it)}")
+            raise ValueError(
+                f"item {i} must be (pred, gt) or (pred, gt, spacing), got length {len(it)}"
+            )
         out.append(object_metrics(pred, gt, spacing=spacing, tolerances=tolerances))
     return out
 
@@ -486,10 +484,12 @@ def summarize(
 def _fmt_cell(st: Mapping[str, float] | None, scale: float, decimals: int) -> str:
     if st is None:
         return "-"
+
     def fmt(x: float) -> str:
         if math.isinf(x):
             return "inf" if x > 0 else "-inf"
         return f"{x * scale:.{decimals}f}"
+
     cell = f"{fmt(st['mean'])} ± {fmt(st['std'])}"
     if st.get("n_nonfinite"):
         cell += f" ({st['n_nonfinite']}/{st['n']} inf)"

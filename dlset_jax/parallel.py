@@ -13,64 +13,68 @@ import logging
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
 
 
 def maybe_initialize_distributed(dist_config) -> None:
-  """Calls `jax.distributed.initialize` when the config asks for it.
+    """Calls `jax.distributed.initialize` when the config asks for it.
 
-  With an empty `coordinator_address` JAX auto-detects the cluster (Slurm, Open MPI,
-  TPU pods); on CPU, `cpu_collectives="gloo"` enables cross-process collectives.
-  Must run before anything touches a device.
-  """
-  if not dist_config.initialize:
-    return
-  if dist_config.cpu_collectives:
-    jax.config.update("jax_cpu_collectives_implementation",
-                      dist_config.cpu_collectives)
-  kwargs = {}
-  if dist_config.coordinator_address:
-    kwargs["coordinator_address"] = dist_config.coordinator_address
-  if dist_config.num_processes > 0:
-    kwargs["num_processes"] = dist_config.num_processes
-  if dist_config.process_id >= 0:
-    kwargs["process_id"] = dist_config.process_id
-  jax.distributed.initialize(**kwargs)
-  logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
-               jax.process_index(), jax.process_count(), jax.local_device_count(),
-               jax.device_count())
+    With an empty `coordinator_address` JAX auto-detects the cluster (Slurm, Open MPI,
+    TPU pods); on CPU, `cpu_collectives="gloo"` enables cross-process collectives.
+    Must run before anything touches a device.
+    """
+    if not dist_config.initialize:
+        return
+    if dist_config.cpu_collectives:
+        jax.config.update("jax_cpu_collectives_implementation", dist_config.cpu_collectives)
+    kwargs = {}
+    if dist_config.coordinator_address:
+        kwargs["coordinator_address"] = dist_config.coordinator_address
+    if dist_config.num_processes > 0:
+        kwargs["num_processes"] = dist_config.num_processes
+    if dist_config.process_id >= 0:
+        kwargs["process_id"] = dist_config.process_id
+    jax.distributed.initialize(**kwargs)
+    logging.info(
+        "jax.distributed: process %d of %d, %d local / %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
 
 
 def make_mesh() -> Mesh:
-  """A 1-D mesh over all devices of all processes."""
-  return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+    """A 1-D mesh over all devices of all processes."""
+    return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(DATA_AXIS))
+    return NamedSharding(mesh, P(DATA_AXIS))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P())
+    return NamedSharding(mesh, P())
 
 
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
-  """Process-local numpy batch -> global arrays split along the batch axis.
+    """Process-local numpy batch -> global arrays split along the batch axis.
 
-  Each process passes its own slice of the global batch (its data shard); only the
-  numeric arrays travel to the devices.
-  """
-  sharding = batch_sharding(mesh)
-  out = {}
-  for k, v in batch.items():
-    v = np.asarray(v)
-    if v.dtype.kind in "biuf":
-      out[k] = jax.make_array_from_process_local_data(sharding, v)
-  return out
+    Each process passes its own slice of the global batch (its data shard); only the
+    numeric arrays travel to the devices.
+    """
+    sharding = batch_sharding(mesh)
+    out = {}
+    for k, v in batch.items():
+        v = np.asarray(v)
+        if v.dtype.kind in "biuf":
+            out[k] = jax.make_array_from_process_local_data(sharding, v)
+    return out
 
 
 def replicate(tree, mesh: Mesh):
-  """Puts a host pytree on every device (identical on every process)."""
-  return jax.device_put(tree, replicated(mesh))
+    """Puts a host pytree on every device (identical on every process)."""
+    return jax.device_put(tree, replicated(mesh))

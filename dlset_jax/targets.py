@@ -18,6 +18,7 @@ Conventions:
   ``i = (y - y0 + 0.5) * R / h - 0.5`` (columns likewise with ``x0, w``).
   The crop's pixel edges coincide with the box's pixel edges.
 """
+
 from __future__ import annotations
 
 import numbers
@@ -74,9 +75,12 @@ def _as_int(v, name: str, fn: str, minimum: int) -> int:
 def _as_image_shape(image_shape, fn: str) -> tuple[int, int]:
     shape = tuple(image_shape)
     if len(shape) not in (2, 3) or not all(
-        isinstance(s, numbers.Integral) and not isinstance(s, (bool, np.bool_)) and s >= 1 for s in shape
+        isinstance(s, numbers.Integral) and not isinstance(s, (bool, np.bool_)) and s >= 1
+        for s in shape
     ):
-        raise ValueError(f"{fn}: image_shape must be (H, W) or (H, W, C) of positive ints, got {image_shape!r}")
+        raise ValueError(
+            f"{fn}: image_shape must be (H, W) or (H, W, C) of positive ints, got {image_shape!r}"
+        )
     return int(shape[0]), int(shape[1])
 
 
@@ -95,7 +99,9 @@ def _as_points(points, fn: str) -> np.ndarray:
 def _as_box(box, fn: str) -> np.ndarray:
     b = np.asarray(box)
     if b.shape != (4,) or not np.issubdtype(b.dtype, np.integer):
-        raise ValueError(f"{fn}: box must be an integer array (y0, x0, y1, x1) of shape (4,), got {box!r}")
+        raise ValueError(
+            f"{fn}: box must be an integer array (y0, x0, y1, x1) of shape (4,), got {box!r}"
+        )
     b = b.astype(np.int64)
     if b[2] <= b[0] or b[3] <= b[1]:
         raise ValueError(f"{fn}: box {b.tolist()} is empty (need y1 > y0 and x1 > x0)")
@@ -163,7 +169,9 @@ def signed_distance(mask, dt_max: float = 30.0):
     """
     fg = _as_mask(mask, "signed_distance")
     if not (isinstance(dt_max, numbers.Real) and np.isfinite(dt_max) and dt_max > 0):
-        raise ValueError(f"signed_distance: dt_max must be a positive finite number, got {dt_max!r}")
+        raise ValueError(
+            f"signed_distance: dt_max must be a positive finite number, got {dt_max!r}"
+        )
     dt = ndimage.distance_transform_edt(~_contour(fg))
     sdt = np.minimum(dt, float(dt_max))
     sdt = np.where(fg, -sdt, sdt)
@@ -188,7 +196,9 @@ def direction_field(dt) -> np.ndarray:
     if not (np.issubdtype(dt.dtype, np.floating) or np.issubdtype(dt.dtype, np.integer)):
         raise ValueError(f"direction_field: dt must be real, got dtype {dt.dtype}")
     if min(dt.shape) < 2:
-        raise ValueError(f"direction_field: dt needs at least 2 rows and 2 columns, got shape {dt.shape}")
+        raise ValueError(
+            f"direction_field: dt needs at least 2 rows and 2 columns, got shape {dt.shape}"
+        )
     gy, gx = np.gradient(dt.astype(np.float64))
     return np.stack([gy, gx], axis=-1).astype(np.float32)
 
@@ -259,13 +269,23 @@ def crop_and_resize(image, box, resolution: int, order: int = 1) -> np.ndarray:
     """
     img = np.asarray(image)
     if img.ndim not in (2, 3):
-        raise ValueError(f"crop_and_resize: image must be (H, W) or (H, W, C), got shape {img.shape}")
-    if not (img.dtype == bool or np.issubdtype(img.dtype, np.integer) or np.issubdtype(img.dtype, np.floating)):
-        raise ValueError(f"crop_and_resize: image must be bool, integer or float, got dtype {img.dtype}")
+        raise ValueError(
+            f"crop_and_resize: image must be (H, W) or (H, W, C), got shape {img.shape}"
+        )
+    if not (
+        img.dtype == bool
+        or np.issubdtype(img.dtype, np.integer)
+        or np.issubdtype(img.dtype, np.floating)
+    ):
+        raise ValueError(
+            f"crop_and_resize: image must be bool, integer or float, got dtype {img.dtype}"
+        )
     b = _as_box(box, "crop_and_resize")
     r = _as_int(resolution, "resolution", "crop_and_resize", 1)
     if order not in (0, 1):
-        raise ValueError(f"crop_and_resize: order must be 0 (nearest) or 1 (bilinear), got {order!r}")
+        raise ValueError(
+            f"crop_and_resize: order must be 0 (nearest) or 1 (bilinear), got {order!r}"
+        )
     y0, x0, y1, x1 = (int(v) for v in b)
     ys = crop_to_image_coords(np.arange(r), y0, y1 - y0, r)
     xs = crop_to_image_coords(np.arange(r), x0, x1 - x0, r)
@@ -274,7 +294,9 @@ def crop_and_resize(image, box, resolution: int, order: int = 1) -> np.ndarray:
     chans = img[..., None] if img.ndim == 2 else img
     out = np.stack(
         [
-            ndimage.map_coordinates(chans[..., k], coords, order=order, mode="grid-constant", cval=0.0)
+            ndimage.map_coordinates(
+                chans[..., k], coords, order=order, mode="grid-constant", cval=0.0
+            )
             for k in range(chans.shape[-1])
         ],
         axis=-1,

@@ -23,274 +23,331 @@ import optax
 
 from dlset_jax import checkpoint as ckpt_lib
 from dlset_jax import config as config_lib
-from dlset_jax import evaluate
-from dlset_jax import hostmem
-from dlset_jax import levelset
-from dlset_jax import losses
-from dlset_jax import parallel
-from dlset_jax import reporting
-from dlset_jax import models
+from dlset_jax import evaluate, hostmem, levelset, losses, models, parallel, reporting
 from dlset_jax.data import pipeline
 
 
 @flax.struct.dataclass
 class TrainState:
-  step: jax.Array
-  params: Any
-  batch_stats: Any
-  opt_state: Any
-  rng: jax.Array  # raw uint32 key data, so that checkpoints hold a plain array
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array  # raw uint32 key data, so that checkpoints hold a plain array
 
-  def variables(self):
-    return {"params": self.params, "batch_stats": self.batch_stats}
+    def variables(self):
+        return {"params": self.params, "batch_stats": self.batch_stats}
 
 
 # ----------------------------------------------------------------- pure pieces
 
 
 def model_inputs(batch) -> jax.Array:
-  """Network input `(B, R, R, 4)`: normalised image and guidance / 255."""
-  return jnp.concatenate([batch["image"], batch["guidance"] / 255.0], axis=-1)
+    """Network input `(B, R, R, 4)`: normalised image and guidance / 255."""
+    return jnp.concatenate([batch["image"], batch["guidance"] / 255.0], axis=-1)
 
 
 def learning_rate_schedule(optim_config, steps_per_epoch: int):
-  """Step decay: `lr * decay_factor ** floor(step / (decay_every_epochs * spe))`."""
-  return optax.exponential_decay(
-      init_value=optim_config.learning_rate,
-      transition_steps=max(1, optim_config.decay_every_epochs * steps_per_epoch),
-      decay_rate=optim_config.decay_factor, staircase=True)
+    """Step decay: `lr * decay_factor ** floor(step / (decay_every_epochs * spe))`."""
+    return optax.exponential_decay(
+        init_value=optim_config.learning_rate,
+        transition_steps=max(1, optim_config.decay_every_epochs * steps_per_epoch),
+        decay_rate=optim_config.decay_factor,
+        staircase=True,
+    )
 
 
 def make_optimizer(config, params, schedule) -> optax.GradientTransformation:
-  """Clip -> weight decay -> SGD/Adam, heads at `head_lr_multiplier` x the backbone's.
+    """Clip -> weight decay -> SGD/Adam, heads at `head_lr_multiplier` x the backbone's.
 
-  Frozen BatchNorm parameters (when `model.frozen_backbone_bn`) get no update at all.
-  """
-  o = config.optim
+    Frozen BatchNorm parameters (when `model.frozen_backbone_bn`) get no update at all.
+    """
+    o = config.optim
 
-  def base(lr):
-    if o.name == "sgd":
-      return optax.sgd(lr, momentum=o.momentum or None)
-    return optax.adam(lr)
+    def base(lr):
+        if o.name == "sgd":
+            return optax.sgd(lr, momentum=o.momentum or None)
+        return optax.adam(lr)
 
-  head_schedule = lambda step: o.head_lr_multiplier * schedule(step)
-  labels = models.param_labels(params, frozen_bn=config.model.frozen_backbone_bn)
-  return optax.chain(
-      optax.clip_by_global_norm(o.clip_norm),
-      optax.add_decayed_weights(o.weight_decay),
-      optax.multi_transform(
-          {"backbone": base(schedule), "head": base(head_schedule),
-           "frozen": optax.set_to_zero()}, labels))
+    head_schedule = lambda step: o.head_lr_multiplier * schedule(step)
+    labels = models.param_labels(params, frozen_bn=config.model.frozen_backbone_bn)
+    return optax.chain(
+        optax.clip_by_global_norm(o.clip_norm),
+        optax.add_decayed_weights(o.weight_decay),
+        optax.multi_transform(
+            {
+                "backbone": base(schedule),
+                "head": base(head_schedule),
+                "frozen": optax.set_to_zero(),
+            },
+            labels,
+        ),
+    )
 
 
 def compute_losses(params, batch_stats, batch, rng, warmup, *, model, config):
-  """Forward pass, evolution and the loss terms.
+    """Forward pass, evolution and the loss terms.
 
-  Warm-up (DELSE pretraining): evolve from the SDT target + shift and add the SDT
-  regression and motion-direction losses. Afterwards: evolve from the predicted
-  `phi0` + shift. Both branches are one compiled function (`warmup` is traced).
+    Warm-up (DELSE pretraining): evolve from the SDT target + shift and add the SDT
+    regression and motion-direction losses. Afterwards: evolve from the predicted
+    `phi0` + shift. Both branches are one compiled function (`warmup` is traced).
 
-  Returns `(total, (terms, new_batch_stats))`.
-  """
-  out, updates = model.apply({"params": params, "batch_stats": batch_stats},
-                             model_inputs(batch), train=True,
-                             mutable=["batch_stats"])
-  ls_cfg, loss_cfg = config.levelset, config.loss
-  b = batch["mask"].shape[0]
-  shift = jax.random.uniform(rng, (b, 1, 1, 1), minval=-ls_cfg.init_shift,
-                             maxval=ls_cfg.init_shift)
-  phi_init = jnp.where(warmup, batch["sdt"], out["phi0"]) + shift
-  phi_t = levelset.evolve(phi_init, out["motion"], out["g"], steps=ls_cfg.steps,
-                          timestep=ls_cfg.timestep, dirac_ratio=ls_cfg.dirac_ratio,
-                          dt_max=config.data.dt_max, corners=ls_cfg.corners,
-                          impl=ls_cfg.get("impl", "auto"))
-  terms = {"levelset": losses.levelset_output_loss(phi_t, batch["mask"],
-                                                   ls_cfg.epsilon)}
-  onehot = jnp.concatenate([batch["mask"], 1.0 - batch["mask"]], axis=-1)
-  if loss_cfg.boundary == "eq8":
-    terms["boundary"] = loss_cfg.boundary_weight * losses.boundary_loss(
-        out["logits"], onehot, loss_cfg.boundary_reduction)
-  elif loss_cfg.boundary == "active_contour":
-    terms["boundary"] = loss_cfg.active_contour_weight * losses.active_contour_loss(
-        out["logits"], onehot)
-  w = warmup.astype(jnp.float32)
-  terms["sdt"] = w * losses.sdt_loss(out["phi0"], batch["sdt"])
-  terms["motion"] = w * losses.motion_loss(out["motion"], batch["direction"])
-  total = sum(terms.values())
-  return total, (terms, updates["batch_stats"])
+    Returns `(total, (terms, new_batch_stats))`.
+    """
+    out, updates = model.apply(
+        {"params": params, "batch_stats": batch_stats},
+        model_inputs(batch),
+        train=True,
+        mutable=["batch_stats"],
+    )
+    ls_cfg, loss_cfg = config.levelset, config.loss
+    b = batch["mask"].shape[0]
+    shift = jax.random.uniform(
+        rng, (b, 1, 1, 1), minval=-ls_cfg.init_shift, maxval=ls_cfg.init_shift
+    )
+    phi_init = jnp.where(warmup, batch["sdt"], out["phi0"]) + shift
+    phi_t = levelset.evolve(
+        phi_init,
+        out["motion"],
+        out["g"],
+        steps=ls_cfg.steps,
+        timestep=ls_cfg.timestep,
+        dirac_ratio=ls_cfg.dirac_ratio,
+        dt_max=config.data.dt_max,
+        corners=ls_cfg.corners,
+        impl=ls_cfg.get("impl", "auto"),
+    )
+    terms = {"levelset": losses.levelset_output_loss(phi_t, batch["mask"], ls_cfg.epsilon)}
+    onehot = jnp.concatenate([batch["mask"], 1.0 - batch["mask"]], axis=-1)
+    if loss_cfg.boundary == "eq8":
+        terms["boundary"] = loss_cfg.boundary_weight * losses.boundary_loss(
+            out["logits"], onehot, loss_cfg.boundary_reduction
+        )
+    elif loss_cfg.boundary == "active_contour":
+        terms["boundary"] = loss_cfg.active_contour_weight * losses.active_contour_loss(
+            out["logits"], onehot
+        )
+    w = warmup.astype(jnp.float32)
+    terms["sdt"] = w * losses.sdt_loss(out["phi0"], batch["sdt"])
+    terms["motion"] = w * losses.motion_loss(out["motion"], batch["direction"])
+    total = sum(terms.values())
+    return total, (terms, updates["batch_stats"])
 
 
-def train_step(state: TrainState, batch, *, model, tx, config, warmup_steps: int,
-               schedule):
-  """One optimisation step; returns the new state and scalar metrics."""
-  rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-  warmup = state.step < warmup_steps
-  grad_fn = jax.value_and_grad(compute_losses, has_aux=True)
-  (total, (terms, batch_stats)), grads = grad_fn(
-      state.params, state.batch_stats, batch, rng, warmup, model=model, config=config)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  metrics = {"loss": total, **{f"loss_{k}": v for k, v in terms.items()},
-             "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state.step),
-             "warmup": warmup.astype(jnp.float32)}
-  new_state = state.replace(step=state.step + 1, params=params,
-                            batch_stats=batch_stats, opt_state=opt_state)
-  return new_state, metrics
+def train_step(state: TrainState, batch, *, model, tx, config, warmup_steps: int, schedule):
+    """One optimisation step; returns the new state and scalar metrics."""
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    warmup = state.step < warmup_steps
+    grad_fn = jax.value_and_grad(compute_losses, has_aux=True)
+    (total, (terms, batch_stats)), grads = grad_fn(
+        state.params, state.batch_stats, batch, rng, warmup, model=model, config=config
+    )
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        "loss": total,
+        **{f"loss_{k}": v for k, v in terms.items()},
+        "grad_norm": optax.global_norm(grads),
+        "learning_rate": schedule(state.step),
+        "warmup": warmup.astype(jnp.float32),
+    }
+    new_state = state.replace(
+        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+    )
+    return new_state, metrics
 
 
 def create_train_state(config, model, tx, rng_seed: int) -> TrainState:
-  """Initialises parameters (and imports pretrained backbone weights if configured)."""
-  key = jax.random.key(rng_seed)
-  init_key, state_key = jax.random.split(key)
-  variables = model.init_variables(init_key, image_size=config.data.resolution)
-  if config.model.pretrained:
-    from dlset_jax.models import convert
-    variables = convert.import_torchvision_resnet(config.model.pretrained, variables)
-  params = variables["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=variables.get("batch_stats", {}),
-                    opt_state=tx.init(params),
-                    rng=jax.random.key_data(state_key))
+    """Initialises parameters (and imports pretrained backbone weights if configured)."""
+    key = jax.random.key(rng_seed)
+    init_key, state_key = jax.random.split(key)
+    variables = model.init_variables(init_key, image_size=config.data.resolution)
+    if config.model.pretrained:
+        from dlset_jax.models import convert
+
+        variables = convert.import_torchvision_resnet(config.model.pretrained, variables)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(params),
+        rng=jax.random.key_data(state_key),
+    )
 
 
 # ------------------------------------------------------------------- the edges
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks after each step."""
+    """Turns SIGTERM into a flag the loop checks after each step."""
 
-  def __init__(self):
-    self.requested = False
-    self._previous = None
+    def __init__(self):
+        self.requested = False
+        self._previous = None
 
-  def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: no handler, nothing to restore
-      self._previous = None
-    return self
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: no handler, nothing to restore
+            self._previous = None
+        return self
 
-  def _handle(self, signum, frame):
-    logging.warning("SIGTERM: saving a checkpoint and stopping")
-    self.requested = True
+    def _handle(self, signum, frame):
+        logging.warning("SIGTERM: saving a checkpoint and stopping")
+        self.requested = True
 
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def _total_steps(config, steps_per_epoch: int) -> int:
-  if config.train.num_steps > 0:
-    return int(config.train.num_steps)
-  return int(config.train.num_epochs * steps_per_epoch)
+    if config.train.num_steps > 0:
+        return int(config.train.num_steps)
+    return int(config.train.num_epochs * steps_per_epoch)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (resuming from `workdir` if it holds a checkpoint), then evaluates.
+    """Trains (resuming from `workdir` if it holds a checkpoint), then evaluates.
 
-  Returns the final test summary (see `evaluate.run_evaluation`).
-  """
-  # Mesh.
-  parallel.maybe_initialize_distributed(config.distributed)
-  config_lib.validate(config, device_count=jax.device_count(),
-                      process_count=jax.process_count())
-  mesh = parallel.make_mesh()
-  is_main = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
-  writer = reporting.MetricWriter(workdir, enabled=is_main)
-  writer.text(f"devices: {jax.device_count()} ({jax.devices()[0].platform}), "
-              f"processes: {jax.process_count()}")
+    Returns the final test summary (see `evaluate.run_evaluation`).
+    """
+    # Mesh.
+    parallel.maybe_initialize_distributed(config.distributed)
+    config_lib.validate(config, device_count=jax.device_count(), process_count=jax.process_count())
+    mesh = parallel.make_mesh()
+    is_main = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    writer = reporting.MetricWriter(workdir, enabled=is_main)
+    writer.text(
+        f"devices: {jax.device_count()} ({jax.devices()[0].platform}), "
+        f"processes: {jax.process_count()}"
+    )
 
-  # Data: each process reads its own shard of the objects.
-  train_source = evaluate.load_data_source(config, config.data.train_split)
-  objects = pipeline.ObjectSource(train_source)
-  global_batch = config.train.batch_size
-  local_batch = global_batch // jax.process_count()
-  steps_per_epoch = max(1, len(objects) // global_batch)
-  total_steps = _total_steps(config, steps_per_epoch)
-  warmup_steps = int(config.loss.warmup_epochs * steps_per_epoch)
-  train_iter = pipeline.make_train_loader(
-      objects, batch_size=local_batch, pert=config.data.pert,
-      augment=config.data.augment, seed=config.seed, num_epochs=None,
-      shard_index=jax.process_index(), shard_count=jax.process_count(),
-      worker_count=config.data.num_workers, **evaluate.pipeline_kwargs(config))
-  writer.text(f"train objects: {len(objects)}, steps/epoch: {steps_per_epoch}, "
-              f"total steps: {total_steps}, warm-up steps: {warmup_steps}")
+    # Data: each process reads its own shard of the objects.
+    train_source = evaluate.load_data_source(config, config.data.train_split)
+    objects = pipeline.ObjectSource(train_source)
+    global_batch = config.train.batch_size
+    local_batch = global_batch // jax.process_count()
+    steps_per_epoch = max(1, len(objects) // global_batch)
+    total_steps = _total_steps(config, steps_per_epoch)
+    warmup_steps = int(config.loss.warmup_epochs * steps_per_epoch)
+    train_iter = pipeline.make_train_loader(
+        objects,
+        batch_size=local_batch,
+        pert=config.data.pert,
+        augment=config.data.augment,
+        seed=config.seed,
+        num_epochs=None,
+        shard_index=jax.process_index(),
+        shard_count=jax.process_count(),
+        worker_count=config.data.num_workers,
+        **evaluate.pipeline_kwargs(config),
+    )
+    writer.text(
+        f"train objects: {len(objects)}, steps/epoch: {steps_per_epoch}, "
+        f"total steps: {total_steps}, warm-up steps: {warmup_steps}"
+    )
 
-  # State (or restore).
-  model = models.create_model(config.model)
-  schedule = learning_rate_schedule(config.optim, steps_per_epoch)
-  abstract_params = jax.eval_shape(
-      lambda: model.init_variables(jax.random.key(0), config.data.resolution))["params"]
-  tx = make_optimizer(config, abstract_params, schedule)
-  checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.train.keep_checkpoints)
-  state = parallel.replicate(create_train_state(config, model, tx, config.seed), mesh)
-  if checkpointer.latest_step() is not None:
-    state, data_state, _ = checkpointer.restore(state)
-    train_iter.set_state(data_state)
-    writer.text(f"resumed from step {int(state.step)}")
-  hostmem.release_freed_memory()  # the init / restore compilations' scratch memory
-  writer.text(f"model: ResNet-{config.model.depth} width {config.model.width}, "
-              f"{models.param_count(state.params) / 1e6:.2f} M parameters")
+    # State (or restore).
+    model = models.create_model(config.model)
+    schedule = learning_rate_schedule(config.optim, steps_per_epoch)
+    abstract_params = jax.eval_shape(
+        lambda: model.init_variables(jax.random.key(0), config.data.resolution)
+    )["params"]
+    tx = make_optimizer(config, abstract_params, schedule)
+    checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+    state = parallel.replicate(create_train_state(config, model, tx, config.seed), mesh)
+    if checkpointer.latest_step() is not None:
+        state, data_state, _ = checkpointer.restore(state)
+        train_iter.set_state(data_state)
+        writer.text(f"resumed from step {int(state.step)}")
+    hostmem.release_freed_memory()  # the init / restore compilations' scratch memory
+    writer.text(
+        f"model: ResNet-{config.model.depth} width {config.model.width}, "
+        f"{models.param_count(state.params) / 1e6:.2f} M parameters"
+    )
 
-  # Jit the step: batch split over the data axis, state replicated, donated.
-  step_fn = jax.jit(
-      functools.partial(train_step, model=model, tx=tx, config=config,
-                        warmup_steps=warmup_steps, schedule=schedule),
-      in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
-      out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
-      donate_argnums=(0,))
-  config_json = config.to_json()
+    # Jit the step: batch split over the data axis, state replicated, donated.
+    step_fn = jax.jit(
+        functools.partial(
+            train_step,
+            model=model,
+            tx=tx,
+            config=config,
+            warmup_steps=warmup_steps,
+            schedule=schedule,
+        ),
+        in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
+        out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+    config_json = config.to_json()
 
-  def save(step, force=False):
-    checkpointer.save(step, state, train_iter.get_state(), config_json, force=force)
+    def save(step, force=False):
+        checkpointer.save(step, state, train_iter.get_state(), config_json, force=force)
 
-  # Loop.
-  start = int(state.step)
-  progress = reporting.Progress(total_steps, start, global_batch)
-  pending = []
-  with _Preemption() as preemption:
-    for step in range(start, total_steps):
-      batch = parallel.shard_batch(next(train_iter), mesh)
-      state, metrics = step_fn(state, batch)
-      pending.append(metrics)
-      if step == start:  # the step is compiled now; give its scratch memory back
-        hostmem.release_freed_memory()
-      done = step + 1
-      if done % config.train.log_every == 0 or done == total_steps:
-        summary = reporting.mean_metrics(jax.device_get(pending))
-        pending = []
-        writer.scalars(done, {**summary, **progress.rates(done)})
-        writer.text(progress.line(done, summary))
-      if config.train.eval_every and done % config.train.eval_every == 0 \
-          and done < total_steps:
-        val = evaluate.run_evaluation(
-            config, state.variables(), split=config.data.eval_split, model=model,
-            max_objects=config.eval.max_objects, workdir=None)
-        writer.scalars(done, {f"val/{k}": v for k, v in val["scalars"].items()})
-        writer.images(done, "val/overlays", val["overlays"])
-        writer.text(f"validation at step {done}: " + reporting.short(val["scalars"]))
-        hostmem.release_freed_memory()
-      if done % config.train.checkpoint_every == 0 or done == total_steps:
-        save(done)
-      if preemption.requested:
-        save(done, force=True)
-        checkpointer.close()
-        writer.text(f"preempted at step {done}; rerun the same command to resume")
-        writer.close()
-        return {"preempted_at": done}
-  checkpointer.close()
+    # Loop.
+    start = int(state.step)
+    progress = reporting.Progress(total_steps, start, global_batch)
+    pending = []
+    with _Preemption() as preemption:
+        for step in range(start, total_steps):
+            batch = parallel.shard_batch(next(train_iter), mesh)
+            state, metrics = step_fn(state, batch)
+            pending.append(metrics)
+            if step == start:  # the step is compiled now; give its scratch memory back
+                hostmem.release_freed_memory()
+            done = step + 1
+            if done % config.train.log_every == 0 or done == total_steps:
+                summary = reporting.mean_metrics(jax.device_get(pending))
+                pending = []
+                writer.scalars(done, {**summary, **progress.rates(done)})
+                writer.text(progress.line(done, summary))
+            if (
+                config.train.eval_every
+                and done % config.train.eval_every == 0
+                and done < total_steps
+            ):
+                val = evaluate.run_evaluation(
+                    config,
+                    state.variables(),
+                    split=config.data.eval_split,
+                    model=model,
+                    max_objects=config.eval.max_objects,
+                    workdir=None,
+                )
+                writer.scalars(done, {f"val/{k}": v for k, v in val["scalars"].items()})
+                writer.images(done, "val/overlays", val["overlays"])
+                writer.text(f"validation at step {done}: " + reporting.short(val["scalars"]))
+                hostmem.release_freed_memory()
+            if done % config.train.checkpoint_every == 0 or done == total_steps:
+                save(done)
+            if preemption.requested:
+                save(done, force=True)
+                checkpointer.close()
+                writer.text(f"preempted at step {done}; rerun the same command to resume")
+                writer.close()
+                return {"preempted_at": done}
+    checkpointer.close()
 
-  # Final evaluation on the test split (threshold chosen on validation if asked).
-  threshold = config.levelset.threshold
-  if config.eval.sweep_thresholds:
-    threshold = evaluate.sweep_threshold(config, state.variables(), model=model,
-                                         workdir=workdir)
-    writer.text(f"threshold chosen on {config.data.eval_split}: {threshold}")
-  result = evaluate.run_evaluation(
-      config, state.variables(), split=config.data.test_split, model=model,
-      workdir=workdir, threshold=threshold)
-  writer.scalars(total_steps, {f"test/{k}": v for k, v in result["scalars"].items()})
-  writer.text("test results\n" + result["table"])
-  writer.close()
-  return result
+    # Final evaluation on the test split (threshold chosen on validation if asked).
+    threshold = config.levelset.threshold
+    if config.eval.sweep_thresholds:
+        threshold = evaluate.sweep_threshold(
+            config, state.variables(), model=model, workdir=workdir
+        )
+        writer.text(f"threshold chosen on {config.data.eval_split}: {threshold}")
+    result = evaluate.run_evaluation(
+        config,
+        state.variables(),
+        split=config.data.test_split,
+        model=model,
+        workdir=workdir,
+        threshold=threshold,
+    )
+    writer.scalars(total_steps, {f"test/{k}": v for k, v in result["scalars"].items()})
+    writer.text("test results\n" + result["table"])
+    writer.close()
+    return result

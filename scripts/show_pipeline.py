@@ -9,6 +9,7 @@ four extreme points (red). Columns hold ``--per_row`` objects side by side.
 
 Needs only numpy + PIL (the data sets are built on first use).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,11 +46,21 @@ def _tile(batch: dict, i: int) -> np.ndarray:
     return np.concatenate([img, g, np.asarray(pil)], axis=1)
 
 
-def grid_for(name: str, data_dir: str, *, n: int, per_row: int, resolution: int, augment: bool,
-             split: str, seed: int) -> np.ndarray:
+def grid_for(
+    name: str,
+    data_dir: str,
+    *,
+    n: int,
+    per_row: int,
+    resolution: int,
+    augment: bool,
+    split: str,
+    seed: int,
+) -> np.ndarray:
     src = pipeline.load_source(name, data_dir, split)
-    it = pipeline.make_train_loader(src, batch_size=n, resolution=resolution, augment=augment, seed=seed,
-                                    num_steps=1)
+    it = pipeline.make_train_loader(
+        src, batch_size=n, resolution=resolution, augment=augment, seed=seed, num_steps=1
+    )
     batch = next(it)
     tiles = [_tile(batch, i) for i in range(n)]
     pad = np.full((tiles[0].shape[0], 6, 3), 255, np.uint8)
@@ -64,8 +75,12 @@ def grid_for(name: str, data_dir: str, *, n: int, per_row: int, resolution: int,
         rows.append(np.full((6, rows[-1].shape[1], 3), 255, np.uint8))
     title = np.full((22, rows[0].shape[1], 3), 255, np.uint8)
     pil = Image.fromarray(title)
-    ImageDraw.Draw(pil).text((4, 5), f"{name} [{split}] crop | guidance | mask contour + points"
-                             f"{' (augmented)' if augment else ''}", fill=(0, 0, 0))
+    ImageDraw.Draw(pil).text(
+        (4, 5),
+        f"{name} [{split}] crop | guidance | mask contour + points"
+        f"{' (augmented)' if augment else ''}",
+        fill=(0, 0, 0),
+    )
     return np.concatenate([np.asarray(pil)] + rows, axis=0)
 
 
@@ -81,8 +96,20 @@ def main(argv=None):
     p.add_argument("--augment", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    grids = [grid_for(d, a.data_dir, n=a.n, per_row=a.per_row, resolution=a.resolution, augment=a.augment,
-                      split=a.split, seed=a.seed) for d in a.datasets.split(",") if d]
+    grids = [
+        grid_for(
+            d,
+            a.data_dir,
+            n=a.n,
+            per_row=a.per_row,
+            resolution=a.resolution,
+            augment=a.augment,
+            split=a.split,
+            seed=a.seed,
+        )
+        for d in a.datasets.split(",")
+        if d
+    ]
     w = max(g.shape[1] for g in grids)
     grids = [np.pad(g, ((0, 10), (0, w - g.shape[1]), (0, 0)), constant_values=255) for g in grids]
     Image.fromarray(np.concatenate(grids, axis=0)).save(a.out)

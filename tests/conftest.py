@@ -1,4 +1,5 @@
 """Shared test set-up: CPU only, deterministic, quiet, one compilation cache."""
+
 import atexit
 import os
 import shutil
@@ -30,7 +31,8 @@ FIXTURES = REPO / "tests" / "fixtures"
 # compiler exists; where one exists, a failing build fails the kernel's tests.
 needs_compiler = pytest.mark.skipif(
     evolution_kernel.compiler() is None,
-    reason="no C++ compiler: the fused CPU evolution kernel cannot be built")
+    reason="no C++ compiler: the fused CPU evolution kernel cannot be built",
+)
 IMPLS = [pytest.param("kernel", marks=needs_compiler), "xla"]
 
 

@@ -4,60 +4,71 @@ import importlib.util
 import pathlib
 
 import pytest
-
 from conftest import REPO
+
 from dlset_jax import config as config_lib
 
 CONFIGS = sorted(p for p in (REPO / "configs").glob("*.py"))
 
 
 def load(path: pathlib.Path, arg=None):
-  spec = importlib.util.spec_from_file_location(path.stem, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_config_validates(path):
-  config_lib.validate(load(path))
+    config_lib.validate(load(path))
 
 
 @pytest.mark.parametrize("variant", ["baseline", "cm", "bd", "cm_bd"])
 def test_ablation_variants(variant):
-  c = load(REPO / "configs" / "ablation.py", variant)
-  config_lib.validate(c)
-  assert (c.data.guidance == "heatmap+cm") == ("cm" in variant)
-  assert (c.loss.boundary == "eq8") == ("bd" in variant)
+    c = load(REPO / "configs" / "ablation.py", variant)
+    config_lib.validate(c)
+    assert (c.data.guidance == "heatmap+cm") == ("cm" in variant)
+    assert (c.loss.boundary == "eq8") == ("bd" in variant)
 
 
 def test_paper_configs_follow_the_paper():
-  for name in ("paper_prostate", "paper_refuge"):
-    c = load(REPO / "configs" / f"{name}.py")
-    assert (c.model.depth, c.model.output_stride, c.train.batch_size,
-            c.train.num_epochs, c.levelset.steps) == (101, 8, 10, 100, 5)
-    assert (c.optim.learning_rate, c.optim.decay_factor,
-            c.optim.decay_every_epochs) == (3e-4, 0.3, 10)
+    for name in ("paper_prostate", "paper_refuge"):
+        c = load(REPO / "configs" / f"{name}.py")
+        assert (
+            c.model.depth,
+            c.model.output_stride,
+            c.train.batch_size,
+            c.train.num_epochs,
+            c.levelset.steps,
+        ) == (101, 8, 10, 100, 5)
+        assert (c.optim.learning_rate, c.optim.decay_factor, c.optim.decay_every_epochs) == (
+            3e-4,
+            0.3,
+            10,
+        )
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("optim.learning_rate", -1.0, "optim.learning_rate must be > 0"),
-    ("data.resolution", 100, "divisible by model.output_stride"),
-    ("loss.boundary", "dice", "loss.boundary must be one of"),
-    ("data.guidance", "cm", "data.guidance must be one of"),
-    ("train.batch_size", 3, "divisible by the number of devices"),
-    ("levelset.impl", "cuda", "levelset.impl must be"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("optim.learning_rate", -1.0, "optim.learning_rate must be > 0"),
+        ("data.resolution", 100, "divisible by model.output_stride"),
+        ("loss.boundary", "dice", "loss.boundary must be one of"),
+        ("data.guidance", "cm", "data.guidance must be one of"),
+        ("train.batch_size", 3, "divisible by the number of devices"),
+        ("levelset.impl", "cuda", "levelset.impl must be"),
+    ],
+)
 def test_bad_values_are_named(field, value, message):
-  c = load(REPO / "configs" / "default.py")
-  section, key = field.split(".")
-  c[section][key] = value
-  with pytest.raises(config_lib.ConfigError, match=message):
-    config_lib.validate(c, device_count=2)
+    c = load(REPO / "configs" / "default.py")
+    section, key = field.split(".")
+    c[section][key] = value
+    with pytest.raises(config_lib.ConfigError, match=message):
+        config_lib.validate(c, device_count=2)
 
 
 def test_unknown_field_is_named():
-  c = load(REPO / "configs" / "default.py")
-  c.train.learning_rate = 0.1  # belongs to optim
-  with pytest.raises(config_lib.ConfigError, match="unknown config field.*train.learning_rate"):
-    config_lib.validate(c)
+    c = load(REPO / "configs" / "default.py")
+    c.train.learning_rate = 0.1  # belongs to optim
+    with pytest.raises(config_lib.ConfigError, match="unknown config field.*train.learning_rate"):
+        config_lib.validate(c)

@@ -1,4 +1,5 @@
 """Weight import: a PyTorch ResNet (torchvision names) -> the Flax backbone / model."""
+
 import sys
 
 import pytest
@@ -9,8 +10,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dlset_jax.models import DeepLevelSet, ResNet  # noqa: E402
-from dlset_jax.models import convert  # noqa: E402
+from dlset_jax.models import (  # noqa: E402
+    DeepLevelSet,
+    ResNet,
+    convert,  # noqa: E402
+)
 from dlset_jax.models import torch_reference as tr  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -38,8 +42,9 @@ def _torch_model(module, seed=0):
 def _imagenet_like_state_dict(depth, width, output_stride=8, seed=0):
     """torchvision-like checkpoint: 3-channel conv1, a 10-way ``fc`` and
     ``num_batches_tracked`` buffers."""
-    net = _torch_model(tr.TorchResNet(depth, width, in_channels=3, output_stride=output_stride),
-                       seed)
+    net = _torch_model(
+        tr.TorchResNet(depth, width, in_channels=3, output_stride=output_stride), seed
+    )
     sd = dict(net.state_dict())
     sd["fc.weight"] = torch.randn(10, net.out_channels)
     sd["fc.bias"] = torch.randn(10)
@@ -51,8 +56,9 @@ def _nhwc(t):
     return t.detach().numpy().transpose(0, 2, 3, 1)
 
 
-@pytest.mark.parametrize("depth,output_stride,fmt", [(18, 8, "pth"), (50, 8, "npz"),
-                                                     (50, 16, "pth")])
+@pytest.mark.parametrize(
+    "depth,output_stride,fmt", [(18, 8, "pth"), (50, 8, "npz"), (50, 16, "pth")]
+)
 def test_backbone_reproduces_torch_features(tmp_path, depth, output_stride, fmt):
     width = 8
     net, sd = _imagenet_like_state_dict(depth, width, output_stride)
@@ -120,21 +126,30 @@ def test_whole_model_matches_torch_reference():
     with torch.no_grad():
         ref = tnet(x)
     out, upd = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(
-        variables, _nhwc(x))
+        variables, _nhwc(x)
+    )
     for name in ("phi0", "motion", "logits"):
         assert _rel_err(_nhwc(ref[name]), np.asarray(out[name])) < 1e-4, name
     # running means follow PyTorch's momentum 0.1 (the variances differ: PyTorch
     # stores the unbiased batch variance, Flax the biased one)
-    np.testing.assert_allclose(upd["batch_stats"]["head_g"]["bottleneck_bn"]["mean"],
-                               tnet.head_g.bottleneck_bn.running_mean.numpy(), rtol=1e-4,
-                               atol=1e-5)
-    np.testing.assert_array_equal(upd["batch_stats"]["backbone"]["bn1"]["mean"],
-                                  variables["batch_stats"]["backbone"]["bn1"]["mean"])
+    np.testing.assert_allclose(
+        upd["batch_stats"]["head_g"]["bottleneck_bn"]["mean"],
+        tnet.head_g.bottleneck_bn.running_mean.numpy(),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    np.testing.assert_array_equal(
+        upd["batch_stats"]["backbone"]["bn1"]["mean"],
+        variables["batch_stats"]["backbone"]["bn1"]["mean"],
+    )
 
 
 def _template(depth=18, width=8):
-    return jax.eval_shape(ResNet(depth=depth, width=width).init, jax.random.key(0),
-                          jax.ShapeDtypeStruct((1, 32, 32, 4), jnp.float32))
+    return jax.eval_shape(
+        ResNet(depth=depth, width=width).init,
+        jax.random.key(0),
+        jax.ShapeDtypeStruct((1, 32, 32, 4), jnp.float32),
+    )
 
 
 def test_errors_name_the_keys():
@@ -150,8 +165,13 @@ def test_errors_name_the_keys():
     assert "layer2.1.conv2.weight" in str(e.value)
     assert "layer3.0.downsample.1.running_var" in str(e.value)
 
-    extra = dict(sd, **{"layer5.0.conv1.weight": np.zeros((8, 8, 3, 3), np.float32),
-                        "layer1.0.se.weight": np.zeros(3, np.float32)})
+    extra = dict(
+        sd,
+        **{
+            "layer5.0.conv1.weight": np.zeros((8, 8, 3, 3), np.float32),
+            "layer1.0.se.weight": np.zeros(3, np.float32),
+        },
+    )
     with pytest.raises(ValueError, match="unexpected keys") as e:
         convert.import_torchvision_resnet(extra, template, subtree=None)
     assert "layer5.0.conv1.weight" in str(e.value) and "layer1.0.se.weight" in str(e.value)
@@ -183,8 +203,9 @@ def test_npz_needs_no_torch(tmp_path, monkeypatch):
         convert.load_state_dict(str(pth))
     loaded = convert.load_state_dict(str(npz))
     assert set(loaded) == set(sd)
-    np.testing.assert_array_equal(loaded["layer1.0.conv1.weight"],
-                                  sd["layer1.0.conv1.weight"].numpy())
+    np.testing.assert_array_equal(
+        loaded["layer1.0.conv1.weight"], sd["layer1.0.conv1.weight"].numpy()
+    )
     convert.import_torchvision_resnet(str(npz), _template(), subtree=None)
     with pytest.raises(ValueError, match="unsupported"):
         convert.load_state_dict(str(tmp_path / "w.h5"))

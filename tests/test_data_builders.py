@@ -1,4 +1,5 @@
 """Real-data builders from tiny files written by the tests; bad inputs; Colin27/AAL."""
+
 import os
 import pathlib
 
@@ -85,13 +86,18 @@ def test_volume_builder_splits_by_volume(tmp_path, volume_dir):
             np.testing.assert_allclose(e["spacing"], [ZOOMS[1], ZOOMS[0]])
             cases[s].add(e["case"].decode())
     assert cases["train"] and cases["validation"] and cases["test"]
-    assert not (cases["train"] & cases["validation"] or cases["train"] & cases["test"]
-                or cases["validation"] & cases["test"]), cases
+    assert not (
+        cases["train"] & cases["validation"]
+        or cases["train"] & cases["test"]
+        or cases["validation"] & cases["test"]
+    ), cases
     assert set().union(*cases.values()) == {f"case{i:02d}" for i in range(6)}
     stats = b.info.metadata["object_stats"]
     assert sum(st["kept"] for st in stats.values()) == 6 * 4  # 4 slices with the gland per case
     assert sum(st["dropped_small"] for st in stats.values()) == 0  # speck is a 2nd component ...
-    assert sum(st["dropped_components"] for st in stats.values()) == 6  # ... dropped by largest_only
+    assert (
+        sum(st["dropped_components"] for st in stats.values()) == 6
+    )  # ... dropped by largest_only
     assert sum(st["images_without_objects"] for st in stats.values()) == 6 * 2
 
 
@@ -158,8 +164,11 @@ def test_missing_or_empty_manual_dir_gives_instructions(tmp_path, make):
     manual = tmp_path / "nothing_here"
     if make == "empty":
         manual.mkdir()
-    for cls, phrase in ((builders.MedicalVolumes, "imagesTr"), (builders.RefugeFundus, "refuge.grand-challenge"),
-                        (builders.UserSegmentation, "masks")):
+    for cls, phrase in (
+        (builders.MedicalVolumes, "imagesTr"),
+        (builders.RefugeFundus, "refuge.grand-challenge"),
+        (builders.UserSegmentation, "masks"),
+    ):
         with pytest.raises(DataError, match=phrase):
             _build(cls, tmp_path / cls.__name__, manual)
 
@@ -211,8 +220,18 @@ def test_refuge_builder(tmp_path, refuge_dir, crop):
             np.testing.assert_array_equal(e["classes"], [0, 1])
             disc, cup = e["masks"]
             assert np.all(cup <= disc) and disc.sum() > cup.sum() > 0
-            assert abs(int(disc.sum()) - int(np.sum((np.arange(31)[:, None] - 15) ** 2
-                                                    + (np.arange(31)[None] - 15) ** 2 <= 225))) == 0
+            assert (
+                abs(
+                    int(disc.sum())
+                    - int(
+                        np.sum(
+                            (np.arange(31)[:, None] - 15) ** 2 + (np.arange(31)[None] - 15) ** 2
+                            <= 225
+                        )
+                    )
+                )
+                == 0
+            )
             assert e["id"].decode().startswith(s[0])
 
 
@@ -258,8 +277,12 @@ def test_user_builder_label_maps_with_nested_classes(tmp_path):
         Image.fromarray(img).save(root / "images" / f"im{i}.png")
         Image.fromarray(lab).save(root / "masks" / f"im{i}.png")
     (root / "spacing.json").write_text('{"im3": [0.25, 0.5]}')
-    cfg = builders.UserConfig(name="nested", channels=1, class_values=(("outer", (1, 2)), ("inner", (2,))),
-                              spacing=(0.1, 0.1))
+    cfg = builders.UserConfig(
+        name="nested",
+        channels=1,
+        class_values=(("outer", (1, 2)), ("inner", (2,))),
+        spacing=(0.1, 0.1),
+    )
     b = _build(builders.UserSegmentation, tmp_path, root, cfg)
     assert b.info.metadata["class_names"] == ["outer", "inner"]
     ds = b.as_data_source()
@@ -309,8 +332,9 @@ def test_objects_from_label_map():
     lab[2:8, 2:8] = 3
     lab[12:14, 12:14] = 3  # small second component
     lab[10:18, 2:6] = 5
-    masks, classes, st = readers.objects_from_label_map(lab, [("a", (3,)), ("b", (5,)), ("c", (7,))],
-                                                       min_area=5, components="all")
+    masks, classes, st = readers.objects_from_label_map(
+        lab, [("a", (3,)), ("b", (5,)), ("c", (7,))], min_area=5, components="all"
+    )
     assert classes.tolist() == [0, 1] and st.dropped_small == 1 and masks.shape == (2, 20, 20)
     masks, classes, st = readers.objects_from_label_map(lab, {"ab": (3, 5)}, components="union")
     assert classes.tolist() == [0] and masks[0].sum() == 36 + 4 + 32

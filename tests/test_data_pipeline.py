@@ -1,4 +1,5 @@
 """The grain input pipeline: agreement with the core, determinism, resumption, eval elements."""
+
 import pathlib
 
 import numpy as np
@@ -8,7 +9,14 @@ from dlset_jax import targets
 from dlset_jax.data import pipeline
 
 RES = 64
-KW = dict(resolution=RES, relax=10, dt_max=30.0, guidance_mode="heatmap+cm", cm_variant="paper", sigma=10.0)
+KW = dict(
+    resolution=RES,
+    relax=10,
+    dt_max=30.0,
+    guidance_mode="heatmap+cm",
+    cm_variant="paper",
+    sigma=10.0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +55,9 @@ def _random_masks():
     for _ in range(6):
         m = np.zeros((30, 40), bool)
         y0, x0 = rng.integers(0, 15), rng.integers(0, 20)
-        m[y0 : y0 + rng.integers(3, 15), x0 : x0 + rng.integers(3, 20)] = True  # rectangles: many ties
+        m[y0 : y0 + rng.integers(3, 15), x0 : x0 + rng.integers(3, 20)] = (
+            True  # rectangles: many ties
+        )
         m &= rng.uniform(size=m.shape) < 0.8
         if m.any():
             out.append(m)
@@ -59,7 +69,9 @@ def test_extreme_points_agree_with_core():
     from dlset_jax import guidance
 
     for m in _random_masks():
-        np.testing.assert_array_equal(pipeline.extreme_points_np(m), np.asarray(guidance.extreme_points(m)))
+        np.testing.assert_array_equal(
+            pipeline.extreme_points_np(m), np.asarray(guidance.extreme_points(m))
+        )
         # Random ties + jitter: the same rule (point on the extreme line, jitter <= pert).
         rng = np.random.default_rng(1)
         for pert in (0, 3):
@@ -75,7 +87,9 @@ def test_extreme_points_agree_with_core():
                         assert m[int(y), int(x)]
 
 
-@pytest.mark.parametrize("mode,variant", [("heatmap", "paper"), ("heatmap+cm", "paper"), ("heatmap+cm", "authors")])
+@pytest.mark.parametrize(
+    "mode,variant", [("heatmap", "paper"), ("heatmap+cm", "paper"), ("heatmap+cm", "authors")]
+)
 def test_guidance_agrees_with_core(mode, variant):
     pytest.importorskip("jax")
     from dlset_jax import guidance
@@ -83,7 +97,9 @@ def test_guidance_agrees_with_core(mode, variant):
     pts = np.array([[3.0, 30.0], [60.0, 25.5], [31.0, 2.0], [28.0, 61.0]], np.float32)
     for p in (pts, pts[[0, 0, 2, 3]]):  # also a zero-length segment
         a = pipeline.guidance_channel_np(p, 64, 64, mode, 10.0, variant)
-        b = np.asarray(guidance.guidance_channel(p, 64, 64, mode=mode, sigma=10.0, cm_variant=variant))
+        b = np.asarray(
+            guidance.guidance_channel(p, 64, 64, mode=mode, sigma=10.0, cm_variant=variant)
+        )
         assert a.shape == b.shape == (64, 64, 1)
         np.testing.assert_allclose(a, b, atol=2e-3)
 
@@ -92,9 +108,16 @@ def test_train_batch_matches_core_targets(fundus):
     it = pipeline.make_train_loader(fundus, batch_size=4, pert=5, augment=True, seed=0, **KW)
     b = next(it)
     assert b.keys() == set(pipeline.TRAIN_KEYS)
-    shapes = {"image": (4, RES, RES, 3), "guidance": (4, RES, RES, 1), "mask": (4, RES, RES, 1),
-              "sdt": (4, RES, RES, 1), "dt": (4, RES, RES, 1), "direction": (4, RES, RES, 2),
-              "points": (4, 4, 2), "class_id": (4,)}
+    shapes = {
+        "image": (4, RES, RES, 3),
+        "guidance": (4, RES, RES, 1),
+        "mask": (4, RES, RES, 1),
+        "sdt": (4, RES, RES, 1),
+        "dt": (4, RES, RES, 1),
+        "direction": (4, RES, RES, 2),
+        "points": (4, 4, 2),
+        "class_id": (4,),
+    }
     for k, s in shapes.items():
         assert b[k].shape == s, k
         assert b[k].dtype == (np.int32 if k == "class_id" else np.float32), k
@@ -122,7 +145,9 @@ def test_train_loader_deterministic_for_seed(fundus):
 
 
 def test_train_loader_resumes_exactly(fundus):
-    kw = dict(batch_size=5, augment=True, seed=3, num_epochs=3, **KW)  # 12 objects: batches cross epochs
+    kw = dict(
+        batch_size=5, augment=True, seed=3, num_epochs=3, **KW
+    )  # 12 objects: batches cross epochs
     full = _take(pipeline.make_train_loader(fundus, **kw), 6)
     it = pipeline.make_train_loader(fundus, **kw)
     _take(it, 2)
@@ -137,8 +162,12 @@ def test_train_loader_resumes_exactly(fundus):
 def test_train_loader_num_steps_and_shards(fundus):
     it = pipeline.make_train_loader(fundus, batch_size=2, seed=0, num_steps=3, **KW)
     assert len(list(it)) == 3
-    shards = [pipeline.make_train_loader(fundus, batch_size=3, seed=0, shard_index=i,
-                                         shard_count=2, augment=True, **KW) for i in range(2)]
+    shards = [
+        pipeline.make_train_loader(
+            fundus, batch_size=3, seed=0, shard_index=i, shard_count=2, augment=True, **KW
+        )
+        for i in range(2)
+    ]
     whole = pipeline.make_train_loader(fundus, batch_size=6, seed=0, augment=True, **KW)
     # Two processes with 3 rows each see exactly the global batches of one process
     # with 6 rows, augmentation and jitter included.
@@ -176,7 +205,9 @@ def test_eval_elements_carry_full_resolution_data(prostate_test, fundus):
                 np.testing.assert_array_equal(b["box"][i], box)
                 np.testing.assert_allclose(b["points"][i], targets.points_to_crop(pts, box, RES))
                 np.testing.assert_array_equal(
-                    b["mask"][i, ..., 0], targets.crop_and_resize(rec["masks"][k], box, RES, order=0) > 0.5)
+                    b["mask"][i, ..., 0],
+                    targets.crop_and_resize(rec["masks"][k], box, RES, order=0) > 0.5,
+                )
 
 
 def test_eval_is_deterministic_and_normalised(prostate_test):
@@ -205,17 +236,28 @@ class _ListSource:
 
 def _record(masks, classes):
     h, w = masks.shape[1:]
-    return {"image": np.full((h, w, 1), 100, np.uint8), "masks": masks.astype(np.uint8),
-            "classes": np.asarray(classes, np.int32), "spacing": np.ones(2, np.float32), "id": b"r"}
+    return {
+        "image": np.full((h, w, 1), 100, np.uint8),
+        "masks": masks.astype(np.uint8),
+        "classes": np.asarray(classes, np.int32),
+        "spacing": np.ones(2, np.float32),
+        "id": b"r",
+    }
 
 
 def test_empty_objects_are_skipped_and_counted():
     m = np.zeros((3, 40, 40), np.uint8)
     m[0, 10:20, 10:25] = 1  # object; m[1] is empty; m[2] object
     m[2, 5:30, 20:30] = 1
-    src = _ListSource([_record(m, [0, 1, 0]), _record(np.zeros((0, 40, 40)), []), _record(m[1:2], [1])])
+    src = _ListSource(
+        [_record(m, [0, 1, 0]), _record(np.zeros((0, 40, 40)), []), _record(m[1:2], [1])]
+    )
     objs = pipeline.ObjectSource(src)
-    assert len(objs) == 2 and objs.stats["empty_objects"] == 2 and objs.stats["records_without_objects"] == 1
+    assert (
+        len(objs) == 2
+        and objs.stats["empty_objects"] == 2
+        and objs.stats["records_without_objects"] == 1
+    )
     np.testing.assert_array_equal(objs.index, [[0, 0], [0, 2]])
     batches = list(pipeline.make_train_loader(objs, batch_size=2, seed=0, num_epochs=2, **KW))
     assert len(batches) == 2
@@ -229,7 +271,9 @@ def test_bad_arguments(fundus):
     with pytest.raises(ValueError, match="shard_index"):
         pipeline.make_train_loader(fundus, batch_size=2, shard_index=2, shard_count=2, **KW)
     with pytest.raises(ValueError, match="no objects"):
-        pipeline.make_eval_iterator(_ListSource([_record(np.zeros((1, 9, 9)), [0])]), batch_size=1, **KW)
+        pipeline.make_eval_iterator(
+            _ListSource([_record(np.zeros((1, 9, 9)), [0])]), batch_size=1, **KW
+        )
 
 
 # --------------------------------------------------------------------------
@@ -261,11 +305,27 @@ def test_show_pipeline_script_writes_png(data_dir, tmp_path):
     from PIL import Image
 
     spec = importlib.util.spec_from_file_location(
-        "show_pipeline", pathlib.Path(__file__).resolve().parent.parent / "scripts" / "show_pipeline.py")
+        "show_pipeline",
+        pathlib.Path(__file__).resolve().parent.parent / "scripts" / "show_pipeline.py",
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     out = tmp_path / "grid.png"
-    mod.main(["--datasets", "synthetic_prostate/tiny,synthetic_fundus/tiny", "--data_dir", str(data_dir),
-              "--n", "2", "--per_row", "2", "--resolution", "32", "--out", str(out)])
+    mod.main(
+        [
+            "--datasets",
+            "synthetic_prostate/tiny,synthetic_fundus/tiny",
+            "--data_dir",
+            str(data_dir),
+            "--n",
+            "2",
+            "--per_row",
+            "2",
+            "--resolution",
+            "32",
+            "--out",
+            str(out),
+        ]
+    )
     im = np.asarray(Image.open(out))
     assert im.ndim == 3 and im.shape[1] >= 2 * 3 * 32 and im.shape[0] > 2 * 32

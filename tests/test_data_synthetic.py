@@ -1,4 +1,5 @@
 """Synthetic generators and their TFDS builders (tiny configs)."""
+
 import numpy as np
 import pytest
 
@@ -25,7 +26,9 @@ def test_prostate_slice_contents():
         area = ex["masks"].sum()
         assert 100 < area < 0.5 * h * w
         np.testing.assert_array_equal(ex["classes"], [0])
-        assert ex["spacing"].dtype == np.float32 and np.all((ex["spacing"] >= 0.6) & (ex["spacing"] <= 1.0))
+        assert ex["spacing"].dtype == np.float32 and np.all(
+            (ex["spacing"] >= 0.6) & (ex["spacing"] <= 1.0)
+        )
         # The object does not touch the border (extreme points + relax fit).
         m = ex["masks"][0]
         assert not (m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any())
@@ -47,22 +50,29 @@ def test_generated_images_are_not_trivial():
     ex = synthetic.prostate_slice(synthetic.example_rng(0, "train", 1))
     img, m = ex["image"][..., 0].astype(float), ex["masks"][0].astype(bool)
     best = max(
-        2 * np.sum((img > t) & m) / (np.sum(img > t) + m.sum()) for t in np.linspace(img.min(), img.max(), 64)
+        2 * np.sum((img > t) & m) / (np.sum(img > t) + m.sum())
+        for t in np.linspace(img.min(), img.max(), 64)
     )
     assert best < 0.8  # a threshold alone does not segment the gland
 
 
-@pytest.mark.parametrize("name,channels,classes", [
-    ("synthetic_prostate", 1, ["prostate"]),
-    ("synthetic_fundus", 3, ["optic_disc", "optic_cup"]),
-])
+@pytest.mark.parametrize(
+    "name,channels,classes",
+    [
+        ("synthetic_prostate", 1, ["prostate"]),
+        ("synthetic_fundus", 3, ["optic_disc", "optic_cup"]),
+    ],
+)
 def test_synthetic_builders_build_and_read(tmp_path, name, channels, classes):
     from dlset_jax.data import builders
 
     b = builders.BUILDERS[name](config="tiny", data_dir=str(tmp_path), file_format="array_record")
     b.download_and_prepare()
     assert {s: b.info.splits[s].num_examples for s in ("train", "validation", "test")} == {
-        "train": 6, "validation": 2, "test": 2}
+        "train": 6,
+        "validation": 2,
+        "test": 2,
+    }
     assert b.info.metadata["class_names"] == classes
     ds = b.as_data_source()
     gen = synthetic.prostate_slice if channels == 1 else synthetic.fundus_crop

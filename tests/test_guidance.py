@@ -1,4 +1,5 @@
 """Tests for dlset_jax.guidance against independent numpy computations."""
+
 import math
 
 import jax
@@ -44,7 +45,9 @@ def test_extreme_points_match_numpy(rng):
     # int and float masks are read as the same foreground
     m = random_mask(rng)
     np.testing.assert_array_equal(G.extreme_points(m.astype(np.uint8)), np_extreme_points(m))
-    np.testing.assert_array_equal(G.extreme_points(m.astype(np.float32) * 0.9), np_extreme_points(m))
+    np.testing.assert_array_equal(
+        G.extreme_points(m.astype(np.float32) * 0.9), np_extreme_points(m)
+    )
 
 
 def test_extreme_points_random_ties_are_valid_and_vary():

@@ -9,6 +9,7 @@ anisotropic spacing, pins our own code to the standard definitions.  Cases
 medpy does not cover (empty masks, boundary F-measure) are checked against
 analytic values and a brute-force O(n^2) numpy matching.
 """
+
 import math
 
 import numpy as np
@@ -18,6 +19,7 @@ from scipy import ndimage
 medpy_binary = pytest.importorskip("medpy.metric.binary")
 
 from conftest import brute_contour  # noqa: E402
+
 from dlset_jax import metrics as M  # noqa: E402
 
 
@@ -302,7 +304,10 @@ def test_shape_errors_name_shapes():
         M.object_metrics(np.zeros(30, bool), np.zeros(30, bool))
 
 
-@pytest.mark.parametrize("bad", [(0.0, 1.0), (-1.0, 1.0), (1.0,), (1.0, 1.0, 1.0), (float("nan"), 1.0), (1.0, float("inf"))])
+@pytest.mark.parametrize(
+    "bad",
+    [(0.0, 1.0), (-1.0, 1.0), (1.0,), (1.0, 1.0, 1.0), (float("nan"), 1.0), (1.0, float("inf"))],
+)
 def test_bad_spacing_raises(bad):
     a = np.zeros((5, 6), bool)
     a[1:3, 1:3] = True

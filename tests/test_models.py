@@ -1,4 +1,5 @@
 """Tests for dlset_jax.models (tiny widths, small inputs)."""
+
 import itertools
 
 import jax
@@ -8,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from dlset_jax.models import DeepLevelSet, HEADS, ResNet, create_model, param_count, param_labels
+from dlset_jax.models import HEADS, DeepLevelSet, ResNet, create_model, param_count, param_labels
 from dlset_jax.models.heads import adaptive_avg_pool, resize_bilinear
 
 TINY = dict(width=8, fusion_channels=8, psp_channels=8)
@@ -35,8 +36,12 @@ def fast_variables(model, shape, seed=0):
             return jnp.asarray(rng.normal(size=leaf.shape) * np.sqrt(2.0 / fan_in), leaf.dtype)
         if name in ("scale", "var"):
             return jnp.ones(leaf.shape, leaf.dtype)
-        return jnp.asarray(rng.normal(size=leaf.shape) * 0.01, leaf.dtype) if name == "bias" \
+        return (
+            jnp.asarray(rng.normal(size=leaf.shape) * 0.01, leaf.dtype)
+            if name == "bias"
             else jnp.zeros(leaf.shape, leaf.dtype)
+        )
+
     return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
@@ -48,6 +53,7 @@ def tiny18():
 
 
 # ----------------------------------------------------------------------------- resampling
+
 
 def _bilinear_reference(x, oh, ow, align_corners):
     """Per-pixel bilinear sampling written directly from PyTorch's formulas."""
@@ -67,25 +73,32 @@ def _bilinear_reference(x, oh, ow, align_corners):
             sx = src(j, w, ow)
             x0 = min(int(np.floor(sx)), w - 1)
             x1, wx = min(x0 + 1, w - 1), sx - x0
-            out[:, i, j] = ((1 - wy) * (1 - wx) * x[:, y0, x0] + (1 - wy) * wx * x[:, y0, x1]
-                            + wy * (1 - wx) * x[:, y1, x0] + wy * wx * x[:, y1, x1])
+            out[:, i, j] = (
+                (1 - wy) * (1 - wx) * x[:, y0, x0]
+                + (1 - wy) * wx * x[:, y0, x1]
+                + wy * (1 - wx) * x[:, y1, x0]
+                + wy * wx * x[:, y1, x1]
+            )
     return out
 
 
 @pytest.mark.parametrize("align_corners", [True, False])
-@pytest.mark.parametrize("src,dst", [((4, 5), (16, 9)), ((7, 3), (7, 11)), ((1, 2), (5, 4)),
-                                     ((9, 8), (4, 3))])
+@pytest.mark.parametrize(
+    "src,dst", [((4, 5), (16, 9)), ((7, 3), (7, 11)), ((1, 2), (5, 4)), ((9, 8), (4, 3))]
+)
 def test_resize_bilinear_matches_reference(rng, src, dst, align_corners):
     x = rng.normal(size=(2, *src, 3)).astype(np.float32)
     got = np.asarray(resize_bilinear(jnp.asarray(x), dst, align_corners=align_corners))
     np.testing.assert_allclose(got, _bilinear_reference(x, *dst, align_corners), atol=1e-5)
     if align_corners:  # corners are reproduced exactly
-        np.testing.assert_allclose(got[:, [0, -1]][:, :, [0, -1]], x[:, [0, -1]][:, :, [0, -1]],
-                                   atol=1e-6)
+        np.testing.assert_allclose(
+            got[:, [0, -1]][:, :, [0, -1]], x[:, [0, -1]][:, :, [0, -1]], atol=1e-6
+        )
 
 
-@pytest.mark.parametrize("shape,bins", [((12, 12), 6), ((13, 7), 3), ((5, 5), 2), ((4, 9), 1),
-                                        ((2, 3), 6)])
+@pytest.mark.parametrize(
+    "shape,bins", [((12, 12), 6), ((13, 7), 3), ((5, 5), 2), ((4, 9), 1), ((2, 3), 6)]
+)
 def test_adaptive_avg_pool_matches_reference(rng, shape, bins):
     x = rng.normal(size=(2, *shape, 3))
     h, w = shape
@@ -99,6 +112,7 @@ def test_adaptive_avg_pool_matches_reference(rng, shape, bins):
 
 
 # ----------------------------------------------------------------------------- shapes
+
 
 @pytest.mark.parametrize("depth", [18, 34, 50, 101])
 @pytest.mark.parametrize("output_stride", [8, 16])
@@ -118,8 +132,14 @@ def test_shapes_and_dtypes(depth, output_stride):
     for k, c in expected.items():
         assert out[k].shape == (2, h, w, c), k
         assert out[k].dtype == jnp.float32, k
-    assert set(variables["params"]) == {"backbone", "fusion", "head_phi0", "head_motion",
-                                        "head_g", "head_logits"}
+    assert set(variables["params"]) == {
+        "backbone",
+        "fusion",
+        "head_phi0",
+        "head_motion",
+        "head_g",
+        "head_logits",
+    }
     # backbone feature strides
     net = ResNet(depth=depth, width=8, output_stride=output_stride)
     feats = jax.eval_shape(lambda x: net.init_with_output(jax.random.key(0), x)[0], x)
@@ -131,6 +151,7 @@ def test_shapes_and_dtypes(depth, output_stride):
     assert feats["layer2"].shape == (2, ceil(h, 8), ceil(w, 8), 16 * e)
     assert feats["layer3"].shape == (2, ceil(h, s3), ceil(w, s3), 32 * e)
     assert feats["layer4"].shape == (2, ceil(h, output_stride), ceil(w, output_stride), 64 * e)
+
 
 def test_forward_values_odd_size():
     """A real init and run on an odd, non-square crop: finite outputs, g in (0, 1).
@@ -147,11 +168,14 @@ def test_forward_values_odd_size():
 
 def test_input_channels_checked():
     with pytest.raises(ValueError, match="expected input"):
-        jax.eval_shape(lambda x: tiny_model().init(jax.random.key(0), x),
-                       jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+        jax.eval_shape(
+            lambda x: tiny_model().init(jax.random.key(0), x),
+            jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32),
+        )
 
 
 # ----------------------------------------------------------------------------- BatchNorm
+
 
 def test_batchnorm_train_vs_eval(tiny18):
     model, variables = tiny18
@@ -162,8 +186,9 @@ def test_batchnorm_train_vs_eval(tiny18):
     out_train, updates = apply_train(variables, x)
     old, new = variables["batch_stats"], updates["batch_stats"]
     # train: every statistic moves (momentum 0.9 towards the batch statistics)
-    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(old),
-                            jax.tree_util.tree_leaves(new)):
+    for (path, a), b in zip(
+        jax.tree_util.tree_leaves_with_path(old), jax.tree_util.tree_leaves(new)
+    ):
         assert not np.allclose(a, b), jax.tree_util.keystr(path)
     # train: normalised with batch statistics, so a sample's output depends on the batch
     out_train_0, _ = apply_train(variables, x[:1].repeat(2, axis=0))
@@ -179,10 +204,12 @@ def test_batchnorm_train_vs_eval(tiny18):
 
 def _loss_fn(model, x):
     def loss(params, batch_stats):
-        out, upd = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
-                               mutable=["batch_stats"])
+        out, upd = model.apply(
+            {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
+        )
         value = sum(jnp.mean(jnp.square(o)) for o in out.values())
         return value, upd["batch_stats"]
+
     return loss
 
 
@@ -196,10 +223,14 @@ def test_frozen_backbone_bn():
     grads, new_stats = jax.jit(jax.grad(_loss_fn(model, x), has_aux=True))(params, stats)
 
     # backbone statistics untouched in train mode, heads' statistics updated
-    for a, b in zip(jax.tree_util.tree_leaves(stats["backbone"]),
-                    jax.tree_util.tree_leaves(new_stats["backbone"])):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(stats["backbone"]),
+        jax.tree_util.tree_leaves(new_stats["backbone"]),
+    ):
         np.testing.assert_array_equal(a, b)
-    assert not np.allclose(stats["fusion"]["bn_stem"]["mean"], new_stats["fusion"]["bn_stem"]["mean"])
+    assert not np.allclose(
+        stats["fusion"]["bn_stem"]["mean"], new_stats["fusion"]["bn_stem"]["mean"]
+    )
 
     labels = param_labels(params, frozen_bn=True)
     flat_g = jax.tree_util.tree_leaves_with_path(grads)
@@ -217,17 +248,24 @@ def test_frozen_backbone_bn():
 
     # with the labels, SGD with momentum and weight decay leaves them unchanged
     tx = optax.multi_transform(
-        {"backbone": optax.chain(optax.add_decayed_weights(1e-2), optax.sgd(0.1, momentum=0.9)),
-         "head": optax.sgd(1.0, momentum=0.9), "frozen": optax.set_to_zero()}, labels)
+        {
+            "backbone": optax.chain(optax.add_decayed_weights(1e-2), optax.sgd(0.1, momentum=0.9)),
+            "head": optax.sgd(1.0, momentum=0.9),
+            "frozen": optax.set_to_zero(),
+        },
+        labels,
+    )
     opt_state = tx.init(params)
     updates, _ = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
-    for (path, a), b, label in zip(jax.tree_util.tree_leaves_with_path(params),
-                                   jax.tree_util.tree_leaves(new_params), flat_l):
+    for (path, a), b, label in zip(
+        jax.tree_util.tree_leaves_with_path(params), jax.tree_util.tree_leaves(new_params), flat_l
+    ):
         if label == "frozen":
             np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
-    assert not np.allclose(params["backbone"]["conv1"]["kernel"],
-                           new_params["backbone"]["conv1"]["kernel"])
+    assert not np.allclose(
+        params["backbone"]["conv1"]["kernel"], new_params["backbone"]["conv1"]["kernel"]
+    )
 
 
 def test_param_labels(tiny18):
@@ -240,6 +278,7 @@ def test_param_labels(tiny18):
 
 
 # ----------------------------------------------------------------------------- jit, dtypes
+
 
 def test_jit_compiles_once_per_shape(tiny18):
     model, variables = tiny18
@@ -268,13 +307,19 @@ def test_bfloat16_compute():
 
     @jax.jit
     def run(variables, x):
-        return model.apply(variables, x, train=True, capture_intermediates=True,
-                           mutable=["intermediates", "batch_stats"])
+        return model.apply(
+            variables,
+            x,
+            train=True,
+            capture_intermediates=True,
+            mutable=["intermediates", "batch_stats"],
+        )
 
     out, state = run(variables, x)
     assert {l.dtype for l in jax.tree_util.tree_leaves(variables)} == {jnp.dtype(jnp.float32)}
     assert {l.dtype for l in jax.tree_util.tree_leaves(state["batch_stats"])} == {
-        jnp.dtype(jnp.float32)}
+        jnp.dtype(jnp.float32)
+    }
     for k in HEADS:
         assert out[k].dtype == jnp.float32
         assert np.all(np.isfinite(out[k]))
@@ -285,22 +330,28 @@ def test_bfloat16_compute():
     assert bb["bn1"]["__call__"][0].dtype == jnp.bfloat16
     # (the fused heads get the fusion's per-source maps, a list)
     assert {l.dtype for l in jax.tree_util.tree_leaves(inter["fusion"]["__call__"][0])} == {
-        jnp.dtype(jnp.bfloat16)}
+        jnp.dtype(jnp.bfloat16)
+    }
     assert inter["head_phi0"]["final"]["__call__"][0].dtype == jnp.bfloat16
 
 
 # ----------------------------------------------------------------------------- sizes, config
 
 # torchvision resnetN parameter counts without the 1000-way fc (weights + biases)
-TORCHVISION_NO_FC = {18: 11_689_512 - 513_000, 34: 21_797_672 - 513_000,
-                     50: 25_557_032 - 2_049_000, 101: 44_549_160 - 2_049_000}
+TORCHVISION_NO_FC = {
+    18: 11_689_512 - 513_000,
+    34: 21_797_672 - 513_000,
+    50: 25_557_032 - 2_049_000,
+    101: 44_549_160 - 2_049_000,
+}
 
 
 @pytest.mark.parametrize("depth", [18, 34, 50, 101])
 def test_backbone_param_count(depth):
     net = ResNet(depth=depth, width=64, in_channels=3)
-    shapes = jax.eval_shape(net.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 64, 64, 3),
-                                                                              jnp.float32))
+    shapes = jax.eval_shape(
+        net.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+    )
     assert param_count(shapes["params"]) == TORCHVISION_NO_FC[depth]
     if depth == 101:
         assert round(param_count(shapes["params"]) / 1e6, 1) == 42.5
@@ -317,12 +368,25 @@ def test_full_model_param_count():
 
 
 def test_create_model_from_config():
-    cfg = ml_collections.ConfigDict(dict(depth=34, width=8, output_stride=16,
-                                         frozen_backbone_bn=False, compute_dtype="bfloat16",
-                                         in_channels=2))
+    cfg = ml_collections.ConfigDict(
+        dict(
+            depth=34,
+            width=8,
+            output_stride=16,
+            frozen_backbone_bn=False,
+            compute_dtype="bfloat16",
+            in_channels=2,
+        )
+    )
     model = create_model(cfg)
-    assert (model.depth, model.width, model.output_stride, model.frozen_bn, model.dtype,
-            model.in_channels) == (34, 8, 16, False, jnp.bfloat16, 2)
+    assert (
+        model.depth,
+        model.width,
+        model.output_stride,
+        model.frozen_bn,
+        model.dtype,
+        model.in_channels,
+    ) == (34, 8, 16, False, jnp.bfloat16, 2)
     assert model.fusion_channels == 128 and tuple(model.psp_bins) == (1, 2, 3, 6)
     cfg.compute_dtype = "float16"
     with pytest.raises(ValueError, match="compute_dtype"):
@@ -339,9 +403,12 @@ REFERENCE_IMPL = {k: False for k in resnet.IMPL}
 
 def _max_rel(a, b):
     """Largest |a - b| / max|a| over the leaves of two trees."""
-    errs = [float(np.max(np.abs(np.asarray(x) - np.asarray(y))) / (np.max(np.abs(np.asarray(x)))
-                                                                    + 1e-30))
-            for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))]
+    errs = [
+        float(
+            np.max(np.abs(np.asarray(x) - np.asarray(y))) / (np.max(np.abs(np.asarray(x))) + 1e-30)
+        )
+        for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+    ]
     return max(errs)
 
 
@@ -350,9 +417,14 @@ def test_conv1x1_matches_nn_conv(rng, stride, use_bias):
     """Same variables, outputs and gradients as a 1x1 nn.Conv (wide and narrow outputs)."""
     x = jnp.asarray(rng.normal(size=(2, 9, 7, 12)), jnp.float32)
     for cout in (5, 24):
-        nn_conv = resnet.nn.Conv(cout, (1, 1), strides=(stride, stride),
-                                       padding=((0, 0), (0, 0)), use_bias=use_bias,
-                                       kernel_init=resnet.conv_init)
+        nn_conv = resnet.nn.Conv(
+            cout,
+            (1, 1),
+            strides=(stride, stride),
+            padding=((0, 0), (0, 0)),
+            use_bias=use_bias,
+            kernel_init=resnet.conv_init,
+        )
         new = resnet.Conv1x1(cout, stride=stride, use_bias=use_bias)
         v_ref = nn_conv.init(jax.random.key(0), x)
         v_new = new.init(jax.random.key(0), x)
@@ -365,6 +437,7 @@ def test_conv1x1_matches_nn_conv(rng, stride, use_bias):
 
         def loss(mod):
             return lambda v, x: jnp.sum(mod.apply(v, x) * w)
+
         y_ref, y_new = nn_conv.apply(v_ref, x), new.apply(v_ref, x)
         assert y_new.shape == y_ref.shape
         assert _max_rel(y_ref, y_new) < 1e-5
@@ -382,9 +455,13 @@ def test_block_barrier_is_bit_exact():
 
     def run(flags):
         with resnet.implementation(**flags):
-            f = jax.jit(jax.value_and_grad(
-                lambda v: sum(jnp.sum(jnp.sin(f)) for f in model.apply(v, x).values())))
+            f = jax.jit(
+                jax.value_and_grad(
+                    lambda v: sum(jnp.sum(jnp.sin(f)) for f in model.apply(v, x).values())
+                )
+            )
             return f(variables)
+
     ref, new = run({"block_barrier": False}), run({"block_barrier": True})
     for a, b in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(new)):
         np.testing.assert_array_equal(a, b)
@@ -420,22 +497,30 @@ def test_fast_model_matches_reference(depth, output_stride):
     # small final kernels, as trained heads have: g's sigmoid is not saturated (where
     # its gradient is float rounding only)
     variables = jax.tree_util.tree_map_with_path(
-        lambda p, a: a * 0.01 if "final" in jax.tree_util.keystr(p) else a, variables)
-    weights = {k: np.asarray(jax.random.normal(jax.random.key(5), (2, 44, 36, c)))
-               for k, c in HEADS.items()}
+        lambda p, a: a * 0.01 if "final" in jax.tree_util.keystr(p) else a, variables
+    )
+    weights = {
+        k: np.asarray(jax.random.normal(jax.random.key(5), (2, 44, 36, c)))
+        for k, c in HEADS.items()
+    }
 
     def run(flags, dtype=jnp.float32):
-        model = DeepLevelSet(depth=depth, output_stride=output_stride, frozen_bn=True,
-                             dtype=dtype, **TINY)
+        model = DeepLevelSet(
+            depth=depth, output_stride=output_stride, frozen_bn=True, dtype=dtype, **TINY
+        )
         v = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), variables)
         xx = jnp.asarray(x, dtype)
         with resnet.implementation(**flags):
+
             def loss(params):
-                out, upd = model.apply({**v, "params": params}, xx, train=True,
-                                       mutable=["batch_stats"])
+                out, upd = model.apply(
+                    {**v, "params": params}, xx, train=True, mutable=["batch_stats"]
+                )
                 return sum(jnp.sum(out[k] * weights[k]) for k in HEADS), out
+
             (_, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(v["params"])
             return out, grads, jax.jit(model.apply)(v, xx)
+
     with jax.enable_x64(True):
         exact = jax.tree_util.tree_map(np.asarray, run(REFERENCE_IMPL, jnp.float64))
         exact_new = jax.tree_util.tree_map(np.asarray, run({}, jnp.float64))
@@ -454,6 +539,7 @@ def test_fast_model_matches_reference(depth, output_stride):
         la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
         num = sum(float(np.sum((np.asarray(x) - np.asarray(y)) ** 2)) for x, y in zip(la, lb))
         return np.sqrt(num / sum(float(np.sum(np.asarray(x) ** 2)) for x in la))
+
     assert global_rel(exact[1], new[1]) < 1e-3
     assert global_rel(exact[1], ref[1]) < 1e-3
 
@@ -464,8 +550,9 @@ def test_psp_head_call_matches_fused_path(rng):
     head = PSPHead(3, in_channels=16, channels=8)
     variables = head.init(jax.random.key(0), x)
     ref = head.apply(variables, x)
-    fused = head.apply(variables, [x],
-                       method=lambda h, parts: fused_psp_heads([h], parts, (10, 12), False)[0])
+    fused = head.apply(
+        variables, [x], method=lambda h, parts: fused_psp_heads([h], parts, (10, 12), False)[0]
+    )
     assert _max_rel(ref, fused) < 1e-5
     with pytest.raises(ValueError, match="input channels"):
         head.apply(variables, x[..., :8])

@@ -12,6 +12,7 @@ Two models:
   that the network and the evolution recover the curved boundary between the
   clicks. It says nothing about accuracy on realistic data.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,8 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import REPO, override
+from PIL import Image
 
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "configs"))
@@ -39,378 +39,461 @@ RES = 32
 
 
 def ellipse_image(rng, h=64, w=64, center=None, axes=None):
-  """A bright noisy ellipse on a dark background: (uint8 image, bool mask)."""
-  from scipy import ndimage
-  yy, xx = np.mgrid[:h, :w].astype(float)
-  a, b = axes if axes is not None else rng.uniform(9, 20, 2)
-  th = rng.uniform(0, np.pi)
-  cy, cx = center if center is not None else rng.uniform(22, 42, 2)
-  u = (xx - cx) * np.cos(th) + (yy - cy) * np.sin(th)
-  v = -(xx - cx) * np.sin(th) + (yy - cy) * np.cos(th)
-  mask = (u / a) ** 2 + (v / b) ** 2 <= 1
-  img = np.where(mask, 190.0, 50.0) + rng.normal(0, 12, (h, w))
-  img = ndimage.gaussian_filter(img, 0.7)
-  return np.clip(img, 0, 255).astype(np.uint8), mask
+    """A bright noisy ellipse on a dark background: (uint8 image, bool mask)."""
+    from scipy import ndimage
+
+    yy, xx = np.mgrid[:h, :w].astype(float)
+    a, b = axes if axes is not None else rng.uniform(9, 20, 2)
+    th = rng.uniform(0, np.pi)
+    cy, cx = center if center is not None else rng.uniform(22, 42, 2)
+    u = (xx - cx) * np.cos(th) + (yy - cy) * np.sin(th)
+    v = -(xx - cx) * np.sin(th) + (yy - cy) * np.cos(th)
+    mask = (u / a) ** 2 + (v / b) ** 2 <= 1
+    img = np.where(mask, 190.0, 50.0) + rng.normal(0, 12, (h, w))
+    img = ndimage.gaussian_filter(img, 0.7)
+    return np.clip(img, 0, 255).astype(np.uint8), mask
 
 
 def two_ellipses(rng):
-  img1, m1 = ellipse_image(rng, 64, 96, center=(32, 25), axes=(14, 9))
-  img2, m2 = ellipse_image(rng, 64, 96, center=(30, 70), axes=(16, 11))
-  img = np.where(m2, img2, img1)
-  return img, [m1, m2 & ~m1]
+    img1, m1 = ellipse_image(rng, 64, 96, center=(32, 25), axes=(14, 9))
+    img2, m2 = ellipse_image(rng, 64, 96, center=(30, 70), axes=(16, 11))
+    img = np.where(m2, img2, img1)
+    return img, [m1, m2 & ~m1]
 
 
 def tiny_config(**overrides):
-  import tiny
-  c = tiny.get_config()
-  c.data.resolution = RES
-  return override(c, **overrides)
+    import tiny
+
+    c = tiny.get_config()
+    c.data.resolution = RES
+    return override(c, **overrides)
 
 
 def save_checkpoint(workdir, config, variables, step=1):
-  from dlset_jax import checkpoint
-  ck = checkpoint.Checkpointer(str(workdir))
-  state = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
-  ck.save(step, state, {}, config.to_json(), force=True)
-  ck.close()
+    from dlset_jax import checkpoint
+
+    ck = checkpoint.Checkpointer(str(workdir))
+    state = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+    ck.save(step, state, {}, config.to_json(), force=True)
+    ck.close()
 
 
 @pytest.fixture(scope="module")
 def random_model(tmp_path_factory):
-  """(workdir, config, variables) of a randomly initialised tiny model."""
-  import jax
-  from dlset_jax import models
-  config = tiny_config()
-  model = models.create_model(config.model)
-  init = jax.jit(lambda key: model.init_variables(key, RES))  # one program: fast
-  variables = jax.tree.map(np.asarray, init(jax.random.key(0)))
-  wd = tmp_path_factory.mktemp("random_wd")
-  save_checkpoint(wd, config, variables)
-  return wd, config, variables
+    """(workdir, config, variables) of a randomly initialised tiny model."""
+    import jax
+
+    from dlset_jax import models
+
+    config = tiny_config()
+    model = models.create_model(config.model)
+    init = jax.jit(lambda key: model.init_variables(key, RES))  # one program: fast
+    variables = jax.tree.map(np.asarray, init(jax.random.key(0)))
+    wd = tmp_path_factory.mktemp("random_wd")
+    save_checkpoint(wd, config, variables)
+    return wd, config, variables
 
 
 @pytest.fixture(scope="module")
 def segmenter(random_model):
-  _, config, variables = random_model
-  return predict.Segmenter(config, variables, bucket_size=4)
+    _, config, variables = random_model
+    return predict.Segmenter(config, variables, bucket_size=4)
 
 
 @pytest.fixture(scope="module")
 def trained_workdir(tmp_path_factory):
-  """A tiny model trained on ellipses (see the module doc); returns its workdir."""
-  from dlset_jax import train_lib
-  root = tmp_path_factory.mktemp("ellipses")
-  rng = np.random.default_rng(0)
-  for split, n in (("train", 32), ("validation", 2), ("test", 2)):
-    for sub in ("images", "masks"):
-      (root / "manual" / split / sub).mkdir(parents=True)
-    for i in range(n):
-      img, mask = ellipse_image(rng)
-      Image.fromarray(img).save(root / "manual" / split / "images" / f"{i:03d}.png")
-      Image.fromarray(mask.astype(np.uint8) * 255).save(
-          root / "manual" / split / "masks" / f"{i:03d}.png")
-  config = tiny_config(**{
-      "data.name": "user_segmentation", "data.builder_config": "",
-      "data.data_dir": str(root / "tfds"), "data.manual_dir": str(root / "manual"),
-      "optim.decay_every_epochs": 1000, "loss.warmup_epochs": 2,
-      "train.num_steps": 500, "train.batch_size": 8, "train.log_every": 100,
-      "train.checkpoint_every": 500, "eval.batch_size": 2})
-  train_lib.train_and_evaluate(config, str(root / "wd"))
-  return root / "wd"
+    """A tiny model trained on ellipses (see the module doc); returns its workdir."""
+    from dlset_jax import train_lib
+
+    root = tmp_path_factory.mktemp("ellipses")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 32), ("validation", 2), ("test", 2)):
+        for sub in ("images", "masks"):
+            (root / "manual" / split / sub).mkdir(parents=True)
+        for i in range(n):
+            img, mask = ellipse_image(rng)
+            Image.fromarray(img).save(root / "manual" / split / "images" / f"{i:03d}.png")
+            Image.fromarray(mask.astype(np.uint8) * 255).save(
+                root / "manual" / split / "masks" / f"{i:03d}.png"
+            )
+    config = tiny_config(
+        **{
+            "data.name": "user_segmentation",
+            "data.builder_config": "",
+            "data.data_dir": str(root / "tfds"),
+            "data.manual_dir": str(root / "manual"),
+            "optim.decay_every_epochs": 1000,
+            "loss.warmup_epochs": 2,
+            "train.num_steps": 500,
+            "train.batch_size": 8,
+            "train.log_every": 100,
+            "train.checkpoint_every": 500,
+            "eval.batch_size": 2,
+        }
+    )
+    train_lib.train_and_evaluate(config, str(root / "wd"))
+    return root / "wd"
 
 
 @pytest.fixture(scope="module")
 def trained_segmenter(trained_workdir):
-  return predict.Segmenter.from_workdir(str(trained_workdir))
+    return predict.Segmenter.from_workdir(str(trained_workdir))
 
 
 # ----------------------------------------------------------------- points
 
 
 def test_check_points_accepts_ordered_points_and_ties():
-  pts = [[2, 5], [9, 6], [5, 1], [6, 9]]
-  np.testing.assert_array_equal(predict.check_points(pts, (12, 12)), pts)
-  # ties with an extreme are fine (a one-pixel-wide object)
-  predict.check_points([[3, 2], [3, 4], [3, 2], [3, 4]], (12, 12))
+    pts = [[2, 5], [9, 6], [5, 1], [6, 9]]
+    np.testing.assert_array_equal(predict.check_points(pts, (12, 12)), pts)
+    # ties with an extreme are fine (a one-pixel-wide object)
+    predict.check_points([[3, 2], [3, 4], [3, 2], [3, 4]], (12, 12))
 
 
-@pytest.mark.parametrize("pts,needle", [
-    ([[2, 5], [12, 6], [5, 1], [6, 9]], "point 1 (right) (x=12, y=6) lies outside the image"),
-    ([[2, 5], [9, 6], [5, -0.5], [6, 9]], "point 2 (top) (x=5, y=-0.5) lies outside"),
-    ([[9, 6], [2, 5], [5, 1], [6, 9]], "point 0 (left) (x=9, y=6) is not the left-most point"),
-    ([[2, 5], [9, 6], [6, 9], [5, 1]], "point 2 (top) (x=6, y=9) is not the top-most point"),
-    ([[2, 5], [9, 6], [5, 1]], "expected 4 points"),
-    ([[2, 5], [9, 6], [5, 1], [6, np.nan]], "finite"),
-])
+@pytest.mark.parametrize(
+    "pts,needle",
+    [
+        ([[2, 5], [12, 6], [5, 1], [6, 9]], "point 1 (right) (x=12, y=6) lies outside the image"),
+        ([[2, 5], [9, 6], [5, -0.5], [6, 9]], "point 2 (top) (x=5, y=-0.5) lies outside"),
+        ([[9, 6], [2, 5], [5, 1], [6, 9]], "point 0 (left) (x=9, y=6) is not the left-most point"),
+        ([[2, 5], [9, 6], [6, 9], [5, 1]], "point 2 (top) (x=6, y=9) is not the top-most point"),
+        ([[2, 5], [9, 6], [5, 1]], "expected 4 points"),
+        ([[2, 5], [9, 6], [5, 1], [6, np.nan]], "finite"),
+    ],
+)
 def test_check_points_errors_name_object_and_point(pts, needle):
-  with pytest.raises(ValueError) as e:
-    predict.check_points(pts, (12, 12), obj=3)
-  assert str(e.value).startswith("object 3: ")
-  assert needle in str(e.value)
+    with pytest.raises(ValueError) as e:
+        predict.check_points(pts, (12, 12), obj=3)
+    assert str(e.value).startswith("object 3: ")
+    assert needle in str(e.value)
 
 
 def test_check_points_reorder():
-  ordered = np.array([[2, 5], [9, 6], [5, 1], [6, 9]], float)
-  shuffled = ordered[[3, 0, 2, 1]]
-  np.testing.assert_array_equal(predict.check_points(shuffled, (12, 12), reorder=True), ordered)
-  with pytest.raises(ValueError, match="reorder=True"):
-    predict.check_points(shuffled, (12, 12))
-  # two points share the smallest x: which one is "left" is ambiguous
-  ambiguous = np.array([[2, 5], [9, 6], [2, 1], [6, 9]], float)[[1, 0, 2, 3]]
-  with pytest.raises(ValueError, match="cannot be recovered unambiguously"):
-    predict.check_points(ambiguous, (12, 12), reorder=True)
+    ordered = np.array([[2, 5], [9, 6], [5, 1], [6, 9]], float)
+    shuffled = ordered[[3, 0, 2, 1]]
+    np.testing.assert_array_equal(predict.check_points(shuffled, (12, 12), reorder=True), ordered)
+    with pytest.raises(ValueError, match="reorder=True"):
+        predict.check_points(shuffled, (12, 12))
+    # two points share the smallest x: which one is "left" is ambiguous
+    ambiguous = np.array([[2, 5], [9, 6], [2, 1], [6, 9]], float)[[1, 0, 2, 3]]
+    with pytest.raises(ValueError, match="cannot be recovered unambiguously"):
+        predict.check_points(ambiguous, (12, 12), reorder=True)
 
 
 # ----------------------------------------------------------------- preprocessing
 
 
 def test_image_to_uint8_range():
-  u8 = np.arange(64, dtype=np.uint8).reshape(8, 8)
-  out = predict.image_to_uint8_range(u8)
-  assert out.shape == (8, 8, 1) and out.dtype == np.uint8
-  np.testing.assert_array_equal(out[..., 0], u8)
-  rgba = np.zeros((8, 8, 4), np.uint8)
-  assert predict.image_to_uint8_range(rgba).shape == (8, 8, 3)
-  f = predict.image_to_uint8_range(np.linspace(-1000, 3000, 64, dtype=np.float32).reshape(8, 8))
-  assert f.dtype == np.uint8 and f.min() == 0 and f.max() == 255
-  with pytest.raises(ValueError, match="channels"):
-    predict.image_to_uint8_range(np.zeros((8, 8, 5)))
-  with pytest.raises(ValueError, match="NaN"):
-    predict.image_to_uint8_range(np.full((8, 8), np.nan))
+    u8 = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    out = predict.image_to_uint8_range(u8)
+    assert out.shape == (8, 8, 1) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[..., 0], u8)
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    assert predict.image_to_uint8_range(rgba).shape == (8, 8, 3)
+    f = predict.image_to_uint8_range(np.linspace(-1000, 3000, 64, dtype=np.float32).reshape(8, 8))
+    assert f.dtype == np.uint8 and f.min() == 0 and f.max() == 255
+    with pytest.raises(ValueError, match="channels"):
+        predict.image_to_uint8_range(np.zeros((8, 8, 5)))
+    with pytest.raises(ValueError, match="NaN"):
+        predict.image_to_uint8_range(np.full((8, 8), np.nan))
 
 
 def test_preprocess_is_the_pipelines_eval_preprocessing(segmenter, rng):
-  """Crop, normalisation and guidance equal `pipeline.process_object` (evaluation)."""
-  from dlset_jax.data import synthetic
-  ex = synthetic.prostate_slice(synthetic.example_rng(0, "test", 0))
-  image, mask = ex["image"], ex["masks"][0]
-  d = segmenter.config.data
-  ref = pipeline.process_object(image, mask, resolution=RES, relax=d.relax, dt_max=d.dt_max,
-                                guidance_mode=d.guidance, cm_variant=d.cm_variant, sigma=d.sigma)
-  pts = predict.check_points(pipeline.extreme_points_np(mask), image.shape)
-  got = segmenter.preprocess(predict.image_to_uint8_range(image), pts)
-  np.testing.assert_array_equal(got["box"], ref["box"])
-  np.testing.assert_array_equal(got["image"], ref["image"])
-  np.testing.assert_array_equal(got["guidance"], ref["guidance"])
-  np.testing.assert_allclose(got["crop_points"], ref["points"])
+    """Crop, normalisation and guidance equal `pipeline.process_object` (evaluation)."""
+    from dlset_jax.data import synthetic
+
+    ex = synthetic.prostate_slice(synthetic.example_rng(0, "test", 0))
+    image, mask = ex["image"], ex["masks"][0]
+    d = segmenter.config.data
+    ref = pipeline.process_object(
+        image,
+        mask,
+        resolution=RES,
+        relax=d.relax,
+        dt_max=d.dt_max,
+        guidance_mode=d.guidance,
+        cm_variant=d.cm_variant,
+        sigma=d.sigma,
+    )
+    pts = predict.check_points(pipeline.extreme_points_np(mask), image.shape)
+    got = segmenter.preprocess(predict.image_to_uint8_range(image), pts)
+    np.testing.assert_array_equal(got["box"], ref["box"])
+    np.testing.assert_array_equal(got["image"], ref["image"])
+    np.testing.assert_array_equal(got["guidance"], ref["guidance"])
+    np.testing.assert_allclose(got["crop_points"], ref["points"])
 
 
 # ----------------------------------------------------------------- the API
 
 
 def test_segment_outputs(segmenter, rng):
-  from dlset_jax import evaluate, targets
-  img, (m1, m2) = two_ellipses(rng)
-  pts = [pipeline.extreme_points_np(m) for m in (m1, m2)]
-  res = segmenter.segment(img, pts, spacing=(0.5, 0.25), classes=["a", "b"],
-                          return_trajectory=True, return_network_outputs=True)
-  assert res.image_shape == img.shape
-  steps = segmenter.config.levelset.steps
-  for k, o in enumerate(res.objects):
-    assert o.index == k and o.class_name == "ab"[k]
-    assert o.mask.shape == o.phi.shape == o.baseline_mask.shape == img.shape
-    np.testing.assert_array_equal(o.mask, o.phi <= res.threshold)
-    np.testing.assert_array_equal(o.box, targets.crop_box(pts[k], img.shape, relax=10))
-    y0, x0, y1, x1 = o.box
-    outside = np.ones(img.shape, bool)
-    outside[max(y0, 0):y1, max(x0, 0):x1] = False
-    assert (o.phi[outside] == evaluate.BACKGROUND_PHI).all()
-    np.testing.assert_array_equal(o.baseline_mask, targets.polygon_mask(pts[k], img.shape))
-    assert o.trajectory.shape == (steps + 1, RES, RES)
-    np.testing.assert_allclose(o.trajectory[0], o.network["phi0"], atol=1e-5)
-    np.testing.assert_allclose(o.trajectory[-1], o.network["phi_t"], atol=1e-5)
-    assert o.network["motion"].shape == (RES, RES, 2)
-    assert o.area_px == int(o.mask.sum()) and o.area_mm2 == pytest.approx(o.area_px * 0.125)
-  labels = res.label_map()
-  assert labels.dtype == np.uint8 and set(np.unique(labels)) <= {0, 1, 2}
+    from dlset_jax import evaluate, targets
+
+    img, (m1, m2) = two_ellipses(rng)
+    pts = [pipeline.extreme_points_np(m) for m in (m1, m2)]
+    res = segmenter.segment(
+        img,
+        pts,
+        spacing=(0.5, 0.25),
+        classes=["a", "b"],
+        return_trajectory=True,
+        return_network_outputs=True,
+    )
+    assert res.image_shape == img.shape
+    steps = segmenter.config.levelset.steps
+    for k, o in enumerate(res.objects):
+        assert o.index == k and o.class_name == "ab"[k]
+        assert o.mask.shape == o.phi.shape == o.baseline_mask.shape == img.shape
+        np.testing.assert_array_equal(o.mask, o.phi <= res.threshold)
+        np.testing.assert_array_equal(o.box, targets.crop_box(pts[k], img.shape, relax=10))
+        y0, x0, y1, x1 = o.box
+        outside = np.ones(img.shape, bool)
+        outside[max(y0, 0) : y1, max(x0, 0) : x1] = False
+        assert (o.phi[outside] == evaluate.BACKGROUND_PHI).all()
+        np.testing.assert_array_equal(o.baseline_mask, targets.polygon_mask(pts[k], img.shape))
+        assert o.trajectory.shape == (steps + 1, RES, RES)
+        np.testing.assert_allclose(o.trajectory[0], o.network["phi0"], atol=1e-5)
+        np.testing.assert_allclose(o.trajectory[-1], o.network["phi_t"], atol=1e-5)
+        assert o.network["motion"].shape == (RES, RES, 2)
+        assert o.area_px == int(o.mask.sum()) and o.area_mm2 == pytest.approx(o.area_px * 0.125)
+    labels = res.label_map()
+    assert labels.dtype == np.uint8 and set(np.unique(labels)) <= {0, 1, 2}
 
 
 def test_batched_equals_one_by_one(segmenter, rng):
-  img, (m1, m2) = two_ellipses(rng)
-  pts = [pipeline.extreme_points_np(m) for m in (m1, m2, m1[:, ::-1])]
-  together = segmenter.segment(img, pts)
-  for k, p in enumerate(pts):
-    alone = segmenter.segment(img, [p]).objects[0]
-    np.testing.assert_allclose(together.objects[k].phi, alone.phi, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(together.objects[k].mask, alone.mask)
+    img, (m1, m2) = two_ellipses(rng)
+    pts = [pipeline.extreme_points_np(m) for m in (m1, m2, m1[:, ::-1])]
+    together = segmenter.segment(img, pts)
+    for k, p in enumerate(pts):
+        alone = segmenter.segment(img, [p]).objects[0]
+        np.testing.assert_allclose(together.objects[k].phi, alone.phi, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(together.objects[k].mask, alone.mask)
 
 
 def test_repeated_calls_do_not_recompile(segmenter, rng):
-  img, (m1, m2) = two_ellipses(rng)
-  p1, p2 = (pipeline.extreme_points_np(m) for m in (m1, m2))
-  segmenter.segment(img, [p1])
-  start = segmenter.trace_count  # 1: compiled by this call or an earlier test
-  assert start == 1
-  for objs, traj in (([p1, p2], False), ([p2], True), ([p1, p2, p1], False),
-                     ([p1] * 4, True)):
-    res = segmenter.segment(img, objs, return_trajectory=traj, return_network_outputs=traj)
-    assert not res.timings["compiled"] and res.timings["batch"] == 4
-  other = rng.integers(0, 255, (40, 50), dtype=np.uint8)  # another image size: same crops
-  segmenter.segment(other, [[[3, 20], [45, 22], [20, 2], [25, 37]]])
-  assert segmenter.trace_count == start
-  res = segmenter.segment(img, [p1] * 5)  # more than a bucket: the next size (8), once
-  assert res.timings["compiled"] and res.timings["batch"] == 8
-  segmenter.segment(img, [p2] * 7)
-  assert segmenter.trace_count == start + 1
+    img, (m1, m2) = two_ellipses(rng)
+    p1, p2 = (pipeline.extreme_points_np(m) for m in (m1, m2))
+    segmenter.segment(img, [p1])
+    start = segmenter.trace_count  # 1: compiled by this call or an earlier test
+    assert start == 1
+    for objs, traj in (([p1, p2], False), ([p2], True), ([p1, p2, p1], False), ([p1] * 4, True)):
+        res = segmenter.segment(img, objs, return_trajectory=traj, return_network_outputs=traj)
+        assert not res.timings["compiled"] and res.timings["batch"] == 4
+    other = rng.integers(0, 255, (40, 50), dtype=np.uint8)  # another image size: same crops
+    segmenter.segment(other, [[[3, 20], [45, 22], [20, 2], [25, 37]]])
+    assert segmenter.trace_count == start
+    res = segmenter.segment(img, [p1] * 5)  # more than a bucket: the next size (8), once
+    assert res.timings["compiled"] and res.timings["batch"] == 8
+    segmenter.segment(img, [p2] * 7)
+    assert segmenter.trace_count == start + 1
 
 
 def test_grey_rgb_and_float_inputs_agree(segmenter, rng):
-  img, (m1, _) = two_ellipses(rng)
-  pts = [pipeline.extreme_points_np(m1)]
-  grey = segmenter.segment(img, pts).objects[0]
-  rgb = segmenter.segment(np.repeat(img[..., None], 3, -1), pts).objects[0]
-  np.testing.assert_allclose(grey.phi, rgb.phi, atol=1e-5)
-  # a float image goes through the percentile mapping, like non-uint8 files in the builders
-  from dlset_jax.data import readers
-  f = img.astype(np.float32) * 3.7 - 100
-  via_float = segmenter.segment(f, pts).objects[0]
-  via_u8 = segmenter.segment(readers.intensity_to_uint8(f), pts).objects[0]
-  np.testing.assert_allclose(via_float.phi, via_u8.phi, atol=1e-5)
+    img, (m1, _) = two_ellipses(rng)
+    pts = [pipeline.extreme_points_np(m1)]
+    grey = segmenter.segment(img, pts).objects[0]
+    rgb = segmenter.segment(np.repeat(img[..., None], 3, -1), pts).objects[0]
+    np.testing.assert_allclose(grey.phi, rgb.phi, atol=1e-5)
+    # a float image goes through the percentile mapping, like non-uint8 files in the builders
+    from dlset_jax.data import readers
+
+    f = img.astype(np.float32) * 3.7 - 100
+    via_float = segmenter.segment(f, pts).objects[0]
+    via_u8 = segmenter.segment(readers.intensity_to_uint8(f), pts).objects[0]
+    np.testing.assert_allclose(via_float.phi, via_u8.phi, atol=1e-5)
 
 
 def test_segment_rejects_bad_calls(segmenter):
-  img = np.zeros((20, 20), np.uint8)
-  good = [[2, 10], [17, 10], [10, 2], [10, 17]]
-  with pytest.raises(ValueError, match="object 1: point 3 \\(bottom\\)"):
-    segmenter.segment(img, [good, [[2, 10], [17, 10], [10, 2], [10, 25]]])
-  with pytest.raises(ValueError, match="no objects"):
-    segmenter.segment(img, [])
-  with pytest.raises(ValueError, match="class names"):
-    segmenter.segment(img, [good], classes=["a", "b"])
-  with pytest.raises(ValueError, match="spacing"):
-    segmenter.segment(img, [good], spacing=(0, 1))
-  assert len(segmenter.segment(img, np.asarray(good)).objects) == 1  # one (4, 2) array
+    img = np.zeros((20, 20), np.uint8)
+    good = [[2, 10], [17, 10], [10, 2], [10, 17]]
+    with pytest.raises(ValueError, match="object 1: point 3 \\(bottom\\)"):
+        segmenter.segment(img, [good, [[2, 10], [17, 10], [10, 2], [10, 25]]])
+    with pytest.raises(ValueError, match="no objects"):
+        segmenter.segment(img, [])
+    with pytest.raises(ValueError, match="class names"):
+        segmenter.segment(img, [good], classes=["a", "b"])
+    with pytest.raises(ValueError, match="spacing"):
+        segmenter.segment(img, [good], spacing=(0, 1))
+    assert len(segmenter.segment(img, np.asarray(good)).objects) == 1  # one (4, 2) array
 
 
 def test_from_workdir_and_mismatch(random_model, tmp_path):
-  wd, config, variables = random_model
-  seg = predict.Segmenter.from_workdir(str(wd))
-  assert seg.step == 1 and seg.resolution == RES
-  with pytest.raises(FileNotFoundError, match="no checkpoint for step 7"):
-    predict.Segmenter.from_workdir(str(wd), step=7)
-  with pytest.raises(FileNotFoundError, match="no checkpoints"):
-    predict.Segmenter.from_workdir(str(tmp_path / "nothing"))
-  bad = tmp_path / "bad"
-  save_checkpoint(bad, tiny_config(**{"model.width": 8}), variables)
-  with pytest.raises(predict.CheckpointMismatchError, match="does not match the model"):
-    predict.Segmenter.from_workdir(str(bad))
+    wd, config, variables = random_model
+    seg = predict.Segmenter.from_workdir(str(wd))
+    assert seg.step == 1 and seg.resolution == RES
+    with pytest.raises(FileNotFoundError, match="no checkpoint for step 7"):
+        predict.Segmenter.from_workdir(str(wd), step=7)
+    with pytest.raises(FileNotFoundError, match="no checkpoints"):
+        predict.Segmenter.from_workdir(str(tmp_path / "nothing"))
+    bad = tmp_path / "bad"
+    save_checkpoint(bad, tiny_config(**{"model.width": 8}), variables)
+    with pytest.raises(predict.CheckpointMismatchError, match="does not match the model"):
+        predict.Segmenter.from_workdir(str(bad))
 
 
 # ----------------------------------------------------------------- CLI errors
 
 
 def _run_cli(capsys, *argv):
-  code = cli.main([str(a) for a in argv])
-  out, err = capsys.readouterr()
-  return code, out, err
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def _png(path, arr):
-  Image.fromarray(arr).save(path)
-  return path
+    Image.fromarray(arr).save(path)
+    return path
 
 
 @pytest.fixture
 def ellipse_png(tmp_path):
-  rng = np.random.default_rng(5)
-  img, mask = ellipse_image(rng)
-  pts = pipeline.extreme_points_np(mask)
-  text = " ".join(f"{x:g},{y:g}" for x, y in pts)
-  return _png(tmp_path / "im.png", img), text, mask
+    rng = np.random.default_rng(5)
+    img, mask = ellipse_image(rng)
+    pts = pipeline.extreme_points_np(mask)
+    text = " ".join(f"{x:g},{y:g}" for x, y in pts)
+    return _png(tmp_path / "im.png", img), text, mask
 
 
 def _assert_one_line_error(code, err, needle, out_dir):
-  assert code != 0
-  lines = err.strip().splitlines()
-  assert len(lines) == 1, err
-  assert lines[0].startswith("predict.py: error: ") and needle in lines[0], lines[0]
-  assert not out_dir.exists() or not any(out_dir.iterdir())
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("predict.py: error: ") and needle in lines[0], lines[0]
+    assert not out_dir.exists() or not any(out_dir.iterdir())
 
 
 def test_cli_missing_checkpoint(capsys, tmp_path, ellipse_png):
-  img, pts, _ = ellipse_png
-  out = tmp_path / "out"
-  code, _, err = _run_cli(capsys, "--workdir", tmp_path / "nope", "--image", img,
-                          "--points", pts, "--out-dir", out)
-  _assert_one_line_error(code, err, "no checkpoints/", out)
+    img, pts, _ = ellipse_png
+    out = tmp_path / "out"
+    code, _, err = _run_cli(
+        capsys, "--workdir", tmp_path / "nope", "--image", img, "--points", pts, "--out-dir", out
+    )
+    _assert_one_line_error(code, err, "no checkpoints/", out)
 
 
 def test_cli_unreadable_input(capsys, tmp_path, random_model, ellipse_png):
-  _, pts, _ = ellipse_png
-  bad = tmp_path / "broken.png"
-  bad.write_bytes(b"not a png at all")
-  out = tmp_path / "out"
-  code, _, err = _run_cli(capsys, "--workdir", random_model[0], "--image", bad,
-                          "--points", pts, "--out-dir", out)
-  _assert_one_line_error(code, err, "cannot read image", out)
-  code, _, err = _run_cli(capsys, "--workdir", random_model[0], "--image", tmp_path / "x.txt",
-                          "--points", pts, "--out-dir", out)
-  _assert_one_line_error(code, err, "cannot read", out)
+    _, pts, _ = ellipse_png
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png at all")
+    out = tmp_path / "out"
+    code, _, err = _run_cli(
+        capsys, "--workdir", random_model[0], "--image", bad, "--points", pts, "--out-dir", out
+    )
+    _assert_one_line_error(code, err, "cannot read image", out)
+    code, _, err = _run_cli(
+        capsys,
+        "--workdir",
+        random_model[0],
+        "--image",
+        tmp_path / "x.txt",
+        "--points",
+        pts,
+        "--out-dir",
+        out,
+    )
+    _assert_one_line_error(code, err, "cannot read", out)
 
 
 def test_cli_bad_points(capsys, tmp_path, random_model, ellipse_png):
-  img, _, _ = ellipse_png
-  out = tmp_path / "out"
-  code, _, err = _run_cli(capsys, "--workdir", random_model[0], "--image", img, "--points",
-                          "5,30 60,30 30,5 30,70", "--out-dir", out)
-  _assert_one_line_error(code, err, "object 1: point 3 (bottom) (x=30, y=70) lies outside", out)
-  code, _, err = _run_cli(capsys, "--workdir", random_model[0], "--image", img, "--points",
-                          "5,30 60,30 30,5", "--out-dir", out)
-  _assert_one_line_error(code, err, "expected four x,y pairs", out)
-  pf = tmp_path / "p.csv"
-  pf.write_text("x1,y1,x2,y2,x3,y3,x4\n1,2,3,4,5,6,7\n")
-  code, _, err = _run_cli(capsys, "--workdir", random_model[0], "--image", img,
-                          "--points-file", pf, "--out-dir", out)
-  _assert_one_line_error(code, err, "missing y4", out)
+    img, _, _ = ellipse_png
+    out = tmp_path / "out"
+    code, _, err = _run_cli(
+        capsys,
+        "--workdir",
+        random_model[0],
+        "--image",
+        img,
+        "--points",
+        "5,30 60,30 30,5 30,70",
+        "--out-dir",
+        out,
+    )
+    _assert_one_line_error(code, err, "object 1: point 3 (bottom) (x=30, y=70) lies outside", out)
+    code, _, err = _run_cli(
+        capsys,
+        "--workdir",
+        random_model[0],
+        "--image",
+        img,
+        "--points",
+        "5,30 60,30 30,5",
+        "--out-dir",
+        out,
+    )
+    _assert_one_line_error(code, err, "expected four x,y pairs", out)
+    pf = tmp_path / "p.csv"
+    pf.write_text("x1,y1,x2,y2,x3,y3,x4\n1,2,3,4,5,6,7\n")
+    code, _, err = _run_cli(
+        capsys, "--workdir", random_model[0], "--image", img, "--points-file", pf, "--out-dir", out
+    )
+    _assert_one_line_error(code, err, "missing y4", out)
 
 
 def test_cli_config_mismatch_subprocess(tmp_path, random_model, ellipse_png):
-  """In a real process: exit status 1, exactly one line on stderr, no files."""
-  img, pts, _ = ellipse_png
-  bad = tmp_path / "bad"
-  save_checkpoint(bad, tiny_config(**{"model.depth": 34}), random_model[2])
-  out = tmp_path / "out"
-  proc = subprocess.run(
-      [sys.executable, str(REPO / "predict.py"), "--workdir", str(bad), "--image", str(img),
-       "--points", pts, "--out-dir", str(out)],
-      capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
-  assert proc.returncode == 1, proc.stderr
-  _assert_one_line_error(proc.returncode, proc.stderr, "does not match the model", out)
+    """In a real process: exit status 1, exactly one line on stderr, no files."""
+    img, pts, _ = ellipse_png
+    bad = tmp_path / "bad"
+    save_checkpoint(bad, tiny_config(**{"model.depth": 34}), random_model[2])
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "predict.py"),
+            "--workdir",
+            str(bad),
+            "--image",
+            str(img),
+            "--points",
+            pts,
+            "--out-dir",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+    assert proc.returncode == 1, proc.stderr
+    _assert_one_line_error(proc.returncode, proc.stderr, "does not match the model", out)
 
 
 def test_write_outputs_is_all_or_nothing(tmp_path, monkeypatch):
-  calls = []
-  real = os.replace
+    calls = []
+    real = os.replace
 
-  def flaky(a, b):
-    calls.append(b)
-    if len(calls) == 2:
-      raise OSError("disk full")
-    real(a, b)
+    def flaky(a, b):
+        calls.append(b)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        real(a, b)
 
-  monkeypatch.setattr(cli.os, "replace", flaky)
-  with pytest.raises(OSError):
-    cli.write_outputs(str(tmp_path), {"a.png": b"1", "b.png": b"2", "c.json": b"3"})
-  leftovers = sorted(p.name for p in tmp_path.iterdir())
-  assert leftovers in ([], ["a.png"])  # the temporary files are gone either way
-  assert not any(n.endswith(".tmp") for n in leftovers)
+    monkeypatch.setattr(cli.os, "replace", flaky)
+    with pytest.raises(OSError):
+        cli.write_outputs(str(tmp_path), {"a.png": b"1", "b.png": b"2", "c.json": b"3"})
+    leftovers = sorted(p.name for p in tmp_path.iterdir())
+    assert leftovers in ([], ["a.png"])  # the temporary files are gone either way
+    assert not any(n.endswith(".tmp") for n in leftovers)
 
 
 def test_read_points_file_formats(tmp_path):
-  pts = [[1, 5], [9, 5], [5, 1], [5, 9]]
-  j = tmp_path / "p.json"
-  j.write_text(json.dumps([{"points": pts, "class": "disc", "slice": 3}]))
-  jl = tmp_path / "p.jsonl"
-  jl.write_text(json.dumps({"points": pts, "class": "a"}) + "\n\n" +
-                json.dumps({"points": pts, "label": 2}) + "\n")
-  c = tmp_path / "p.csv"
-  c.write_text("class,slice,x1,y1,x2,y2,x3,y3,x4,y4\ncup,4,1,5,9,5,5,1,5,9\n")
-  a, = cli.read_points_file(str(j))
-  assert a["class"] == "disc" and a["slice"] == 3 and a["points"].tolist() == pts
-  b = cli.read_points_file(str(jl))
-  assert [o["class"] for o in b] == ["a", None] and b[1]["label"] == 2
-  d, = cli.read_points_file(str(c))
-  assert d["class"] == "cup" and d["slice"] == 4 and d["points"].tolist() == pts
+    pts = [[1, 5], [9, 5], [5, 1], [5, 9]]
+    j = tmp_path / "p.json"
+    j.write_text(json.dumps([{"points": pts, "class": "disc", "slice": 3}]))
+    jl = tmp_path / "p.jsonl"
+    jl.write_text(
+        json.dumps({"points": pts, "class": "a"})
+        + "\n\n"
+        + json.dumps({"points": pts, "label": 2})
+        + "\n"
+    )
+    c = tmp_path / "p.csv"
+    c.write_text("class,slice,x1,y1,x2,y2,x3,y3,x4,y4\ncup,4,1,5,9,5,5,1,5,9\n")
+    (a,) = cli.read_points_file(str(j))
+    assert a["class"] == "disc" and a["slice"] == 3 and a["points"].tolist() == pts
+    b = cli.read_points_file(str(jl))
+    assert [o["class"] for o in b] == ["a", None] and b[1]["label"] == 2
+    (d,) = cli.read_points_file(str(c))
+    assert d["class"] == "cup" and d["slice"] == 4 and d["points"].tolist() == pts
 
 
 # ----------------------------------------------------------------- trained model (slow)
@@ -418,153 +501,218 @@ def test_read_points_file_formats(tmp_path):
 
 @pytest.mark.slow
 def test_dsc_clearly_above_four_point_baseline(trained_segmenter):
-  """Held-out ellipses (not in the training set): mean DSC well above the polygon's."""
-  seg = trained_segmenter
-  rng = np.random.default_rng(123)
-  dsc, base = [], []
-  for _ in range(3):
-    img, (m1, m2) = two_ellipses(rng)
-    img1, m3 = ellipse_image(rng, 64, 96)
-    for image, masks in ((img, [m1, m2]), (img1, [m3])):
-      res = seg.segment(image, [pipeline.extreme_points_np(m) for m in masks])
-      for rec in predict.score_objects(res, masks):
-        dsc.append(rec["dsc"])
-        base.append(rec["baseline_dsc"])
-  dsc, base = np.array(dsc), np.array(base)
-  print(f"DSC {dsc.mean():.3f} +- {dsc.std():.3f}, four-point polygon {base.mean():.3f} "
-        f"+- {base.std():.3f} over {len(dsc)} objects")
-  assert dsc.mean() > base.mean() + 0.05
-  assert (dsc > base).mean() >= 0.8
+    """Held-out ellipses (not in the training set): mean DSC well above the polygon's."""
+    seg = trained_segmenter
+    rng = np.random.default_rng(123)
+    dsc, base = [], []
+    for _ in range(3):
+        img, (m1, m2) = two_ellipses(rng)
+        img1, m3 = ellipse_image(rng, 64, 96)
+        for image, masks in ((img, [m1, m2]), (img1, [m3])):
+            res = seg.segment(image, [pipeline.extreme_points_np(m) for m in masks])
+            for rec in predict.score_objects(res, masks):
+                dsc.append(rec["dsc"])
+                base.append(rec["baseline_dsc"])
+    dsc, base = np.array(dsc), np.array(base)
+    print(
+        f"DSC {dsc.mean():.3f} +- {dsc.std():.3f}, four-point polygon {base.mean():.3f} "
+        f"+- {base.std():.3f} over {len(dsc)} objects"
+    )
+    assert dsc.mean() > base.mean() + 0.05
+    assert (dsc > base).mean() >= 0.8
 
 
 @pytest.mark.slow
 def test_cli_png_end_to_end(capsys, tmp_path, trained_workdir):
-  rng = np.random.default_rng(7)
-  img, (m1, m2) = two_ellipses(rng)
-  gt = np.zeros(img.shape, np.uint8)
-  gt[m1], gt[m2] = 1, 2
-  image, gtp = _png(tmp_path / "two.png", img), _png(tmp_path / "two_gt.png", gt)
-  args = []
-  for k, m in enumerate((m1, m2)):
-    args += ["--points", " ".join(f"{x:g},{y:g}" for x, y in pipeline.extreme_points_np(m)),
-             "--class", f"blob{k}"]
-  out = tmp_path / "out"
-  code, stdout, err = _run_cli(capsys, "--workdir", trained_workdir, "--image", image, *args,
-                               "--spacing", "0.5,0.4", "--ground-truth", gtp, "--out-dir", out)
-  assert code == 0, err
-  assert sorted(p.name for p in out.iterdir()) == ["two_mask.png", "two_overlay.png",
-                                                  "two_summary.json"]
-  labels = np.asarray(Image.open(out / "two_mask.png"))
-  assert labels.shape == img.shape and set(np.unique(labels)) == {0, 1, 2}
-  overlay = np.asarray(Image.open(out / "two_overlay.png"))
-  assert overlay.ndim == 3 and overlay.shape[0] >= 2 * img.shape[0]
-  s = json.loads((out / "two_summary.json").read_text())
-  assert [o["class"] for o in s["objects"]] == ["blob0", "blob1"]
-  for o in s["objects"]:
-    assert o["area_mm2"] == pytest.approx(o["area_px"] * 0.2)
-    assert o["area_px"] == int((labels == o["object"]).sum())
-  assert s["spacing_mm"] == [0.5, 0.4] and s["timings"]["total_s"] > 0
-  assert len(s["metrics"]) == 2 and all(m["units"] == "mm" for m in s["metrics"])
-  assert all(m["dsc"] > m["baseline_dsc"] for m in s["metrics"])
-  assert "DSC" in stdout
+    rng = np.random.default_rng(7)
+    img, (m1, m2) = two_ellipses(rng)
+    gt = np.zeros(img.shape, np.uint8)
+    gt[m1], gt[m2] = 1, 2
+    image, gtp = _png(tmp_path / "two.png", img), _png(tmp_path / "two_gt.png", gt)
+    args = []
+    for k, m in enumerate((m1, m2)):
+        args += [
+            "--points",
+            " ".join(f"{x:g},{y:g}" for x, y in pipeline.extreme_points_np(m)),
+            "--class",
+            f"blob{k}",
+        ]
+    out = tmp_path / "out"
+    code, stdout, err = _run_cli(
+        capsys,
+        "--workdir",
+        trained_workdir,
+        "--image",
+        image,
+        *args,
+        "--spacing",
+        "0.5,0.4",
+        "--ground-truth",
+        gtp,
+        "--out-dir",
+        out,
+    )
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == [
+        "two_mask.png",
+        "two_overlay.png",
+        "two_summary.json",
+    ]
+    labels = np.asarray(Image.open(out / "two_mask.png"))
+    assert labels.shape == img.shape and set(np.unique(labels)) == {0, 1, 2}
+    overlay = np.asarray(Image.open(out / "two_overlay.png"))
+    assert overlay.ndim == 3 and overlay.shape[0] >= 2 * img.shape[0]
+    s = json.loads((out / "two_summary.json").read_text())
+    assert [o["class"] for o in s["objects"]] == ["blob0", "blob1"]
+    for o in s["objects"]:
+        assert o["area_mm2"] == pytest.approx(o["area_px"] * 0.2)
+        assert o["area_px"] == int((labels == o["object"]).sum())
+    assert s["spacing_mm"] == [0.5, 0.4] and s["timings"]["total_s"] > 0
+    assert len(s["metrics"]) == 2 and all(m["units"] == "mm" for m in s["metrics"])
+    assert all(m["dsc"] > m["baseline_dsc"] for m in s["metrics"])
+    assert "DSC" in stdout
 
 
 def _volume(rng, n=3):
-  """(image volume, label volume, slices' masks): slice k shows np.rot90(vol[:, :, k])."""
-  imgs, masks = zip(*(ellipse_image(rng) for _ in range(n)))
-  vol = np.stack([np.rot90(i, k=-1) for i in imgs], axis=-1)  # uint8: used as it is
-  lab = np.stack([np.rot90(m, k=-1) for m in masks], axis=-1).astype(np.uint8)
-  return vol, lab, masks
+    """(image volume, label volume, slices' masks): slice k shows np.rot90(vol[:, :, k])."""
+    imgs, masks = zip(*(ellipse_image(rng) for _ in range(n)))
+    vol = np.stack([np.rot90(i, k=-1) for i in imgs], axis=-1)  # uint8: used as it is
+    lab = np.stack([np.rot90(m, k=-1) for m in masks], axis=-1).astype(np.uint8)
+    return vol, lab, masks
 
 
 @pytest.mark.slow
-def test_cli_nifti_in_nifti_out_keeps_affine(capsys, tmp_path, trained_workdir,
-                                              trained_segmenter):
-  import nibabel as nib
-  rng = np.random.default_rng(11)
-  vol, lab, masks = _volume(rng)
-  c, s = np.cos(0.3), np.sin(0.3)
-  affine = np.array([[0.7 * c, -0.8 * s, 0, -20.5], [0.7 * s, 0.8 * c, 0, 13.0],
-                     [0, 0, 2.5, -7.25], [0, 0, 0, 1]])
-  nib.save(nib.Nifti1Image(vol, affine), tmp_path / "case.nii.gz")
-  nib.save(nib.Nifti1Image(lab, affine), tmp_path / "case_gt.nii.gz")
-  rows = ["x1,y1,x2,y2,x3,y3,x4,y4,class,slice,label"]
-  for k in (0, 2):
-    p = pipeline.extreme_points_np(masks[k])
-    rows.append(",".join(f"{v:g}" for v in p.ravel()) + f",blob,{k},1")
-  (tmp_path / "clicks.csv").write_text("\n".join(rows) + "\n")
-  out = tmp_path / "out"
-  code, _, err = _run_cli(capsys, "--workdir", trained_workdir, "--image",
-                          tmp_path / "case.nii.gz", "--points-file", tmp_path / "clicks.csv",
-                          "--ground-truth", tmp_path / "case_gt.nii.gz", "--out-dir", out)
-  assert code == 0, err
-  names = sorted(p.name for p in out.iterdir())
-  assert names == ["case_mask.nii.gz", "case_overlay_slice000.png", "case_overlay_slice002.png",
-                   "case_summary.json"]
-  got = nib.load(out / "case_mask.nii.gz")
-  np.testing.assert_allclose(got.affine, affine, atol=1e-6)
-  np.testing.assert_allclose(got.header.get_zooms(), (0.7, 0.8, 2.5), rtol=1e-6)
-  labels = np.asarray(got.dataobj)
-  assert labels.shape == vol.shape and not labels[..., 1].any()
-  assert set(np.unique(labels[..., 0])) == {0, 1} and set(np.unique(labels[..., 2])) == {0, 2}
-  seg = trained_segmenter
-  for k in (0, 2):  # in voxel space: the write-back undoes the slice rotation
-    pred, gt = labels[..., k] > 0, lab[..., k] > 0
-    assert 2 * (pred & gt).sum() / (pred.sum() + gt.sum()) > 0.8
-    api = seg.segment(np.rot90(vol[..., k]), [pipeline.extreme_points_np(masks[k])]).objects[0]
-    np.testing.assert_array_equal(pred, np.rot90(api.mask, k=-1))
-  summ = json.loads((out / "case_summary.json").read_text())
-  assert summ["spacing_mm"] == pytest.approx([0.8, 0.7])  # rows, cols of the rotated slice
-  assert [o["slice"] for o in summ["objects"]] == [0, 2]
-  assert [m["slice"] for m in summ["metrics"]] == [0, 2]
+def test_cli_nifti_in_nifti_out_keeps_affine(capsys, tmp_path, trained_workdir, trained_segmenter):
+    import nibabel as nib
+
+    rng = np.random.default_rng(11)
+    vol, lab, masks = _volume(rng)
+    c, s = np.cos(0.3), np.sin(0.3)
+    affine = np.array(
+        [
+            [0.7 * c, -0.8 * s, 0, -20.5],
+            [0.7 * s, 0.8 * c, 0, 13.0],
+            [0, 0, 2.5, -7.25],
+            [0, 0, 0, 1],
+        ]
+    )
+    nib.save(nib.Nifti1Image(vol, affine), tmp_path / "case.nii.gz")
+    nib.save(nib.Nifti1Image(lab, affine), tmp_path / "case_gt.nii.gz")
+    rows = ["x1,y1,x2,y2,x3,y3,x4,y4,class,slice,label"]
+    for k in (0, 2):
+        p = pipeline.extreme_points_np(masks[k])
+        rows.append(",".join(f"{v:g}" for v in p.ravel()) + f",blob,{k},1")
+    (tmp_path / "clicks.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    code, _, err = _run_cli(
+        capsys,
+        "--workdir",
+        trained_workdir,
+        "--image",
+        tmp_path / "case.nii.gz",
+        "--points-file",
+        tmp_path / "clicks.csv",
+        "--ground-truth",
+        tmp_path / "case_gt.nii.gz",
+        "--out-dir",
+        out,
+    )
+    assert code == 0, err
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [
+        "case_mask.nii.gz",
+        "case_overlay_slice000.png",
+        "case_overlay_slice002.png",
+        "case_summary.json",
+    ]
+    got = nib.load(out / "case_mask.nii.gz")
+    np.testing.assert_allclose(got.affine, affine, atol=1e-6)
+    np.testing.assert_allclose(got.header.get_zooms(), (0.7, 0.8, 2.5), rtol=1e-6)
+    labels = np.asarray(got.dataobj)
+    assert labels.shape == vol.shape and not labels[..., 1].any()
+    assert set(np.unique(labels[..., 0])) == {0, 1} and set(np.unique(labels[..., 2])) == {0, 2}
+    seg = trained_segmenter
+    for k in (0, 2):  # in voxel space: the write-back undoes the slice rotation
+        pred, gt = labels[..., k] > 0, lab[..., k] > 0
+        assert 2 * (pred & gt).sum() / (pred.sum() + gt.sum()) > 0.8
+        api = seg.segment(np.rot90(vol[..., k]), [pipeline.extreme_points_np(masks[k])]).objects[0]
+        np.testing.assert_array_equal(pred, np.rot90(api.mask, k=-1))
+    summ = json.loads((out / "case_summary.json").read_text())
+    assert summ["spacing_mm"] == pytest.approx([0.8, 0.7])  # rows, cols of the rotated slice
+    assert [o["slice"] for o in summ["objects"]] == [0, 2]
+    assert [m["slice"] for m in summ["metrics"]] == [0, 2]
 
 
 @pytest.mark.slow
 def test_cli_dicom(capsys, tmp_path, trained_workdir, trained_segmenter):
-  pydicom = pytest.importorskip("pydicom")
-  from pydicom.dataset import FileDataset, FileMetaDataset
-  from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-  rng = np.random.default_rng(13)
-  img, mask = ellipse_image(rng)
-  meta = FileMetaDataset()
-  meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-  meta.MediaStorageSOPInstanceUID = generate_uid()
-  meta.TransferSyntaxUID = ExplicitVRLittleEndian
-  ds = FileDataset(str(tmp_path / "im.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
-  ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-  ds.Modality, ds.PatientName = "MR", "Test^Ellipse"
-  ds.Rows, ds.Columns = img.shape
-  ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-  ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-  ds.PixelSpacing = [0.6, 0.6]
-  ds.RescaleSlope, ds.RescaleIntercept = 2, -100
-  ds.PixelData = (img.astype(np.uint16) * 16).tobytes()
-  ds.save_as(tmp_path / "im.dcm", enforce_file_format=True)
-  pts = " ".join(f"{x:g},{y:g}" for x, y in pipeline.extreme_points_np(mask))
-  out = tmp_path / "out"
-  code, _, err = _run_cli(capsys, "--workdir", trained_workdir, "--image", tmp_path / "im.dcm",
-                          "--points", pts, "--out-dir", out)
-  assert code == 0, err
-  s = json.loads((out / "im_summary.json").read_text())
-  assert s["kind"] == "dicom" and s["spacing_mm"] == [0.6, 0.6]
-  o, = s["objects"]
-  assert o["area_mm2"] == pytest.approx(o["area_px"] * 0.36)
-  # the CLI applies the rescale slope/intercept, then the percentile mapping of
-  # non-uint8 images: the same mask as the API on the rescaled float image
-  labels = np.asarray(Image.open(out / "im_mask.png")) > 0
-  seg = trained_segmenter
-  rescaled = img.astype(np.float32) * 16 * 2 - 100
-  api = seg.segment(rescaled, [pipeline.extreme_points_np(mask)]).objects[0]
-  np.testing.assert_array_equal(labels, api.mask)
-  assert 2 * (labels & mask).sum() / (labels.sum() + mask.sum()) > 0.5
+    pytest.importorskip("pydicom")
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    rng = np.random.default_rng(13)
+    img, mask = ellipse_image(rng)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(tmp_path / "im.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = (
+        meta.MediaStorageSOPClassUID,
+        meta.MediaStorageSOPInstanceUID,
+    )
+    ds.Modality, ds.PatientName = "MR", "Test^Ellipse"
+    ds.Rows, ds.Columns = img.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelSpacing = [0.6, 0.6]
+    ds.RescaleSlope, ds.RescaleIntercept = 2, -100
+    ds.PixelData = (img.astype(np.uint16) * 16).tobytes()
+    ds.save_as(tmp_path / "im.dcm", enforce_file_format=True)
+    pts = " ".join(f"{x:g},{y:g}" for x, y in pipeline.extreme_points_np(mask))
+    out = tmp_path / "out"
+    code, _, err = _run_cli(
+        capsys,
+        "--workdir",
+        trained_workdir,
+        "--image",
+        tmp_path / "im.dcm",
+        "--points",
+        pts,
+        "--out-dir",
+        out,
+    )
+    assert code == 0, err
+    s = json.loads((out / "im_summary.json").read_text())
+    assert s["kind"] == "dicom" and s["spacing_mm"] == [0.6, 0.6]
+    (o,) = s["objects"]
+    assert o["area_mm2"] == pytest.approx(o["area_px"] * 0.36)
+    # the CLI applies the rescale slope/intercept, then the percentile mapping of
+    # non-uint8 images: the same mask as the API on the rescaled float image
+    labels = np.asarray(Image.open(out / "im_mask.png")) > 0
+    seg = trained_segmenter
+    rescaled = img.astype(np.float32) * 16 * 2 - 100
+    api = seg.segment(rescaled, [pipeline.extreme_points_np(mask)]).objects[0]
+    np.testing.assert_array_equal(labels, api.mask)
+    assert 2 * (labels & mask).sum() / (labels.sum() + mask.sum()) > 0.5
 
 
 @pytest.mark.slow
 def test_cli_late_failure_leaves_no_files(capsys, tmp_path, trained_workdir, ellipse_png):
-  """A ground truth that has nothing for the object fails after segmenting: no outputs."""
-  img, pts, _ = ellipse_png
-  empty = _png(tmp_path / "gt.png", np.zeros((64, 64), np.uint8))
-  out = tmp_path / "out"
-  code, _, err = _run_cli(capsys, "--workdir", trained_workdir, "--image", img, "--points", pts,
-                          "--ground-truth", empty, "--out-dir", out)
-  _assert_one_line_error(code, err, "no ground truth for object 1", out)
+    """A ground truth that has nothing for the object fails after segmenting: no outputs."""
+    img, pts, _ = ellipse_png
+    empty = _png(tmp_path / "gt.png", np.zeros((64, 64), np.uint8))
+    out = tmp_path / "out"
+    code, _, err = _run_cli(
+        capsys,
+        "--workdir",
+        trained_workdir,
+        "--image",
+        img,
+        "--points",
+        pts,
+        "--ground-truth",
+        empty,
+        "--out-dir",
+        out,
+    )
+    _assert_one_line_error(code, err, "no ground truth for object 1", out)

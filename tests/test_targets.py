@@ -1,9 +1,10 @@
 """Tests for dlset_jax.targets against independent numpy computations."""
+
 import numpy as np
 import pytest
+from conftest import brute_contour
 from scipy import ndimage
 
-from conftest import brute_contour
 from dlset_jax import targets as T
 
 
@@ -215,7 +216,11 @@ def test_paste_back_exact_when_sizes_match_and_clips_to_image(rng):
     np.testing.assert_array_equal(T.paste_back(crop, np.array([40, 50, 60, 70]), (h, w)), 20.0)
     # nearest mode for masks
     m = (rng.random((8, 8)) < 0.5).astype(np.float32)
-    assert set(np.unique(T.paste_back(m, np.array([0, 0, 20, 20]), (h, w), order=0))) <= {0.0, 1.0, 20.0}
+    assert set(np.unique(T.paste_back(m, np.array([0, 0, 20, 20]), (h, w), order=0))) <= {
+        0.0,
+        1.0,
+        20.0,
+    }
 
 
 def test_crop_and_paste_errors():

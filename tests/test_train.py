@@ -15,7 +15,6 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import REPO, override
 
 pytestmark = pytest.mark.slow
@@ -23,197 +22,242 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-  d = tmp_path_factory.mktemp("tfds")
-  from dlset_jax.data import pipeline
-  pipeline.load_source("synthetic_prostate/tiny", d, "train")
-  return str(d)
+    d = tmp_path_factory.mktemp("tfds")
+    from dlset_jax.data import pipeline
+
+    pipeline.load_source("synthetic_prostate/tiny", d, "train")
+    return str(d)
 
 
 def tiny_config(data_dir, **overrides):
-  sys.path.insert(0, str(REPO / "configs"))
-  import tiny
-  config = tiny.get_config()
-  config.data.data_dir = data_dir
-  return override(config, **overrides)
+    sys.path.insert(0, str(REPO / "configs"))
+    import tiny
+
+    config = tiny.get_config()
+    config.data.data_dir = data_dir
+    return override(config, **overrides)
 
 
 def run_train(workdir, data_dir, *args, env=None, wait=True, devices=None):
-  cmd = [sys.executable, str(REPO / "train.py"), f"--config={REPO}/configs/tiny.py",
-         f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", *args]
-  full_env = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
-  if devices:
-    full_env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  if not wait:
-    return subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-  proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True,
-                        timeout=600)
-  assert proc.returncode == 0, proc.stdout + proc.stderr
-  return proc.stdout + proc.stderr
+    cmd = [
+        sys.executable,
+        str(REPO / "train.py"),
+        f"--config={REPO}/configs/tiny.py",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={data_dir}",
+        *args,
+    ]
+    full_env = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
+    if devices:
+        full_env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    if not wait:
+        return subprocess.Popen(
+            cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+    proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout + proc.stderr
 
 
 def final_params(workdir):
-  from dlset_jax import checkpoint
-  ck = checkpoint.Checkpointer(str(workdir), read_only=True)
-  variables = ck.restore_variables()
-  step = ck.latest_step()
-  ck.close()
-  import jax
-  return step, jax.tree.map(np.asarray, variables)
+    from dlset_jax import checkpoint
+
+    ck = checkpoint.Checkpointer(str(workdir), read_only=True)
+    variables = ck.restore_variables()
+    step = ck.latest_step()
+    ck.close()
+    import jax
+
+    return step, jax.tree.map(np.asarray, variables)
 
 
 def assert_trees_close(a, b, rtol=1e-6, atol=1e-6):
-  import jax
-  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-  assert len(la) == len(lb)
-  for x, y in zip(la, lb):
-    np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
+    import jax
+
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(la) == len(lb)
+    for x, y in zip(la, lb):
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
 
 
 def test_train_checkpoint_resume_evaluate(tmp_path, data_dir):
-  from dlset_jax import evaluate, train_lib
-  workdir = str(tmp_path / "run")
-  config = tiny_config(data_dir, **{"train.num_steps": 2})
-  result = train_lib.train_and_evaluate(config, workdir)
-  assert 0 <= result["scalars"]["dsc"] <= 1
-  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
-  # A second run with more steps resumes from step 2 instead of starting over.
-  config = tiny_config(data_dir, **{"train.num_steps": 4})
-  train_lib.train_and_evaluate(config, workdir)
-  step, _ = final_params(workdir)
-  assert step == 4
-  out = os.path.join(workdir, "eval", "test")
-  for name in ("results.json", "table.md", "fmeasure.png", "overlays.png"):
-    assert os.path.getsize(os.path.join(out, name)) > 0, name
-  with open(os.path.join(out, "results.json")) as f:
-    saved = json.load(f)
-  assert len(saved["records"]) >= 2 and "dsc" in saved["records"][0]
-  assert "DSC (%)" in open(os.path.join(out, "table.md")).read()
-  assert any(f.startswith("events") for f in os.listdir(os.path.join(workdir,
-                                                                     "tensorboard")))
-  # eval.py's library entry restores the saved config and scores another split.
-  res = evaluate.evaluate_workdir(workdir, split="validation")
-  assert res["split"] == "validation" and len(res["records"]) >= 1
+    from dlset_jax import evaluate, train_lib
+
+    workdir = str(tmp_path / "run")
+    config = tiny_config(data_dir, **{"train.num_steps": 2})
+    result = train_lib.train_and_evaluate(config, workdir)
+    assert 0 <= result["scalars"]["dsc"] <= 1
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
+    # A second run with more steps resumes from step 2 instead of starting over.
+    config = tiny_config(data_dir, **{"train.num_steps": 4})
+    train_lib.train_and_evaluate(config, workdir)
+    step, _ = final_params(workdir)
+    assert step == 4
+    out = os.path.join(workdir, "eval", "test")
+    for name in ("results.json", "table.md", "fmeasure.png", "overlays.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
+    with open(os.path.join(out, "results.json")) as f:
+        saved = json.load(f)
+    assert len(saved["records"]) >= 2 and "dsc" in saved["records"][0]
+    assert "DSC (%)" in open(os.path.join(out, "table.md")).read()
+    assert any(f.startswith("events") for f in os.listdir(os.path.join(workdir, "tensorboard")))
+    # eval.py's library entry restores the saved config and scores another split.
+    res = evaluate.evaluate_workdir(workdir, split="validation")
+    assert res["split"] == "validation" and len(res["records"]) >= 1
 
 
 def test_exact_resume_after_sigkill(tmp_path, data_dir):
-  steps = ["--config.train.num_steps=6", "--config.train.checkpoint_every=2",
-           "--config.train.keep_checkpoints=5", "--config.data.augment=true"]
-  reference = tmp_path / "uninterrupted"
-  run_train(reference, data_dir, *steps)
-  killed = tmp_path / "killed"
-  proc = run_train(killed, data_dir, *steps, wait=False)
-  ck_dir = killed / "checkpoints"
-  deadline = time.time() + 300
-  while time.time() < deadline and proc.poll() is None:
-    if (ck_dir / "2" / "commit_success.txt").exists() or (ck_dir / "4").exists():
-      break
-    time.sleep(0.05)
-  assert proc.poll() is None, "training finished before it could be killed"
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  _, partial = final_params(killed)
-  run_train(killed, data_dir, *steps)
-  step_ref, p_ref = final_params(reference)
-  step_res, p_res = final_params(killed)
-  assert step_ref == step_res == 6
-  assert_trees_close(p_ref, p_res)
+    steps = [
+        "--config.train.num_steps=6",
+        "--config.train.checkpoint_every=2",
+        "--config.train.keep_checkpoints=5",
+        "--config.data.augment=true",
+    ]
+    reference = tmp_path / "uninterrupted"
+    run_train(reference, data_dir, *steps)
+    killed = tmp_path / "killed"
+    proc = run_train(killed, data_dir, *steps, wait=False)
+    ck_dir = killed / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (ck_dir / "2" / "commit_success.txt").exists() or (ck_dir / "4").exists():
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    _, partial = final_params(killed)
+    run_train(killed, data_dir, *steps)
+    step_ref, p_ref = final_params(reference)
+    step_res, p_res = final_params(killed)
+    assert step_ref == step_res == 6
+    assert_trees_close(p_ref, p_res)
 
 
 def test_sigterm_saves_a_checkpoint(tmp_path, data_dir):
-  workdir = tmp_path / "term"
-  proc = run_train(workdir, data_dir, "--config.train.num_steps=400",
-                   "--config.train.checkpoint_every=1000", wait=False)
-  deadline = time.time() + 300
-  out = ""
-  while time.time() < deadline:
-    line = proc.stdout.readline()
-    out += line
-    if line.startswith("step "):
-      break
-  proc.send_signal(signal.SIGTERM)
-  rest, _ = proc.communicate(timeout=300)
-  out += rest
-  assert proc.returncode == 0, out
-  assert "preempted at step" in out
-  step, _ = final_params(workdir)
-  assert 2 <= step < 400
+    workdir = tmp_path / "term"
+    proc = run_train(
+        workdir,
+        data_dir,
+        "--config.train.num_steps=400",
+        "--config.train.checkpoint_every=1000",
+        wait=False,
+    )
+    deadline = time.time() + 300
+    out = ""
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        out += line
+        if line.startswith("step "):
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=300)
+    out += rest
+    assert proc.returncode == 0, out
+    assert "preempted at step" in out
+    step, _ = final_params(workdir)
+    assert 2 <= step < 400
 
 
 # SGD at a small rate, no warm-up: parameter differences then stay proportional to
 # gradient differences. (Adam's normalised step magnifies rounding in near-zero
 # gradients, and the warm-up motion loss has gradients ~ 1/|M| where the predicted
 # motion is near zero, which turns reduction-order rounding into visible changes.)
-PARALLEL_ARGS = ["--config.train.num_steps=3", "--config.train.batch_size=4",
-                 "--config.train.log_every=1", "--config.eval.batch_size=4",
-                 "--config.optim.name=sgd", "--config.optim.learning_rate=0.001",
-                 "--config.loss.warmup_epochs=0"]
+PARALLEL_ARGS = [
+    "--config.train.num_steps=3",
+    "--config.train.batch_size=4",
+    "--config.train.log_every=1",
+    "--config.eval.batch_size=4",
+    "--config.optim.name=sgd",
+    "--config.optim.learning_rate=0.001",
+    "--config.loss.warmup_epochs=0",
+]
 
 
 @pytest.fixture(scope="module")
 def one_device_run(tmp_path_factory, data_dir):
-  """The reference for the data-parallel and multi-process runs: one device."""
-  workdir = tmp_path_factory.mktemp("one_device")
-  out = run_train(workdir, data_dir, *PARALLEL_ARGS, devices=1)
-  assert "devices: 1" in out
-  return workdir, out
+    """The reference for the data-parallel and multi-process runs: one device."""
+    workdir = tmp_path_factory.mktemp("one_device")
+    out = run_train(workdir, data_dir, *PARALLEL_ARGS, devices=1)
+    assert "devices: 1" in out
+    return workdir, out
 
 
 def _losses(out):
-  return np.array([l.split("| loss ")[1].split()[0] for l in out.splitlines()
-                   if l.startswith("step ")], float)
+    return np.array(
+        [l.split("| loss ")[1].split()[0] for l in out.splitlines() if l.startswith("step ")], float
+    )
 
 
 def test_data_parallel_matches_single_device(tmp_path, data_dir, one_device_run):
-  one_dir, one = one_device_run
-  four = run_train(tmp_path / "four", data_dir, *PARALLEL_ARGS, devices=4)
-  assert "devices: 4" in four
-  assert len(_losses(one)) == 3
-  np.testing.assert_allclose(_losses(one), _losses(four), rtol=1e-5)
-  assert_trees_close(final_params(one_dir)[1], final_params(tmp_path / "four")[1],
-                     rtol=1e-4, atol=1e-5)
+    one_dir, one = one_device_run
+    four = run_train(tmp_path / "four", data_dir, *PARALLEL_ARGS, devices=4)
+    assert "devices: 4" in four
+    assert len(_losses(one)) == 3
+    np.testing.assert_allclose(_losses(one), _losses(four), rtol=1e-5)
+    assert_trees_close(
+        final_params(one_dir)[1], final_params(tmp_path / "four")[1], rtol=1e-4, atol=1e-5
+    )
 
 
 def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_two_processes_train_in_lockstep(tmp_path, data_dir, one_device_run):
-  args = PARALLEL_ARGS
-  port = _free_port()
-  workdir = tmp_path / "multi"
-  procs = [run_train(workdir, data_dir, *args,
-                     "--config.distributed.initialize=true",
-                     f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-                     "--config.distributed.num_processes=2",
-                     f"--config.distributed.process_id={i}",
-                     "--config.distributed.cpu_collectives=gloo", wait=False)
-           for i in range(2)]
-  outs = [p.communicate(timeout=600)[0] for p in procs]
-  for p, o in zip(procs, outs):
-    assert p.returncode == 0, o
-  assert "processes: 2" in outs[0]
-  assert_trees_close(final_params(one_device_run[0])[1], final_params(workdir)[1],
-                     rtol=1e-4, atol=1e-5)
-  assert os.path.exists(workdir / "eval" / "test" / "results.json")
+    args = PARALLEL_ARGS
+    port = _free_port()
+    workdir = tmp_path / "multi"
+    procs = [
+        run_train(
+            workdir,
+            data_dir,
+            *args,
+            "--config.distributed.initialize=true",
+            f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+            "--config.distributed.num_processes=2",
+            f"--config.distributed.process_id={i}",
+            "--config.distributed.cpu_collectives=gloo",
+            wait=False,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, o in zip(procs, outs):
+        assert p.returncode == 0, o
+    assert "processes: 2" in outs[0]
+    assert_trees_close(
+        final_params(one_device_run[0])[1], final_params(workdir)[1], rtol=1e-4, atol=1e-5
+    )
+    assert os.path.exists(workdir / "eval" / "test" / "results.json")
 
 
-@pytest.mark.parametrize("override, message", [
-    ("--config.train.nonsense=1", "nonsense"),
-    ("--config.optim.learning_rate=-0.1", "optim.learning_rate must be > 0"),
-    ("--config.data.resolution=36", "divisible by model.output_stride"),
-    ("--config.data.build=false", "is not built"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--config.train.nonsense=1", "nonsense"),
+        ("--config.optim.learning_rate=-0.1", "optim.learning_rate must be > 0"),
+        ("--config.data.resolution=36", "divisible by model.output_stride"),
+        ("--config.data.build=false", "is not built"),
+    ],
+)
 def test_bad_config_stops_before_compute(tmp_path, override, message):
-  empty = tmp_path / "empty_tfds"
-  cmd = [sys.executable, str(REPO / "train.py"), f"--config={REPO}/configs/tiny.py",
-         f"--workdir={tmp_path / 'w'}", f"--config.data.data_dir={empty}", override]
-  if "build" not in override:
-    cmd.append("--config.data.build=false")
-  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
-  assert proc.returncode != 0
-  assert message in proc.stdout + proc.stderr
-  assert not (tmp_path / "w" / "checkpoints").exists()
+    empty = tmp_path / "empty_tfds"
+    cmd = [
+        sys.executable,
+        str(REPO / "train.py"),
+        f"--config={REPO}/configs/tiny.py",
+        f"--workdir={tmp_path / 'w'}",
+        f"--config.data.data_dir={empty}",
+        override,
+    ]
+    if "build" not in override:
+        cmd.append("--config.data.build=false")
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu")
+    )
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
+    assert not (tmp_path / "w" / "checkpoints").exists()

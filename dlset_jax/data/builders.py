@@ -20,6 +20,7 @@ Importing this module registers the builders with TFDS under the names
 ``synthetic_prostate``, ``synthetic_fundus``, ``medical_volumes``,
 ``refuge_fundus``, ``user_segmentation`` and ``colin27_aal``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,8 +63,12 @@ _VERSION = tfds.core.Version("1.0.0")
 def _features(channels: int) -> tfds.features.FeaturesDict:
     return tfds.features.FeaturesDict(
         {
-            "image": tfds.features.Tensor(shape=(None, None, channels), dtype=np.uint8, encoding="zlib"),
-            "masks": tfds.features.Tensor(shape=(None, None, None), dtype=np.uint8, encoding="zlib"),
+            "image": tfds.features.Tensor(
+                shape=(None, None, channels), dtype=np.uint8, encoding="zlib"
+            ),
+            "masks": tfds.features.Tensor(
+                shape=(None, None, None), dtype=np.uint8, encoding="zlib"
+            ),
             "classes": tfds.features.Tensor(shape=(None,), dtype=np.int32),
             "spacing": tfds.features.Tensor(shape=(2,), dtype=np.float32),
             "id": tfds.features.Text(),
@@ -138,11 +143,27 @@ class SyntheticConfig(tfds.core.BuilderConfig):
 def _synthetic_configs(default_sizes):
     n_tr, n_va, n_te = default_sizes
     return [
-        SyntheticConfig(name="default", description=f"{n_tr}/{n_va}/{n_te} examples, seed 0",
-                        num_train=n_tr, num_validation=n_va, num_test=n_te),
-        SyntheticConfig(name="small", description="64/16/16 examples, seed 0",
-                        num_train=64, num_validation=16, num_test=16),
-        SyntheticConfig(name="tiny", description="6/2/2 examples (tests)", num_train=6, num_validation=2, num_test=2),
+        SyntheticConfig(
+            name="default",
+            description=f"{n_tr}/{n_va}/{n_te} examples, seed 0",
+            num_train=n_tr,
+            num_validation=n_va,
+            num_test=n_te,
+        ),
+        SyntheticConfig(
+            name="small",
+            description="64/16/16 examples, seed 0",
+            num_train=64,
+            num_validation=16,
+            num_test=16,
+        ),
+        SyntheticConfig(
+            name="tiny",
+            description="6/2/2 examples (tests)",
+            num_train=6,
+            num_validation=2,
+            num_test=2,
+        ),
     ]
 
 
@@ -166,7 +187,10 @@ class _SyntheticBase(_Base, skip_registration=True):
             ex = gen(synthetic.example_rng(cfg.seed, split, i))
             stats.kept += len(ex["classes"])
             ex_id = f"{split}_{i:05d}"
-            yield ex_id, _example(ex["image"], ex["masks"], ex["classes"], ex["spacing"], ex_id, ex_id)
+            yield (
+                ex_id,
+                _example(ex["image"], ex["masks"], ex["classes"], ex["spacing"], ex_id, ex_id),
+            )
         self._record_stats(split, stats)
 
 
@@ -220,7 +244,9 @@ class VolumeConfig(tfds.core.BuilderConfig):
     percentiles: tuple = (0.5, 99.5)
 
 
-def split_cases(cases: Sequence[str], fractions=(0.7, 0.1, 0.2), seed: int = 0) -> dict[str, list[str]]:
+def split_cases(
+    cases: Sequence[str], fractions=(0.7, 0.1, 0.2), seed: int = 0
+) -> dict[str, list[str]]:
     """Seeded split of case (patient/volume) names: every case in exactly one split.
 
     Each split gets at least one case when there are at least three.
@@ -265,10 +291,14 @@ def _load_pair(image_path, label_path, channel: int):
     label, lzooms = readers.read_volume(label_path)
     if image.ndim == 4:
         if not 0 <= channel < image.shape[3]:
-            raise DataError(f"{image_path}: channel {channel} out of range for a 4-D volume of shape {image.shape}")
+            raise DataError(
+                f"{image_path}: channel {channel} out of range for a 4-D volume of shape {image.shape}"
+            )
         image = image[..., channel]
     elif image.ndim > 4:
-        raise DataError(f"{image_path}: expected a 3-D (or 4-D multi-channel) volume, got shape {image.shape}")
+        raise DataError(
+            f"{image_path}: expected a 3-D (or 4-D multi-channel) volume, got shape {image.shape}"
+        )
     if label.ndim == 4 and label.shape[3] == 1:
         label = label[..., 0]
     if label.shape != image.shape[:3]:
@@ -294,14 +324,16 @@ Image and label of a case share the file name. Which label values form which cla
 comes from the builder config (default: class "prostate" = values {1, 2}).
 """
     BUILDER_CONFIGS = [
-        VolumeConfig(name="prostate", description="whole gland = label values 1 and 2 (Decathlon PZ + TZ)"),
+        VolumeConfig(
+            name="prostate", description="whole gland = label values 1 and 2 (Decathlon PZ + TZ)"
+        ),
     ]
 
     def _class_names(self):
         return [name for name, _ in self.builder_config.class_values]
 
     def _find_pairs(self, root: pathlib.Path) -> dict[str, tuple[pathlib.Path, pathlib.Path]]:
-        for im_dir, lb_dir in (("imagesTr", "labelsTr"), ("images", "labels")):
+        for im_dir, lb_dir in (("imagesTr", "labelsTr"), ("images", "labels")):  # noqa: B007 (used after the loop)
             if (root / im_dir).is_dir():
                 break
         else:
@@ -321,7 +353,9 @@ comes from the builder config (default: class "prostate" = values {1, 2}).
                 raise DataError(f"{p}: no label volume {root / lb_dir / case}.* for this image")
             pairs[case] = (p, lab[0])
         if not pairs:
-            raise DataError(f"{root / im_dir}: no volumes found.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+            raise DataError(
+                f"{root / im_dir}: no volumes found.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+            )
         return pairs
 
     def _split_generators(self, dl_manager):
@@ -336,7 +370,11 @@ comes from the builder config (default: class "prostate" = values {1, 2}).
         stats = ObjectStats()
         for case, image_path, label_path in items:
             image, label, zooms = _load_pair(image_path, label_path, cfg.channel)
-            image8 = image if image.dtype == np.uint8 else readers.intensity_to_uint8(image, *cfg.percentiles)
+            image8 = (
+                image
+                if image.dtype == np.uint8
+                else readers.intensity_to_uint8(image, *cfg.percentiles)
+            )
             for i, im, lb, sp in _slice_volume(image8, label, cfg.axis, cfg.rot90, zooms):
                 masks, classes, st = readers.objects_from_label_map(
                     lb, cfg.class_values, min_area=cfg.min_area, components=cfg.components
@@ -393,7 +431,9 @@ REFUGE-Test-GT). Masks: 0 = optic cup, 128 = disc rim, 255 = background; matched
 file name without extension.
 """
     BUILDER_CONFIGS = [
-        RefugeConfig(name="disc_crop", description="512 x 512 crops centred on the disc (as in the paper)"),
+        RefugeConfig(
+            name="disc_crop", description="512 x 512 crops centred on the disc (as in the paper)"
+        ),
         RefugeConfig(name="full", description="whole photographs", crop_size=0),
     ]
     CLASS_VALUES = (("optic_disc", (1, 2)), ("optic_cup", (2,)))
@@ -407,14 +447,19 @@ file name without extension.
         for s in SPLITS:
             im_dir, mk_dir = root / s / "images", root / s / "masks"
             if not im_dir.is_dir() or not mk_dir.is_dir():
-                raise DataError(f"{root / s}: expected folders images/ and masks/.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+                raise DataError(
+                    f"{root / s}: expected folders images/ and masks/.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+                )
             masks = {}
             for p in sorted(mk_dir.rglob("*")):
                 stem = readers.strip_suffix(p.name, readers.IMAGE_SUFFIXES)
                 if p.is_file() and stem is not None:
                     masks[stem] = p
-            images = [p for p in sorted(im_dir.rglob("*"))
-                      if p.is_file() and readers.strip_suffix(p.name, readers.IMAGE_SUFFIXES) is not None]
+            images = [
+                p
+                for p in sorted(im_dir.rglob("*"))
+                if p.is_file() and readers.strip_suffix(p.name, readers.IMAGE_SUFFIXES) is not None
+            ]
             if not images:
                 raise DataError(f"{im_dir}: no images.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
             pairs = []
@@ -432,10 +477,14 @@ file name without extension.
         for stem, image_path, mask_path in pairs:
             image = readers.read_image(image_path, channels=3)
             if image.dtype != np.uint8:
-                raise DataError(f"{image_path}: expected an 8-bit RGB photograph, got {image.dtype}")
+                raise DataError(
+                    f"{image_path}: expected an 8-bit RGB photograph, got {image.dtype}"
+                )
             gt = readers.read_mask(mask_path)
             if gt.shape != image.shape[:2]:
-                raise DataError(f"{mask_path}: mask shape {gt.shape} differs from its image {image_path} {image.shape[:2]}")
+                raise DataError(
+                    f"{mask_path}: mask shape {gt.shape} differs from its image {image_path} {image.shape[:2]}"
+                )
             label = _refuge_label(gt)
             if cfg.crop_size:
                 disc = label > 0
@@ -532,11 +581,15 @@ Optional <manual_dir>/spacing.json: {"<name>": [row_mm, col_mm], ...}.
         if all((root / s / "images").is_dir() for s in SPLITS):
             groups = {s: self._pairs(root / s / "images", root / s / "masks") for s in SPLITS}
         elif (root / "images").is_dir() and (root / "masks").is_dir():
-            pairs = {stem: (stem, i, m) for stem, i, m in self._pairs(root / "images", root / "masks")}
+            pairs = {
+                stem: (stem, i, m) for stem, i, m in self._pairs(root / "images", root / "masks")
+            }
             names = split_cases(list(pairs), cfg.split_fractions, cfg.split_seed)
             groups = {s: [pairs[n] for n in names[s]] for s in SPLITS}
         else:
-            raise DataError(f"{root}: no images/ + masks/ folders.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+            raise DataError(
+                f"{root}: no images/ + masks/ folders.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+            )
         return {s: self._generate_examples(s, g, spacing) for s, g in groups.items()}
 
     def _generate_examples(self, split, pairs, spacing):
@@ -548,7 +601,9 @@ Optional <manual_dir>/spacing.json: {"<name>": [row_mm, col_mm], ...}.
                 image = readers.intensity_to_uint8(image)
             label = readers.read_mask(mask_path)
             if label.shape != image.shape[:2]:
-                raise DataError(f"{mask_path}: mask shape {label.shape} differs from its image {image_path} {image.shape[:2]}")
+                raise DataError(
+                    f"{mask_path}: mask shape {label.shape} differs from its image {image_path} {image.shape[:2]}"
+                )
             masks, classes, st = readers.objects_from_label_map(
                 label, cfg.class_values, min_area=cfg.min_area, components=cfg.components
             )
@@ -591,7 +646,9 @@ class AalConfig(tfds.core.BuilderConfig):
     gap: int = 5
 
 
-def slab_splits(indices: Sequence[int], pattern: Sequence[tuple[str, int]], gap: int) -> dict[int, str]:
+def slab_splits(
+    indices: Sequence[int], pattern: Sequence[tuple[str, int]], gap: int
+) -> dict[int, str]:
     """Assign slice indices to splits by slabs with gaps.
 
     Walks from ``min(indices)`` to ``max(indices)``: slab ``k`` is
@@ -637,7 +694,10 @@ Install Debian's mricron-data (apt-get install mricron-data): it provides
 Elsewhere, copy those three files into the manual directory.
 """
     BUILDER_CONFIGS = [
-        AalConfig(name="deep_grey", description="12 deep grey labels (caudate, putamen, pallidum, thalamus, hippocampus, amygdala)"),
+        AalConfig(
+            name="deep_grey",
+            description="12 deep grey labels (caudate, putamen, pallidum, thalamus, hippocampus, amygdala)",
+        ),
         AalConfig(name="all", description="all 116 AAL regions", labels=None),
     ]
 
@@ -681,7 +741,11 @@ Elsewhere, copy those three files into the manual directory.
                 stats_all.add(st)
         assign = slab_splits(sorted(per_slice), cfg.pattern, cfg.gap)
         groups = {s: [i for i in sorted(per_slice) if assign.get(i) == s] for s in SPLITS}
-        return {s: self._generate_examples(s, [(i, per_slice[i]) for i in g]) for s, g in groups.items() if g}
+        return {
+            s: self._generate_examples(s, [(i, per_slice[i]) for i in g])
+            for s, g in groups.items()
+            if g
+        }
 
     def _generate_examples(self, split, items):
         stats = ObjectStats()

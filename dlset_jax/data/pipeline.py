@@ -26,6 +26,7 @@ Steps 3 and 6 re-implement ``guidance.extreme_points`` / ``guidance.guidance_cha
 in numpy (the JAX versions would initialise JAX in every worker process and
 recompile per image size); tests check that both agree.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,14 +63,23 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 TRAIN_KEYS = ("image", "guidance", "mask", "sdt", "dt", "direction", "points", "class_id")
 EVAL_KEYS = TRAIN_KEYS + (
-    "box", "image_shape", "full_mask", "spacing", "id", "record_index", "object_index", "valid",
+    "box",
+    "image_shape",
+    "full_mask",
+    "spacing",
+    "id",
+    "record_index",
+    "object_index",
+    "valid",
 )
 
 
 # --------------------------------------------------------------------------
 # Sources
 # --------------------------------------------------------------------------
-def load_source(name: str, data_dir, split: str, *, build: bool = True, manual_dir=None, config=None):
+def load_source(
+    name: str, data_dir, split: str, *, build: bool = True, manual_dir=None, config=None
+):
     """A TFDS random-access data source of one split, building the data set if needed.
 
     Args:
@@ -103,7 +113,9 @@ def load_source(name: str, data_dir, split: str, *, build: bool = True, manual_d
         kwargs["config"] = config
     elif cfg_name:
         if cfg_name not in cls.builder_configs:
-            raise ValueError(f"unknown config {cfg_name!r} of {base}; known: {sorted(cls.builder_configs)}")
+            raise ValueError(
+                f"unknown config {cfg_name!r} of {base}; known: {sorted(cls.builder_configs)}"
+            )
         kwargs["config"] = cfg_name
     builder = cls(**kwargs)
     if not builder.is_prepared():
@@ -112,7 +124,9 @@ def load_source(name: str, data_dir, split: str, *, build: bool = True, manual_d
                 f"data set {name!r} is not built under {data_dir} (expected {builder.data_dir}); "
                 "call load_source(..., build=True) to build it"
             )
-        dl_config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir) if manual_dir else None)
+        dl_config = tfds.download.DownloadConfig(
+            manual_dir=os.fspath(manual_dir) if manual_dir else None
+        )
         builder.download_and_prepare(download_config=dl_config)
     if split.split("[")[0] not in builder.info.splits:
         raise ValueError(f"{name}: no split {split!r}; available: {list(builder.info.splits)}")
@@ -179,7 +193,9 @@ class ObjectSource(grain.RandomAccessDataSource):
 # --------------------------------------------------------------------------
 # Numpy versions of the core's guidance rules (checked against them in tests)
 # --------------------------------------------------------------------------
-def extreme_points_np(mask: np.ndarray, rng: np.random.Generator | None = None, pert: int = 0) -> np.ndarray:
+def extreme_points_np(
+    mask: np.ndarray, rng: np.random.Generator | None = None, pert: int = 0
+) -> np.ndarray:
     """The rule of ``guidance.extreme_points`` in numpy.
 
     Left/right: extreme column, row among its foreground pixels; top/bottom:
@@ -204,7 +220,12 @@ def extreme_points_np(mask: np.ndarray, rng: np.random.Generator | None = None, 
         return idx[0] if rng is None else idx[rng.integers(len(idx))]
 
     pts = np.array(
-        [[x0, pick(fg[:, x0])], [x1, pick(fg[:, x1])], [pick(fg[y0, :]), y0], [pick(fg[y1, :]), y1]],
+        [
+            [x0, pick(fg[:, x0])],
+            [x1, pick(fg[:, x1])],
+            [pick(fg[y0, :]), y0],
+            [pick(fg[y1, :]), y1],
+        ],
         np.float32,
     )
     if rng is not None and pert > 0:
@@ -224,8 +245,14 @@ def _segment_distance(xs, ys, a, b):
     return np.sqrt(np.maximum((dx - t * ex) ** 2 + (dy - t * ey) ** 2, 1e-20))
 
 
-def guidance_channel_np(points, height: int, width: int, mode: str = "heatmap+cm",
-                        sigma: float = 10.0, cm_variant: str = "paper") -> np.ndarray:
+def guidance_channel_np(
+    points,
+    height: int,
+    width: int,
+    mode: str = "heatmap+cm",
+    sigma: float = 10.0,
+    cm_variant: str = "paper",
+) -> np.ndarray:
     """``guidance.guidance_channel`` (FWHM heatmap) in numpy: ``(H, W, 1)`` float32."""
     if mode not in ("heatmap", "heatmap+cm"):
         raise ValueError(f"unknown guidance mode {mode!r}; expected 'heatmap' or 'heatmap+cm'")
@@ -240,6 +267,7 @@ def guidance_channel_np(points, height: int, width: int, mode: str = "heatmap+cm
         m = np.maximum(m, np.exp(-coef * ((xs - px) ** 2 + (ys - py) ** 2)))
     g = 255.0 * (m - m.min()) / (m.max() - m.min() + 1e-10)
     if mode == "heatmap+cm":
+
         def scaled(a, b):
             half = 0.5 * math.sqrt(max(float(np.sum((b - a) ** 2)), 1e-20))
             return _segment_distance(xs, ys, a, b) / max(half, 0.5)
@@ -282,8 +310,15 @@ def _augment_window(image, mask, rng, *, scale_range, max_rotation_deg, flip, ma
     rot = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
     fwd = s * rot @ np.diag([1.0, f])  # (y, x) -> (y, x), about c
     inv = np.linalg.inv(fwd)
-    corners = np.array([[ys.min() - 1, xs.min() - 1], [ys.min() - 1, xs.max() + 1],
-                        [ys.max() + 1, xs.min() - 1], [ys.max() + 1, xs.max() + 1]], np.float64)
+    corners = np.array(
+        [
+            [ys.min() - 1, xs.min() - 1],
+            [ys.min() - 1, xs.max() + 1],
+            [ys.max() + 1, xs.min() - 1],
+            [ys.max() + 1, xs.max() + 1],
+        ],
+        np.float64,
+    )
     out = (corners - c) @ fwd.T + c
     lo = np.floor(out.min(0)) - margin
     hi = np.ceil(out.max(0)) + margin + 1
@@ -291,12 +326,29 @@ def _augment_window(image, mask, rng, *, scale_range, max_rotation_deg, flip, ma
     offset = c + inv @ (lo - c)
     img = np.asarray(image, np.float32)
     chans = [
-        ndimage.affine_transform(img[..., k], inv, offset=offset, output_shape=shape, order=1,
-                                 mode="grid-constant", cval=0.0)
+        ndimage.affine_transform(
+            img[..., k],
+            inv,
+            offset=offset,
+            output_shape=shape,
+            order=1,
+            mode="grid-constant",
+            cval=0.0,
+        )
         for k in range(img.shape[-1])
     ]
-    m = ndimage.affine_transform(mask.astype(np.float32), inv, offset=offset, output_shape=shape, order=0,
-                                 mode="grid-constant", cval=0.0) > 0.5
+    m = (
+        ndimage.affine_transform(
+            mask.astype(np.float32),
+            inv,
+            offset=offset,
+            output_shape=shape,
+            order=0,
+            mode="grid-constant",
+            cval=0.0,
+        )
+        > 0.5
+    )
     if not m.any():  # a sliver that vanished under down-scaling: keep the untransformed object
         return None
     return np.stack(chans, axis=-1), m
@@ -329,8 +381,15 @@ def process_object(
     mask = np.asarray(mask) != 0
     img = np.asarray(image)
     if augment and rng is not None:
-        res = _augment_window(img, mask, rng, scale_range=scale_range, max_rotation_deg=max_rotation_deg,
-                              flip=flip, margin=relax + pert + 2)
+        res = _augment_window(
+            img,
+            mask,
+            rng,
+            scale_range=scale_range,
+            max_rotation_deg=max_rotation_deg,
+            flip=flip,
+            margin=relax + pert + 2,
+        )
         if res is not None:
             img, mask = res
     pts = extreme_points_np(mask, rng, pert if rng is not None else 0)
@@ -344,7 +403,9 @@ def process_object(
     cpts = targets.points_to_crop(pts, box, resolution)
     return {
         "image": normalize_image(crop),
-        "guidance": guidance_channel_np(cpts, resolution, resolution, guidance_mode, sigma, cm_variant),
+        "guidance": guidance_channel_np(
+            cpts, resolution, resolution, guidance_mode, sigma, cm_variant
+        ),
         "mask": mcrop.astype(np.float32)[..., None],
         "sdt": sdt[..., None],
         "dt": dt[..., None],
@@ -378,10 +439,20 @@ class TrainTransform(grain.RandomMapTransform):
     def random_map(self, element, rng: np.random.Generator):
         o = self.opts
         out = process_object(
-            element["image"], element["mask"], rng=rng, pert=o.pert, augment=o.augment,
-            resolution=o.resolution, relax=o.relax, dt_max=o.dt_max, guidance_mode=o.guidance_mode,
-            cm_variant=o.cm_variant, sigma=o.sigma, scale_range=o.scale_range,
-            max_rotation_deg=o.max_rotation_deg, flip=o.flip,
+            element["image"],
+            element["mask"],
+            rng=rng,
+            pert=o.pert,
+            augment=o.augment,
+            resolution=o.resolution,
+            relax=o.relax,
+            dt_max=o.dt_max,
+            guidance_mode=o.guidance_mode,
+            cm_variant=o.cm_variant,
+            sigma=o.sigma,
+            scale_range=o.scale_range,
+            max_rotation_deg=o.max_rotation_deg,
+            flip=o.flip,
         )
         out.pop("box")
         out["class_id"] = np.int32(element["class_id"])
@@ -397,8 +468,15 @@ class EvalTransform(grain.MapTransform):
     def map(self, element):
         o = self.opts
         out = process_object(
-            element["image"], element["mask"], rng=None, resolution=o.resolution, relax=o.relax,
-            dt_max=o.dt_max, guidance_mode=o.guidance_mode, cm_variant=o.cm_variant, sigma=o.sigma,
+            element["image"],
+            element["mask"],
+            rng=None,
+            resolution=o.resolution,
+            relax=o.relax,
+            dt_max=o.dt_max,
+            guidance_mode=o.guidance_mode,
+            cm_variant=o.cm_variant,
+            sigma=o.sigma,
         )
         out.update(
             class_id=np.int32(element["class_id"]),
@@ -441,7 +519,11 @@ def _check_common(resolution, relax, dt_max, guidance_mode, cm_variant, sigma, b
         raise ValueError(f"guidance_mode must be 'heatmap' or 'heatmap+cm', got {guidance_mode!r}")
     if cm_variant not in ("paper", "authors"):
         raise ValueError(f"cm_variant must be 'paper' or 'authors', got {cm_variant!r}")
-    for name, v, lo in (("resolution", resolution, 2), ("relax", relax, 0), ("batch_size", batch_size, 1)):
+    for name, v, lo in (
+        ("resolution", resolution, 2),
+        ("relax", relax, 0),
+        ("batch_size", batch_size, 1),
+    ):
         if not isinstance(v, (int, np.integer)) or v < lo:
             raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
     if not (dt_max > 0 and sigma > 0):
@@ -469,11 +551,16 @@ def _objects(source, shard_index: int, shard_count: int):
 
 
 def _to_iter(ds, worker_count: int, worker_buffer_size: int, read_threads: int):
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(read_threads * 2, 1)))
+    it = ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(read_threads * 2, 1))
+    )
     if worker_count > 0:
         _ensure_absl_flags_parsed()
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
-                                                         per_worker_buffer_size=worker_buffer_size))
+        it = it.mp_prefetch(
+            grain.MultiprocessingOptions(
+                num_workers=worker_count, per_worker_buffer_size=worker_buffer_size
+            )
+        )
     return iter(it)
 
 
@@ -560,10 +647,19 @@ def make_train_loader(
     _check_common(resolution, relax, dt_max, guidance_mode, cm_variant, sigma, batch_size)
     if pert < 0:
         raise ValueError(f"pert must be >= 0, got {pert}")
-    opts = _Options(resolution=int(resolution), relax=int(relax), dt_max=float(dt_max),
-                    guidance_mode=guidance_mode, cm_variant=cm_variant, sigma=float(sigma), pert=int(pert),
-                    augment=bool(augment), scale_range=tuple(scale_range),
-                    max_rotation_deg=float(max_rotation_deg), flip=bool(flip))
+    opts = _Options(
+        resolution=int(resolution),
+        relax=int(relax),
+        dt_max=float(dt_max),
+        guidance_mode=guidance_mode,
+        cm_variant=cm_variant,
+        sigma=float(sigma),
+        pert=int(pert),
+        augment=bool(augment),
+        scale_range=tuple(scale_range),
+        max_rotation_deg=float(max_rotation_deg),
+        flip=bool(flip),
+    )
     ds = _objects(source, 0, 1)
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
@@ -606,8 +702,14 @@ def make_eval_iterator(
         record_index (B,), object_index (B,) int64: (record, object) in the data source
     """
     _check_common(resolution, relax, dt_max, guidance_mode, cm_variant, sigma, batch_size)
-    opts = _Options(resolution=int(resolution), relax=int(relax), dt_max=float(dt_max),
-                    guidance_mode=guidance_mode, cm_variant=cm_variant, sigma=float(sigma))
+    opts = _Options(
+        resolution=int(resolution),
+        relax=int(relax),
+        dt_max=float(dt_max),
+        guidance_mode=guidance_mode,
+        cm_variant=cm_variant,
+        sigma=float(sigma),
+    )
     ds = _objects(source, shard_index, shard_count).map(EvalTransform(opts))
     ds = ds.batch(batch_size, drop_remainder=False, batch_fn=_EvalBatch(batch_size))
     return _to_iter(ds, worker_count, worker_buffer_size, read_threads)

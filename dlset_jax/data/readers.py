@@ -2,6 +2,7 @@
 
 Everything here is plain numpy / PIL / nibabel (no TensorFlow).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -109,7 +110,9 @@ def read_volume(path) -> tuple[np.ndarray, tuple[float, ...]]:
         try:
             import SimpleITK as sitk  # optional
         except ImportError as e:
-            raise DataError(f"{path}: reading {os.path.splitext(low)[1]} needs SimpleITK (pip install SimpleITK)") from e
+            raise DataError(
+                f"{path}: reading {os.path.splitext(low)[1]} needs SimpleITK (pip install SimpleITK)"
+            ) from e
         try:
             img = sitk.ReadImage(path)
             arr = sitk.GetArrayFromImage(img)  # (z, y, x): reverse to (x, y, z) like NIfTI
@@ -143,7 +146,7 @@ class ObjectStats:
     dropped_components: int = 0  # extra components discarded by largest_only
     images_without_objects: int = 0
 
-    def add(self, other: "ObjectStats") -> None:
+    def add(self, other: ObjectStats) -> None:
         for f in dataclasses.fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 

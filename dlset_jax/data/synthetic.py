@@ -17,6 +17,7 @@ Each generator returns a dict with ``image`` (H, W, C) uint8, ``masks``
 (N, H, W) uint8 in {0, 1}, ``classes`` (N,) int32 (index into the class-name
 list), ``spacing`` (2,) float32 mm (row, col).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -55,7 +56,9 @@ def _smooth_periodic(rng, n_harmonics: int, amplitude: float, decay: float = 1.3
 
 def _eval_periodic(theta, coeffs):
     k, amps, phases = coeffs
-    return np.sum(amps[:, None, None] * np.cos(k[:, None, None] * theta[None] + phases[:, None, None]), axis=0)
+    return np.sum(
+        amps[:, None, None] * np.cos(k[:, None, None] * theta[None] + phases[:, None, None]), axis=0
+    )
 
 
 def star_radius(theta, r0: float, coeffs) -> np.ndarray:
@@ -149,7 +152,9 @@ def prostate_slice(rng: np.random.Generator) -> dict:
         gap = rng.uniform(-0.1, 0.25) * r0
         ny = cy + (rad_at * sy + nr + gap) * np.sin(phi)
         nx = cx + (rad_at * sx + nr + gap) * np.cos(phi)
-        rr, _ = _polar(h, w, ny, nx, nr * rng.uniform(0.7, 1.2), nr * rng.uniform(0.7, 1.4), rng.uniform(-1, 1))
+        rr, _ = _polar(
+            h, w, ny, nx, nr * rng.uniform(0.7, 1.2), nr * rng.uniform(0.7, 1.4), rng.uniform(-1, 1)
+        )
         blob = ndimage.gaussian_filter((rr <= 1.0).astype(np.float64), rng.uniform(1.0, 2.5))
         blob = blob * ~mask  # never over the gland
         img = img * (1 - blob) + blob * (gland_level + rng.uniform(-15, 15))
@@ -260,7 +265,11 @@ def fundus_crop(rng: np.random.Generator) -> dict:
     disc_col = np.array([rng.uniform(215, 240), rng.uniform(150, 180), rng.uniform(90, 120)])
     phi = rng.uniform(-np.pi, np.pi)
     d_ang = np.angle(np.exp(1j * (th - phi)))
-    crescent = (r > disc_radius) & (r < disc_radius * rng.uniform(1.15, 1.35)) & (np.abs(d_ang) < rng.uniform(0.5, 1.2))
+    crescent = (
+        (r > disc_radius)
+        & (r < disc_radius * rng.uniform(1.15, 1.35))
+        & (np.abs(d_ang) < rng.uniform(0.5, 1.2))
+    )
     cres = ndimage.gaussian_filter(crescent.astype(np.float64), 2.0)
     img = img * (1 - cres[..., None]) + cres[..., None] * disc_col * rng.uniform(0.85, 1.0)
 
@@ -271,7 +280,9 @@ def fundus_crop(rng: np.random.Generator) -> dict:
     img = soft_disc * disc_col + (1 - soft_disc) * outside
 
     # Cup: brighter and paler, very blurred edge (the hard part of REFUGE).
-    cup_col = np.minimum(disc_col + np.array([rng.uniform(10, 25), rng.uniform(25, 50), rng.uniform(30, 60)]), 255)
+    cup_col = np.minimum(
+        disc_col + np.array([rng.uniform(10, 25), rng.uniform(25, 50), rng.uniform(30, 60)]), 255
+    )
     soft_cup = ndimage.gaussian_filter(cup.astype(np.float64), rng.uniform(2.5, 5.0))[..., None]
     img = soft_cup * cup_col + (1 - soft_cup) * img
 

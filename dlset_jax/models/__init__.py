@@ -1,4 +1,5 @@
 """Flax Linen networks: the dilated ResNet encoder, skip fusion, PSP heads."""
+
 from __future__ import annotations
 
 import jax.numpy as jnp

@@ -24,12 +24,13 @@ rescaled.
 Missing keys, unexpected keys and shape mismatches raise ``ValueError`` naming
 the keys.
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import re
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -39,6 +40,7 @@ STEM_CONV = "conv1.weight"
 
 
 # ----------------------------------------------------------------------------- files
+
 
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
     """Read a state dict (name -> array) from .pth/.pt, .safetensors or .npz."""
@@ -50,7 +52,8 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
             raise ImportError(
                 f"reading {path} needs PyTorch, which is not installed; convert it to .npz "
                 "where torch is available (python -m dlset_jax.models.convert IN.pth OUT.npz) "
-                "or use a .safetensors file") from e
+                "or use a .safetensors file"
+            ) from e
         sd = torch.load(path, map_location="cpu", weights_only=True)
         if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
             sd = sd["state_dict"]
@@ -68,6 +71,7 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- names
+
 
 def torch_key_to_flax(key: str) -> tuple[str, tuple[str, ...]]:
     """``'layer1.0.downsample.1.running_var'`` -> ``('batch_stats', ('layer1_0',
@@ -131,27 +135,38 @@ def _flax_to_torch_name(collection: str, path: tuple[str, ...]) -> str:
             mods += ["downsample", "1"]
         else:
             mods.append(m)
-    leaf = {"kernel": "weight", "scale": "weight", "bias": "bias",
-            "mean": "running_mean", "var": "running_var"}[path[-1]]
+    leaf = {
+        "kernel": "weight",
+        "scale": "weight",
+        "bias": "bias",
+        "mean": "running_mean",
+        "var": "running_var",
+    }[path[-1]]
     return ".".join(mods + [leaf])
 
 
 # ----------------------------------------------------------------------------- conversion
+
 
 def extend_input_channels(weight: np.ndarray, in_channels: int) -> np.ndarray:
     """OIHW conv weight with more input channels: channels beyond the file's are
     copies of its last input channel (the authors' initialisation)."""
     have = weight.shape[1]
     if in_channels < have:
-        raise ValueError(f"conv1 has {have} input channels in the file but the model takes "
-                         f"{in_channels}; dropping channels is not supported")
+        raise ValueError(
+            f"conv1 has {have} input channels in the file but the model takes "
+            f"{in_channels}; dropping channels is not supported"
+        )
     extra = np.repeat(weight[:, -1:], in_channels - have, axis=1)
     return np.concatenate([weight, extra], axis=1)
 
 
-def convert_state_dict(state_dict: Mapping[str, np.ndarray], template,
-                       ignore_prefixes: Iterable[str] = (),
-                       extend_keys: Iterable[str] = (STEM_CONV,)) -> dict:
+def convert_state_dict(
+    state_dict: Mapping[str, np.ndarray],
+    template,
+    ignore_prefixes: Iterable[str] = (),
+    extend_keys: Iterable[str] = (STEM_CONV,),
+) -> dict:
     """Fill a Flax variables tree ``{'params': ..., 'batch_stats': ...}`` (arrays or
     ShapeDtypeStructs, used for names, shapes and dtypes) from a torch state dict.
 
@@ -190,8 +205,10 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], template,
                 value = extend_input_channels(value, target.shape[2])
             value = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
         if tuple(value.shape) != tuple(target.shape):
-            mismatched.append(f"{key}: file {tuple(value.shape)} (as Flax) vs model "
-                              f"{tuple(target.shape)} ({'/'.join(full)})")
+            mismatched.append(
+                f"{key}: file {tuple(value.shape)} (as Flax) vs model "
+                f"{tuple(target.shape)} ({'/'.join(full)})"
+            )
             continue
         out[full] = value.astype(target.dtype)
     missing = sorted(_flax_to_torch_name(p[0], p[1:]) for p in flat_t if p not in out)
@@ -234,8 +251,10 @@ def import_torchvision_resnet(source, variables, subtree: str = "backbone") -> d
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Convert a torch state dict (.pth) to .npz "
-                                "(same names), so that no torch is needed to load it.")
+    p = argparse.ArgumentParser(
+        description="Convert a torch state dict (.pth) to .npz "
+        "(same names), so that no torch is needed to load it."
+    )
     p.add_argument("src")
     p.add_argument("dst")
     a = p.parse_args(argv)

@@ -21,9 +21,11 @@ pooling, bottleneck convolutions split by rows so that no 1024-channel map is fo
 at stride 2); ``resnet.implementation(fused_heads=False)`` evaluates them one by one
 on the concatenated fused map. Same variables and math either way.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -53,29 +55,48 @@ class DeepLevelSet(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         size = x.shape[1:3]
-        feats = ResNet(depth=self.depth, width=self.width, in_channels=self.in_channels,
-                       output_stride=self.output_stride, frozen_bn=self.frozen_bn,
-                       dtype=self.dtype, name=BACKBONE)(x, train)
-        fusion = SkipFusion(channels=self.fusion_channels,
-                            align_corners=self.fusion_align_corners, dtype=self.dtype,
-                            name="fusion")
-        heads = [PSPHead(n_out, in_channels=4 * self.fusion_channels,
-                         channels=self.psp_channels, bins=tuple(self.psp_bins),
-                         dtype=self.dtype, name=f"head_{name}") for name, n_out in HEADS.items()]
+        feats = ResNet(
+            depth=self.depth,
+            width=self.width,
+            in_channels=self.in_channels,
+            output_stride=self.output_stride,
+            frozen_bn=self.frozen_bn,
+            dtype=self.dtype,
+            name=BACKBONE,
+        )(x, train)
+        fusion = SkipFusion(
+            channels=self.fusion_channels,
+            align_corners=self.fusion_align_corners,
+            dtype=self.dtype,
+            name="fusion",
+        )
+        heads = [
+            PSPHead(
+                n_out,
+                in_channels=4 * self.fusion_channels,
+                channels=self.psp_channels,
+                bins=tuple(self.psp_bins),
+                dtype=self.dtype,
+                name=f"head_{name}",
+            )
+            for name, n_out in HEADS.items()
+        ]
         if IMPL["fused_heads"]:
             # Same math without the full-resolution concatenations (see fused_psp_heads).
             parts = fusion(feats, train, return_parts=True)
-            ys = fused_psp_heads(heads, parts, feats["stem"].shape[1:3],
-                                 self.fusion_align_corners, train)
+            ys = fused_psp_heads(
+                heads, parts, feats["stem"].shape[1:3], self.fusion_align_corners, train
+            )
         else:
             fused = fusion(feats, train)
             ys = [head(fused, train) for head in heads]
         # One resize of all heads' channels to the input resolution.
-        y = resize_bilinear(jnp.concatenate([y.astype(jnp.float32) for y in ys], axis=-1),
-                            size, align_corners=True)
+        y = resize_bilinear(
+            jnp.concatenate([y.astype(jnp.float32) for y in ys], axis=-1), size, align_corners=True
+        )
         out, off = {}, 0
         for name, n_out in HEADS.items():
-            out[name] = y[..., off:off + n_out]
+            out[name] = y[..., off : off + n_out]
             off += n_out
         out["g"] = jax.nn.sigmoid(out["g"])
         return out
@@ -94,6 +115,7 @@ def param_labels(params, frozen_bn: bool = False):
     labelled ``'frozen'`` (give them ``optax.set_to_zero()`` so that weight decay
     and momentum cannot move them either).
     """
+
     def label(path, _):
         top = path[0].key
         if top != BACKBONE:
@@ -102,6 +124,7 @@ def param_labels(params, frozen_bn: bool = False):
         if frozen_bn and (module.startswith("bn") or module == "downsample_bn"):
             return "frozen"
         return "backbone"
+
     return jax.tree_util.tree_map_with_path(label, params)
 
 

@@ -6,9 +6,11 @@ reproduces PyTorch's ``F.interpolate(mode='bilinear', align_corners=...)`` and
 ``nn.AdaptiveAvgPool2d`` exactly, and its backward pass is a matmul as well
 (no gather/scatter).
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -66,8 +68,9 @@ def resize_bilinear(x, size: Sequence[int], align_corners: bool = True):
     oh, ow = size
     if (h, w) == (oh, ow):
         return x
-    return _apply_hw(x, linear_interp_matrix(h, oh, align_corners),
-                     linear_interp_matrix(w, ow, align_corners))
+    return _apply_hw(
+        x, linear_interp_matrix(h, oh, align_corners), linear_interp_matrix(w, ow, align_corners)
+    )
 
 
 def adaptive_avg_pool(x, bins: int | Sequence[int]):
@@ -83,8 +86,9 @@ def _bn_module(dtype) -> nn.BatchNorm:
 
 
 def _bn(train: bool, dtype, name: str) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS,
-                        dtype=dtype, name=name)
+    return nn.BatchNorm(
+        use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS, dtype=dtype, name=name
+    )
 
 
 class SkipFusion(nn.Module):
@@ -96,6 +100,7 @@ class SkipFusion(nn.Module):
     ``align_corners=False`` is what the authors' ``nn.Upsample(scale_factor=...,
     mode='bilinear')`` does (PyTorch's default); True is offered as an option.
     """
+
     channels: int = 128
     align_corners: bool = False
     dtype: Any = jnp.float32
@@ -129,6 +134,7 @@ class PSPHead(nn.Module):
     heads on one input jointly, with the same variables, through the methods
     ``prior_terms``, ``input_kernel`` and ``finish``.
     """
+
     n_out: int
     in_channels: int = 512
     channels: int = 128
@@ -141,11 +147,9 @@ class PSPHead(nn.Module):
         # The fused path needs the kernels themselves, hence Conv1x1 there; the plain
         # path follows IMPL['matmul_1x1'] (nn.Conv when off).
         if IMPL["fused_heads"]:
-            make = lambda n, **kw: Conv1x1(n, dtype=self.dtype, kernel_init=self.kernel_init,
-                                           **kw)
+            make = lambda n, **kw: Conv1x1(n, dtype=self.dtype, kernel_init=self.kernel_init, **kw)
         else:
-            make = lambda n, **kw: conv(n, 1, dtype=self.dtype, kernel_init=self.kernel_init,
-                                        **kw)
+            make = lambda n, **kw: conv(n, 1, dtype=self.dtype, kernel_init=self.kernel_init, **kw)
         c4 = self.in_channels // 4
         for b in self.bins:
             setattr(self, f"pool{b}_conv", make(c4))
@@ -165,8 +169,12 @@ class PSPHead(nn.Module):
     def __call__(self, x, train: bool = False):
         self._check(x.shape[-1])
         size = x.shape[1:3]
-        priors = [resize_bilinear(self._pool_branch(b, adaptive_avg_pool(x, b), train), size,
-                                  align_corners=True) for b in self.bins]
+        priors = [
+            resize_bilinear(
+                self._pool_branch(b, adaptive_avg_pool(x, b), train), size, align_corners=True
+            )
+            for b in self.bins
+        ]
         y = jnp.concatenate(priors + [x], axis=-1)
         return self.finish(self.bottleneck_conv(y), train)
 
@@ -183,13 +191,13 @@ class PSPHead(nn.Module):
         for i, b in enumerate(self.bins):
             self._check(pooled[b].shape[-1])
             y = self._pool_branch(b, pooled[b], train)
-            out.append(matmul(y, kernel[i * c4:(i + 1) * c4].astype(y.dtype)))
+            out.append(matmul(y, kernel[i * c4 : (i + 1) * c4].astype(y.dtype)))
         return out
 
     def input_kernel(self):
         """The rows of the bottleneck kernel that multiply the input, (in_channels,
         channels)."""
-        return self._bottleneck_kernel()[len(self.bins) * (self.in_channels // 4):]
+        return self._bottleneck_kernel()[len(self.bins) * (self.in_channels // 4) :]
 
     def finish(self, pre, train: bool = False):
         """BN + ReLU of the bottleneck conv's output ``pre``, then the final conv."""
@@ -218,14 +226,20 @@ def _sum_resized(pieces, size):
         mws.append(linear_interp_matrix(w, ow, ac))
     if zs:
         mw = jnp.asarray(np.concatenate(mws, axis=1), zs[0].dtype)
-        z = jnp.einsum("pw,bowc->bopc", mw, jnp.concatenate(zs, axis=2),
-                       precision=jax.lax.Precision.HIGHEST)
+        z = jnp.einsum(
+            "pw,bowc->bopc", mw, jnp.concatenate(zs, axis=2), precision=jax.lax.Precision.HIGHEST
+        )
         full = z if full is None else full + z
     return full
 
 
-def fused_psp_heads(heads: Sequence[PSPHead], parts: Sequence, size: Sequence[int],
-                    align_corners: bool, train: bool = False) -> list:
+def fused_psp_heads(
+    heads: Sequence[PSPHead],
+    parts: Sequence,
+    size: Sequence[int],
+    align_corners: bool,
+    train: bool = False,
+) -> list:
     """``[head(fused, train) for head in heads]`` where ``fused`` is the
     concatenation of ``parts`` resized bilinearly to ``size`` (SkipFusion's output),
     without forming ``fused`` or the heads' full-resolution concatenations.
@@ -260,7 +274,7 @@ def fused_psp_heads(heads: Sequence[PSPHead], parts: Sequence, size: Sequence[in
     wx = jnp.concatenate([h.input_kernel() for h in heads], axis=1)  # (C, n_heads * ch)
     groups, off = {}, 0
     for y in parts:
-        z = matmul(y, wx[off:off + y.shape[-1]].astype(y.dtype))
+        z = matmul(y, wx[off : off + y.shape[-1]].astype(y.dtype))
         off += y.shape[-1]
         key = tuple(y.shape[1:3])
         groups[key] = groups[key] + z if key in groups else z
@@ -268,4 +282,4 @@ def fused_psp_heads(heads: Sequence[PSPHead], parts: Sequence, size: Sequence[in
     pieces = [(z, align_corners) for z in groups.values()]
     pieces += [(jnp.concatenate([p[i] for p in priors], axis=-1), True) for i in range(len(bins))]
     pre = _sum_resized(pieces, size)
-    return [h.finish(pre[..., k * ch:(k + 1) * ch], train) for k, h in enumerate(heads)]
+    return [h.finish(pre[..., k * ch : (k + 1) * ch], train) for k, h in enumerate(heads)]

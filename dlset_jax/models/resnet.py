@@ -40,6 +40,7 @@ is divided by a run-time 1 (``barrier``, bit-exact) so that XLA does not recompu
 residual stream inside later fusions. ``IMPL`` / ``implementation(...)`` switch both
 back to the plain formulation (tests, before/after benchmarks).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -86,9 +87,9 @@ def stage_strides_dilations(output_stride: int) -> tuple[tuple[int, ...], tuple[
 # for tests and before/after benchmarks. Read at trace time: change them only through
 # ``implementation(...)`` and re-trace (a new ``jax.jit``) afterwards.
 IMPL = {
-    "matmul_1x1": True,     # 1x1 convolutions as a matmul with a custom VJP (Conv1x1)
+    "matmul_1x1": True,  # 1x1 convolutions as a matmul with a custom VJP (Conv1x1)
     "block_barrier": True,  # divide each residual block's output by a run-time 1
-    "fused_heads": True,    # DeepLevelSet: heads evaluated jointly, no full-res concat
+    "fused_heads": True,  # DeepLevelSet: heads evaluated jointly, no full-res concat
     "merged_resize": True,  # fused heads: one full-size resize product for all terms
 }
 
@@ -149,6 +150,7 @@ class Conv1x1(nn.Module):
     (``in_features`` given instead) it returns ``(kernel, bias)`` as stored, so that a
     parent can combine several kernels (the fused heads).
     """
+
     features: int
     stride: int = 1
     use_bias: bool = False
@@ -160,13 +162,16 @@ class Conv1x1(nn.Module):
     def __call__(self, x=None, *, in_features: int | None = None):
         cin = x.shape[-1] if x is not None else in_features
         kernel = self.param("kernel", self.kernel_init, (1, 1, cin, self.features), jnp.float32)
-        bias = (self.param("bias", self.bias_init, (self.features,), jnp.float32)
-                if self.use_bias else None)
+        bias = (
+            self.param("bias", self.bias_init, (self.features,), jnp.float32)
+            if self.use_bias
+            else None
+        )
         if x is None:
             return kernel, bias
         dtype = self.dtype or jnp.result_type(x.dtype, kernel.dtype)
         if self.stride != 1:
-            x = x[:, ::self.stride, ::self.stride, :]
+            x = x[:, :: self.stride, :: self.stride, :]
         y = matmul(x.astype(dtype), kernel[0, 0].astype(dtype))
         if bias is not None:
             y = y + bias.astype(dtype)
@@ -191,21 +196,43 @@ def barrier(y, one):
     return y / one.astype(y.dtype)
 
 
-def conv(features: int, kernel: int, *, stride: int = 1, dilation: int = 1,
-         dtype: Any = None, name: str | None = None, use_bias: bool = False,
-         kernel_init=conv_init) -> nn.Module:
+def conv(
+    features: int,
+    kernel: int,
+    *,
+    stride: int = 1,
+    dilation: int = 1,
+    dtype: Any = None,
+    name: str | None = None,
+    use_bias: bool = False,
+    kernel_init=conv_init,
+) -> nn.Module:
     """A convolution with PyTorch's symmetric padding ``dilation * (k - 1) // 2``.
 
     1x1 convolutions are ``Conv1x1`` (same variables as ``nn.Conv``) unless
     ``IMPL['matmul_1x1']`` is off.
     """
     if kernel == 1 and IMPL["matmul_1x1"]:
-        return Conv1x1(features, stride=stride, use_bias=use_bias, dtype=dtype,
-                       kernel_init=kernel_init, name=name)
+        return Conv1x1(
+            features,
+            stride=stride,
+            use_bias=use_bias,
+            dtype=dtype,
+            kernel_init=kernel_init,
+            name=name,
+        )
     pad = dilation * (kernel - 1) // 2
-    return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                   padding=((pad, pad), (pad, pad)), kernel_dilation=(dilation, dilation),
-                   use_bias=use_bias, dtype=dtype, kernel_init=kernel_init, name=name)
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        kernel_dilation=(dilation, dilation),
+        use_bias=use_bias,
+        dtype=dtype,
+        kernel_init=kernel_init,
+        name=name,
+    )
 
 
 class FrozenBatchNorm(nn.Module):
@@ -214,6 +241,7 @@ class FrozenBatchNorm(nn.Module):
     Same variables as ``nn.BatchNorm``; ``y = (x - mean) / sqrt(var + eps) * scale + bias``
     with the scale and shift folded in float32 and applied in ``dtype``.
     """
+
     epsilon: float = BN_EPS
     dtype: Any = None
 
@@ -230,18 +258,21 @@ class FrozenBatchNorm(nn.Module):
         return x.astype(dtype) * mul.astype(dtype) + add.astype(dtype)
 
 
-def batch_norm(train: bool, *, frozen: bool = False, dtype: Any = None,
-               name: str | None = None) -> nn.Module:
+def batch_norm(
+    train: bool, *, frozen: bool = False, dtype: Any = None, name: str | None = None
+) -> nn.Module:
     """BatchNorm in PyTorch's conventions (eps 1e-5, momentum 0.1), or frozen."""
     if frozen:
         return FrozenBatchNorm(dtype=dtype, name=name)
-    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
-                        epsilon=BN_EPS, dtype=dtype, name=name)
+    return nn.BatchNorm(
+        use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS, dtype=dtype, name=name
+    )
 
 
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions (ResNet-18/34). ``one`` (optional, ``runtime_one``): the
     output is divided by it, a fusion barrier (see ``barrier``)."""
+
     planes: int
     stride: int = 1
     dilation: int = 1
@@ -253,14 +284,21 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool, one=None):
         bn = lambda name: batch_norm(train, frozen=self.frozen_bn, dtype=self.dtype, name=name)
-        out = conv(self.planes, 3, stride=self.stride, dilation=self.dilation,
-                   dtype=self.dtype, name="conv1")(x)
+        out = conv(
+            self.planes,
+            3,
+            stride=self.stride,
+            dilation=self.dilation,
+            dtype=self.dtype,
+            name="conv1",
+        )(x)
         out = nn.relu(bn("bn1")(out))
         out = conv(self.planes, 3, dilation=self.dilation, dtype=self.dtype, name="conv2")(out)
         out = bn("bn2")(out)
         if self.downsample:
-            x = conv(self.planes, 1, stride=self.stride, dtype=self.dtype,
-                     name="downsample_conv")(x)
+            x = conv(self.planes, 1, stride=self.stride, dtype=self.dtype, name="downsample_conv")(
+                x
+            )
             x = bn("downsample_bn")(x)
         return barrier(nn.relu(out + x), one)
 
@@ -268,6 +306,7 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     """1x1 -> 3x3 (stride, dilation) -> 1x1 (x4 channels) (ResNet-50/101). ``one``: as
     in ``BasicBlock``."""
+
     planes: int
     stride: int = 1
     dilation: int = 1
@@ -281,14 +320,21 @@ class Bottleneck(nn.Module):
         bn = lambda name: batch_norm(train, frozen=self.frozen_bn, dtype=self.dtype, name=name)
         out = conv(self.planes, 1, dtype=self.dtype, name="conv1")(x)
         out = nn.relu(bn("bn1")(out))
-        out = conv(self.planes, 3, stride=self.stride, dilation=self.dilation,
-                   dtype=self.dtype, name="conv2")(out)
+        out = conv(
+            self.planes,
+            3,
+            stride=self.stride,
+            dilation=self.dilation,
+            dtype=self.dtype,
+            name="conv2",
+        )(out)
         out = nn.relu(bn("bn2")(out))
         out = conv(self.planes * 4, 1, dtype=self.dtype, name="conv3")(out)
         out = bn("bn3")(out)
         if self.downsample:
-            x = conv(self.planes * 4, 1, stride=self.stride, dtype=self.dtype,
-                     name="downsample_conv")(x)
+            x = conv(
+                self.planes * 4, 1, stride=self.stride, dtype=self.dtype, name="downsample_conv"
+            )(x)
             x = bn("downsample_bn")(x)
         return barrier(nn.relu(out + x), one)
 
@@ -309,6 +355,7 @@ class ResNet(nn.Module):
       ``stem`` (stride 2, after conv1/bn1/ReLU, before the max pool),
       ``layer1`` (stride 4), ``layer2`` (stride 8), ``layer3``, ``layer4``.
     """
+
     depth: int = 101
     width: int = 64
     in_channels: int = 4
@@ -331,13 +378,19 @@ class ResNet(nn.Module):
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         in_ch = self.width
         for stage, n_blocks in enumerate(STAGE_DEPTHS[self.depth]):
-            planes = self.width * 2 ** stage
+            planes = self.width * 2**stage
             for b in range(n_blocks):
                 stride = strides[stage] if b == 0 else 1
                 needs_ds = b == 0 and (stride != 1 or in_ch != planes * block_cls.expansion)
-                x = block_cls(planes, stride=stride, dilation=dilations[stage],
-                              downsample=needs_ds, frozen_bn=self.frozen_bn, dtype=self.dtype,
-                              name=f"layer{stage + 1}_{b}")(x, train, one)
+                x = block_cls(
+                    planes,
+                    stride=stride,
+                    dilation=dilations[stage],
+                    downsample=needs_ds,
+                    frozen_bn=self.frozen_bn,
+                    dtype=self.dtype,
+                    name=f"layer{stage + 1}_{b}",
+                )(x, train, one)
                 in_ch = planes * block_cls.expansion
             feats[f"layer{stage + 1}"] = x
         return feats
@@ -345,5 +398,10 @@ class ResNet(nn.Module):
     @property
     def feature_channels(self) -> dict[str, int]:
         e = 4 if is_bottleneck(self.depth) else 1
-        return {"stem": self.width, "layer1": self.width * e, "layer2": 2 * self.width * e,
-                "layer3": 4 * self.width * e, "layer4": 8 * self.width * e}
+        return {
+            "stem": self.width,
+            "layer1": self.width * e,
+            "layer2": 2 * self.width * e,
+            "layer3": 4 * self.width * e,
+            "layer4": 8 * self.width * e,
+        }

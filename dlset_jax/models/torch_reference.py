@@ -7,6 +7,7 @@ heads (``fusion.conv_stem``, ``head_phi0.pool6_conv`` ...), so that
 ``convert.convert_state_dict`` maps a whole model. Written from the
 architecture description (docs/method.md), not copied from torchvision.
 """
+
 from __future__ import annotations
 
 import torch
@@ -19,8 +20,9 @@ HEADS = {"phi0": 1, "motion": 2, "g": 1, "logits": 2}
 
 
 def _conv(cin, cout, k, stride=1, dilation=1, bias=False):
-    return nn.Conv2d(cin, cout, k, stride=stride, padding=dilation * (k - 1) // 2,
-                     dilation=dilation, bias=bias)
+    return nn.Conv2d(
+        cin, cout, k, stride=stride, padding=dilation * (k - 1) // 2, dilation=dilation, bias=bias
+    )
 
 
 class BasicBlock(nn.Module):
@@ -56,8 +58,9 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(planes * 4)
         self.downsample = None
         if stride != 1 or cin != planes * 4:
-            self.downsample = nn.Sequential(_conv(cin, planes * 4, 1, stride),
-                                            nn.BatchNorm2d(planes * 4))
+            self.downsample = nn.Sequential(
+                _conv(cin, planes * 4, 1, stride), nn.BatchNorm2d(planes * 4)
+            )
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
@@ -80,7 +83,7 @@ class TorchResNet(nn.Module):
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         cin = width
         for s, n in enumerate(STAGE_DEPTHS[depth]):
-            planes = width * 2 ** s
+            planes = width * 2**s
             blocks = []
             for b in range(n):
                 blocks.append(block(cin, planes, strides[s] if b == 0 else 1, dilations[s]))
@@ -103,8 +106,13 @@ def _conv_bn_relu(conv, bn, x):
 
 
 class TorchSkipFusion(nn.Module):
-    def __init__(self, in_channels: dict, channels=128, align_corners=False,
-                 sources=("stem", "layer1", "layer2", "layer4")):
+    def __init__(
+        self,
+        in_channels: dict,
+        channels=128,
+        align_corners=False,
+        sources=("stem", "layer1", "layer2", "layer4"),
+    ):
         super().__init__()
         self.sources, self.align_corners = sources, align_corners
         for s in sources:
@@ -145,18 +153,34 @@ class TorchPSPHead(nn.Module):
 
 
 class TorchDeepLevelSet(nn.Module):
-    def __init__(self, depth=101, width=64, in_channels=4, output_stride=8, frozen_bn=True,
-                 fusion_channels=128, fusion_align_corners=False, psp_channels=128,
-                 psp_bins=(1, 2, 3, 6)):
+    def __init__(
+        self,
+        depth=101,
+        width=64,
+        in_channels=4,
+        output_stride=8,
+        frozen_bn=True,
+        fusion_channels=128,
+        fusion_align_corners=False,
+        psp_channels=128,
+        psp_bins=(1, 2, 3, 6),
+    ):
         super().__init__()
         self.backbone = TorchResNet(depth, width, in_channels, output_stride)
         e = 4 if is_bottleneck(depth) else 1
-        chans = {"stem": width, "layer1": width * e, "layer2": 2 * width * e,
-                 "layer4": 8 * width * e}
+        chans = {
+            "stem": width,
+            "layer1": width * e,
+            "layer2": 2 * width * e,
+            "layer4": 8 * width * e,
+        }
         self.fusion = TorchSkipFusion(chans, fusion_channels, fusion_align_corners)
         for name, n in HEADS.items():
-            setattr(self, f"head_{name}", TorchPSPHead(4 * fusion_channels, n, psp_channels,
-                                                       tuple(psp_bins)))
+            setattr(
+                self,
+                f"head_{name}",
+                TorchPSPHead(4 * fusion_channels, n, psp_channels, tuple(psp_bins)),
+            )
         self.frozen_bn = frozen_bn
         if frozen_bn:
             for m in self.backbone.modules():
