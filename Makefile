@@ -9,14 +9,13 @@ export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 CONFIG ?= configs/default.py
 WORKDIR ?= workdirs/default
 
-.PHONY: setup train eval test test-fast bench clean
+.PHONY: setup train eval test test-fast lint format clean
 
 $(VENV)/.stamp: requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements-dev.txt
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
-	$(BIN)/python -m dlset_jax.evolution_kernel
 	touch $@
 
 setup: $(VENV)/.stamp
@@ -24,14 +23,23 @@ setup: $(VENV)/.stamp
 train: setup
 	$(BIN)/python train.py --config $(CONFIG) --workdir $(WORKDIR)
 
+# Evaluates the workdir's latest checkpoint with the config saved beside it.
 eval: setup
-	$(BIN)/python eval.py --config $(CONFIG) --workdir $(WORKDIR)
+	$(BIN)/python eval.py --workdir $(WORKDIR)
 
 test: setup
 	$(BIN)/python -m pytest -q tests
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" tests
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,20 +1,26 @@
 """Evaluates a trained model of a workdir on a split and writes the reports.
 
     python eval.py --workdir workdirs/default [--split test] [--step 1500]
-                   [--config.eval.sweep_thresholds=true]
+    python eval.py --workdir runs/x --config configs/default.py --config.data.data_dir=/data
 
-The configuration is the one saved with the checkpoint; `--config` overrides are
-applied on top of it (e.g. a different data directory).
+The configuration is the one saved with the checkpoint: the saved config is the truth.
+Only fields given explicitly as `--config.a.b=value` apply (`--config` names a
+get_config() file that only carries those overrides; its own values are not used), and
+fields that define the network's inputs or architecture (`data.guidance`, `data.sigma`,
+`data.resolution`, `data.relax`, `model.*`, ...) cannot be overridden: one line on
+stderr, exit status 2. The mask threshold is the run's (chosen on validation when the
+run swept it); `--config.eval.sweep_thresholds=true` sweeps it again.
 """
 
 import json
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
-    "config", None, "Optional get_config() file whose fields override the checkpoint's config."
+    "config", None, "A get_config() file that carries --config.* overrides (see above)."
 )
 flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.")
 flags.DEFINE_string("split", "test", "Split to evaluate.")
@@ -27,21 +33,26 @@ def main(argv):
     from dlset_jax import config as config_lib
     from dlset_jax import evaluate
 
-    logging.set_verbosity(logging.WARNING)
+    logging.set_verbosity(logging.ERROR)  # one line per problem on stderr
     import tensorflow_datasets as tfds
 
     tfds.disable_progress_bar()  # one line per phase instead of per-example bars
+    overrides = {}
+    if FLAGS.config is not None:
+        overrides = dict(config_flags.get_override_values(FLAGS["config"]))
     try:
         result = evaluate.evaluate_workdir(
             FLAGS.workdir,
             split=FLAGS.split,
             step=None if FLAGS.step < 0 else FLAGS.step,
-            overrides=FLAGS.config,
+            overrides=overrides,
         )
     except (config_lib.ConfigError, FileNotFoundError, ValueError) as e:
-        raise app.UsageError(str(e)) from None
+        print(f"eval.py: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     print(result["table"])
     print(json.dumps({k: round(v, 4) for k, v in result["scalars"].items()}))
+    return 0
 
 
 if __name__ == "__main__":

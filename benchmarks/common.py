@@ -7,7 +7,10 @@ peak RSS are its own; the parent collects the JSON line the child prints last.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
+import multiprocessing
+import os
 import subprocess
 import sys
 
@@ -73,8 +76,13 @@ def fmt(v, spec="{:8.0f}"):
 
 
 def fake_batch(b: int, size: int, seed: int = 0) -> dict:
-    """A plausible training batch (NHWC, the pipeline's keys): an ellipse mask, its
-    truncated SDT and unit normals, a random image and guidance map."""
+    """A plausible training batch (NHWC, the pipeline's keys): a random image, an ellipse
+    mask with its truncated SDT and unit normals, and per row the mask's four extreme
+    points, jittered by up to 2 px as in training (``points`` (B, 4, 2) ``(x, y)`` crop px,
+    from which the network input is built: ``inference.model_inputs``, or
+    `guidance_input` for the PyTorch side)."""
+    from dlset_jax import targets  # numpy + scipy only
+
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size] / size
     mask = (((yy - 0.5) / 0.3) ** 2 + ((xx - 0.5) / 0.35) ** 2 < 1).astype(np.float32)
@@ -86,8 +94,54 @@ def fake_batch(b: int, size: int, seed: int = 0) -> dict:
     tile = lambda a: np.repeat(a[None, ..., None] if a.ndim == 2 else a[None], b, 0)
     return {
         "image": rng.normal(size=(b, size, size, 3)).astype(np.float32),
-        "guidance": (rng.uniform(size=(b, size, size, 1)) * 510).astype(np.float32),
         "mask": tile(mask),
         "sdt": tile(sdt),
         "direction": tile(np.stack([gy / n, gx / n], -1).astype(np.float32)),
+        "points": np.stack([targets.extreme_points(mask, rng, pert=2) for _ in range(b)]),
     }
+
+
+def _guidance_channel(points, size: int, mode: str, sigma: float, cm_variant: str):
+    os.environ["JAX_PLATFORMS"] = "cpu"  # this helper process only: no accelerator memory
+    from dlset_jax import guidance
+
+    g = guidance.guidance_channel(points, size, size, mode=mode, sigma=sigma, cm_variant=cm_variant)
+    return np.asarray(g, np.float32)
+
+
+def guidance_input(points: np.ndarray, size: int, data_config) -> np.ndarray:
+    """The guidance channel ``(B, S, S, 1)`` in [0, 510] of ``points`` ``(B, 4, 2)``, as
+    ``inference.model_inputs`` builds it for the JAX model (``dlset_jax.guidance.
+    guidance_channel`` with ``data_config``'s guidance, sigma and cm_variant).
+
+    Computed once, in a short-lived spawned process: running JAX here would start its
+    CPU backend in the calling (PyTorch) process, ~135 MB of RSS that the PyTorch
+    variant's memory figures would then include.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        return pool.submit(
+            _guidance_channel,
+            np.asarray(points, np.float32),
+            int(size),
+            str(data_config.guidance),
+            float(data_config.sigma),
+            str(data_config.cm_variant),
+        ).result()
+
+
+def torch_model_kwargs(model_config) -> dict:
+    """``TorchDeepLevelSet``'s arguments for the network of ``config.model`` (the same
+    architecture as ``models.create_model(config.model)``)."""
+    m = model_config
+    return dict(
+        depth=int(m.depth),
+        width=int(m.width),
+        in_channels=int(m.in_channels),
+        output_stride=int(m.output_stride),
+        frozen_bn=bool(m.frozen_backbone_bn),
+        fusion_channels=int(m.fusion_channels),
+        fusion_align_corners=bool(m.fusion_align_corners),
+        psp_channels=int(m.psp_channels),
+        psp_bins=tuple(int(v) for v in m.psp_bins),
+    )

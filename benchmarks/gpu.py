@@ -11,9 +11,11 @@ The same script runs on a CPU with a tiny model (what the tests do):
     python benchmarks/gpu.py --depth 18 --width 8 --sizes 32 --batch 2 --steps 2
 
 Figures per row (size x dtype x model implementation):
-  * step s, img/s: median time of the full training step (forward, T = 5 evolution,
-    losses, backward, SGD-momentum update with 10x heads), state donated;
-  * infer ms/obj: latency of ONE object (batch 1): network in eval mode + evolution;
+  * step s, img/s: median time of the full training step (guidance channel from the
+    clicks, forward, T = 5 evolution, losses, backward, SGD-momentum update with 10x
+    heads), state donated;
+  * infer ms/obj: latency of ONE object (batch 1): guidance channel, network in eval
+    mode + evolution (`inference.predict_crops`);
   * infer obj/s: objects per second when the batch of `--batch` objects is segmented
     in one call (what `predict.py` does with several objects of an image);
   * mem GB: XLA's memory plan of the compiled step (arguments + outputs + temporaries
@@ -25,7 +27,7 @@ Figures per row (size x dtype x model implementation):
     `--precision highest` for true float32, then the FP32 peak applies);
   * compile s: lowering + compilation of the training step.
 
-`--impls`: the model formulations of `dlset_jax.models.resnet.IMPL` to compare: `fast`
+`--impls`: the model formulations (`dlset_jax.models.resnet.Formulation`) to compare: `fast`
 (the defaults, tuned for XLA:CPU) and `reference` (plain nn.Conv, no fusion barriers,
 heads one by one). They compute the same function with the same parameters.
 """
@@ -45,7 +47,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dlset_jax import config as config_lib  # noqa: E402
-from dlset_jax import evaluate, models, train_lib  # noqa: E402
+from dlset_jax import inference, models, train_lib  # noqa: E402
 from dlset_jax.models import resnet  # noqa: E402
 
 # Dense peak TFLOP/s (without sparsity) by device-kind substring: (fp32, tf32, bf16).
@@ -113,37 +115,36 @@ def bench(args, size, dtype, impl):
     config.train.batch_size = args.batch
     config.optim.name = "sgd"
     config_lib.validate(config)
-    flags = {} if impl == "fast" else {k: False for k in resnet.IMPL}
-    with resnet.implementation(**flags):  # read at trace time: compile inside
-        model = models.create_model(config.model)
-        schedule = train_lib.learning_rate_schedule(config.optim, 100)
-        abstract = jax.eval_shape(lambda: model.init_variables(jax.random.key(0), size))
-        tx = train_lib.make_optimizer(config, abstract["params"], schedule)
-        state = train_lib.create_train_state(config, model, tx, 0)
-        batch = jax.device_put(common.fake_batch(args.batch, size))
-        step = jax.jit(
-            functools.partial(
-                train_lib.train_step,
-                model=model,
-                tx=tx,
-                config=config,
-                warmup_steps=0,
-                schedule=schedule,
-            ),
-            donate_argnums=(0,),
-        )
-        t0 = time.perf_counter()
-        compiled = step.lower(state, batch).compile()
-        t_compile = time.perf_counter() - t0
-        predict = jax.jit(functools.partial(evaluate.predict_crops, model=model, config=config))
-        one = {k: v[:1] for k, v in batch.items()}
-        variables = state.variables()
-        t_infer = timed(
-            lambda: predict(variables, one["image"], one["guidance"])["phi_t"], args.steps
-        )
-        t_infer_batch = timed(
-            lambda: predict(variables, batch["image"], batch["guidance"])["phi_t"], args.steps
-        )
+    formulation = resnet.FAST if impl == "fast" else resnet.REFERENCE
+    model = models.create_model(config.model, formulation)
+    schedule = train_lib.learning_rate_schedule(
+        config.optim, steps_per_epoch=100, total_steps=100 * config.train.num_epochs
+    )
+    abstract = jax.eval_shape(lambda: model.init_variables(jax.random.key(0), size))
+    tx = train_lib.make_optimizer(config, abstract["params"], schedule)
+    state = train_lib.create_train_state(config, model, tx, 0)
+    batch = jax.device_put(common.fake_batch(args.batch, size))
+    step = jax.jit(
+        functools.partial(
+            train_lib.train_step,
+            model=model,
+            tx=tx,
+            config=config,
+            warmup_steps=0,
+            schedule=schedule,
+        ),
+        donate_argnums=(0,),
+    )
+    t0 = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    t_compile = time.perf_counter() - t0
+    predict = jax.jit(functools.partial(inference.predict_crops, model=model, config=config))
+    one = {k: v[:1] for k, v in batch.items()}
+    variables = state.variables()
+    t_infer = timed(lambda: predict(variables, one["image"], one["points"])["phi_t"], args.steps)
+    t_infer_batch = timed(
+        lambda: predict(variables, batch["image"], batch["points"])["phi_t"], args.steps
+    )
     flops = flop_count(compiled)
     holder = {"state": state}
 

@@ -7,7 +7,9 @@ For each data set and worker count it builds the data set if needed, warms the
 loader up (first batches include worker start-up), then times ``--batches``
 batches. ``--train_examples_per_s`` (the training step's consumption rate,
 e.g. from the training benchmark) is printed alongside, with the number of
-workers needed to keep up.
+workers needed to keep up. An example is what the training step reads (crop, targets and
+the click points, ``pipeline.make_train_loader`` with the config schema's crop options);
+the guidance channel is not part of it: the step builds it on the device.
 """
 
 from __future__ import annotations
@@ -19,7 +21,16 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from dlset_jax.config import base_config  # noqa: E402
 from dlset_jax.data import pipeline  # noqa: E402
+
+
+def crop_options(resolution: int, augment: bool) -> pipeline.CropOptions:
+    """The training crops of the config schema's defaults at this resolution."""
+    c = base_config()
+    c.data.resolution = resolution
+    c.data.augment = augment
+    return pipeline.CropOptions.from_config(c)
 
 
 def measure(
@@ -27,9 +38,8 @@ def measure(
 ) -> float:
     it = pipeline.make_train_loader(
         src,
+        crop_options(resolution, augment),
         batch_size=batch_size,
-        resolution=resolution,
-        augment=augment,
         seed=0,
         worker_count=workers,
         worker_buffer_size=4,

@@ -1,10 +1,11 @@
 """Times the level set evolution (T steps) forward and forward+backward.
 
-Compares the jit-compiled JAX `evolve` (with the fused CPU kernel, `impl="kernel"`,
-and as a `lax.scan` of XLA operations, `impl="xla"`) with the same computation in plain numpy
-(float32, forward only: numpy has no autodiff) and, where PyTorch is installed, with
-a PyTorch transcription of the authors' evolution (same operations as their
-`levelset_evolution`, 2 threads), forward and with gradients.
+Compares the jit-compiled JAX `levelset.evolve` (a `lax.scan` of XLA operations) with
+the same computation in plain numpy (float32, forward only: numpy has no autodiff) and,
+where PyTorch is installed, with a PyTorch transcription of the authors' evolution (same
+operations as their `levelset_evolution`, 2 threads), forward and with gradients. The
+evolution's parameters are the config schema's (`inference.evolution_kwargs`: the
+paper's timestep 5, Dirac ratio 0.3, dt_max 30), the same on every row.
 
     python benchmarks/levelset.py            # batch 10, 256x256, T=5
     python benchmarks/levelset.py --batch 2 --size 128 --repeats 3
@@ -13,11 +14,14 @@ Every row reports the fastest of `--repeats` runs after two warm-up runs: on the
 shared 2-core machine other processes inflate single runs several-fold, most of all
 PyTorch's 2 OpenMP threads, which spin while their partner is descheduled (CPU time of
 one no_grad forward measured from 0.65 s to 4.3 s under load, 0.30 s with 1 thread,
-the same as with gradients). Use `--stat median` for the median instead.
+the same as with gradients). Use `--stat median` for the median instead. `--json PATH`
+also writes the rows (seconds, unrounded).
 """
 
 import argparse
 import functools
+import json
+import math
 import os
 import sys
 import time
@@ -29,7 +33,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dlset_jax import evolution_kernel  # noqa: E402
+from dlset_jax import config as config_lib  # noqa: E402
+from dlset_jax import inference  # noqa: E402
 from dlset_jax import levelset as ls  # noqa: E402
 
 
@@ -44,8 +49,8 @@ def run_time(fn, repeats, stat="min"):
     return float(np.min(times) if stat == "min" else np.median(times))
 
 
-def numpy_evolve(phi, vy, vx, g, steps, timestep=5.0, ratio=0.3, dt_max=30.0):
-    """float32 numpy evolution on (B, H, W) arrays."""
+def numpy_evolve(phi, vy, vx, g, steps, *, timestep, ratio, dt_max):
+    """float32 numpy evolution on (B, H, W) arrays (full Neumann corners)."""
     f32 = np.float32
     for _ in range(steps):
         phi = phi.copy()
@@ -128,6 +133,7 @@ def main():
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--stat", choices=("min", "median"), default="min")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args()
     b, n, t = args.batch, args.size, args.steps
 
@@ -142,26 +148,24 @@ def main():
     phi_j = jnp.asarray(phi[..., None])
     mot_j, g_j, w_j = jnp.asarray(motion), jnp.asarray(g[..., None]), jnp.asarray(weights)
     timed = functools.partial(run_time, repeats=args.repeats, stat=args.stat)
+    config = config_lib.base_config()
+    kw = {**inference.evolution_kwargs(config), "steps": t}
+    epsilon = float(config.levelset.epsilon)
     rows = []
-    why = evolution_kernel.unavailable_reason()
-    if why is not None:
-        print(f"The fused CPU kernel is unavailable ({why}): its row is skipped.")
-    for impl, name in (("kernel", "JAX + fused CPU kernel"), ("xla", "JAX (jit, XLA scan)")):
-        if impl == "kernel" and why is not None:
-            continue
-        evolve = functools.partial(ls.evolve, steps=t, impl=impl)
-        fwd = jax.jit(evolve)
-        obj = lambda p, m, gg, evolve=evolve: jnp.sum(ls.heaviside(evolve(p, m, gg)) * w_j)
-        bwd = jax.jit(jax.grad(obj, argnums=(0, 1, 2)))
-        rows.append(
-            (
-                name,
-                timed(lambda: fwd(phi_j, mot_j, g_j).block_until_ready()),
-                timed(lambda: jax.block_until_ready(bwd(phi_j, mot_j, g_j))),
-            )
+    jax_evolve = functools.partial(ls.evolve, **kw)
+    fwd = jax.jit(jax_evolve)
+    obj = lambda p, m, gg: jnp.sum(ls.heaviside(jax_evolve(p, m, gg), epsilon) * w_j)
+    bwd = jax.jit(jax.grad(obj, argnums=(0, 1, 2)))
+    rows.append(
+        (
+            "JAX (jit, XLA scan)",
+            timed(lambda: fwd(phi_j, mot_j, g_j).block_until_ready()),
+            timed(lambda: jax.block_until_ready(bwd(phi_j, mot_j, g_j))),
         )
+    )
     jax_fwd, jax_bwd = rows[0][1:]
-    np_fwd = timed(lambda: numpy_evolve(phi, motion[..., 0], motion[..., 1], g, t))
+    np_kw = dict(timestep=kw["timestep"], ratio=kw["dirac_ratio"], dt_max=kw["dt_max"])
+    np_fwd = timed(lambda: numpy_evolve(phi, motion[..., 0], motion[..., 1], g, t, **np_kw))
     rows.append(("numpy float32", np_fwd, float("nan")))
 
     try:
@@ -201,11 +205,24 @@ def main():
         f"{'implementation':34s} {'forward ms':>11s} {'fwd+bwd ms':>11s} "
         f"{'fwd: x row 1':>16s} {'fwd+bwd: x row 1':>20s}"
     )
+    out = []
     for name, f, fb in rows:
-        print(
-            f"{name:34s} {f * 1e3:11.1f} {fb * 1e3:11.1f} {f / jax_fwd:15.1f}x "
-            f"{(fb / jax_bwd if fb == fb else float('nan')):19.1f}x"
+        ratio_fb = fb / jax_bwd if not math.isnan(fb) else float("nan")
+        print(f"{name:34s} {f * 1e3:11.1f} {fb * 1e3:11.1f} {f / jax_fwd:15.1f}x {ratio_fb:19.1f}x")
+        out.append(
+            {
+                "implementation": name,
+                "forward_s": f,
+                "fwd_bwd_s": None if math.isnan(fb) else fb,
+                "forward_ratio": f / jax_fwd,
+                "fwd_bwd_ratio": None if math.isnan(fb) else ratio_fb,
+            }
         )
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(
+                {"batch": b, "size": n, "steps": t, "stat": args.stat, "rows": out}, fh, indent=1
+            )
 
 
 if __name__ == "__main__":

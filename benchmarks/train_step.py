@@ -16,9 +16,14 @@ peak RSS (``ru_maxrss``, includes compilation). ``--rounds`` repeats the whole s
 variants interleaved, and reports the median over rounds (a machine whose load
 changes over time then slows variants alike). Ratios are JAX / PyTorch.
 
+Both frameworks see the same input: the fake batch's image and the guidance channel of
+its click points (``benchmarks/common.py``), which JAX builds on the device inside the
+step (``inference.model_inputs``, as in training) and PyTorch gets precomputed by the
+same function (``dlset_jax.guidance.guidance_channel``, once per variant).
+
 Inference (``--infer``): latency for ONE object, as a user waits after the fourth
 click: network (eval) + evolution (jit) on a (1, S, S) crop, then
-``targets.paste_back`` of the level set into a 512x512 image.
+``inference.paste_back`` of the level set into a 512x512 image.
 
   python benchmarks/train_step.py                                   # 18/50/101, 128 and 256
   python benchmarks/train_step.py --depths 101 --sizes 128 --repeats 3
@@ -26,9 +31,10 @@ click: network (eval) + evolution (jit) on a (1, S, S) crop, then
   python benchmarks/train_step.py --depths 18 --sizes 32 --width 8 --repeats 1   # smoke
 
 ``--impls``: JAX model implementations to compare (same network and parameters):
-``fast`` (default flags of ``dlset_jax.models.resnet.IMPL``), ``reference`` (all off:
+``fast`` (``dlset_jax.models.resnet.FAST``), ``reference`` (``REFERENCE``, all off:
 plain nn.Conv, no fusion barriers, heads evaluated one by one), or ``+`` joined
-``flag=0/1`` settings, e.g. ``matmul_1x1=1+block_barrier=0+fused_heads=0``.
+``field=0/1`` settings of ``resnet.Formulation`` (the rest as in ``fast``), e.g.
+``matmul_1x1=1+block_barrier=0+fused_heads=0``.
 
 Set ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` before starting Python (the Makefile
 does). On a machine shared with other jobs, prefer ``taskset -c 0 ... --threads 1``
@@ -56,22 +62,28 @@ from dlset_jax import hostmem  # noqa: E402  (no JAX import: safe in PyTorch chi
 
 
 def parse_impl(spec: str) -> dict:
+    """`resnet.Formulation` fields of an --impls entry, as a dict (sent to children)."""
+    import dataclasses
+
     from dlset_jax.models import resnet
 
+    names = [f.name for f in dataclasses.fields(resnet.Formulation)]
     if spec == "fast":
         return {}
     if spec == "reference":
-        return {k: False for k in resnet.IMPL}
+        return dataclasses.asdict(resnet.REFERENCE)
     flags = {}
     for item in spec.split("+"):
         k, _, v = item.partition("=")
-        if k not in resnet.IMPL or v not in ("0", "1"):
-            raise SystemExit(f"bad --impls entry {item!r}: flags {sorted(resnet.IMPL)}, values 0/1")
+        if k not in names or v not in ("0", "1"):
+            raise SystemExit(f"bad --impls entry {item!r}: fields {sorted(names)}, values 0/1")
         flags[k] = v == "1"
     return flags
 
 
 def make_config(a, depth: int, size: int):
+    """The benchmark's config. Not validated: the authors' frozen backbone BatchNorm
+    without pretrained weights is refused for training, but it is the network to time."""
     from dlset_jax.config import base_config
 
     c = base_config()
@@ -95,13 +107,14 @@ def setup_jax(a, depth: int, size: int, impl: dict) -> dict:
     import jax
     import numpy as np
 
-    from dlset_jax import evaluate, targets, train_lib
+    from dlset_jax import inference, train_lib
     from dlset_jax.models import create_model, resnet
 
-    resnet.IMPL.update(impl)
     c = make_config(a, depth, size)
-    model = create_model(c.model)
-    schedule = train_lib.learning_rate_schedule(c.optim, steps_per_epoch=100)
+    model = create_model(c.model, resnet.Formulation(**impl))
+    schedule = train_lib.learning_rate_schedule(
+        c.optim, steps_per_epoch=100, total_steps=100 * c.train.num_epochs
+    )
     shapes = jax.eval_shape(lambda: model.init_variables(jax.random.key(0), size))
     tx = train_lib.make_optimizer(c, shapes["params"], schedule)
     variables = jax.jit(model.init_variables, static_argnums=(1,))(
@@ -131,15 +144,15 @@ def setup_jax(a, depth: int, size: int, impl: dict) -> dict:
 
     fns = {"step": step}
     if a.infer:
-        predict = jax.jit(functools.partial(evaluate.predict_crops, model=model, config=c))
+        predict = jax.jit(functools.partial(inference.predict_crops, model=model, config=c))
         one = common.fake_batch(1, size, seed=1)
         image_shape, box = (512, 512), (80, 100, 400, 440)
 
         def infer():
             v = holder[0].variables()
-            out = predict(v, one["image"], one["guidance"])
+            out = predict(v, one["image"], one["points"])
             phi = np.asarray(out["phi_t"][0, ..., 0])
-            return targets.paste_back(phi, box, image_shape)
+            return inference.paste_back(phi, box, image_shape)
 
         fns["infer"] = infer
     return fns
@@ -199,25 +212,22 @@ def setup_torch(a, depth: int, size: int, impl: dict) -> dict:
     import numpy as np
     import torch
 
-    from dlset_jax import targets
+    from dlset_jax import inference
     from dlset_jax.models.torch_reference import TorchDeepLevelSet
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     c = make_config(a, depth, size)
-    net = TorchDeepLevelSet(
-        depth=depth,
-        width=a.width,
-        in_channels=4,
-        output_stride=a.output_stride,
-        frozen_bn=True,
-        fusion_channels=a.head_channels,
-        psp_channels=a.head_channels,
-    )
+    net = TorchDeepLevelSet(**common.torch_model_kwargs(c.model))
     evolve = _torch_evolution()
     nchw = lambda v: torch.from_numpy(np.ascontiguousarray(np.moveaxis(v, -1, 1)))
-    t = {k: nchw(v) for k, v in common.fake_batch(a.batch, size).items()}
-    x = torch.cat([t["image"], t["guidance"] / 255.0], 1)
+    batch = common.fake_batch(a.batch, size)
+    one = common.fake_batch(1, size, seed=1)
+    # The guidance channel of the clicks, as the JAX step builds it on the device.
+    points = np.concatenate([batch["points"], one["points"]] if a.infer else [batch["points"]])
+    guid = common.guidance_input(points, size, c.data)
+    t = {k: nchw(batch[k]) for k in ("image", "mask", "sdt", "direction")}
+    x = torch.cat([t["image"], nchw(guid[: a.batch]) / 255.0], 1)
     o = c.optim
     backbone = [p for p in net.backbone.parameters() if p.requires_grad]
     heads = [p for n, p in net.named_parameters() if not n.startswith("backbone.")]
@@ -246,15 +256,14 @@ def setup_torch(a, depth: int, size: int, impl: dict) -> dict:
 
     fns = {"step": step}
     if a.infer:
-        one = {k: nchw(v) for k, v in common.fake_batch(1, size, seed=1).items()}
-        x1 = torch.cat([one["image"], one["guidance"] / 255.0], 1)
+        x1 = torch.cat([nchw(one["image"]), nchw(guid[a.batch :]) / 255.0], 1)
 
         def infer():
             net.eval()
             with torch.no_grad():
                 out = net(x1)
                 phi = evolve(out["phi0"], out["motion"], out["g"], c.levelset.steps)
-            return targets.paste_back(phi[0, 0].numpy(), (80, 100, 400, 440), (512, 512))
+            return inference.paste_back(phi[0, 0].numpy(), (80, 100, 400, 440), (512, 512))
 
         fns["infer"] = infer
     return fns

@@ -12,4 +12,5 @@ def get_config():
     c = paper_training(base_config())
     c.data.name = "refuge_fundus"
     c.data.builder_config = "disc_crop"
+    c.data.image_kinds = ("rgb",)
     return c

@@ -1,10 +1,14 @@
 """dlset_jax: deep level set segmentation with confidence map and boundary loss.
 
-Layering (imports only run downwards):
-  core (pure array functions): guidance, levelset, losses, targets, metrics
-  models/ (Flax Linen networks)
-  data/ (data sets and the input pipeline), predict
-  train_lib, checkpoint, evaluate, reporting, hostmem (the edges: files, devices, memory)
+Layers (imports only run downwards, each layer uses only those below it):
+  1. core, pure array functions: checks, guidance, levelset, losses, targets, metrics
+  2. models/ (Flax networks)
+  3. config (the schema), checkpoint (orbax; the one loader), readers, files (I/O),
+     parallel (mesh, shardings), hostmem (memory back to the OS)
+  4. data/ (builders, generators, grain pipeline); inference (crops + clicks -> level sets)
+  5. segmenter, segment_files (four clicks -> masks in an image / in files)
+  6. train_lib, evaluate, real_benchmark, reporting (loops, scoring, logs)
+  7. train.py, eval.py, predict.py (thin entry points)
 """
 
 __version__ = "0.1.0"

@@ -8,11 +8,24 @@ written); `close()` waits for the last write.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
 import jax
+import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
+
+from dlset_jax import config as config_lib
+from dlset_jax import models
+
+# Written by `evaluate.sweep_threshold`: the mask threshold chosen on validation.
+THRESHOLD_FILE = os.path.join("eval", "threshold.json")
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's arrays do not fit the model built from its config."""
 
 
 class Checkpointer:
@@ -113,3 +126,116 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+# ------------------------------------------------------------ the one loader
+
+
+@dataclasses.dataclass
+class Run:
+    """A trained model as saved in a workdir.
+
+    config: the saved (validated) config; variables: `{"params", "batch_stats"}` on
+    this process's first device; step: the checkpoint's step; threshold: the mask
+    threshold to use (`phi <= threshold`), chosen on validation when the run swept it
+    (`eval/threshold.json`), else `config.levelset.threshold`; threshold_source: which.
+    """
+
+    workdir: str
+    config: ml_collections.ConfigDict
+    variables: dict
+    step: int
+    threshold: float
+    threshold_source: str
+
+
+def _shapes(tree) -> dict:
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {jax.tree_util.keystr(p): tuple(np.shape(x)) for p, x in flat}
+
+
+def check_variables(model, variables, resolution: int, where: str = "checkpoint") -> None:
+    """Raises CheckpointMismatchError when `variables` do not fit `model`."""
+    expected = jax.eval_shape(lambda: model.init_variables(jax.random.key(0), resolution))
+    for col in ("params", "batch_stats"):
+        want, got = _shapes(expected.get(col, {})), _shapes(variables.get(col, {}))
+        missing = sorted(set(want) - set(got))
+        extra = sorted(set(got) - set(want))
+        if missing or extra:
+            what = (
+                f"model expects {col}{missing[0]} which the {where} lacks"
+                if missing
+                else f"{where} has {col}{extra[0]} which the model lacks"
+            )
+            raise CheckpointMismatchError(
+                f"{where} does not match the model built from its config: {what} "
+                f"({len(missing)} missing, {len(extra)} unexpected arrays)"
+            )
+        for k in want:
+            if want[k] != got[k]:
+                raise CheckpointMismatchError(
+                    f"{where} does not match the model built from its config: {col}{k} has "
+                    f"shape {got[k]} in the checkpoint, the model expects {want[k]}"
+                )
+
+
+def read_threshold(workdir: str, config) -> tuple[float, str]:
+    """`(threshold, source)`: the run's validation choice if it made one, else the config's."""
+    path = os.path.join(workdir, THRESHOLD_FILE)
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                return float(json.load(f)["chosen"]), path
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise FileNotFoundError(f"{path}: unreadable threshold choice ({e})") from e
+    return float(config.levelset.threshold), "config levelset.threshold"
+
+
+def load(workdir: str, step: int | None = None, *, check: bool = True) -> Run:
+    """The one way to load a trained model: config, variables and threshold of `workdir`.
+
+    Raises FileNotFoundError (no checkpoint), `config.ConfigError` (a saved config that
+    does not validate), CheckpointMismatchError (arrays that do not fit the model).
+    """
+    ckdir = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(ckdir):
+        raise FileNotFoundError(
+            f"no checkpoints under {workdir!r} (expected {ckdir}/): train first "
+            "(python train.py --workdir ...)"
+        )
+    checkpointer = Checkpointer(workdir, read_only=True)
+    try:
+        latest = checkpointer.latest_step()
+        if latest is None:
+            raise FileNotFoundError(f"no finished checkpoint in {ckdir}")
+        step = latest if step is None else int(step)
+        if step not in checkpointer.all_steps():
+            raise FileNotFoundError(
+                f"no checkpoint for step {step} in {ckdir} (available: {checkpointer.all_steps()})"
+            )
+        try:
+            raw = checkpointer.restore_config(step)
+        except Exception as e:  # orbax raises several types for a damaged item
+            raise FileNotFoundError(
+                f"checkpoint {step} in {ckdir} has no readable config ({type(e).__name__})"
+            ) from e
+        config = config_lib.from_saved(raw)
+        try:
+            config_lib.validate(config)
+        except config_lib.ConfigError as e:
+            raise config_lib.ConfigError(
+                f"config saved with checkpoint {step} in {ckdir}: {e}"
+            ) from e
+        try:
+            variables = checkpointer.restore_variables(step)
+        except Exception as e:
+            raise CheckpointMismatchError(
+                f"cannot restore the arrays of checkpoint {step} in {ckdir} "
+                f"({type(e).__name__}: {str(e)[:200]})"
+            ) from e
+    finally:
+        checkpointer.close()
+    if check:
+        check_variables(models.create_model(config.model), variables, config.data.resolution)
+    threshold, source = read_threshold(workdir, config)
+    return Run(workdir, config, variables, step, threshold, source)

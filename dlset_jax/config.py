@@ -8,12 +8,16 @@ lives in `data.dt_max` and is passed to both the SDT target and the evolution).
 
 from __future__ import annotations
 
+import json
+
 import ml_collections
 
 BOUNDARY_LOSSES = ("eq8", "active_contour", "none")
 GUIDANCE_MODES = ("heatmap", "heatmap+cm")
 CM_VARIANTS = ("paper", "authors")
 OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("step", "cosine")
+SHIFT_MODES = ("example", "batch")
 DEPTHS = (18, 34, 50, 101)
 
 
@@ -31,13 +35,25 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.eval_split = "validation"
     c.data.test_split = "test"
     c.data.resolution = 128  # crop size fed to the network (px)
-    c.data.relax = 10  # crop margin around the extreme points (px)
-    c.data.pert = 5  # training jitter of the extreme points (px)
+    # Crop margin around the clicks: max(relax px, relax_fraction * the box's longer
+    # side), so that with a fraction the object fills the same share of every crop.
+    c.data.relax = 10
+    c.data.relax_fraction = 0.0  # 0 = the authors' fixed margin
+    # Training jitter of the clicks, up to max(pert px, pert_fraction * longer side):
+    # people click small objects within a pixel or two, large ones less precisely.
+    c.data.pert = 5
+    c.data.pert_fraction = 0.0  # 0 = the authors' fixed jitter
     c.data.dt_max = 30.0  # SDT truncation, also the evolution's Dirac scale
     c.data.guidance = "heatmap+cm"  # "heatmap" = DELSE baseline, "heatmap+cm" = paper
     c.data.cm_variant = "paper"  # confidence map: "paper" (eq. 3) or "authors"
     c.data.sigma = 10.0  # heatmap Gaussian width (px, FWHM as DEXTR)
+    # The images the model is trained on, part of its contract with users (see
+    # segmenter.prepare_image): ("grey",), ("rgb",) or ("grey", "rgb").
+    c.data.image_kinds = ("grey",)
     c.data.augment = True  # flip / scale / rotation in training
+    c.data.augment_scale = (0.75, 1.25)  # random scale range
+    c.data.augment_rotation = 20.0  # max rotation (degrees)
+    c.data.augment_flip = True  # random horizontal flip
     c.data.num_workers = 0  # grain worker processes
 
     c.model = ml_collections.ConfigDict()
@@ -48,7 +64,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.frozen_backbone_bn = False  # the authors froze it (with ImageNet weights)
     c.model.compute_dtype = "float32"  # "bfloat16" for mixed precision on GPU/TPU
     c.model.fusion_channels = 128
+    c.model.fusion_align_corners = False  # resize of the skip features to stride 2
     c.model.psp_channels = 128
+    c.model.psp_bins = (1, 2, 3, 6)  # pyramid pooling grid sizes
     c.model.pretrained = ""  # torchvision ResNet weights (.pth/.npz/.safetensors)
 
     c.levelset = ml_collections.ConfigDict()
@@ -56,21 +74,23 @@ def base_config() -> ml_collections.ConfigDict:
     c.levelset.timestep = 5.0
     c.levelset.dirac_ratio = 0.3
     c.levelset.init_shift = 5.0  # training shift of phi0, uniform in [-s, s] px
+    # "example": one shift per crop; "batch": one per batch (the authors' code).
+    c.levelset.init_shift_per = "example"
     c.levelset.epsilon = -1.0  # Heaviside width (negative: H -> 1 inside)
     c.levelset.corners = "full"  # Neumann corners; "authors" = their quirk
     c.levelset.threshold = 0.0  # mask = phi <= threshold
-    # "auto": the fused C++ kernel on CPU (float32), the XLA scan elsewhere; "xla" or
-    # "kernel" force one (same numerics; see levelset.evolve).
-    c.levelset.impl = "auto"
 
     c.loss = ml_collections.ConfigDict()
+    # Eq. 6 weighs object and background pixels by the other class's share (the
+    # paper); False = plain BCE, which does not push the contour outwards.
+    c.loss.balanced = True
     c.loss.boundary = "eq8"  # "eq8" (paper), "active_contour" (authors' code), "none"
     # eq. 8 is normalised per pixel ("mean"); 0.01 * 256**2 reproduces the authors'
     # weight 0.01 on pixel sums at their 256x256 crops, independent of resolution.
     c.loss.boundary_reduction = "mean"
     c.loss.boundary_weight = 655.36
     c.loss.active_contour_weight = 0.01  # the authors' factor on their AC loss
-    c.loss.warmup_epochs = 5  # DELSE warm-up: SDT + motion losses, evolve from SDT
+    c.loss.warmup_epochs = 5.0  # DELSE warm-up: SDT + motion losses, evolve from SDT
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "sgd"
@@ -78,8 +98,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.momentum = 0.9
     c.optim.weight_decay = 1e-6
     c.optim.head_lr_multiplier = 10.0
+    # "step": x decay_factor every decay_every_epochs (the authors'); "cosine": linear
+    # warm-up over warmup_fraction of the run, then cosine down to end_factor x the
+    # rate at the last step (a schedule defined over the run's length).
+    c.optim.schedule = "step"
     c.optim.decay_factor = 0.3
     c.optim.decay_every_epochs = 10
+    c.optim.warmup_fraction = 0.0
+    c.optim.end_factor = 0.01
     c.optim.clip_norm = 10.0
 
     c.train = ml_collections.ConfigDict()
@@ -99,6 +125,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.sweep_range = (-6.0, 4.0, 1.0)
     c.eval.num_overlays = 8
     c.eval.checkpoint_step = -1  # -1 = latest
+    # After training, also segment the Colin27 + AAL real-MR test objects through the
+    # Segmenter (where Debian's mricron-data is installed; see real_benchmark.py).
+    c.eval.real_benchmark = False
 
     c.distributed = ml_collections.ConfigDict()
     c.distributed.initialize = False  # call jax.distributed.initialize() (multi-host)
@@ -119,14 +148,9 @@ def paper_training(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     Returns `c`, changed in place.
     """
     c.data.resolution = 256
-    c.model.depth = 101
-    c.model.output_stride = 8
-    c.model.frozen_backbone_bn = True
+    c.model.update(depth=101, output_stride=8, frozen_backbone_bn=True)
     c.optim.name = "sgd"
-    c.train.batch_size = 10
-    c.train.num_epochs = 100
-    c.train.eval_every = 2000
-    c.train.checkpoint_every = 1000
+    c.train.update(batch_size=10, num_epochs=100, eval_every=2000, checkpoint_every=1000)
     c.eval.sweep_thresholds = True
     return c
 
@@ -134,35 +158,55 @@ def paper_training(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def cpu_sized(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Model, optimiser and schedule sized for a 2-core CPU (the built-in data sets).
 
-    ResNet-18 at half width, output stride 16, 64-channel heads on 128x128 crops,
-    Adam at 1e-3: a
-    model that trains to a useful accuracy in minutes. Returns `c`, changed in place.
+    ResNet-18 at half width, output stride 16, 64-channel heads on 128x128 crops, Adam
+    at 1e-3 with a cosine schedule over the whole run: a model that trains to a useful
+    accuracy in minutes. Returns `c`, changed in place.
     """
     c.data.resolution = 128
-    c.model.depth = 18
-    c.model.width = 32
-    c.model.fusion_channels = 64
-    c.model.psp_channels = 64
     # Stride 16 keeps the last stage at 8x8 instead of 16x16: about 30% less compute
     # for a 128-px crop; the heads still work at stride 2 through the skip fusion.
-    c.model.output_stride = 16
-    c.optim.name = "adam"
-    c.optim.learning_rate = 1e-3
-    c.optim.head_lr_multiplier = 1.0
-    c.optim.decay_every_epochs = 6
-    c.optim.decay_factor = 0.3
-    c.loss.warmup_epochs = 2
-    c.train.batch_size = 8
-    c.train.num_epochs = 15
-    c.train.log_every = 10
-    c.train.eval_every = 0
-    c.train.checkpoint_every = 50
+    c.model.update(depth=18, width=32, fusion_channels=64, psp_channels=64, output_stride=16)
+    c.optim.update(name="adam", learning_rate=1e-3, head_lr_multiplier=1.0)
+    c.optim.update(schedule="cosine", warmup_fraction=0.03)
+    c.loss.warmup_epochs = 2.0
+    c.train.update(batch_size=8, num_epochs=15, log_every=10, eval_every=0, checkpoint_every=50)
     c.eval.batch_size = 16
     return c
 
 
 class ConfigError(ValueError):
     """A configuration value that cannot work; raised before any compute."""
+
+
+# Fields that configs saved by earlier versions may hold and that no longer exist.
+RETIRED_FIELDS = ("levelset.impl",)
+
+
+def from_saved(saved: dict) -> ml_collections.ConfigDict:
+    """A config saved with a checkpoint, completed with today's schema.
+
+    Fields added to the schema since the run was saved take their defaults (each
+    chosen so that it reproduces the earlier behaviour); retired fields are dropped.
+    Unknown fields are kept, so that `validate` names them.
+    """
+    saved = json.loads(json.dumps(saved))  # a deep copy of plain values
+    for path in RETIRED_FIELDS:
+        *parents, leaf = path.split(".")
+        node = saved
+        for p in parents:
+            node = node.get(p, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+
+    def merge(base, new):
+        for k, v in new.items():
+            if isinstance(v, dict) and isinstance(base.get(k), dict):
+                merge(base[k], v)
+            else:
+                base[k] = v
+        return base
+
+    return ml_collections.ConfigDict(merge(base_config().to_dict(), saved))
 
 
 def _unknown_fields(config, schema, prefix=""):
@@ -202,6 +246,17 @@ def validate(
     need(m.output_stride in (8, 16), f"model.output_stride must be 8 or 16, got {m.output_stride}")
     need(m.width >= 1, f"model.width must be >= 1, got {m.width}")
     need(
+        len(m.psp_bins) >= 1 and all(int(b) >= 1 for b in m.psp_bins),
+        f"model.psp_bins must be positive grid sizes, got {tuple(m.psp_bins)}",
+    )
+    need(
+        not (m.frozen_backbone_bn and not m.pretrained),
+        "model.frozen_backbone_bn=True needs pretrained backbone weights: frozen BatchNorm "
+        "of a randomly initialised ResNet keeps its activations unnormalised (their std "
+        "grows to the hundreds by stage 4). Give --config.model.pretrained=<torchvision "
+        "ResNet .pth/.npz/.safetensors>, or set --config.model.frozen_backbone_bn=false",
+    )
+    need(
         m.compute_dtype in ("float32", "bfloat16"),
         f"model.compute_dtype must be 'float32' or 'bfloat16', got {m.compute_dtype!r}",
     )
@@ -220,6 +275,18 @@ def validate(
     )
     need(d.relax >= 0, f"data.relax must be >= 0, got {d.relax}")
     need(d.pert >= 0, f"data.pert must be >= 0, got {d.pert}")
+    need(
+        len(d.image_kinds) >= 1 and set(d.image_kinds) <= {"grey", "rgb"},
+        f"data.image_kinds must name 'grey' and/or 'rgb', got {tuple(d.image_kinds)}",
+    )
+    for name in ("relax_fraction", "pert_fraction"):
+        need(0 <= d[name] <= 1, f"data.{name} must be in [0, 1], got {d[name]}")
+    lo_s, hi_s = d.augment_scale
+    need(
+        0 < lo_s <= hi_s,
+        f"data.augment_scale must be (low, high), 0 < low <= high, got {tuple(d.augment_scale)}",
+    )
+    need(d.augment_rotation >= 0, f"data.augment_rotation must be >= 0, got {d.augment_rotation}")
     need(d.dt_max > 0, f"data.dt_max must be > 0, got {d.dt_max}")
     need(d.sigma > 0, f"data.sigma must be > 0, got {d.sigma}")
     need(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
@@ -229,12 +296,12 @@ def validate(
     need(ls.init_shift >= 0, f"levelset.init_shift must be >= 0, got {ls.init_shift}")
     need(ls.epsilon != 0, "levelset.epsilon must be non-zero")
     need(
-        ls.corners in ("full", "authors"),
-        f"levelset.corners must be 'full' or 'authors', got {ls.corners!r}",
+        ls.init_shift_per in SHIFT_MODES,
+        f"levelset.init_shift_per must be one of {SHIFT_MODES}, got {ls.init_shift_per!r}",
     )
     need(
-        ls.get("impl", "auto") in ("auto", "xla", "kernel"),
-        f"levelset.impl must be 'auto', 'xla' or 'kernel', got {ls.get('impl')!r}",
+        ls.corners in ("full", "authors"),
+        f"levelset.corners must be 'full' or 'authors', got {ls.corners!r}",
     )
     need(
         lo.boundary in BOUNDARY_LOSSES,
@@ -253,6 +320,15 @@ def validate(
     need(o.head_lr_multiplier > 0, "optim.head_lr_multiplier must be > 0")
     need(0 < o.decay_factor <= 1, f"optim.decay_factor must be in (0, 1], got {o.decay_factor}")
     need(o.decay_every_epochs >= 1, "optim.decay_every_epochs must be >= 1")
+    need(
+        o.schedule in SCHEDULES,
+        f"optim.schedule must be one of {SCHEDULES}, got {o.schedule!r}",
+    )
+    need(
+        0 <= o.warmup_fraction < 1,
+        f"optim.warmup_fraction must be in [0, 1), got {o.warmup_fraction}",
+    )
+    need(0 <= o.end_factor <= 1, f"optim.end_factor must be in [0, 1], got {o.end_factor}")
     need(o.clip_norm > 0, f"optim.clip_norm must be > 0, got {o.clip_norm}")
     need(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
     need(

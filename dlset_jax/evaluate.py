@@ -1,11 +1,13 @@
-"""Scoring in the original image: predict each object's crop, evolve, paste back, measure.
+"""Scoring in the original image: segment each object of a split, measure, report.
 
-`run_evaluation` segments every object of a split from its exact extreme points,
-pastes the level set back into the full image (positive background outside the
-crop), thresholds it and computes the paper's metrics per object, with the trivial
-baseline (the filled quadrilateral through the four points) beside them. With a
-`workdir` it writes `eval/<split>/`: results.json, table.md (paper Tables 1-3 layout),
-fmeasure.png (boundary F against tolerance, Fig. 3) and overlays (Fig. 4 style).
+`run_evaluation` segments every object of a split from its exact extreme points
+(`inference.predict_crops`, the same path as training's and prediction's), pastes the
+level set back into the full image, thresholds it and computes the paper's metrics
+per object, with the trivial baseline (the filled quadrilateral through the four
+points) beside them. With a `workdir` it writes `eval/<split>/`: results.json,
+table.md (paper Tables 1-3 layout), fmeasure.png (boundary F against tolerance,
+Fig. 3) and overlays (Fig. 4 style). Distances are in the data set's unit (mm, or px
+where it has no physical spacing).
 
 Each process scores its own shard of the objects on its local devices; process 0
 merges the records (through files in the workdir, which multi-host runs share).
@@ -16,103 +18,38 @@ from __future__ import annotations
 import functools
 import json
 import os
-import tempfile
 
 import jax
-import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from dlset_jax import levelset, metrics, targets
+from dlset_jax import checkpoint as ckpt_lib
+from dlset_jax import config as config_lib
+from dlset_jax import files, inference, metrics, models, parallel, targets
 from dlset_jax.data import pipeline
 
-BACKGROUND_PHI = 20.0  # level set value outside the crop (positive = outside)
-F_TOLERANCES = tuple(range(1, 11))
-
-
-# ------------------------------------------------------------- config -> data
-
-
-def load_data_source(config, split: str):
-    d = config.data
-    name = d.name + (f"/{d.builder_config}" if d.builder_config else "")
-    return pipeline.load_source(
-        name, d.data_dir, split, build=d.build, manual_dir=d.manual_dir or None
-    )
-
-
-def pipeline_kwargs(config) -> dict:
-    d = config.data
-    return dict(
-        resolution=d.resolution,
-        relax=d.relax,
-        dt_max=d.dt_max,
-        guidance_mode=d.guidance,
-        cm_variant=d.cm_variant,
-        sigma=d.sigma,
-    )
-
-
-# ---------------------------------------------------------------- prediction
-
-
-def predict_crops(variables, image, guidance, *, model, config, return_trajectory: bool = False):
-    """Network + evolution on crops (pure; jit it).
-
-    Args:
-      variables: `{"params", "batch_stats"}`.
-      image: `(B, R, R, 3)` normalised crops; guidance: `(B, R, R, 1)` in [0, 510].
-
-    Returns:
-      dict with the network outputs and `phi_t` `(B, R, R, 1)` after T steps (and
-      `trajectory` `(T+1, B, R, R, 1)` when asked).
-    """
-    x = jnp.concatenate([image, guidance / 255.0], axis=-1)
-    out = model.apply(variables, x, train=False)
-    ls_cfg = config.levelset
-    res = levelset.evolve(
-        out["phi0"],
-        out["motion"],
-        out["g"],
-        steps=ls_cfg.steps,
-        timestep=ls_cfg.timestep,
-        dirac_ratio=ls_cfg.dirac_ratio,
-        dt_max=config.data.dt_max,
-        corners=ls_cfg.corners,
-        impl=ls_cfg.get("impl", "auto"),
-        return_trajectory=return_trajectory,
-    )
-    if return_trajectory:
-        out["phi_t"], out["trajectory"] = res
-    else:
-        out["phi_t"] = res
-    return out
-
-
-def local_mesh() -> Mesh:
-    return Mesh(np.asarray(jax.local_devices()), ("data",))
-
-
-def to_local(variables, mesh: Mesh):
-    """Replicated global arrays -> arrays replicated on this process's devices."""
-
-    def local(x):
-        if isinstance(x, jax.Array) and not x.is_fully_addressable:
-            x = x.addressable_data(0)
-        return jax.device_put(np.asarray(x), NamedSharding(mesh, P()))
-
-    return jax.tree.map(local, variables)
+# Fields that define the network's inputs or architecture: an existing checkpoint is
+# evaluated with its own values, never with others.
+FROZEN_FIELDS = (
+    "data.guidance",
+    "data.cm_variant",
+    "data.sigma",
+    "data.resolution",
+    "data.relax",
+    "data.relax_fraction",
+    "data.dt_max",
+    "model.",
+)
 
 
 @functools.lru_cache(maxsize=8)
 def _compiled_predict(model, config_json: str, mesh: Mesh):
-    import ml_collections
-
     config = ml_collections.ConfigDict(json.loads(config_json))
     data = NamedSharding(mesh, P("data"))
     return jax.jit(
-        functools.partial(predict_crops, model=model, config=config),
+        functools.partial(inference.predict_crops, model=model, config=config),
         in_shardings=(NamedSharding(mesh, P()), data, data),
     )
 
@@ -120,54 +57,34 @@ def _compiled_predict(model, config_json: str, mesh: Mesh):
 # ------------------------------------------------------------------- scoring
 
 
-def score_object(
-    phi_full: np.ndarray,
-    gt: np.ndarray,
-    points_full: np.ndarray,
-    spacing,
-    threshold: float,
-    thresholds=(),
-) -> dict:
-    """Metrics of one object in the full image, plus the four-point baseline's DSC."""
-    pred = phi_full <= threshold
-    rec = metrics.object_metrics(
-        pred, gt, spacing=tuple(float(s) for s in spacing), tolerances=(1, 2)
-    )
-    for tol in F_TOLERANCES:
-        rec[f"bf_curve_{tol}"] = metrics.boundary_fmeasure(pred, gt, tol)[2]
-    rec["baseline_dsc"] = metrics.dice(targets.polygon_mask(points_full, gt.shape), gt)
-    for t in thresholds:
-        rec[f"dsc_at_{t:g}"] = metrics.dice(phi_full <= t, gt)
-    return rec
+def _iterate_predictions(config, variables, source, *, model, max_objects, predict=None):
+    """Yields (batch, outputs) for this process's shard of the split.
 
-
-def crop_to_image_points(points_crop, box, resolution):
-    y0, x0, y1, x1 = (int(v) for v in box)
-    x = targets.crop_to_image_coords(points_crop[:, 0], x0, x1 - x0, resolution)
-    y = targets.crop_to_image_coords(points_crop[:, 1], y0, y1 - y0, resolution)
-    return np.stack([x, y], -1)
-
-
-def _iterate_predictions(config, variables, source, *, model, max_objects):
-    """Yields (batch, outputs) for this process's shard of the split."""
-    mesh = local_mesh()
-    fn = _compiled_predict(model, config.to_json(), mesh)
-    variables = to_local(variables, mesh)
+    `predict(batch) -> phi_t (B, R, R, 1)` replaces the network and the evolution
+    (oracle tests of the scoring); None runs `inference.predict_crops`.
+    """
+    if predict is None:
+        mesh = parallel.local_mesh()
+        fn = _compiled_predict(model, config.to_json(), mesh)
+        variables = parallel.to_local(variables, mesh)
+        sharding = NamedSharding(mesh, P("data"))
     objects = pipeline.ObjectSource(source)
     if max_objects and max_objects > 0:
         objects = pipeline.ObjectSource(source, objects.index[:max_objects])
     it = pipeline.make_eval_iterator(
         objects,
+        pipeline.CropOptions.from_config(config),
         batch_size=config.eval.batch_size,
         shard_index=jax.process_index(),
         shard_count=jax.process_count(),
-        **pipeline_kwargs(config),
     )
-    sharding = NamedSharding(mesh, P("data"))
     for batch in it:
+        if predict is not None:
+            yield batch, {"phi_t": np.asarray(predict(batch))}
+            continue
         img = jax.device_put(batch["image"], sharding)
-        gd = jax.device_put(batch["guidance"], sharding)
-        out = jax.device_get(fn(variables, img, gd))
+        pts = jax.device_put(batch["points"], sharding)
+        out = jax.device_get(fn(variables, img, pts))
         yield batch, out
 
 
@@ -195,30 +112,34 @@ def run_evaluation(
     workdir: str | None = None,
     threshold: float | None = None,
     thresholds=(),
+    predict=None,
 ) -> dict:
     """Scores every object of `split`; see the module docstring.
 
+    `predict`: see `_iterate_predictions` (None: the model).
+
     Returns dict: `records` (per object), `scalars` (means), `summary`
-    (`metrics.summarize`), `table` (Markdown), `overlays` ((N, R, R, 3) uint8 crops).
+    (`metrics.summarize`), `table` (Markdown), `overlays` ((N, R, R, 3) uint8 crops),
+    `unit` (of HD / HD95 / ABD: "mm" or "px").
     """
     threshold = config.levelset.threshold if threshold is None else threshold
-    source = load_data_source(config, split)
-    class_names = (
-        source.dataset_info.metadata.get("class_names") if (source.dataset_info.metadata) else None
-    )
+    source = pipeline.load_split(config, split)
+    meta = source.dataset_info.metadata or {}
+    class_names = meta.get("class_names")
+    unit = meta.get("spacing_unit", "mm")
     records, overlays = [], []
     res = config.data.resolution
     for batch, out in _iterate_predictions(
-        config, variables, source, model=model, max_objects=max_objects
+        config, variables, source, model=model, max_objects=max_objects, predict=predict
     ):
         for i in np.nonzero(batch["valid"])[0]:
             h, w = (int(v) for v in batch["image_shape"][i])
-            phi_full = targets.paste_back(
-                out["phi_t"][i, ..., 0], batch["box"][i], (h, w), background=BACKGROUND_PHI
-            )
+            phi_full = inference.paste_back(out["phi_t"][i, ..., 0], batch["box"][i], (h, w))
             gt = batch["full_mask"][i, :h, :w] > 0
-            pts = crop_to_image_points(batch["points"][i], batch["box"][i], res)
-            rec = score_object(phi_full, gt, pts, batch["spacing"][i], threshold, thresholds)
+            pts = inference.crop_to_image_points(batch["points"][i], batch["box"][i], res)
+            rec = metrics.score_object(
+                phi_full, gt, pts, batch["spacing"][i], threshold, thresholds
+            )
             cid = int(batch["class_id"][i])
             rec["class"] = class_names[cid] if class_names and cid < len(class_names) else cid
             rec["id"] = str(batch["id"][i])
@@ -232,10 +153,11 @@ def run_evaluation(
         "records": records,
         "summary": summary,
         "scalars": scalars,
-        "table": format_report_table(summary),
+        "table": format_report_table(summary, unit),
         "overlays": np.stack(overlays) if overlays else None,
         "threshold": threshold,
         "split": split,
+        "unit": unit,
     }
     if workdir and jax.process_index() == 0:
         write_reports(os.path.join(workdir, "eval", split), result, config)
@@ -251,7 +173,7 @@ def _gather_records(records, workdir, split):
         raise ValueError("multi-process evaluation needs a shared workdir")
     d = os.path.join(workdir, "eval", split, "parts")
     os.makedirs(d, exist_ok=True)
-    atomic_write_text(
+    files.atomic_write_text(
         os.path.join(d, f"{jax.process_index()}.json"), json.dumps(records, default=float)
     )
     multihost_utils.sync_global_devices(f"eval-{split}")
@@ -262,8 +184,12 @@ def _gather_records(records, workdir, split):
     return merged
 
 
-def sweep_threshold(config, variables, *, model, workdir=None) -> float:
-    """The mask threshold (phi <= t) with the best mean DSC on the validation split."""
+def sweep_threshold(config, variables, *, model, workdir=None, predict=None) -> float:
+    """The mask threshold (phi <= t) with the best mean DSC on the validation split.
+
+    With a workdir the choice is written to `eval/threshold.json`, where
+    `checkpoint.load` (and so prediction) finds it.
+    """
     lo, hi, step = config.eval.sweep_range
     grid = tuple(float(t) for t in np.arange(lo, hi + step / 2, step))
     res = run_evaluation(
@@ -273,58 +199,66 @@ def sweep_threshold(config, variables, *, model, workdir=None) -> float:
         model=model,
         workdir=workdir,
         thresholds=grid,
+        predict=predict,
     )
     means = {t: float(np.mean([r[f"dsc_at_{t:g}"] for r in res["records"]])) for t in grid}
     best = max(means, key=means.get)
     if workdir and jax.process_index() == 0:
-        atomic_write_text(
-            os.path.join(workdir, "eval", "threshold.json"),
+        files.atomic_write_text(
+            os.path.join(workdir, ckpt_lib.THRESHOLD_FILE),
             json.dumps({"mean_dsc": means, "chosen": best}, indent=1),
         )
     return best
 
 
+def check_overridable(overrides) -> None:
+    """Raises ConfigError naming the first override of a field in `FROZEN_FIELDS`."""
+    for key in sorted(overrides):
+        for frozen in FROZEN_FIELDS:
+            if key == frozen or (frozen.endswith(".") and key.startswith(frozen)):
+                raise config_lib.ConfigError(
+                    f"--config.{key} cannot be overridden for an existing checkpoint: it "
+                    "defines the network's inputs or architecture (the saved value is used)"
+                )
+
+
+def apply_overrides(config, overrides: dict) -> ml_collections.ConfigDict:
+    """The saved config with the user's explicit `{"a.b": value}` overrides.
+
+    Raises ConfigError naming the first override of a field in `FROZEN_FIELDS`
+    (the network was trained with its own inputs and architecture).
+    """
+    check_overridable(overrides)
+    config = ml_collections.ConfigDict(config.to_dict())
+    try:
+        config.update_from_flattened_dict(dict(overrides))
+    except (KeyError, AttributeError) as e:
+        raise config_lib.ConfigError(f"unknown config field in the overrides: {e}") from None
+    config_lib.validate(config)
+    return config
+
+
 def evaluate_workdir(
     workdir: str, *, split: str = "test", step: int | None = None, overrides=None
 ) -> dict:
-    """Restores a checkpoint of `workdir` with its saved config and evaluates `split`.
+    """Evaluates a checkpoint of `workdir` with its saved config on `split`.
 
-    `overrides`: an optional ConfigDict whose fields replace the saved ones.
+    `overrides`: `{"a.b": value}` fields given explicitly by the user (the saved config
+    is the truth otherwise; see `apply_overrides`). The threshold is the run's
+    (`checkpoint.load`), swept again on validation only when asked.
     """
-    import ml_collections
-
-    from dlset_jax import checkpoint as ckpt_lib
-    from dlset_jax import config as config_lib
-    from dlset_jax import models
-
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        raise FileNotFoundError(
-            f"no checkpoints under {workdir!r}: train first (python train.py --workdir ...)"
-        )
-    checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
-    config = ml_collections.ConfigDict(checkpointer.restore_config(step))
-    if overrides is not None:
-        config.update_from_flattened_dict({k: v for k, v in _flatten(overrides.to_dict()).items()})
-    config_lib.validate(config)
-    variables = checkpointer.restore_variables(step)
-    checkpointer.close()
+    check_overridable(overrides or {})  # before anything is read
+    run = ckpt_lib.load(workdir, step)
+    config = apply_overrides(run.config, overrides or {})
     model = models.create_model(config.model)
-    threshold = config.levelset.threshold
-    if config.eval.sweep_thresholds:
-        threshold = sweep_threshold(config, variables, model=model, workdir=workdir)
+    threshold = run.threshold
+    if overrides and "levelset.threshold" in overrides:
+        threshold = float(config.levelset.threshold)
+    if overrides and overrides.get("eval.sweep_thresholds"):
+        threshold = sweep_threshold(config, run.variables, model=model, workdir=workdir)
     return run_evaluation(
-        config, variables, split=split, model=model, workdir=workdir, threshold=threshold
+        config, run.variables, split=split, model=model, workdir=workdir, threshold=threshold
     )
-
-
-def _flatten(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 # ------------------------------------------------------------------- reports
@@ -332,23 +266,9 @@ def _flatten(d, prefix=""):
 REPORT_METRICS = ("dsc", "rvd", "hd", "hd95", "abd", "iou", "bf_1", "bf_2", "baseline_dsc")
 
 
-def format_report_table(summary) -> str:
-    return metrics.format_table(summary, metrics=REPORT_METRICS)
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Writes via a temporary file and a rename, so readers never see half a file."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _atomic_savefig(fig, path: str) -> None:
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+def format_report_table(summary, unit: str = "mm") -> str:
+    """The Markdown table; HD / HD95 / ABD labelled in the data set's `unit`."""
+    return metrics.format_table(summary, metrics=REPORT_METRICS, distance_unit=unit)
 
 
 def _figure(**kwargs):
@@ -367,29 +287,32 @@ def write_reports(outdir: str, result: dict, config) -> None:
     payload = {
         "split": result["split"],
         "threshold": result["threshold"],
+        "distance_unit": result["unit"],
         "summary": result["summary"],
         "records": result["records"],
         "config": json.loads(config.to_json()),
     }
-    atomic_write_text(
+    files.atomic_write_text(
         os.path.join(outdir, "results.json"), json.dumps(payload, indent=1, default=float)
     )
-    atomic_write_text(
+    files.atomic_write_text(
         os.path.join(outdir, "table.md"),
         f"# {config.data.name} / {result['split']} "
         f"(threshold {result['threshold']:g})\n\n{result['table']}\n",
     )
     fig = _figure(figsize=(4.5, 3.2))
     ax = fig.subplots()
-    f_means = [np.mean([r[f"bf_curve_{t}"] for r in result["records"]]) for t in F_TOLERANCES]
-    ax.plot(F_TOLERANCES, f_means, "o-", label="deep level set")
+    f_means = [
+        np.mean([r[f"bf_curve_{t}"] for r in result["records"]]) for t in metrics.F_TOLERANCES
+    ]
+    ax.plot(metrics.F_TOLERANCES, f_means, "o-", label="deep level set")
     ax.set_xlabel("tolerance (px)")
     ax.set_ylabel("boundary F-measure")
     ax.set_ylim(0, 1.0)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     ax.set_title(f"{config.data.name}: {result['split']}")
-    _atomic_savefig(fig, os.path.join(outdir, "fmeasure.png"))
+    files.atomic_savefig(fig, os.path.join(outdir, "fmeasure.png"))
     if result["overlays"] is not None:
         n = len(result["overlays"])
         cols = min(n, 4)
@@ -403,4 +326,4 @@ def write_reports(outdir: str, result: dict, config) -> None:
                 rec = result["records"][k]
                 ax.set_title(f"DSC {rec['dsc']:.3f}", fontsize=8)
         fig.suptitle("green: ground truth, red: prediction", fontsize=9)
-        _atomic_savefig(fig, os.path.join(outdir, "overlays.png"))
+        files.atomic_savefig(fig, os.path.join(outdir, "overlays.png"))

@@ -1,7 +1,10 @@
-"""Guidance from four extreme points: extreme points, heatmap, confidence map.
+"""The guidance channel from four extreme points: heatmap and confidence map.
 
 Pure JAX; every function is jit- and vmap-friendly (image sizes, ``sigma``,
-``mode`` and ``variant`` are static Python values).
+``mode`` and ``variant`` are static Python values). This is the one implementation:
+training, evaluation and prediction build the network input from the crop's points
+with it on the device (``inference.model_inputs``). The clicks themselves are
+simulated from masks on the host (``targets.extreme_points``).
 
 Conventions (see docs/method.md, "Inputs: crop, guidance channel"):
 
@@ -24,7 +27,6 @@ import jax
 import jax.numpy as jnp
 
 __all__ = [
-    "extreme_points",
     "gaussian_heatmap",
     "confidence_map",
     "guidance_channel",
@@ -40,11 +42,6 @@ CM_VARIANTS = ("paper", "authors")
 _MIN_SIGMA_S = 0.5
 # Floor inside square roots: keeps d(sqrt)/dx finite at x = 0.
 _SQRT_FLOOR = 1e-20
-
-
-def _is_concrete(x) -> bool:
-    """True when ``x`` holds values (not a tracer under jit/vmap/grad)."""
-    return not isinstance(x, jax.core.Tracer)
 
 
 def _safe_sqrt(x):
@@ -81,102 +78,9 @@ def _pixel_grid(height: int, width: int):
 
 
 # --------------------------------------------------------------------------
-# Extreme points
-# --------------------------------------------------------------------------
-def _pick(candidates, score=None):
-    """Index of one True entry of 1-D ``candidates``: the first one when
-    ``score`` is None, else the one with the largest ``score`` (uniform random
-    scores give a uniformly random choice)."""
-    if score is None:
-        return jnp.argmax(candidates)
-    return jnp.argmax(jnp.where(candidates, score, -1.0))
-
-
-def extreme_points(mask, key=None, pert=0):
-    """Left-, right-, top- and bottom-most pixels of a binary mask.
-
-    Args:
-      mask: ``(H, W)`` bool, integer or float array. Foreground is ``mask != 0``
-        for bool/integer masks and ``mask > 0.5`` for float masks.
-      key: optional ``jax.random`` PRNG key. When given, ties (several pixels on
-        the extreme column/row) are broken uniformly at random; otherwise the
-        first pixel (smallest row for left/right, smallest column for
-        top/bottom) is taken. Same key -> same result.
-      pert: jitter in pixels (authors: 5 in training, 0 in evaluation). Each of
-        the 8 coordinates is shifted by an independent uniform integer in
-        ``[-pert, pert]`` drawn from ``key`` and then clipped to the image
-        (x in ``[0, W-1]``, y in ``[0, H-1]``). ``pert > 0`` needs a key. May be
-        a traced integer scalar.
-
-    Returns:
-      ``(4, 2)`` float32 points ``(x, y)`` in the order left, right, top, bottom.
-
-    Raises:
-      ValueError: mask not 2-D; mask concrete and empty; ``pert`` concrete and
-        negative, or positive without a key.
-
-    Under tracing (jit/vmap) an empty mask cannot be detected; the result for
-    it is then all zeros.
-    """
-    mask = jnp.asarray(mask)
-    if mask.ndim != 2:
-        raise ValueError(f"extreme_points: mask must be 2-D (H, W), got shape {mask.shape}")
-    if jnp.issubdtype(mask.dtype, jnp.floating):
-        fg = mask > 0.5
-    else:
-        fg = mask != 0
-    if _is_concrete(fg) and not bool(jnp.any(fg)):
-        raise ValueError(f"extreme_points: empty mask of shape {mask.shape} (no foreground pixel)")
-    if _is_concrete(pert):
-        if int(pert) < 0:
-            raise ValueError(f"extreme_points: pert must be >= 0, got {pert}")
-        if int(pert) > 0 and key is None:
-            raise ValueError(f"extreme_points: pert={pert} needs a PRNG key")
-    height, width = mask.shape
-
-    cols = jnp.any(fg, axis=0)  # (W,)
-    rows = jnp.any(fg, axis=1)  # (H,)
-    x_min = jnp.argmax(cols)
-    x_max = width - 1 - jnp.argmax(cols[::-1])
-    y_min = jnp.argmax(rows)
-    y_max = height - 1 - jnp.argmax(rows[::-1])
-
-    # One uniform draw serves everything (cheap to compile): tie-breaking
-    # scores for the four candidate lines, then 8 jitter variates.
-    if key is None:
-        scores = [None] * 4
-    else:
-        u = jax.random.uniform(key, (2 * height + 2 * width + 8,))
-        scores = jnp.split(u[:-8], [height, 2 * height, 2 * height + width])
-    y_left = _pick(fg[:, x_min], scores[0])
-    y_right = _pick(fg[:, x_max], scores[1])
-    x_top = _pick(fg[y_min, :], scores[2])
-    x_bottom = _pick(fg[y_max, :], scores[3])
-    pts = jnp.stack(
-        [
-            jnp.stack([x_min, y_left]),
-            jnp.stack([x_max, y_right]),
-            jnp.stack([x_top, y_min]),
-            jnp.stack([x_bottom, y_max]),
-        ]
-    ).astype(jnp.float32)
-
-    if key is not None:
-        # uniform integer in [-pert, pert]: floor(u * (2 pert + 1)) - pert
-        p = jnp.asarray(pert, dtype=jnp.float32)
-        k = jnp.minimum(jnp.floor(u[-8:] * (2.0 * p + 1.0)), 2.0 * p)
-        pts = pts + (k - p).reshape(4, 2)
-        hi = jnp.array([width - 1, height - 1], dtype=jnp.float32)
-        pts = jnp.clip(pts, 0.0, hi)
-    pts = jnp.where(jnp.any(fg), pts, 0.0)
-    chex.assert_shape(pts, (4, 2))
-    return pts
-
-
-# --------------------------------------------------------------------------
 # Heatmap
 # --------------------------------------------------------------------------
-def gaussian_heatmap(points, height: int, width: int, sigma: float = 10.0, fwhm: bool = True):
+def gaussian_heatmap(points, height: int, width: int, sigma: float, fwhm: bool = True):
     """Extreme-point heatmap (DEXTR): Gaussians combined by max, rescaled to [0, 255].
 
     Each point ``p`` contributes ``g_p(x) = exp(-4 ln2 |x - p|^2 / sigma^2)`` when
@@ -238,7 +142,7 @@ def _segment_distance(xs, ys, a, b):
     return _safe_sqrt(rx**2 + ry**2)
 
 
-def confidence_map(points, height: int, width: int, variant: str = "paper"):
+def confidence_map(points, height: int, width: int, variant: str):
     """Confidence map of paper eqs. 1-3 from the four extreme points.
 
     Segments: s1 = left-right (points 0, 1), s2 = top-bottom (points 2, 3).
@@ -294,9 +198,9 @@ def guidance_channel(
     points,
     height: int,
     width: int,
-    mode: str = "heatmap+cm",
-    sigma: float = 10.0,
-    cm_variant: str = "paper",
+    mode: str,
+    sigma: float,
+    cm_variant: str,
     fwhm: bool = True,
 ):
     """The extra network input channel built from the four points.

@@ -3,7 +3,7 @@
 Conventions (see docs/method.md of the project):
   * Arrays are NHWC. A level set `phi` is `(B, H, W, 1)`, negative INSIDE the object,
     positive outside, zero on the contour; units are pixels (it is a truncated
-    signed distance, `dt_max` = 30 px by default).
+    signed distance truncated at `dt_max` px).
   * The motion field is `(B, H, W, 2)`: channel 0 is the y (row) component, channel 1
     the x (column) component, in pixels per unit of `timestep` per unit gradient.
   * Finite differences follow `numpy.gradient`: central differences inside, one-sided
@@ -17,35 +17,32 @@ distance regularisation are `stop_gradient`, so the evolution is differentiable 
 respect to the initial level set, the motion field and the modulation map `g` only
 through the Dirac-weighted motion/curvature update.
 
-Two implementations of `evolve` (issue 7, benchmarks/levelset.py): on CPU the fused
-C++ kernel of `dlset_jax.evolution_kernel` (4.4 ms forward, 8.8 ms with gradients at
-T=5, batch 10, 256x256), elsewhere a `lax.scan` of the functions below, which are also
-the reference the kernel is tested against. They are written for what XLA:CPU
-compiles well:
+`evolve` is a `jax.lax.scan` of the functions below, on every backend. They are
+written for what XLA:CPU compiles well (`benchmarks/levelset.py` measures them):
   * sin/cos/atan are float32 polynomials (`_quadrants`, `_atan`): XLA:CPU calls a
     scalar library function for `jnp.sin`/`jnp.cos`/`jnp.arctan` (~9 ns per element,
-    80% of the evolution's time); the polynomials vectorise and agree to ~1 ulp.
+    most of the evolution's time); the polynomials vectorise and agree to ~1 ulp.
   * Boundary conditions are selects against broadcast one-pixel strips, not
     concatenations: XLA:CPU never fuses a concatenation along the minor (W) axis.
-The XLA version's gradients are those of autodiff, which the parity tests check
-directly against the authors' fixtures; the kernel's backward is written by hand and
-tested against both.
+Gradients are those of autodiff; the parity tests check them against the authors'
+fixtures.
+
+Parameters that the config owns (`levelset.*`, `data.dt_max`) have no defaults here:
+the config schema (`dlset_jax/config.py`) is their one home.
 """
 
 from __future__ import annotations
 
 import functools
-import warnings
 from typing import Literal
 
 import chex
 import jax
 import jax.numpy as jnp
 
-from dlset_jax import checks, evolution_kernel
+from dlset_jax import checks
 
 Corners = Literal["full", "authors"]
-Impl = Literal["auto", "xla", "kernel"]
 
 
 def _index(x, axis):
@@ -134,7 +131,7 @@ def _check_corners(corners) -> None:
         raise ValueError(f"corners must be 'full' or 'authors', got {corners!r}")
 
 
-def neumann_boundary(phi: jax.Array, corners: Corners = "full") -> jax.Array:
+def neumann_boundary(phi: jax.Array, corners: Corners) -> jax.Array:
     """Neumann (mirror) boundary condition on the outer one-pixel frame.
 
     Rows 0 and H-1 take the values of rows 2 and H-3, columns 0 and W-1 those of columns
@@ -231,11 +228,12 @@ def _cos_jvp(primals, tangents):
     return c, -s * tangents[0]
 
 
-def dirac(phi: jax.Array, ratio: float = 0.3, dt_max: float = 30.0) -> jax.Array:
+def dirac(phi: jax.Array, ratio: float, dt_max: float) -> jax.Array:
     """Band-limited smooth Dirac delta with peak 1.
 
     `delta = 0.5 * (1 + cos(pi * u / ratio))` for `|u| < ratio`, else 0, with
-    `u = phi / dt_max`: support `|phi| < ratio * dt_max` pixels (9 px by default).
+    `u = phi / dt_max`: support `|phi| < ratio * dt_max` pixels (9 px with the paper's
+    0.3 and 30).
     """
     u = phi / dt_max
     f = 0.5 * (1 + _cos(jnp.pi * u / ratio))
@@ -263,10 +261,10 @@ def _atan_jvp(primals, tangents):
     return _atan(x), t / (1 + x * x)
 
 
-def heaviside(v: jax.Array, epsilon: float = -1.0) -> jax.Array:
+def heaviside(v: jax.Array, epsilon: float) -> jax.Array:
     """Smooth Heaviside `0.5 * (1 + (2 / pi) * atan(v / epsilon))`, values in (0, 1).
 
-    With the default negative `epsilon`, H -> 1 INSIDE (where phi < 0), so `H(phi_T)` is
+    With a negative `epsilon` (the paper's -1), H -> 1 INSIDE (where phi < 0), so `H(phi_T)` is
     the soft foreground probability.
     """
     return 0.5 * (1 + (2 / jnp.pi) * _atan(v / epsilon))
@@ -310,10 +308,10 @@ def evolve_step(
     vx: jax.Array,
     g: jax.Array | None,
     *,
-    timestep: float = 5.0,
-    dirac_ratio: float = 0.3,
-    dt_max: float = 30.0,
-    corners: Corners = "full",
+    timestep: float,
+    dirac_ratio: float,
+    dt_max: float,
+    corners: Corners,
 ) -> jax.Array:
     """One evolution step on `(..., H, W)` arrays (see `evolve`)."""
     phi = neumann_boundary(phi, corners)
@@ -339,48 +337,9 @@ def _validate(phi0, motion, g):
         checks.check_same_shape(phi0=phi0, g=g)
 
 
-@functools.cache
-def _warn_no_kernel(why: str) -> None:
-    warnings.warn(
-        f"levelset.evolve: the fused CPU kernel is unavailable ({why}); "
-        "using the XLA version (same results, several times slower).",
-        RuntimeWarning,
-        stacklevel=3,
-    )
-
-
-def _use_kernel(impl: str, dtype) -> bool:
-    """Whether `evolve` runs the fused kernel (see `evolve`'s `impl`)."""
-    if impl not in ("auto", "xla", "kernel"):
-        raise ValueError(f"impl must be 'auto', 'xla' or 'kernel', got {impl!r}")
-    if impl == "xla":
-        return False
-    if impl == "kernel":
-        if dtype != jnp.float32:
-            raise ValueError(f"impl='kernel' needs a float32 phi0, got {dtype}")
-        why = evolution_kernel.unavailable_reason()
-        if why is not None:
-            raise evolution_kernel.KernelUnavailable(why)
-        return True
-    if jax.default_backend() != "cpu" or dtype != jnp.float32:
-        return False
-    why = evolution_kernel.unavailable_reason()
-    if why is not None:
-        _warn_no_kernel(why)
-    return why is None
-
-
 @functools.partial(
     jax.jit,
-    static_argnames=(
-        "steps",
-        "timestep",
-        "dirac_ratio",
-        "dt_max",
-        "corners",
-        "return_trajectory",
-        "impl",
-    ),
+    static_argnames=("steps", "timestep", "dirac_ratio", "dt_max", "corners", "return_trajectory"),
 )
 def evolve(
     phi0: jax.Array,
@@ -388,12 +347,11 @@ def evolve(
     g: jax.Array | None = None,
     *,
     steps: int,
-    timestep: float = 5.0,
-    dirac_ratio: float = 0.3,
-    dt_max: float = 30.0,
-    corners: Corners = "full",
+    timestep: float,
+    dirac_ratio: float,
+    dt_max: float,
+    corners: Corners,
     return_trajectory: bool = False,
-    impl: Impl = "auto",
 ):
     """Evolves a level set for `steps` steps under motion, curvature and regularisation.
 
@@ -412,10 +370,6 @@ def evolve(
       dt_max: truncation distance of the signed distance (pixels).
       corners: "full" (correct Neumann corners) or "authors" (reference quirk).
       return_trajectory: also return every level set.
-      impl: "xla" runs the steps as a `jax.lax.scan` of the functions above; "kernel"
-        the fused C++ kernel (`dlset_jax.evolution_kernel`, float32, CPU only; same
-        numerics to float rounding, several times faster); "auto" the kernel when the
-        default backend is CPU, phi0 is float32 and the kernel could be built, else XLA.
 
     Returns:
       `phi_T` `(B, H, W, 1)`; with `return_trajectory`, `(phi_T, trajectory)` where
@@ -425,22 +379,6 @@ def evolve(
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     _check_corners(corners)
-    if _use_kernel(impl, phi0.dtype):
-        # The kernel takes the NHWC arrays as they are (no slices, so no layout copies).
-        args = (
-            phi0,
-            motion.astype(jnp.float32),
-            jnp.ones_like(phi0) if g is None else g.astype(jnp.float32),
-            steps,
-            timestep,
-            dirac_ratio,
-            dt_max,
-            corners,
-        )
-        if not return_trajectory:
-            return evolution_kernel.final(*args)
-        states = evolution_kernel.trajectory(*args)  # (B, T+1, H, W)
-        return states[:, -1, :, :, None], jnp.moveaxis(states, 1, 0)[..., None]
     phi = phi0[..., 0]
     vy, vx = motion[..., 0], motion[..., 1]
     gg = None if g is None else g[..., 0]

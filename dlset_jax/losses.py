@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from dlset_jax import checks
-from dlset_jax.levelset import dirac, heaviside
+from dlset_jax.levelset import heaviside
 
 # Keeps log() finite when H(phi) saturates to exactly 0 or 1 in float32 (|phi| > 1e7);
 # never active for level sets in the usual +-30 px range.
@@ -43,17 +43,36 @@ def class_balanced_bce(prob: jax.Array, labels: jax.Array) -> jax.Array:
     return loss / labels.size
 
 
-def levelset_output_loss(phi_t: jax.Array, mask: jax.Array, epsilon: float = -1.0) -> jax.Array:
-    """Level-set output loss: `100 *` class-balanced BCE of `H(phi_T)` (paper eq. 6).
+def bce(prob: jax.Array, labels: jax.Array) -> jax.Array:
+    """Plain binary cross-entropy, averaged over pixels (nats per pixel).
 
-    The factor 100 is the authors' scaling (their `LSE_output_loss`).
+    Unlike `class_balanced_bce` it weighs a missed object pixel and a leaked background
+    pixel alike, so its optimum puts the contour where the two are equally likely
+    instead of pushing it outwards into the background (the class weights up-weight
+    the rarer class, the object in a crop).
+    """
+    checks.check_same_shape(prob=prob, labels=labels)
+    prob = jnp.clip(prob, _PROB_EPS, 1 - _PROB_EPS)
+    nll = -(labels * jnp.log(prob) + (1.0 - labels) * jnp.log(1.0 - prob))
+    return jnp.mean(nll)
+
+
+def levelset_output_loss(
+    phi_t: jax.Array, mask: jax.Array, epsilon: float = -1.0, balanced: bool = True
+) -> jax.Array:
+    """Level-set output loss: `100 *` BCE of `H(phi_T)` (paper eq. 6).
+
+    The factor 100 is the authors' scaling (their `LSE_output_loss`). `balanced`:
+    class-balanced as the paper (`class_balanced_bce`), or plain (`bce`).
 
     Args:
       phi_t: `(B, H, W, 1)` evolved level set (pixels, negative inside).
       mask: `(B, H, W, 1)` ground-truth mask {0, 1}.
       epsilon: Heaviside width; negative so that H -> 1 inside.
+      balanced: the class weights of eq. 6 (`loss.balanced` in the config).
     """
-    return 100.0 * class_balanced_bce(heaviside(phi_t, epsilon), mask)
+    loss = class_balanced_bce if balanced else bce
+    return 100.0 * loss(heaviside(phi_t, epsilon), mask)
 
 
 def sdt_loss(phi0: jax.Array, sdt: jax.Array) -> jax.Array:
@@ -156,22 +175,3 @@ def active_contour_loss(
     p1, y1 = p[..., 1], labels[..., 1]
     region = jnp.abs(jnp.sum(p1 * (y1 - 1.0) ** 2)) + jnp.abs(jnp.sum((1.0 - p1) * y1**2))
     return length_weight * length + region_weight * region
-
-
-def band_loss(
-    phi: jax.Array, sdt: jax.Array, sigma: float = 0.08, dt_max: float = 30.0
-) -> jax.Array:
-    """DELSE's narrow-band regression of a level set onto the SDT (optional extra).
-
-    `sum((phi - sdt)^2 * (dirac(sdt) + dirac(sg(phi)))) / sum(dirac(sdt))`: squared
-    error (pixels^2) weighted towards both contours. Not used by the paper's objective;
-    kept because the authors' code defines it.
-
-    Args:
-      phi: `(B, H, W, 1)` level set.
-      sdt: `(B, H, W, 1)` truncated signed distance target.
-    """
-    checks.check_same_shape(phi=phi, sdt=sdt)
-    w_gt = dirac(sdt, sigma, dt_max)
-    w = w_gt + dirac(jax.lax.stop_gradient(phi), sigma, dt_max)
-    return jnp.sum((phi - sdt) ** 2 * w) / jnp.sum(w_gt)

@@ -66,6 +66,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from dlset_jax import targets as _targets
+
 __all__ = [
     "contour",
     "dice",
@@ -529,3 +531,26 @@ def format_table(
         cells += [_fmt_cell(gs.get(k), scale, decimals) for gs in groups.values()]
         lines.append("| " + " | ".join([label] + cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+# Tolerances (px) of the boundary F-measure curve in the reports (paper Fig. 3).
+F_TOLERANCES = tuple(range(1, 11))
+
+
+def score_object(
+    phi_full: np.ndarray,
+    gt: np.ndarray,
+    points_full: np.ndarray,
+    spacing,
+    threshold: float,
+    thresholds=(),
+) -> dict:
+    """Metrics of one object in the full image, plus the four-point baseline's DSC."""
+    pred = phi_full <= threshold
+    rec = object_metrics(pred, gt, spacing=tuple(float(s) for s in spacing), tolerances=(1, 2))
+    for tol in F_TOLERANCES:
+        rec[f"bf_curve_{tol}"] = boundary_fmeasure(pred, gt, tol)[2]
+    rec["baseline_dsc"] = dice(_targets.polygon_mask(points_full, gt.shape), gt)
+    for t in thresholds:
+        rec[f"dsc_at_{t:g}"] = dice(phi_full <= t, gt)
+    return rec

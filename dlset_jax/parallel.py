@@ -78,3 +78,19 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
 def replicate(tree, mesh: Mesh):
     """Puts a host pytree on every device (identical on every process)."""
     return jax.device_put(tree, replicated(mesh))
+
+
+def local_mesh() -> Mesh:
+    """A mesh over this process's devices only (evaluation and prediction)."""
+    return Mesh(np.asarray(jax.local_devices()), (DATA_AXIS,))
+
+
+def to_local(variables, mesh: Mesh):
+    """Replicated global arrays -> arrays replicated on this process's devices."""
+
+    def local(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            x = x.addressable_data(0)
+        return jax.device_put(np.asarray(x), NamedSharding(mesh, P()))
+
+    return jax.tree.map(local, variables)

@@ -1,7 +1,8 @@
 """Host-side targets and crop geometry (numpy + scipy.ndimage).
 
-Used by the input pipeline (SDT, direction field, crops) and by prediction
-(paste the crop's level set back into the image).
+Used by the input pipeline (simulated clicks, SDT, direction field, crops) and by
+inference (the same crop of an image around four clicks, and the paste of the crop's
+level set back into the image): one implementation of each for both.
 
 Conventions:
 
@@ -27,6 +28,15 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "extreme_points",
+    "normalize_image",
+    "crop_inputs",
+    "scaled_margin",
+    "box_window",
+    "paste_back_window",
+    "polygon_mask_window",
     "contour",
     "signed_distance",
     "direction_field",
@@ -39,6 +49,10 @@ __all__ = [
     "paste_back",
     "polygon_mask",
 ]
+
+# The backbone's input normalisation (ImageNet statistics, RGB order).
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 # 4-connected cross: a mask pixel is on the contour if one of its 4-neighbours
 # is background (or outside the image).
@@ -149,7 +163,7 @@ def _contour(fg: np.ndarray) -> np.ndarray:
     return fg & ~ndimage.binary_erosion(fg, structure=_CROSS, border_value=0)
 
 
-def signed_distance(mask, dt_max: float = 30.0):
+def signed_distance(mask, dt_max: float):
     """Signed distance target (SDT) and unsigned distance map of a mask.
 
     ``dt`` is the Euclidean distance (px) from each pixel centre to the
@@ -204,9 +218,110 @@ def direction_field(dt) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------
+# Clicks simulated from a mask, and the network's view of an image
+# --------------------------------------------------------------------------
+def extreme_points(mask, rng: np.random.Generator | None = None, pert: int = 0) -> np.ndarray:
+    """The four extreme points of a mask, as a user would click them.
+
+    Left/right: the extreme column, at a row among its foreground pixels; top/bottom:
+    the extreme row, at a column among its pixels. Without ``rng`` the first candidate
+    (smallest index) is taken; with it one uniformly at random, and each coordinate
+    then gets an integer jitter in ``[-pert, pert]`` px, clipped to the image.
+
+    Args:
+      mask: ``(H, W)`` bool/int (foreground ``!= 0``) or float (``> 0.5``).
+      rng: numpy Generator for ties and jitter (training), None for exact points.
+      pert: jitter in px (needs ``rng`` when > 0).
+
+    Returns:
+      float32 ``(4, 2)`` ``(x, y)``, order left, right, top, bottom.
+    """
+    fg = _as_mask(mask, "extreme_points")  # the same foreground rule as the SDT's
+    if not fg.any():
+        raise ValueError(f"extreme_points: empty mask of shape {fg.shape}")
+    if pert < 0:
+        raise ValueError(f"extreme_points: pert must be >= 0, got {pert}")
+    if pert > 0 and rng is None:
+        raise ValueError("extreme_points: pert > 0 needs an rng")
+    h, w = fg.shape
+    cols, rows = np.flatnonzero(fg.any(0)), np.flatnonzero(fg.any(1))
+    x0, x1, y0, y1 = cols[0], cols[-1], rows[0], rows[-1]
+
+    def pick(cands):
+        idx = np.flatnonzero(cands)
+        return idx[0] if rng is None else idx[rng.integers(len(idx))]
+
+    pts = np.array(
+        [
+            [x0, pick(fg[:, x0])],
+            [x1, pick(fg[:, x1])],
+            [pick(fg[y0, :]), y0],
+            [pick(fg[y1, :]), y1],
+        ],
+        np.float32,
+    )
+    if rng is not None and pert > 0:
+        pts += rng.integers(-pert, pert + 1, size=(4, 2)).astype(np.float32)
+        pts = np.clip(pts, 0.0, np.array([w - 1, h - 1], np.float32))
+    return pts
+
+
+def normalize_image(crop: np.ndarray) -> np.ndarray:
+    """``(R, R, C)`` crop in [0, 255] -> float32 ``(R, R, 3)``: /255, grey -> 3 channels,
+    then the ImageNet mean/std per channel (the backbone's convention)."""
+    x = np.asarray(crop, np.float32) / 255.0
+    if x.ndim == 2:
+        x = x[..., None]
+    if x.shape[-1] == 1:
+        x = np.repeat(x, 3, axis=-1)
+    return ((x - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)
+
+
+def scaled_margin(points, pixels: int, fraction: float) -> int:
+    """``max(pixels, round(fraction * L))`` px, L = the longer side of the points' box.
+
+    The crop margin (``relax``) and the training jitter (``pert``) scale with the
+    object this way when ``fraction > 0``; ``fraction = 0`` is the authors' fixed value.
+    """
+    pts = np.asarray(points, np.float64).reshape(-1, 2)
+    extent = float(max(np.ptp(pts[:, 0]), np.ptp(pts[:, 1]))) + 1.0
+    return int(max(int(pixels), round(float(fraction) * extent)))
+
+
+def crop_inputs(
+    image, points, *, relax: int, relax_fraction: float, resolution: int
+) -> dict[str, np.ndarray]:
+    """The network's view of one object: the crop around its four clicks.
+
+    ``crop_box(points, margin)`` with ``margin = scaled_margin(points, relax,
+    relax_fraction)`` -> ``crop_and_resize`` to ``resolution`` (bilinear, zero
+    padding outside the image) -> ``normalize_image``; the points in crop px. Training,
+    evaluation and prediction all call this (the guidance channel is built from
+    ``points`` on the device, ``inference.model_inputs``).
+
+    Args:
+      image: ``(H, W, C)`` values in [0, 255] (C = 1 or 3).
+      points: ``(4, 2)`` ``(x, y)`` image px, order left, right, top, bottom.
+      relax, relax_fraction: crop margin (px, and fraction of the object's size);
+      resolution: R.
+
+    Returns:
+      dict: ``image`` ``(R, R, 3)`` float32 normalised, ``points`` ``(4, 2)`` float32
+      crop px, ``box`` int64 ``(y0, x0, y1, x1)`` in image px.
+    """
+    box = crop_box(points, np.shape(image), relax=scaled_margin(points, relax, relax_fraction))
+    crop = crop_and_resize(image, box, resolution, order=1)
+    return {
+        "image": normalize_image(crop),
+        "points": points_to_crop(points, box, resolution),
+        "box": box,
+    }
+
+
+# --------------------------------------------------------------------------
 # Crop geometry
 # --------------------------------------------------------------------------
-def crop_box(points, image_shape, relax: int = 10) -> np.ndarray:
+def crop_box(points, image_shape, relax: int) -> np.ndarray:
     """Bounding box of the points enlarged by ``relax`` px on each side.
 
     For integer points: ``x0 = min x - relax``, ``x1 = max x + relax + 1``
@@ -325,7 +440,42 @@ def points_to_crop(points, box, resolution: int) -> np.ndarray:
     return np.stack([cx, cy], axis=-1).astype(np.float32)
 
 
-def paste_back(phi_crop, box, image_shape, background: float = 20.0, order: int = 1) -> np.ndarray:
+def box_window(box, image_shape) -> tuple[int, int, int, int]:
+    """The part ``(y0, x0, y1, x1)`` of a box that lies inside the image (may be empty)."""
+    b = _as_box(box, "box_window")
+    h, w = _as_image_shape(image_shape, "box_window")
+    y0, x0, y1, x1 = (int(v) for v in b)
+    return max(y0, 0), max(x0, 0), max(min(y1, h), max(y0, 0)), max(min(x1, w), max(x0, 0))
+
+
+def paste_back_window(phi_crop, box, image_shape, order: int = 1):
+    """The crop's level set resampled onto the image pixels of its box, and no more.
+
+    Returns ``(window, values)``: ``window = box_window(box, image_shape)`` and
+    ``values`` float32 of the window's shape. Memory grows with the object, not with
+    the image (:func:`paste_back` embeds this in a full image).
+    """
+    phi = np.asarray(phi_crop)
+    if phi.ndim != 2:
+        raise ValueError(f"paste_back: phi_crop must be 2-D (R, R), got shape {phi.shape}")
+    if not (np.issubdtype(phi.dtype, np.floating) or np.issubdtype(phi.dtype, np.integer)):
+        raise ValueError(f"paste_back: phi_crop must be real, got dtype {phi.dtype}")
+    if order not in (0, 1):
+        raise ValueError(f"paste_back: order must be 0 (nearest) or 1 (bilinear), got {order!r}")
+    b = _as_box(box, "paste_back")
+    win = box_window(b, image_shape)
+    vy0, vx0, vy1, vx1 = win
+    if vy1 <= vy0 or vx1 <= vx0:
+        return win, np.zeros((max(vy1 - vy0, 0), max(vx1 - vx0, 0)), np.float32)
+    y0, x0, y1, x1 = (int(v) for v in b)
+    cy = image_to_crop_coords(np.arange(vy0, vy1), y0, y1 - y0, phi.shape[0])
+    cx = image_to_crop_coords(np.arange(vx0, vx1), x0, x1 - x0, phi.shape[1])
+    coords = np.stack(np.meshgrid(cy, cx, indexing="ij"))
+    vals = ndimage.map_coordinates(phi.astype(np.float32), coords, order=order, mode="nearest")
+    return win, vals.astype(np.float32)
+
+
+def paste_back(phi_crop, box, image_shape, background: float, order: int = 1) -> np.ndarray:
     """Resize a crop's level set back to its box and paste it into the image.
 
     Every image pixel inside ``box`` (and inside the image) samples
@@ -344,29 +494,46 @@ def paste_back(phi_crop, box, image_shape, background: float = 20.0, order: int 
     Returns:
       ``(H, W)`` float32.
     """
-    phi = np.asarray(phi_crop)
-    if phi.ndim != 2:
-        raise ValueError(f"paste_back: phi_crop must be 2-D (R, R), got shape {phi.shape}")
-    if not (np.issubdtype(phi.dtype, np.floating) or np.issubdtype(phi.dtype, np.integer)):
-        raise ValueError(f"paste_back: phi_crop must be real, got dtype {phi.dtype}")
-    b = _as_box(box, "paste_back")
     h, w = _as_image_shape(image_shape, "paste_back")
     if not (isinstance(background, numbers.Real) and np.isfinite(background)):
         raise ValueError(f"paste_back: background must be a finite number, got {background!r}")
-    if order not in (0, 1):
-        raise ValueError(f"paste_back: order must be 0 (nearest) or 1 (bilinear), got {order!r}")
+    (vy0, vx0, vy1, vx1), vals = paste_back_window(phi_crop, box, (h, w), order)
     out = np.full((h, w), float(background), dtype=np.float32)
-    y0, x0, y1, x1 = (int(v) for v in b)
-    vy0, vx0, vy1, vx1 = max(y0, 0), max(x0, 0), min(y1, h), min(x1, w)
-    if vy1 <= vy0 or vx1 <= vx0:
-        return out  # box entirely outside the image
-    cy = image_to_crop_coords(np.arange(vy0, vy1), y0, y1 - y0, phi.shape[0])
-    cx = image_to_crop_coords(np.arange(vx0, vx1), x0, x1 - x0, phi.shape[1])
-    coords = np.stack(np.meshgrid(cy, cx, indexing="ij"))
-    out[vy0:vy1, vx0:vx1] = ndimage.map_coordinates(
-        phi.astype(np.float32), coords, order=order, mode="nearest"
-    )
+    out[vy0:vy1, vx0:vx1] = vals
     return out
+
+
+def polygon_mask_window(points, image_shape):
+    """The four-point polygon evaluated only on the image pixels of its bounding box.
+
+    Returns ``(window, mask)`` with ``window = (y0, x0, y1, x1)`` inside the image and
+    ``mask`` bool of the window's shape (see :func:`polygon_mask`).
+    """
+    pts = _as_points(points, "polygon_mask")
+    if pts.shape != (4, 2):
+        raise ValueError(f"polygon_mask: points must have shape (4, 2), got {pts.shape}")
+    h, w = _as_image_shape(image_shape, "polygon_mask")
+    y0 = max(int(np.floor(pts[:, 1].min())) - 1, 0)
+    x0 = max(int(np.floor(pts[:, 0].min())) - 1, 0)
+    y1 = min(int(np.ceil(pts[:, 1].max())) + 2, h)
+    x1 = min(int(np.ceil(pts[:, 0].max())) + 2, w)
+    if y1 <= y0 or x1 <= x0:
+        return (y0, x0, max(y1, y0), max(x1, x0)), np.zeros(
+            (max(y1 - y0, 0), max(x1 - x0, 0)), bool
+        )
+    poly = pts[[0, 2, 1, 3]].astype(np.float64)  # left, top, right, bottom
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
+    inside = np.zeros(yy.shape, bool)
+    near = np.zeros(yy.shape, bool)
+    for (ax, ay), (bx, by) in zip(poly, np.roll(poly, -1, axis=0), strict=True):
+        crosses = (ay > yy) != (by > yy)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x_cross = ax + (yy - ay) * (bx - ax) / (by - ay)
+        inside ^= crosses & (xx < x_cross)
+        dx, dy = bx - ax, by - ay
+        t = np.clip(((xx - ax) * dx + (yy - ay) * dy) / max(dx * dx + dy * dy, 1e-12), 0, 1)
+        near |= np.hypot(xx - (ax + t * dx), yy - (ay + t * dy)) <= 0.5
+    return (y0, x0, y1, x1), inside | near
 
 
 def polygon_mask(points, image_shape) -> np.ndarray:
@@ -383,20 +550,8 @@ def polygon_mask(points, image_shape) -> np.ndarray:
     Returns:
       ``(H, W)`` bool.
     """
-    pts = _as_points(points, "polygon_mask")
-    if pts.shape != (4, 2):
-        raise ValueError(f"polygon_mask: points must have shape (4, 2), got {pts.shape}")
     h, w = _as_image_shape(image_shape, "polygon_mask")
-    poly = pts[[0, 2, 1, 3]].astype(np.float64)  # left, top, right, bottom
-    yy, xx = np.mgrid[:h, :w].astype(np.float64)
-    inside = np.zeros((h, w), bool)
-    near = np.zeros((h, w), bool)
-    for (ax, ay), (bx, by) in zip(poly, np.roll(poly, -1, axis=0)):
-        crosses = (ay > yy) != (by > yy)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            x_cross = ax + (yy - ay) * (bx - ax) / (by - ay)
-        inside ^= crosses & (xx < x_cross)
-        dx, dy = bx - ax, by - ay
-        t = np.clip(((xx - ax) * dx + (yy - ay) * dy) / max(dx * dx + dy * dy, 1e-12), 0, 1)
-        near |= np.hypot(xx - (ax + t * dx), yy - (ay + t * dy)) <= 0.5
-    return inside | near
+    (y0, x0, y1, x1), win = polygon_mask_window(points, (h, w))
+    out = np.zeros((h, w), bool)
+    out[y0:y1, x0:x1] = win
+    return out

@@ -23,7 +23,7 @@ import optax
 
 from dlset_jax import checkpoint as ckpt_lib
 from dlset_jax import config as config_lib
-from dlset_jax import evaluate, hostmem, levelset, losses, models, parallel, reporting
+from dlset_jax import evaluate, hostmem, inference, losses, models, parallel, reporting
 from dlset_jax.data import pipeline
 
 
@@ -42,18 +42,30 @@ class TrainState:
 # ----------------------------------------------------------------- pure pieces
 
 
-def model_inputs(batch) -> jax.Array:
-    """Network input `(B, R, R, 4)`: normalised image and guidance / 255."""
-    return jnp.concatenate([batch["image"], batch["guidance"] / 255.0], axis=-1)
+def learning_rate_schedule(optim_config, steps_per_epoch: int, total_steps: int):
+    """The backbone's learning rate as a function of the step.
 
-
-def learning_rate_schedule(optim_config, steps_per_epoch: int):
-    """Step decay: `lr * decay_factor ** floor(step / (decay_every_epochs * spe))`."""
-    return optax.exponential_decay(
-        init_value=optim_config.learning_rate,
-        transition_steps=max(1, optim_config.decay_every_epochs * steps_per_epoch),
-        decay_rate=optim_config.decay_factor,
-        staircase=True,
+    "step" (the authors'): `lr * decay_factor ** floor(step / (decay_every_epochs * spe))`.
+    "cosine": linear warm-up from 0 over `warmup_fraction * total_steps`, then a cosine
+    from `lr` down to `end_factor * lr`, reached at the last step (`total_steps - 1`),
+    whatever the run's length.
+    """
+    o = optim_config
+    if o.schedule == "step":
+        return optax.exponential_decay(
+            init_value=o.learning_rate,
+            transition_steps=max(1, o.decay_every_epochs * steps_per_epoch),
+            decay_rate=o.decay_factor,
+            staircase=True,
+        )
+    last = max(1, total_steps - 1)
+    warmup = int(round(o.warmup_fraction * last))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=o.learning_rate,
+        warmup_steps=warmup,
+        decay_steps=last,
+        end_value=o.end_factor * o.learning_rate,
     )
 
 
@@ -96,28 +108,22 @@ def compute_losses(params, batch_stats, batch, rng, warmup, *, model, config):
     """
     out, updates = model.apply(
         {"params": params, "batch_stats": batch_stats},
-        model_inputs(batch),
+        inference.model_inputs(batch["image"], batch["points"], config),
         train=True,
         mutable=["batch_stats"],
     )
     ls_cfg, loss_cfg = config.levelset, config.loss
-    b = batch["mask"].shape[0]
+    b = batch["mask"].shape[0] if ls_cfg.init_shift_per == "example" else 1
     shift = jax.random.uniform(
         rng, (b, 1, 1, 1), minval=-ls_cfg.init_shift, maxval=ls_cfg.init_shift
     )
     phi_init = jnp.where(warmup, batch["sdt"], out["phi0"]) + shift
-    phi_t = levelset.evolve(
-        phi_init,
-        out["motion"],
-        out["g"],
-        steps=ls_cfg.steps,
-        timestep=ls_cfg.timestep,
-        dirac_ratio=ls_cfg.dirac_ratio,
-        dt_max=config.data.dt_max,
-        corners=ls_cfg.corners,
-        impl=ls_cfg.get("impl", "auto"),
-    )
-    terms = {"levelset": losses.levelset_output_loss(phi_t, batch["mask"], ls_cfg.epsilon)}
+    phi_t = inference.evolve(phi_init, out, config)
+    terms = {
+        "levelset": losses.levelset_output_loss(
+            phi_t, batch["mask"], ls_cfg.epsilon, balanced=loss_cfg.balanced
+        )
+    }
     onehot = jnp.concatenate([batch["mask"], 1.0 - batch["mask"]], axis=-1)
     if loss_cfg.boundary == "eq8":
         terms["boundary"] = loss_cfg.boundary_weight * losses.boundary_loss(
@@ -202,10 +208,50 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+def check_image_kinds(config, source) -> None:
+    """The data set's channels must agree with `data.image_kinds` (the model's contract)."""
+    channels = int(source.dataset_info.features["image"].shape[-1])
+    kinds = tuple(config.data.image_kinds)
+    ok = kinds == ("grey",) if channels == 1 else "rgb" in kinds
+    if not ok:
+        raise config_lib.ConfigError(
+            f"data.image_kinds={kinds} does not match the data set {config.data.name!r}, "
+            f"whose images have {channels} channel(s): set data.image_kinds = "
+            + ("('grey',)" if channels == 1 else "('rgb',) or ('grey', 'rgb')")
+            + " in the config"
+        )
+
+
 def _total_steps(config, steps_per_epoch: int) -> int:
     if config.train.num_steps > 0:
         return int(config.train.num_steps)
     return int(config.train.num_epochs * steps_per_epoch)
+
+
+def real_image_benchmark(config, variables, threshold, workdir, writer) -> None:
+    """The Colin27 + AAL real-MR test objects through the Segmenter (if installed)."""
+    from dlset_jax import real_benchmark, segmenter
+
+    if not real_benchmark.available():
+        writer.text("real-image benchmark skipped: Debian's mricron-data is not installed")
+        return
+    seg = segmenter.Segmenter(
+        config,
+        parallel.to_local(variables, parallel.local_mesh()),
+        threshold=threshold,
+        threshold_source="the final test evaluation's",
+        check=False,
+    )
+    objects = real_benchmark.test_objects(config.data.data_dir)
+    result = real_benchmark.run(seg, objects)
+    out = os.path.join(workdir, "eval", "real")
+    real_benchmark.write(result, out)
+    real_benchmark.worst_cases_figure(seg, objects, result, os.path.join(out, "worst.png"))
+    writer.text(
+        "real-image benchmark (Colin27 + AAL deep grey test slabs, never trained on)\n"
+        + real_benchmark.table(result)
+        + "\n".join(real_benchmark.verdict(result))
+    )
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -226,7 +272,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
 
     # Data: each process reads its own shard of the objects.
-    train_source = evaluate.load_data_source(config, config.data.train_split)
+    train_source = pipeline.load_split(config, config.data.train_split)
+    check_image_kinds(config, train_source)
     objects = pipeline.ObjectSource(train_source)
     global_batch = config.train.batch_size
     local_batch = global_batch // jax.process_count()
@@ -235,15 +282,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     warmup_steps = int(config.loss.warmup_epochs * steps_per_epoch)
     train_iter = pipeline.make_train_loader(
         objects,
+        pipeline.CropOptions.from_config(config),
         batch_size=local_batch,
-        pert=config.data.pert,
-        augment=config.data.augment,
         seed=config.seed,
         num_epochs=None,
         shard_index=jax.process_index(),
         shard_count=jax.process_count(),
         worker_count=config.data.num_workers,
-        **evaluate.pipeline_kwargs(config),
     )
     writer.text(
         f"train objects: {len(objects)}, steps/epoch: {steps_per_epoch}, "
@@ -252,7 +297,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     # State (or restore).
     model = models.create_model(config.model)
-    schedule = learning_rate_schedule(config.optim, steps_per_epoch)
+    schedule = learning_rate_schedule(config.optim, steps_per_epoch, total_steps)
     abstract_params = jax.eval_shape(
         lambda: model.init_variables(jax.random.key(0), config.data.resolution)
     )["params"]
@@ -349,5 +394,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     writer.scalars(total_steps, {f"test/{k}": v for k, v in result["scalars"].items()})
     writer.text("test results\n" + result["table"])
+    if config.eval.real_benchmark and is_main:
+        real_image_benchmark(config, state.variables(), threshold, workdir, writer)
     writer.close()
     return result

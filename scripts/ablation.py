@@ -28,7 +28,7 @@ def main():
     import ablation  # configs/ablation.py
 
     from dlset_jax import train_lib
-    from dlset_jax.evaluate import atomic_write_text
+    from dlset_jax.files import atomic_write_text
 
     rows = []
     for variant in args.variants.split(","):

@@ -2,9 +2,9 @@
 # The GPU checks of issue 7, as run on a lent single-GPU machine (README, Performance).
 # Runs against the machine's own JAX / Flax / optax; install what it lacks first
 # (there: ml-collections, grain, array-record, portpicker, as wheels).
-# Writes logs and gpu.json to $OUT (default /tmp/gpu_checks). Each stage has its own
-# time limit so that a slow stage cannot eat the next ones; the smoke stage stops the
-# script when the project does not import or run at all.
+# Writes logs, gpu.json and levelset.json to $OUT (default /tmp/gpu_checks). Each stage
+# has its own time limit so that a slow stage cannot eat the next ones; the smoke stage
+# stops the script when the project does not import or run at all.
 set -u
 OUT=${OUT:-/tmp/gpu_checks}
 mkdir -p "$OUT"
@@ -27,6 +27,6 @@ stage paper "${PAPER_S:-360}" $PY benchmarks/gpu.py --sizes 256,512 --dtypes bfl
   --steps 10 --json "$OUT/gpu.json"
 stage tests "${TESTS_S:-60}" env JAX_PLATFORMS=cuda $PY -m pytest -q --maxfail=5 -p no:cacheprovider \
   -m "not slow" tests/test_levelset.py tests/test_losses.py
-stage levelset "${LEVELSET_S:-30}" $PY benchmarks/levelset.py
+stage levelset "${LEVELSET_S:-30}" $PY benchmarks/levelset.py --json "$OUT/levelset.json"
 stage impls "${IMPLS_S:-50}" $PY benchmarks/gpu.py --sizes 256 --dtypes bfloat16 --impls reference --steps 10
 exit 0

@@ -1,13 +1,17 @@
 """Save a PNG grid of input-pipeline outputs per data set, to check them by eye.
 
 Each row is one object as the network sees it: the crop (de-normalised), the
-guidance channel, and the crop with the target mask contour (green) and the
-four extreme points (red). Columns hold ``--per_row`` objects side by side.
+guidance channel (built from the crop's click points as the network input builds it,
+``inference.guidance_map``), and the crop with the target mask contour (green) and the
+four extreme points (red). Columns hold ``--per_row`` objects side by side. Crops and
+guidance follow the config schema's defaults (``dlset_jax/config.py``) at
+``--resolution``.
 
     python scripts/show_pipeline.py --datasets synthetic_prostate/small,synthetic_fundus/small \
         --data_dir /tmp/tfds --out docs/pipeline.png
 
-Needs only numpy + PIL (the data sets are built on first use).
+Needs numpy, PIL and JAX (the guidance picture; on the CPU). The data sets are built on
+first use.
 """
 
 from __future__ import annotations
@@ -22,17 +26,21 @@ from scipy import ndimage
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from dlset_jax import inference, targets  # noqa: E402
+from dlset_jax.config import base_config  # noqa: E402
 from dlset_jax.data import pipeline  # noqa: E402
 
 
 def _to_rgb(image: np.ndarray) -> np.ndarray:
-    x = image * pipeline.IMAGENET_STD + pipeline.IMAGENET_MEAN
+    x = image * targets.IMAGENET_STD + targets.IMAGENET_MEAN
     return np.clip(x * 255.0, 0, 255).astype(np.uint8)
 
 
-def _tile(batch: dict, i: int) -> np.ndarray:
+def _tile(batch: dict, i: int, config) -> np.ndarray:
     img = _to_rgb(batch["image"][i])
-    g = batch["guidance"][i, ..., 0]
+    g = inference.guidance_map(batch["points"][i], img.shape[0], config)
     g = (255 * g / max(float(g.max()), 1e-6)).astype(np.uint8)
     g = np.repeat(g[..., None], 3, -1)
     m = batch["mask"][i, ..., 0] > 0.5
@@ -57,12 +65,15 @@ def grid_for(
     split: str,
     seed: int,
 ) -> np.ndarray:
+    config = base_config()
+    config.data.resolution = resolution
+    config.data.augment = augment
     src = pipeline.load_source(name, data_dir, split)
     it = pipeline.make_train_loader(
-        src, batch_size=n, resolution=resolution, augment=augment, seed=seed, num_steps=1
+        src, pipeline.CropOptions.from_config(config), batch_size=n, seed=seed, num_steps=1
     )
     batch = next(it)
-    tiles = [_tile(batch, i) for i in range(n)]
+    tiles = [_tile(batch, i, config) for i in range(n)]
     pad = np.full((tiles[0].shape[0], 6, 3), 255, np.uint8)
     rows = []
     for r in range(0, n, per_row):

@@ -22,18 +22,26 @@ import pathlib
 import numpy as np
 import pytest
 
-from dlset_jax import evolution_kernel
+from dlset_jax import config as config_lib
+from dlset_jax import inference
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
 
-# Both implementations of levelset.evolve. The kernel is skipped only where no C++
-# compiler exists; where one exists, a failing build fails the kernel's tests.
-needs_compiler = pytest.mark.skipif(
-    evolution_kernel.compiler() is None,
-    reason="no C++ compiler: the fused CPU evolution kernel cannot be built",
-)
-IMPLS = [pytest.param("kernel", marks=needs_compiler), "xla"]
+# The evolution's parameters at the schema's defaults (the paper's values: timestep 5,
+# Dirac ratio 0.3, dt_max 30, full Neumann corners; T = 5), for the tests that call
+# levelset.evolve directly. `steps` is given by each test.
+EVOLVE = {
+    k: v for k, v in inference.evolution_kwargs(config_lib.base_config()).items() if k != "steps"
+}
+
+
+def tiny_model_config(**overrides):
+    """The schema's `model` fields with a tiny network, overridden by `overrides`."""
+    m = config_lib.base_config().model
+    m.update(dict(depth=18, width=4, fusion_channels=8, psp_channels=8, output_stride=8))
+    m.update(overrides)
+    return m
 
 
 @pytest.fixture

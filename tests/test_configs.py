@@ -18,9 +18,37 @@ def load(path: pathlib.Path, arg=None):
     return module.get_config(arg) if arg else module.get_config()
 
 
+PAPER = ("paper_prostate", "paper_refuge")
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_config_validates(path):
-    config_lib.validate(load(path))
+    c = load(path)
+    if path.stem in PAPER:  # frozen backbone BN: only with ImageNet weights
+        c.model.pretrained = "resnet101.pth"
+    config_lib.validate(c)
+
+
+@pytest.mark.parametrize("name", PAPER)
+def test_frozen_bn_without_pretrained_weights_is_refused(name):
+    c = load(REPO / "configs" / f"{name}.py")
+    assert c.model.frozen_backbone_bn and not c.model.pretrained
+    with pytest.raises(config_lib.ConfigError, match="frozen_backbone_bn=True needs pretrained"):
+        config_lib.validate(c)
+    c.model.frozen_backbone_bn = False
+    config_lib.validate(c)
+
+
+def test_frozen_bn_has_one_default():
+    """The schema's default is the one a model built from it gets (no other defaults)."""
+    from dlset_jax import models
+
+    c = config_lib.base_config()
+    assert models.create_model(c.model).frozen_backbone_bn is c.model.frozen_backbone_bn is False
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(models.DeepLevelSet)}
+    assert fields["frozen_backbone_bn"].default is dataclasses.MISSING
 
 
 @pytest.mark.parametrize("variant", ["baseline", "cm", "bd", "cm_bd"])
@@ -56,7 +84,9 @@ def test_paper_configs_follow_the_paper():
         ("loss.boundary", "dice", "loss.boundary must be one of"),
         ("data.guidance", "cm", "data.guidance must be one of"),
         ("train.batch_size", 3, "divisible by the number of devices"),
-        ("levelset.impl", "cuda", "levelset.impl must be"),
+        ("levelset.init_shift_per", "step", "levelset.init_shift_per must be one of"),
+        ("optim.schedule", "linear", "optim.schedule must be one of"),
+        ("data.relax_fraction", 2.0, "data.relax_fraction must be in"),
     ],
 )
 def test_bad_values_are_named(field, value, message):
@@ -65,6 +95,15 @@ def test_bad_values_are_named(field, value, message):
     c[section][key] = value
     with pytest.raises(config_lib.ConfigError, match=message):
         config_lib.validate(c, device_count=2)
+
+
+def test_retired_field_of_a_saved_config_is_dropped_new_fields_get_defaults():
+    saved = config_lib.base_config().to_dict()
+    saved["levelset"]["impl"] = "auto"  # written by runs before the evolution kernel went
+    del saved["data"]["relax_fraction"]  # a field added since
+    c = config_lib.from_saved(saved)
+    config_lib.validate(c)
+    assert "impl" not in c.levelset and c.data.relax_fraction == 0.0
 
 
 def test_unknown_field_is_named():

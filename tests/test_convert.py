@@ -9,12 +9,9 @@ torch = pytest.importorskip("torch")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from conftest import tiny_model_config  # noqa: E402
 
-from dlset_jax.models import (  # noqa: E402
-    DeepLevelSet,
-    ResNet,
-    convert,  # noqa: E402
-)
+from dlset_jax.models import ResNet, convert, create_model  # noqa: E402
 from dlset_jax.models import torch_reference as tr  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -102,12 +99,19 @@ def test_backbone_reproduces_torch_features(tmp_path, depth, output_stride, fmt)
 def test_whole_model_matches_torch_reference():
     """Fusion, PSP heads, resizing (corners aligned or not) and output layout
     against the plain-PyTorch model, eval and train mode."""
-    kw = dict(depth=18, width=8, output_stride=8, fusion_channels=8, psp_channels=8)
-    tnet = _torch_model(tr.TorchDeepLevelSet(**kw), seed=3)
+    cfg = tiny_model_config(width=8, frozen_backbone_bn=True)
+    same = ("depth", "width", "in_channels", "output_stride", "fusion_channels", "psp_channels")
+    tnet = tr.TorchDeepLevelSet(
+        **{k: cfg[k] for k in same},
+        frozen_bn=cfg.frozen_backbone_bn,
+        fusion_align_corners=cfg.fusion_align_corners,
+        psp_bins=tuple(cfg.psp_bins),
+    )
+    tnet = _torch_model(tnet, seed=3)
     with torch.no_grad():  # O(1) outputs, so that the sigmoid of g is not saturated
         for name in ("phi0", "motion", "g", "logits"):
             getattr(tnet, f"head_{name}").final.weight.mul_(1e-3)
-    model = DeepLevelSet(**kw)
+    model = create_model(cfg)
     h, w = 44, 36
     template = jax.eval_shape(lambda: model.init_variables(jax.random.key(0), (h, w)))
     sd = {k: v.numpy() for k, v in tnet.state_dict().items()}
@@ -186,7 +190,7 @@ def test_errors_name_the_keys():
     assert "missing" not in msg  # mis-shaped keys are reported once, as mismatches
 
     # a model's tree: only the backbone is replaced
-    model = DeepLevelSet(depth=18, width=8, fusion_channels=8, psp_channels=8)
+    model = create_model(tiny_model_config(width=8))
     full = jax.eval_shape(lambda: model.init_variables(jax.random.key(0), 32))
     new = convert.import_torchvision_resnet({"module." + k: v for k, v in sd.items()}, full)
     assert isinstance(new["params"]["backbone"]["conv1"]["kernel"], np.ndarray)

@@ -9,8 +9,10 @@ from PIL import Image
 
 nib = pytest.importorskip("nibabel")
 
-from dlset_jax.data import builders, pipeline, readers  # noqa: E402
-from dlset_jax.data.readers import DataError  # noqa: E402
+from dlset_jax import config as config_lib  # noqa: E402
+from dlset_jax import readers  # noqa: E402
+from dlset_jax.data import builders, pipeline  # noqa: E402
+from dlset_jax.readers import DataError  # noqa: E402
 
 SPLITS = ("train", "validation", "test")
 
@@ -327,6 +329,24 @@ def test_read_image_errors(tmp_path):
         readers.read_image(tmp_path / "missing.png")
 
 
+def test_read_image_multipage_tiff_needs_a_page(tmp_path):
+    p = tmp_path / "stack.tif"
+    first = np.full((6, 7), 10, np.uint8)
+    second = np.arange(42, dtype=np.uint8).reshape(6, 7)
+    Image.fromarray(first).save(p, save_all=True, append_images=[Image.fromarray(second)])
+    with pytest.raises(DataError, match=r"stack\.tif.*2 pages"):
+        readers.read_image(p)
+    np.testing.assert_array_equal(readers.read_image(p, page=0), first[..., None])
+    np.testing.assert_array_equal(readers.read_image(p, page=1), second[..., None])
+    with pytest.raises(DataError, match="page 2 out of range"):
+        readers.read_image(p, page=2)
+    # a one-page file needs no page (and page=0 is that page)
+    one = tmp_path / "one.tif"
+    Image.fromarray(second).save(one)
+    np.testing.assert_array_equal(readers.read_image(one), second[..., None])
+    np.testing.assert_array_equal(readers.read_image(one, page=0), second[..., None])
+
+
 def test_objects_from_label_map():
     lab = np.zeros((20, 20), np.int64)
     lab[2:8, 2:8] = 3
@@ -389,5 +409,8 @@ def test_colin27_aal_deep_grey(tmp_path):
                 gap = min(abs(i - j) for i in slices[a] for j in slices[c])
                 assert gap > 5, (a, c, gap)
     # The pipeline runs on it (real MR objects).
-    batch = next(pipeline.make_eval_iterator(ds["test"], batch_size=4, resolution=64))
+    cfg = config_lib.base_config()
+    cfg.data.resolution = 64
+    opts = pipeline.CropOptions.from_config(cfg)
+    batch = next(pipeline.make_eval_iterator(ds["test"], opts, batch_size=4))
     assert batch["image"].shape == (4, 64, 64, 3) and batch["valid"].all()

@@ -1,22 +1,23 @@
-"""The grain input pipeline: agreement with the core, determinism, resumption, eval elements."""
+"""The grain input pipeline: per-object examples, determinism, resumption, eval elements."""
 
+import dataclasses
 import pathlib
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dlset_jax import targets
+from dlset_jax import config as config_lib
+from dlset_jax import guidance, inference, targets
 from dlset_jax.data import pipeline
 
 RES = 64
-KW = dict(
-    resolution=RES,
-    relax=10,
-    dt_max=30.0,
-    guidance_mode="heatmap+cm",
-    cm_variant="paper",
-    sigma=10.0,
-)
+CONFIG = config_lib.base_config()
+CONFIG.data.resolution = RES
+# The schema's crop options at RES (relax 10, pert 5, dt_max 30, fixed margins), without
+# augmentation unless a test asks for it.
+OPTS = dataclasses.replace(pipeline.CropOptions.from_config(CONFIG), augment=False)
+AUG = dataclasses.replace(OPTS, augment=True)
 
 
 @pytest.fixture(scope="module")
@@ -47,70 +48,136 @@ def _assert_batches_equal(a, b):
 
 
 # --------------------------------------------------------------------------
-# Agreement with the functional core
+# Crop options
 # --------------------------------------------------------------------------
-def _random_masks():
-    rng = np.random.default_rng(0)
-    out = []
-    for _ in range(6):
-        m = np.zeros((30, 40), bool)
-        y0, x0 = rng.integers(0, 15), rng.integers(0, 20)
-        m[y0 : y0 + rng.integers(3, 15), x0 : x0 + rng.integers(3, 20)] = (
-            True  # rectangles: many ties
+def test_crop_options_from_config_and_validation():
+    c = config_lib.base_config()
+    c.data.update(
+        dict(
+            resolution=96,
+            relax=7,
+            relax_fraction=0.2,
+            pert=3,
+            pert_fraction=0.1,
+            dt_max=12.0,
+            augment=False,
+            augment_scale=(0.5, 2.0),
+            augment_rotation=15.0,
+            augment_flip=False,
         )
-        m &= rng.uniform(size=m.shape) < 0.8
-        if m.any():
-            out.append(m)
-    return out
+    )
+    # positional: resolution, relax, relax_fraction, pert, pert_fraction, dt_max,
+    # augment, scale_range, max_rotation_deg, flip
+    expected = pipeline.CropOptions(96, 7, 0.2, 3, 0.1, 12.0, False, (0.5, 2.0), 15.0, False)
+    assert pipeline.CropOptions.from_config(c) == expected
+    for field, bad, msg in (
+        ("resolution", 1, "resolution"),
+        ("relax", -1, "relax"),
+        ("pert", 2.5, "pert"),
+        ("relax_fraction", 1.5, "relax_fraction"),
+        ("pert_fraction", -0.1, "pert_fraction"),
+        ("dt_max", 0.0, "dt_max"),
+    ):
+        with pytest.raises(ValueError, match=msg):
+            dataclasses.replace(OPTS, **{field: bad})
 
 
-def test_extreme_points_agree_with_core():
-    jax = pytest.importorskip("jax")
-    from dlset_jax import guidance
-
-    for m in _random_masks():
-        np.testing.assert_array_equal(
-            pipeline.extreme_points_np(m), np.asarray(guidance.extreme_points(m))
-        )
-        # Random ties + jitter: the same rule (point on the extreme line, jitter <= pert).
-        rng = np.random.default_rng(1)
-        for pert in (0, 3):
-            p = pipeline.extreme_points_np(m, rng, pert)
-            q = np.asarray(guidance.extreme_points(m, jax.random.PRNGKey(0), pert))
-            ys, xs = np.nonzero(m)
-            exact = np.array([[xs.min(), 0], [xs.max(), 0], [0, ys.min()], [0, ys.max()]], float)
-            for pts in (p, q):
-                for i, axis in ((0, 0), (1, 0), (2, 1), (3, 1)):
-                    assert abs(pts[i, axis] - exact[i, axis]) <= pert
-                if pert == 0:  # the free coordinate is a foreground pixel on the extreme line
-                    for x, y in pts:
-                        assert m[int(y), int(x)]
+# --------------------------------------------------------------------------
+# Per-object examples
+# --------------------------------------------------------------------------
+def _square(side, margin=60):
+    """A square object of `side` px in an image with `margin` px around it."""
+    n = side + 2 * margin
+    mask = np.zeros((n, n), bool)
+    mask[margin : margin + side, margin : margin + side] = True
+    image = np.where(mask, 200, 30).astype(np.uint8)[..., None]
+    return image, mask
 
 
-@pytest.mark.parametrize(
-    "mode,variant", [("heatmap", "paper"), ("heatmap+cm", "paper"), ("heatmap+cm", "authors")]
-)
-def test_guidance_agrees_with_core(mode, variant):
-    pytest.importorskip("jax")
-    from dlset_jax import guidance
+def _image_points(out, res):
+    """The example's clicks back in image px."""
+    return inference.crop_to_image_points(out["points"], out["box"], res)
 
-    pts = np.array([[3.0, 30.0], [60.0, 25.5], [31.0, 2.0], [28.0, 61.0]], np.float32)
-    for p in (pts, pts[[0, 0, 2, 3]]):  # also a zero-length segment
-        a = pipeline.guidance_channel_np(p, 64, 64, mode, 10.0, variant)
-        b = np.asarray(
-            guidance.guidance_channel(p, 64, 64, mode=mode, sigma=10.0, cm_variant=variant)
-        )
-        assert a.shape == b.shape == (64, 64, 1)
-        np.testing.assert_allclose(a, b, atol=2e-3)
+
+def test_eval_example_is_the_crop_around_the_exact_points():
+    image, mask = _square(30)
+    mask[60, 70:75] = False  # ties on the top row start at x = 75
+    out = pipeline.process_object(image, mask, OPTS)
+    assert set(out) == set(pipeline.TRAIN_KEYS) - {"class_id"} | {"box"}
+    pts = targets.extreme_points(mask)
+    inputs = targets.crop_inputs(image, pts, relax=10, relax_fraction=0.0, resolution=RES)
+    np.testing.assert_array_equal(out["box"], inputs["box"])
+    np.testing.assert_array_equal(out["box"], [50, 50, 100, 100])
+    np.testing.assert_array_equal(out["image"], inputs["image"])
+    np.testing.assert_array_equal(out["points"], inputs["points"])
+    np.testing.assert_allclose(_image_points(out, RES), pts, atol=1e-4)
+    mcrop = targets.crop_and_resize(mask, out["box"], RES, order=0) > 0.5
+    np.testing.assert_array_equal(out["mask"][..., 0], mcrop)
+    sdt, dt = targets.signed_distance(mcrop, OPTS.dt_max)
+    np.testing.assert_array_equal(out["sdt"][..., 0], sdt)
+    np.testing.assert_array_equal(out["dt"][..., 0], dt)
+    np.testing.assert_array_equal(out["direction"], targets.direction_field(dt))
+    # evaluation never jitters, whatever pert says
+    again = pipeline.process_object(image, mask, dataclasses.replace(OPTS, pert=9))
+    np.testing.assert_array_equal(again["points"], out["points"])
+
+
+def _jitter(side, pert, pert_fraction, seeds=40):
+    """The largest |click - exact extreme coordinate| over training examples (no
+    augmentation), along the coordinate the extreme fixes (x of left/right, y of
+    top/bottom), and along the free one beyond the object's side."""
+    image, mask = _square(side)
+    opts = dataclasses.replace(OPTS, pert=pert, pert_fraction=pert_fraction)
+    lo, hi = 60, 60 + side - 1
+    fixed = np.array([[lo, 0], [hi, 0], [0, lo], [0, hi]], np.float64)
+    worst = 0.0
+    for s in range(seeds):
+        out = pipeline.process_object(image, mask, opts, np.random.default_rng(s))
+        p = _image_points(out, RES)
+        for i, axis in ((0, 0), (1, 0), (2, 1), (3, 1)):
+            worst = max(worst, abs(p[i, axis] - fixed[i, axis]))
+            free = p[i, 1 - axis]
+            worst = max(worst, lo - free, free - hi)
+    return worst
+
+
+def test_training_jitter_scales_with_the_object():
+    # fixed: at most pert px whatever the object's size
+    assert 1.5 < _jitter(100, 2, 0.0) <= 2 + 1e-3
+    # with a fraction: up to scaled_margin of the object's box (0.08 * 100 = 8 px) ...
+    big = _jitter(100, 2, 0.08)
+    assert 5 < big <= 8 + 1e-3
+    # ... and at least pert px for a small one (round(0.08 * 12) = 1 < 2)
+    assert 1.5 < _jitter(12, 2, 0.08) <= 2 + 1e-3
+    corners = np.array([[60, 60], [159, 159]])
+    assert targets.scaled_margin(corners, 2, 0.08) == 8
+
+
+def _share(side, relax, relax_fraction):
+    image, mask = _square(side)
+    opts = dataclasses.replace(OPTS, relax=relax, relax_fraction=relax_fraction)
+    out = pipeline.process_object(image, mask, opts)
+    box = out["box"]
+    margin = targets.scaled_margin(targets.extreme_points(mask), relax, relax_fraction)
+    assert box[2] - box[0] == side + 2 * margin
+    return float(out["mask"].mean())
+
+
+def test_crop_margin_scales_with_the_object():
+    """With relax_fraction the object fills the same share of the crop at every size."""
+    sides = (12, 30, 100)
+    scaled = [_share(s, 2, 0.25) for s in sides]
+    np.testing.assert_allclose(scaled, (1 / 1.5) ** 2, atol=0.03)
+    fixed = [_share(s, 10, 0.0) for s in sides]  # the authors' 10 px
+    assert fixed[0] < 0.3 and fixed[2] > 0.6
 
 
 def test_train_batch_matches_core_targets(fundus):
-    it = pipeline.make_train_loader(fundus, batch_size=4, pert=5, augment=True, seed=0, **KW)
+    it = pipeline.make_train_loader(fundus, AUG, batch_size=4, seed=0)
     b = next(it)
-    assert b.keys() == set(pipeline.TRAIN_KEYS)
+    assert b.keys() == set(pipeline.TRAIN_KEYS) and "guidance" not in b
     shapes = {
         "image": (4, RES, RES, 3),
-        "guidance": (4, RES, RES, 1),
         "mask": (4, RES, RES, 1),
         "sdt": (4, RES, RES, 1),
         "dt": (4, RES, RES, 1),
@@ -124,51 +191,56 @@ def test_train_batch_matches_core_targets(fundus):
     assert set(np.unique(b["mask"])) <= {0.0, 1.0}
     for i in range(4):
         m = b["mask"][i, ..., 0]
-        sdt, dt = targets.signed_distance(m, dt_max=30.0)
+        sdt, dt = targets.signed_distance(m, dt_max=OPTS.dt_max)
         np.testing.assert_array_equal(b["sdt"][i, ..., 0], sdt)
         np.testing.assert_array_equal(b["dt"][i, ..., 0], dt)
         np.testing.assert_array_equal(b["direction"][i], targets.direction_field(dt))
-        g = pipeline.guidance_channel_np(b["points"][i], RES, RES, "heatmap+cm", 10.0, "paper")
-        np.testing.assert_allclose(b["guidance"][i], g, rtol=1e-6)
     assert set(b["class_id"].tolist()) <= {0, 1}
+    # The guidance channel is built from the batch's points on the device, by the one
+    # implementation (tested against the paper's formulas in test_guidance.py).
+    x = np.asarray(
+        inference.model_inputs(jnp.asarray(b["image"]), jnp.asarray(b["points"]), CONFIG)
+    )
+    assert x.shape == (4, RES, RES, 4)
+    np.testing.assert_array_equal(x[..., :3], b["image"])
+    g = guidance.guidance_channel(b["points"], RES, RES, "heatmap+cm", 10.0, "paper")
+    np.testing.assert_allclose(x[..., 3:], np.asarray(g) / 255.0, rtol=1e-6)
+    # the clicks lie in the crop (jittered by at most pert px, at least 10 px of margin)
+    assert (b["points"] > 0).all() and (b["points"] < RES - 1).all()
 
 
 # --------------------------------------------------------------------------
 # Determinism and resumption
 # --------------------------------------------------------------------------
 def test_train_loader_deterministic_for_seed(fundus):
-    a = _take(pipeline.make_train_loader(fundus, batch_size=3, augment=True, seed=7, **KW), 5)
-    b = _take(pipeline.make_train_loader(fundus, batch_size=3, augment=True, seed=7, **KW), 5)
-    c = _take(pipeline.make_train_loader(fundus, batch_size=3, augment=True, seed=8, **KW), 5)
+    a = _take(pipeline.make_train_loader(fundus, AUG, batch_size=3, seed=7), 5)
+    b = _take(pipeline.make_train_loader(fundus, AUG, batch_size=3, seed=7), 5)
+    c = _take(pipeline.make_train_loader(fundus, AUG, batch_size=3, seed=8), 5)
     _assert_batches_equal(a, b)
     assert not all(np.array_equal(x["image"], y["image"]) for x, y in zip(a, c))
 
 
 def test_train_loader_resumes_exactly(fundus):
-    kw = dict(
-        batch_size=5, augment=True, seed=3, num_epochs=3, **KW
-    )  # 12 objects: batches cross epochs
-    full = _take(pipeline.make_train_loader(fundus, **kw), 6)
-    it = pipeline.make_train_loader(fundus, **kw)
+    kw = dict(batch_size=5, seed=3, num_epochs=3)  # 12 objects: batches cross epochs
+    full = _take(pipeline.make_train_loader(fundus, AUG, **kw), 6)
+    it = pipeline.make_train_loader(fundus, AUG, **kw)
     _take(it, 2)
     state = it.get_state()
-    resumed = pipeline.make_train_loader(fundus, **kw)
+    resumed = pipeline.make_train_loader(fundus, AUG, **kw)
     resumed.set_state(state)
     _assert_batches_equal(full[2:], _take(resumed, 4))
     # The epochs are finite: 3 * 12 objects // 5 = 7 batches.
-    assert len(list(pipeline.make_train_loader(fundus, **kw))) == 7
+    assert len(list(pipeline.make_train_loader(fundus, AUG, **kw))) == 7
 
 
 def test_train_loader_num_steps_and_shards(fundus):
-    it = pipeline.make_train_loader(fundus, batch_size=2, seed=0, num_steps=3, **KW)
+    it = pipeline.make_train_loader(fundus, OPTS, batch_size=2, seed=0, num_steps=3)
     assert len(list(it)) == 3
     shards = [
-        pipeline.make_train_loader(
-            fundus, batch_size=3, seed=0, shard_index=i, shard_count=2, augment=True, **KW
-        )
+        pipeline.make_train_loader(fundus, AUG, batch_size=3, seed=0, shard_index=i, shard_count=2)
         for i in range(2)
     ]
-    whole = pipeline.make_train_loader(fundus, batch_size=6, seed=0, augment=True, **KW)
+    whole = pipeline.make_train_loader(fundus, AUG, batch_size=6, seed=0)
     # Two processes with 3 rows each see exactly the global batches of one process
     # with 6 rows, augmentation and jitter included.
     for _ in range(3):
@@ -182,7 +254,7 @@ def test_train_loader_num_steps_and_shards(fundus):
 # --------------------------------------------------------------------------
 def test_eval_elements_carry_full_resolution_data(prostate_test, fundus):
     for src, n_obj in ((prostate_test, 2), (fundus, 12)):
-        batches = list(pipeline.make_eval_iterator(src, batch_size=5, **KW))
+        batches = list(pipeline.make_eval_iterator(src, OPTS, batch_size=5))
         assert len(batches) == -(-n_obj // 5)
         assert all(b["image"].shape == (5, RES, RES, 3) for b in batches)
         valid = np.concatenate([b["valid"] for b in batches])
@@ -200,8 +272,8 @@ def test_eval_elements_carry_full_resolution_data(prostate_test, fundus):
                 assert b["id"][i] == rec["id"].decode()
                 assert b["class_id"][i] == rec["classes"][k]
                 # Exact extreme points (eval: no jitter) and the crop box from them.
-                pts = pipeline.extreme_points_np(rec["masks"][k])
-                box = targets.crop_box(pts, (h, w), relax=10)
+                pts = targets.extreme_points(rec["masks"][k])
+                box = targets.crop_box(pts, (h, w), relax=OPTS.relax)
                 np.testing.assert_array_equal(b["box"][i], box)
                 np.testing.assert_allclose(b["points"][i], targets.points_to_crop(pts, box, RES))
                 np.testing.assert_array_equal(
@@ -211,11 +283,11 @@ def test_eval_elements_carry_full_resolution_data(prostate_test, fundus):
 
 
 def test_eval_is_deterministic_and_normalised(prostate_test):
-    a = list(pipeline.make_eval_iterator(prostate_test, batch_size=2, **KW))
-    b = list(pipeline.make_eval_iterator(prostate_test, batch_size=2, **KW))
+    a = list(pipeline.make_eval_iterator(prostate_test, OPTS, batch_size=2))
+    b = list(pipeline.make_eval_iterator(prostate_test, OPTS, batch_size=2))
     _assert_batches_equal(a, b)
     img = a[0]["image"]
-    raw = img * pipeline.IMAGENET_STD + pipeline.IMAGENET_MEAN
+    raw = img * targets.IMAGENET_STD + targets.IMAGENET_MEAN
     assert raw.min() >= -1e-5 and raw.max() <= 1 + 1e-5
     np.testing.assert_allclose(raw[..., 0], raw[..., 1], atol=1e-5)  # grey replicated
 
@@ -259,21 +331,27 @@ def test_empty_objects_are_skipped_and_counted():
         and objs.stats["records_without_objects"] == 1
     )
     np.testing.assert_array_equal(objs.index, [[0, 0], [0, 2]])
-    batches = list(pipeline.make_train_loader(objs, batch_size=2, seed=0, num_epochs=2, **KW))
+    batches = list(pipeline.make_train_loader(objs, OPTS, batch_size=2, seed=0, num_epochs=2))
     assert len(batches) == 2
-    ev = list(pipeline.make_eval_iterator(src, batch_size=4, **KW))
+    ev = list(pipeline.make_eval_iterator(src, OPTS, batch_size=4))
     assert ev[0]["valid"].sum() == 2
 
 
 def test_bad_arguments(fundus):
-    with pytest.raises(ValueError, match="guidance_mode"):
-        pipeline.make_train_loader(fundus, batch_size=2, **{**KW, "guidance_mode": "cm"})
+    with pytest.raises(ValueError, match="batch_size"):
+        pipeline.make_train_loader(fundus, OPTS, batch_size=0, seed=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        pipeline.make_eval_iterator(fundus, OPTS, batch_size=2.0)
     with pytest.raises(ValueError, match="shard_index"):
-        pipeline.make_train_loader(fundus, batch_size=2, shard_index=2, shard_count=2, **KW)
+        pipeline.make_train_loader(fundus, OPTS, batch_size=2, seed=0, shard_index=2, shard_count=2)
+    with pytest.raises(ValueError, match="shard_index"):
+        pipeline.make_eval_iterator(fundus, OPTS, batch_size=2, shard_index=-1, shard_count=2)
     with pytest.raises(ValueError, match="no objects"):
         pipeline.make_eval_iterator(
-            _ListSource([_record(np.zeros((1, 9, 9)), [0])]), batch_size=1, **KW
+            _ListSource([_record(np.zeros((1, 9, 9)), [0])]), OPTS, batch_size=1
         )
+    with pytest.raises(TypeError):  # the options and the seed have no defaults
+        pipeline.make_train_loader(fundus, OPTS, batch_size=2)
 
 
 # --------------------------------------------------------------------------
@@ -281,9 +359,9 @@ def test_bad_arguments(fundus):
 # --------------------------------------------------------------------------
 def test_multiworker_loading_matches_and_resumes(fundus):
     """worker_count=2 (spawned processes) yields the single-process batches; its state resumes."""
-    kw = dict(batch_size=3, augment=True, seed=5, **KW)
-    ref = _take(pipeline.make_train_loader(fundus, **kw), 5)
-    it = pipeline.make_train_loader(fundus, worker_count=2, **kw)
+    kw = dict(batch_size=3, seed=5)
+    ref = _take(pipeline.make_train_loader(fundus, AUG, **kw), 5)
+    it = pipeline.make_train_loader(fundus, AUG, worker_count=2, **kw)
     try:
         got = _take(it, 3)
         state = it.get_state()
@@ -291,7 +369,7 @@ def test_multiworker_loading_matches_and_resumes(fundus):
         it.close()
     _assert_batches_equal(ref[:3], got)
     # (A multi-worker state restores into a loader with the same worker_count.)
-    again = pipeline.make_train_loader(fundus, worker_count=2, **kw)
+    again = pipeline.make_train_loader(fundus, AUG, worker_count=2, **kw)
     try:
         again.set_state(state)
         _assert_batches_equal(ref[3:], _take(again, 2))
@@ -329,3 +407,20 @@ def test_show_pipeline_script_writes_png(data_dir, tmp_path):
     )
     im = np.asarray(Image.open(out))
     assert im.ndim == 3 and im.shape[1] >= 2 * 3 * 32 and im.shape[0] > 2 * 32
+
+
+def test_load_split_reads_the_configured_data_set(data_dir, prostate_test):
+    c = config_lib.base_config()
+    c.data.update(dict(name="synthetic_prostate", builder_config="tiny", data_dir=str(data_dir)))
+    c.data.build = False
+    src = pipeline.load_split(c, "test")
+    assert len(src) == len(prostate_test)
+    assert [src[i]["id"] for i in range(len(src))] == [
+        prostate_test[i]["id"] for i in range(len(src))
+    ]
+    c.data.builder_config = "huge"
+    with pytest.raises(ValueError, match="unknown config"):
+        pipeline.load_split(c, "test")
+    c.data.builder_config = ""  # the builder's default config: not built here
+    with pytest.raises(FileNotFoundError, match="not built"):
+        pipeline.load_split(c, "test")

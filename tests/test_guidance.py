@@ -7,107 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dlset_jax import config as config_lib
 from dlset_jax import guidance as G
 
 H, W = 24, 32
-
-
-def random_mask(rng, h=H, w=W):
-    """A random blob: union of a few rectangles and discs (plus noise)."""
-    m = np.zeros((h, w), bool)
-    yy, xx = np.mgrid[:h, :w]
-    for _ in range(rng.integers(1, 4)):
-        cy, cx = rng.integers(0, h), rng.integers(0, w)
-        r = rng.integers(2, 8)
-        m |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
-    m |= rng.random((h, w)) < 0.02
-    return m
-
-
-def np_extreme_points(m):
-    """Reference: first pixel in scan order among ties."""
-    ys, xs = np.nonzero(m)
-    out = []
-    for sel in (xs == xs.min(), xs == xs.max()):
-        out.append((xs[sel][0], ys[sel].min()))
-    for sel in (ys == ys.min(), ys == ys.max()):
-        out.append((xs[sel].min(), ys[sel][0]))
-    return np.array(out, np.float32)
-
-
-# ------------------------------------------------------------------ extreme points
-def test_extreme_points_match_numpy(rng):
-    for _ in range(10):
-        m = random_mask(rng)
-        got = np.asarray(G.extreme_points(m))
-        assert got.dtype == np.float32 and got.shape == (4, 2)
-        np.testing.assert_array_equal(got, np_extreme_points(m))
-    # int and float masks are read as the same foreground
-    m = random_mask(rng)
-    np.testing.assert_array_equal(G.extreme_points(m.astype(np.uint8)), np_extreme_points(m))
-    np.testing.assert_array_equal(
-        G.extreme_points(m.astype(np.float32) * 0.9), np_extreme_points(m)
-    )
-
-
-def test_extreme_points_random_ties_are_valid_and_vary():
-    m = np.zeros((H, W), bool)
-    m[4:15, 6:20] = True  # every side is a tie of many pixels
-    seen = set()
-    for i in range(8):
-        p = np.asarray(G.extreme_points(m, jax.random.key(i)))
-        x, y = p[:, 0].astype(int), p[:, 1].astype(int)
-        assert m[y, x].all()
-        assert x[0] == 6 and x[1] == 19 and y[2] == 4 and y[3] == 14
-        seen.add(tuple(p.ravel()))
-    assert len(seen) > 1
-    np.testing.assert_array_equal(
-        G.extreme_points(m, jax.random.key(3)), G.extreme_points(m, jax.random.key(3))
-    )
-
-
-def test_extreme_points_jitter_bounded_clipped_deterministic():
-    m = np.zeros((H, W), bool)
-    m[0:10, 25:32] = True  # touches the top and right borders: clipping matters
-    pert = 4
-    clipped_somewhere = False
-    for i in range(20):
-        key = jax.random.key(i)
-        base = np.asarray(G.extreme_points(m, key, 0))
-        jit = np.asarray(G.extreme_points(m, key, pert))
-        np.testing.assert_array_equal(jit, np.round(jit))  # integer shifts
-        assert np.abs(jit - base).max() <= pert
-        assert (jit[:, 0] >= 0).all() and (jit[:, 0] <= W - 1).all()
-        assert (jit[:, 1] >= 0).all() and (jit[:, 1] <= H - 1).all()
-        clipped_somewhere |= bool((jit[:, 1] == 0).any() or (jit[:, 0] == W - 1).any())
-        np.testing.assert_array_equal(jit, G.extreme_points(m, key, pert))
-    assert clipped_somewhere
-
-
-def test_extreme_points_jit_and_vmap(rng):
-    masks = np.stack([random_mask(rng) for _ in range(4)])
-    keys = jax.random.split(jax.random.key(0), 4)
-    # jit == eager (pert traced under jit)
-    np.testing.assert_array_equal(jax.jit(G.extreme_points)(masks[0]), G.extreme_points(masks[0]))
-    f = jax.jit(G.extreme_points)
-    loop = np.stack([f(m, k, 3) for m, k in zip(masks, keys)])
-    np.testing.assert_array_equal(loop[1], G.extreme_points(masks[1], keys[1], 3))
-    # vmap == python loop
-    batched = jax.jit(jax.vmap(G.extreme_points, in_axes=(0, 0, None)))(masks, keys, 3)
-    np.testing.assert_array_equal(batched, loop)
-    # an empty mask cannot be detected under tracing: defined result, no error
-    np.testing.assert_array_equal(jax.jit(G.extreme_points)(np.zeros((H, W), bool)), 0.0)
-
-
-def test_extreme_points_errors():
-    with pytest.raises(ValueError, match="empty mask"):
-        G.extreme_points(np.zeros((H, W), bool))
-    with pytest.raises(ValueError, match=r"\(2, 3, 4\)"):
-        G.extreme_points(np.ones((2, 3, 4), bool))
-    with pytest.raises(ValueError, match="pert"):
-        G.extreme_points(np.ones((H, W), bool), pert=2)  # no key
-    with pytest.raises(ValueError, match="pert"):
-        G.extreme_points(np.ones((H, W), bool), jax.random.key(0), pert=-1)
 
 
 # ------------------------------------------------------------------ heatmap
@@ -192,20 +95,53 @@ def test_confidence_map_values_on_segments():
 
 
 # ------------------------------------------------------------------ guidance channel
+# The paper's guidance (data.guidance, data.sigma, data.cm_variant of the schema).
+PAPER = config_lib.base_config().data
+SIGMA = float(PAPER.sigma)
+
+
+def test_paper_values_are_the_documented_ones():
+    # docs/method.md: DEXTR heatmap with sigma 10 px, plus the CM of eq. 3
+    assert (PAPER.guidance, SIGMA, PAPER.cm_variant) == ("heatmap+cm", 10.0, "paper")
+
+
+@pytest.mark.parametrize(
+    "mode,variant", [("heatmap", "paper"), ("heatmap+cm", "paper"), ("heatmap+cm", "authors")]
+)
+def test_guidance_channel_matches_independent_formula(mode, variant):
+    """heatmap in [0, 255] (+ 255 * CM) in ONE channel, from the plain numpy formulas."""
+    pts = np.array([[3.0, 30.0], [60.0, 25.5], [31.0, 2.0], [28.0, 61.0]], np.float32)
+    for p in (pts, pts[[0, 0, 2, 3]], pts + 0.37):  # also a zero-length s1, fractional points
+        g = np.asarray(G.guidance_channel(p, 64, 64, mode, SIGMA, variant))
+        assert g.shape == (64, 64, 1) and g.dtype == np.float32
+        want = np_heatmap(p, 64, 64, SIGMA)
+        if mode == "heatmap+cm":
+            want = want + 255.0 * np_cm(p, 64, 64, variant)
+        np.testing.assert_allclose(g[..., 0], want, rtol=2e-3, atol=2e-2)
+        assert g.max() <= (255.0 if mode == "heatmap" else 510.0) + 1e-3
+
+
 def test_guidance_channel_modes():
-    hm = G.gaussian_heatmap(POINTS, H, W, sigma=10.0)
-    cm = G.confidence_map(POINTS, H, W, "authors")
-    g0 = np.asarray(G.guidance_channel(POINTS, H, W, mode="heatmap"))
-    g1 = np.asarray(G.guidance_channel(POINTS, H, W, mode="heatmap+cm", cm_variant="authors"))
+    hm = np_heatmap(POINTS, H, W, SIGMA)
+    g0 = np.asarray(G.guidance_channel(POINTS, H, W, "heatmap", SIGMA, "paper"))
+    g1 = np.asarray(G.guidance_channel(POINTS, H, W, "heatmap+cm", SIGMA, "authors"))
+    g2 = np.asarray(G.guidance_channel(POINTS, H, W, "heatmap+cm", SIGMA, "paper"))
     assert g0.shape == (H, W, 1) and g1.shape == (H, W, 1) and g1.dtype == np.float32
-    np.testing.assert_allclose(g0[..., 0], hm, rtol=1e-6)
-    np.testing.assert_allclose(g1[..., 0], np.asarray(hm) + 255 * np.asarray(cm), rtol=1e-5)
+    # "heatmap" ignores the CM variant; the CM adds 255 * CM, each variant its own
+    np.testing.assert_allclose(g0[..., 0], hm, atol=1e-3)
+    np.testing.assert_array_equal(g0, G.guidance_channel(POINTS, H, W, "heatmap", SIGMA, "authors"))
+    np.testing.assert_allclose(g1[..., 0] - hm, 255 * np_cm(POINTS, H, W, "authors"), atol=0.1)
+    np.testing.assert_allclose(g2[..., 0] - hm, 255 * np_cm(POINTS, H, W, "paper"), atol=0.1)
+    assert not np.allclose(g1, g2, atol=1.0)
+    # fwhm=False reads sigma as a standard deviation
+    g3 = np.asarray(G.guidance_channel(POINTS, H, W, "heatmap", SIGMA, "paper", fwhm=False))
+    np.testing.assert_allclose(g3[..., 0], np_heatmap(POINTS, H, W, SIGMA, fwhm=False), atol=1e-3)
     assert g0.max() <= 255.0 + 1e-3 and g1.max() <= 510.0 + 1e-3
 
 
 def test_batched_vmap_jit_equal_loop(rng):
     pts = rng.uniform(-5, 35, size=(3, 2, 4, 2)).astype(np.float32)
-    f = lambda p: G.guidance_channel(p, H, W, mode="heatmap+cm", sigma=8.0)
+    f = lambda p: G.guidance_channel(p, H, W, "heatmap+cm", 8.0, "paper")
     jf = jax.jit(f)
     # jit == eager
     np.testing.assert_allclose(jf(pts[0, 0]), f(pts[0, 0]), rtol=1e-5, atol=1e-4)
@@ -215,12 +151,15 @@ def test_batched_vmap_jit_equal_loop(rng):
     np.testing.assert_allclose(batched, loop, rtol=1e-5, atol=1e-4)
     vm = np.asarray(jax.jit(jax.vmap(jax.vmap(f)))(pts))
     np.testing.assert_allclose(vm, loop, rtol=1e-5, atol=1e-4)
+    # and each one is the independent formula
+    want = np_heatmap(pts[1, 0], H, W, 8.0) + 255 * np_cm(pts[1, 0], H, W, "paper")
+    np.testing.assert_allclose(batched[1, 0, ..., 0], want, rtol=2e-3, atol=2e-2)
 
 
 _VALUE_AND_GRAD = {
     v: jax.jit(
         jax.value_and_grad(
-            lambda p, v=v: jnp.sum(G.guidance_channel(p, H, W, "heatmap+cm", cm_variant=v))
+            lambda p, v=v: jnp.sum(G.guidance_channel(p, H, W, "heatmap+cm", SIGMA, v))
         )
     )
     for v in G.CM_VARIANTS
@@ -238,7 +177,7 @@ _VALUE_AND_GRAD = {
 )
 @pytest.mark.parametrize("variant", ["paper", "authors"])
 def test_no_nan_inf_values_or_gradients(pts, variant):
-    val = np.asarray(G.guidance_channel(pts, H, W, "heatmap+cm", cm_variant=variant))
+    val = np.asarray(G.guidance_channel(pts, H, W, "heatmap+cm", SIGMA, variant))
     assert np.isfinite(val).all()
     total, grad = _VALUE_AND_GRAD[variant](jnp.asarray(pts))
     assert np.isfinite(float(total)) and np.isfinite(np.asarray(grad)).all()
@@ -248,14 +187,23 @@ def test_no_nan_inf_values_or_gradients(pts, variant):
 
 def test_guidance_errors():
     with pytest.raises(ValueError, match="unknown mode"):
-        G.guidance_channel(POINTS, H, W, mode="cm")
+        G.guidance_channel(POINTS, H, W, "cm", SIGMA, "paper")
+    with pytest.raises(ValueError, match="unknown variant"):
+        G.guidance_channel(POINTS, H, W, "heatmap+cm", SIGMA, "khan")
     with pytest.raises(ValueError, match="unknown variant"):
         G.confidence_map(POINTS, H, W, variant="khan")
     with pytest.raises(ValueError, match=r"\(3, 2\)"):
-        G.gaussian_heatmap(POINTS[:3], H, W)
+        G.gaussian_heatmap(POINTS[:3], H, W, SIGMA)
     with pytest.raises(ValueError, match=r"\(4, 3\)"):
-        G.confidence_map(np.zeros((4, 3)), H, W)
+        G.confidence_map(np.zeros((4, 3)), H, W, "paper")
     with pytest.raises(ValueError, match="height"):
-        G.gaussian_heatmap(POINTS, 0, W)
+        G.gaussian_heatmap(POINTS, 0, W, SIGMA)
+    with pytest.raises(ValueError, match="width"):
+        G.guidance_channel(POINTS, H, 2.5, "heatmap", SIGMA, "paper")
     with pytest.raises(ValueError, match="sigma"):
         G.gaussian_heatmap(POINTS, H, W, sigma=0.0)
+    with pytest.raises(ValueError, match="sigma"):
+        G.guidance_channel(POINTS, H, W, "heatmap", float("inf"), "paper")
+    for fn in (G.gaussian_heatmap, G.confidence_map, G.guidance_channel):  # no defaults
+        with pytest.raises(TypeError):
+            fn(POINTS, H, W)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import FIXTURES, IMPLS
+from conftest import EVOLVE, FIXTURES
 from jax.test_util import check_grads
 
 from dlset_jax import levelset as ls
@@ -34,10 +34,10 @@ def case_inputs(c):
     return nhwc(REF[p + "phi0"]), nhwc(REF[p + "vf"]), g, nhwc(REF[p + "W"])
 
 
-def objective(corners, steps, weights, impl):
+def objective(corners, steps, weights):
     def f(phi0, motion, g):
-        phi_t = ls.evolve(phi0, motion, g, steps=steps, corners=corners, impl=impl)
-        return jnp.sum(ls.heaviside(phi_t) * weights), phi_t
+        phi_t = ls.evolve(phi0, motion, g, steps=steps, **{**EVOLVE, "corners": corners})
+        return jnp.sum(ls.heaviside(phi_t, -1.0) * weights), phi_t
 
     return f
 
@@ -54,13 +54,12 @@ def corner_mask(shape, steps):
 
 @pytest.mark.parametrize("case", CASES, ids=[c["prefix"][:-1] for c in CASES])
 @pytest.mark.parametrize("corners", ["authors", "full"])
-@pytest.mark.parametrize("impl", IMPLS)
-def test_parity_with_authors(case, corners, impl):
+def test_parity_with_authors(case, corners):
     p, steps = case["prefix"], case["T"]
     phi0, motion, g, weights = case_inputs(case)
     argnums = (0, 1, 2) if g is not None else (0, 1)
     (obj, phi_t), grads = jax.value_and_grad(
-        objective(corners, steps, weights, impl), argnums=argnums, has_aux=True
+        objective(corners, steps, weights), argnums=argnums, has_aux=True
     )(phi0, motion, g)
     keep = None if corners == "authors" else corner_mask(phi0.shape, steps)
     keep2 = None if keep is None else np.repeat(keep, 2, axis=-1)
@@ -78,15 +77,20 @@ def test_parity_with_authors(case, corners, impl):
             assert not np.any(np.asarray(grads[1]))
     else:
         assert rel_err(grads[1], nhwc(REF[p + "grad_vf_f32"]), keep2) <= 1e-3 or steps == 0
+        # Outside the corners' reach (a step's stencil spreads 2 px; forward and
+        # backward each travel T steps) the full corners give the authors' gradients.
+        far = corner_mask(phi0.shape, 2 * steps + 1)
+        assert rel_err(grads[0], nhwc(REF[p + "grad_phi0_f32"]), far) <= TOL
+        if g is not None and steps > 0:
+            assert rel_err(grads[2], nhwc(REF[p + "grad_g_f32"]), far) <= TOL
 
 
 @pytest.mark.parametrize("prefix", ["c2_", "c8_"])
-@pytest.mark.parametrize("impl", IMPLS)
-def test_trajectory_matches_authors_steps(prefix, impl):
+def test_trajectory_matches_authors_steps(prefix):
     case = next(c for c in CASES if c["prefix"] == prefix)
     phi0, motion, g, _ = case_inputs(case)
     phi_t, traj = ls.evolve(
-        phi0, motion, g, steps=5, corners="authors", return_trajectory=True, impl=impl
+        phi0, motion, g, steps=5, return_trajectory=True, **{**EVOLVE, "corners": "authors"}
     )
     ref = np.moveaxis(REF[prefix + "phi_steps_f32"], 2, -1)
     assert traj.shape == ref.shape == (6,) + phi0.shape
@@ -106,7 +110,7 @@ def test_building_blocks_match_authors():
     assert rel_err(ls.laplacian(x), ref("del2")) <= TOL
     assert rel_err(ls.divergence(gx, gy), ref("div_of_gx_gy")) <= TOL
     assert rel_err(ls.distance_regularization(x), ref("distreg_p2")) <= TOL
-    assert rel_err(ls.dirac(x, 0.3), ref("dirac_s03")) <= TOL
+    assert rel_err(ls.dirac(x, 0.3, 30.0), ref("dirac_s03")) <= TOL
     assert rel_err(ls.heaviside(x, -1.0), ref("heaviside_em1")) <= TOL
 
 
@@ -184,9 +188,9 @@ def test_circle_grows_at_the_rate_the_update_implies():
     x = 0.0
     for _ in range(50):
         x = dt * c * float(ls.dirac(jnp.asarray(x), 0.3, 30.0))
-    phi1 = ls.evolve(phi0, motion, g, steps=1, timestep=dt)
+    phi1 = ls.evolve(phi0, motion, g, steps=1, **{**EVOLVE, "timestep": dt})
     assert _radius(phi1)[0] - _radius(phi0)[0] == pytest.approx(x, abs=0.25)
-    radii = [_radius(ls.evolve(phi0, motion, g, steps=t))[0] for t in range(5)]
+    radii = [_radius(ls.evolve(phi0, motion, g, steps=t, **EVOLVE))[0] for t in range(5)]
     assert np.all(np.diff(radii) > 0.5)
 
 
@@ -224,6 +228,7 @@ def test_one_step_matches_numpy_reimplementation():
         jnp.asarray(np.stack([vy, vx], -1)[None], jnp.float32),
         jnp.asarray(g[None, ..., None], jnp.float32),
         steps=1,
+        **EVOLVE,
     )
     np.testing.assert_allclose(np.asarray(out)[0, ..., 0], ref, atol=2e-4, rtol=1e-4)
 
@@ -242,18 +247,18 @@ def _inputs(b=3, h=24, w=28, seed=0):
 
 def test_steps_zero_returns_phi0():
     phi, motion, g = _inputs()
-    np.testing.assert_array_equal(ls.evolve(phi, motion, g, steps=0), phi)
-    out, traj = ls.evolve(phi, motion, g, steps=0, return_trajectory=True)
+    np.testing.assert_array_equal(ls.evolve(phi, motion, g, steps=0, **EVOLVE), phi)
+    out, traj = ls.evolve(phi, motion, g, steps=0, return_trajectory=True, **EVOLVE)
     assert traj.shape == (1,) + phi.shape
 
 
 def test_jit_equals_no_jit_and_vmap_equals_loop():
     phi, motion, g = _inputs()
-    jitted = ls.evolve(phi, motion, g, steps=3)
+    jitted = ls.evolve(phi, motion, g, steps=3, **EVOLVE)
     with jax.disable_jit():
-        eager = ls.evolve(phi, motion, g, steps=3)
+        eager = ls.evolve(phi, motion, g, steps=3, **EVOLVE)
     np.testing.assert_allclose(jitted, eager, rtol=1e-5, atol=1e-4)
-    one = lambda p, m, gg: ls.evolve(p[None], m[None], gg[None], steps=3)[0]
+    one = lambda p, m, gg: ls.evolve(p[None], m[None], gg[None], steps=3, **EVOLVE)[0]
     vm = jax.vmap(one)(phi, motion, g)
     loop = jnp.stack([one(phi[i], motion[i], g[i]) for i in range(phi.shape[0])])
     np.testing.assert_allclose(vm, loop, rtol=1e-5, atol=1e-4)
@@ -262,7 +267,7 @@ def test_jit_equals_no_jit_and_vmap_equals_loop():
 
 def test_gradient_flows_only_where_method_says():
     phi, motion, g = _inputs(b=1)
-    f = lambda p, m, gg: jnp.sum(ls.heaviside(ls.evolve(p, m, gg, steps=2)))
+    f = lambda p, m, gg: jnp.sum(ls.heaviside(ls.evolve(p, m, gg, steps=2, **EVOLVE), -1.0))
     gp, gm, gg = jax.grad(f, argnums=(0, 1, 2))(phi, motion, g)
     for a in (gp, gm, gg):
         assert np.all(np.isfinite(a)) and np.any(a != 0)
@@ -279,7 +284,7 @@ def test_smooth_building_blocks_have_correct_gradients():
     check_grads(lambda a: ls.heaviside(a, -1.0), (x,), order=2, eps=1e-2)
     check_grads(ls.curvature, (x,), order=1, modes=["rev"], eps=1e-3, rtol=2e-2)
     inside = jnp.linspace(-8.5, 8.5, 31)  # the band, where dirac is smooth
-    check_grads(ls.dirac, (inside,), order=1, eps=1e-2)
+    check_grads(lambda a: ls.dirac(a, 0.3, 30.0), (inside,), order=1, eps=1e-2)
 
 
 def test_segment_threshold():
@@ -302,15 +307,15 @@ def test_segment_threshold():
 )
 def test_bad_input_is_named(bad, match):
     with pytest.raises(ValueError, match=match):
-        ls.evolve(*bad(*_inputs(b=1)), steps=1)
+        ls.evolve(*bad(*_inputs(b=1)), steps=1, **EVOLVE)
 
 
 def test_bad_steps_and_corners():
     phi, motion, g = _inputs(b=1)
     with pytest.raises(ValueError, match="steps must be >= 0"):
-        ls.evolve(phi, motion, g, steps=-1)
+        ls.evolve(phi, motion, g, steps=-1, **EVOLVE)
     with pytest.raises(ValueError, match="corners"):
-        ls.evolve(phi, motion, g, steps=1, corners="mirror")
+        ls.evolve(phi, motion, g, steps=1, **{**EVOLVE, "corners": "mirror"})
 
 
 def test_polynomial_trig_matches_numpy():

@@ -10,12 +10,15 @@ import pytest
 from conftest import FIXTURES
 from jax.test_util import check_grads
 
+from dlset_jax import config as config_lib
 from dlset_jax import levelset as ls
 from dlset_jax import losses as L
 
 REF = np.load(FIXTURES / "authors_losses.npz")
 CASES = json.loads(str(REF["meta"]))["cases"]
 TOL = 1e-4
+# The Heaviside width of the schema (the paper's -1: H -> 1 inside).
+EPSILON = float(config_lib.base_config().levelset.epsilon)
 
 
 def nhwc(a):
@@ -31,7 +34,7 @@ def rel_err(a, ref):
 # argument name in the fixture's gradient key)
 LOSSES = {
     "cbbce": (
-        lambda r: lambda x: L.class_balanced_bce(ls.heaviside(x), r("gts_f")),
+        lambda r: lambda x: L.class_balanced_bce(ls.heaviside(x, EPSILON), r("gts_f")),
         "phiT",
         "phiT",
     ),
@@ -40,12 +43,6 @@ LOSSES = {
     "vf_loss": (lambda r: lambda x: L.motion_loss(x, r("vf_gt")), "vf_pred", "vf_pred"),
     "cal_levelset": (lambda r: lambda x: L.boundary_loss(x, r("gts2")), "logits", "logits"),
     "active_contour": (lambda r: lambda x: L.active_contour_loss(x, r("gts2")), "logits", "logits"),
-    "bd_sigma_default": (lambda r: lambda x: L.band_loss(x, r("sdt")), "phiT", "phiT"),
-    "bd_sigma_2over30": (
-        lambda r: lambda x: L.band_loss(x, r("sdt"), sigma=2 / 30),
-        "phiT",
-        "phiT",
-    ),
 }
 
 
@@ -88,7 +85,7 @@ def _random_case(seed=0, b=2, h=12, w=14):
 
 def test_bce_matches_numpy_formula():
     d = _random_case()
-    prob = np.asarray(ls.heaviside(d["phi"]), np.float64)
+    prob = np.asarray(ls.heaviside(d["phi"], EPSILON), np.float64)
     y = np.asarray(d["mask"], np.float64)
     pos, neg = y.sum(), (1 - y).sum()
     nll = -(y * np.log(prob) + (1 - y) * np.log(1 - prob))
@@ -97,6 +94,26 @@ def test_bce_matches_numpy_formula():
         pytest.approx(ref, rel=1e-5)
     )
     assert float(L.levelset_output_loss(d["phi"], d["mask"])) == pytest.approx(100 * ref, rel=1e-5)
+    plain = nll.mean()  # unweighted: a missed object pixel costs what a leaked one does
+    assert float(L.bce(jnp.asarray(prob, jnp.float32), d["mask"])) == pytest.approx(plain, rel=1e-5)
+    got = L.levelset_output_loss(d["phi"], d["mask"], EPSILON, balanced=False)
+    assert float(got) == pytest.approx(100 * plain, rel=1e-5)
+
+
+def test_plain_bce_does_not_push_the_contour_outwards():
+    """With few object pixels the class weights make a one-pixel outward error cheaper
+    than an inward one; plain BCE prices both alike."""
+    y = np.zeros((1, 40, 40, 1), np.float32)
+    y[0, 15:25, 15:25] = 1
+    grown, shrunk = np.zeros_like(y), np.zeros_like(y)
+    grown[0, 14:26, 14:26], shrunk[0, 16:24, 16:24] = 1, 1
+
+    def cost(pred, balanced):
+        phi = jnp.asarray(np.where(pred > 0, -3.0, 3.0), jnp.float32)
+        return float(L.levelset_output_loss(phi, jnp.asarray(y), EPSILON, balanced=balanced))
+
+    assert cost(grown, True) < cost(shrunk, True)  # the bias of eq. 6's weights
+    assert cost(grown, False) > cost(shrunk, False)  # plain: growing errs on more pixels
 
 
 def test_boundary_loss_matches_numpy_formula_and_reductions():
@@ -145,21 +162,13 @@ def test_motion_loss_is_pi_squared_for_opposite_fields():
     assert v == pytest.approx(float(np.arccos(-(1 - 1e-4))) ** 2, rel=1e-4)
 
 
-@pytest.mark.parametrize("name", ["bce", "sdt", "motion", "boundary", "ac", "band"])
+@pytest.mark.parametrize("name", ["bce", "plain_bce", "sdt", "motion", "boundary", "ac"])
 def test_finite_difference_gradients(name):
     d = _random_case(b=1, h=8, w=9)
     sdt = jnp.asarray(np.where(np.asarray(d["mask"]) > 0, -3.0, 3.0), jnp.float32)
-    if name == "band":
-        # band_loss stops the gradient through one of its weights, so its gradient is
-        # checked against the closed form with that weight held fixed.
-        x = sdt + 0.3 * d["phi"] / 5
-        g = jax.grad(lambda x: L.band_loss(x, sdt, sigma=0.5, dt_max=10.0))(x)
-        w = ls.dirac(sdt, 0.5, 10.0) + ls.dirac(x, 0.5, 10.0)
-        expect = 2 * (x - sdt) * w / jnp.sum(ls.dirac(sdt, 0.5, 10.0))
-        np.testing.assert_allclose(g, expect, rtol=1e-4, atol=1e-6)
-        return
     fn, x = {
         "bce": (lambda x: L.levelset_output_loss(x, d["mask"]), d["phi"]),
+        "plain_bce": (lambda x: L.levelset_output_loss(x, d["mask"], balanced=False), d["phi"]),
         "sdt": (lambda x: L.sdt_loss(x, sdt), d["phi"]),
         "motion": (lambda x: L.motion_loss(x, d["direction"]), d["motion"]),
         "boundary": (lambda x: L.boundary_loss(x * 0.05, d["onehot"]), d["logits"]),

@@ -1,22 +1,33 @@
 """Tests for dlset_jax.models (tiny widths, small inputs)."""
 
+import dataclasses
 import itertools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
+from conftest import tiny_model_config
 
-from dlset_jax.models import HEADS, DeepLevelSet, ResNet, create_model, param_count, param_labels
+from dlset_jax import config as config_lib
+from dlset_jax.models import (
+    HEADS,
+    NOT_ARCHITECTURE,
+    DeepLevelSet,
+    ResNet,
+    create_model,
+    param_count,
+    param_labels,
+)
+from dlset_jax.models import deep_level_set as dls
 from dlset_jax.models.heads import adaptive_avg_pool, resize_bilinear
 
-TINY = dict(width=8, fusion_channels=8, psp_channels=8)
 
-
-def tiny_model(**kw):
-    return DeepLevelSet(**{"depth": 18, **TINY, **kw})
+def tiny_model(formulation=None, **overrides):
+    """Depth 18, width 8, 8-channel heads, output stride 8, frozen backbone BN."""
+    cfg = tiny_model_config(**{"width": 8, "frozen_backbone_bn": True, **overrides})
+    return create_model(cfg) if formulation is None else create_model(cfg, formulation)
 
 
 def fast_variables(model, shape, seed=0):
@@ -48,7 +59,7 @@ def fast_variables(model, shape, seed=0):
 @pytest.fixture(scope="module")
 def tiny18():
     """Depth 18, trainable BatchNorm, and its variables."""
-    model = tiny_model(frozen_bn=False)
+    model = tiny_model(frozen_backbone_bn=False)
     return model, fast_variables(model, (1, 32, 32, 4))
 
 
@@ -119,7 +130,7 @@ def test_adaptive_avg_pool_matches_reference(rng, shape, bins):
 def test_shapes_and_dtypes(depth, output_stride):
     """Abstract evaluation (no compilation): every depth and output stride."""
     h, w = 40, 56
-    model = DeepLevelSet(depth=depth, output_stride=output_stride, **TINY)
+    model = tiny_model(depth=depth, output_stride=output_stride)
     x = jax.ShapeDtypeStruct((2, h, w, 4), jnp.float32)
 
     def run(x):
@@ -214,7 +225,7 @@ def _loss_fn(model, x):
 
 
 def test_frozen_backbone_bn():
-    model = tiny_model(frozen_bn=True)
+    model = tiny_model(frozen_backbone_bn=True)
     x = jax.random.normal(jax.random.key(3), (2, 32, 32, 4))
     variables = fast_variables(model, x.shape)
     params, stats = variables["params"], variables["batch_stats"]
@@ -300,7 +311,8 @@ def test_jit_compiles_once_per_shape(tiny18):
 
 
 def test_bfloat16_compute():
-    model = tiny_model(dtype=jnp.bfloat16, frozen_bn=False)
+    model = tiny_model(compute_dtype="bfloat16", frozen_backbone_bn=False)
+    assert model.dtype == jnp.bfloat16
     x = jax.random.normal(jax.random.key(4), (2, 32, 32, 4))
 
     variables = fast_variables(model, x.shape)
@@ -358,7 +370,8 @@ def test_backbone_param_count(depth):
 
 
 def test_full_model_param_count():
-    model = DeepLevelSet(depth=101)
+    """The schema's model (the paper's ResNet-101 network)."""
+    model = create_model(config_lib.base_config().model)
     shapes = jax.eval_shape(model.init_variables, jax.random.key(0))
     n = param_count(shapes["params"])
     # backbone (4 input channels: +64*49) + fusion + 4 PSP heads
@@ -368,14 +381,17 @@ def test_full_model_param_count():
 
 
 def test_create_model_from_config():
-    cfg = ml_collections.ConfigDict(
+    cfg = config_lib.base_config().model
+    cfg.update(
         dict(
             depth=34,
             width=8,
             output_stride=16,
-            frozen_backbone_bn=False,
+            frozen_backbone_bn=True,
             compute_dtype="bfloat16",
             in_channels=2,
+            psp_bins=[1, 3],  # a list, as a JSON-saved config gives it back
+            pretrained="weights/resnet34.pth",  # not the network's: left out
         )
     )
     model = create_model(cfg)
@@ -383,22 +399,63 @@ def test_create_model_from_config():
         model.depth,
         model.width,
         model.output_stride,
-        model.frozen_bn,
+        model.frozen_backbone_bn,
+        model.compute_dtype,
         model.dtype,
         model.in_channels,
-    ) == (34, 8, 16, False, jnp.bfloat16, 2)
-    assert model.fusion_channels == 128 and tuple(model.psp_bins) == (1, 2, 3, 6)
+        model.psp_bins,
+    ) == (34, 8, 16, True, "bfloat16", jnp.bfloat16, 2, (1, 3))
+    # the rest are the schema's values
+    assert (model.fusion_channels, model.psp_channels, model.fusion_align_corners) == (
+        128,
+        128,
+        False,
+    )
+    # every field of the schema's model but `pretrained` is a field of the network, and
+    # the network has no other field and no default of its own (but `formulation`: how
+    # it is evaluated, the same function either way)
+    fields = {f.name for f in dataclasses.fields(DeepLevelSet)} - {"parent", "name"}
+    assert fields - {"formulation"} == set(cfg) - set(NOT_ARCHITECTURE)
+    defaults = {
+        f.name
+        for f in dataclasses.fields(DeepLevelSet)
+        if f.default is not dataclasses.MISSING and f.name not in ("parent", "name")
+    }
+    assert defaults == {"formulation"}
+    assert create_model(cfg.to_dict()) == model  # a plain mapping works too
+    with pytest.raises(TypeError):
+        DeepLevelSet()
+    incomplete = cfg.to_dict()
+    del incomplete["depth"]
+    with pytest.raises(TypeError, match="depth"):
+        create_model(incomplete)
+    with pytest.raises(TypeError, match="nope"):
+        create_model({**cfg.to_dict(), "nope": 1})
+    # an unknown compute dtype is named as soon as the network is used
     cfg.compute_dtype = "float16"
     with pytest.raises(ValueError, match="compute_dtype"):
-        create_model(cfg)
+        jax.eval_shape(create_model(cfg).init_variables, jax.random.key(0))
+
+
+def test_resnet_trains_its_batchnorm_by_default():
+    """The backbone alone: BatchNorm statistics move in train mode unless frozen_bn."""
+    x = jax.random.normal(jax.random.key(6), (2, 32, 32, 4))
+    for frozen in (None, True):
+        net = (
+            ResNet(depth=18, width=8)
+            if frozen is None
+            else ResNet(depth=18, width=8, frozen_bn=True)
+        )
+        v = fast_variables(net, x.shape)
+        _, upd = jax.jit(lambda v, x: net.apply(v, x, train=True, mutable=["batch_stats"]))(v, x)
+        moved = not np.allclose(upd["batch_stats"]["bn1"]["mean"], v["batch_stats"]["bn1"]["mean"])
+        assert moved == (frozen is None)
 
 
 # ----------------------------------------------------------------------------- fast paths
 
 from dlset_jax.models import resnet  # noqa: E402
 from dlset_jax.models.heads import PSPHead, fused_psp_heads  # noqa: E402
-
-REFERENCE_IMPL = {k: False for k in resnet.IMPL}
 
 
 def _max_rel(a, b):
@@ -449,36 +506,40 @@ def test_conv1x1_matches_nn_conv(rng, stride, use_bias):
 
 
 def test_block_barrier_is_bit_exact():
-    model = ResNet(depth=18, width=8)
     x = jax.random.normal(jax.random.key(2), (2, 32, 32, 4))
-    variables = fast_variables(model, x.shape)
+    variables = fast_variables(ResNet(depth=18, width=8), x.shape)
 
-    def run(flags):
-        with resnet.implementation(**flags):
-            f = jax.jit(
-                jax.value_and_grad(
-                    lambda v: sum(jnp.sum(jnp.sin(f)) for f in model.apply(v, x).values())
-                )
+    def run(barrier):
+        model = ResNet(depth=18, width=8, formulation=resnet.Formulation(block_barrier=barrier))
+        f = jax.jit(
+            jax.value_and_grad(
+                lambda v: sum(jnp.sum(jnp.sin(f)) for f in model.apply(v, x).values())
             )
-            return f(variables)
+        )
+        return f(variables)
 
-    ref, new = run({"block_barrier": False}), run({"block_barrier": True})
+    ref, new = run(False), run(True)
     for a, b in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(new)):
         np.testing.assert_array_equal(a, b)
     assert resnet.runtime_one(jnp.asarray([jnp.inf, 2.0])) == 1.0
 
 
-def test_implementation_flags():
-    with resnet.implementation(matmul_1x1=False):
-        assert not resnet.IMPL["matmul_1x1"]
-    assert resnet.IMPL["matmul_1x1"]
-    with pytest.raises(ValueError, match="unknown implementation"):
-        with resnet.implementation(nope=True):
-            pass
+def test_formulation_is_a_field_not_global_state():
+    assert resnet.FAST == resnet.Formulation() and create_model_default_is_fast()
+    ref = tiny_model(resnet.REFERENCE)
+    assert ref.formulation == resnet.REFERENCE and tiny_model().formulation == resnet.FAST
+    with pytest.raises(TypeError):
+        resnet.Formulation(nope=True)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        resnet.FAST.matmul_1x1 = False
+
+
+def create_model_default_is_fast():
+    return tiny_model().formulation is resnet.FAST
 
 
 @pytest.mark.parametrize("depth,output_stride", [(18, 8), (50, 16)])
-def test_fast_model_matches_reference(depth, output_stride):
+def test_fast_model_matches_reference(depth, output_stride, monkeypatch):
     """Custom-VJP 1x1 convolutions + fusion barriers + fused heads against the plain
     formulation (nn.Conv, heads one by one): same variables; outputs (train and eval
     mode) and gradients as close to a float64 evaluation as the plain float32 one.
@@ -486,12 +547,12 @@ def test_fast_model_matches_reference(depth, output_stride):
     (Train-mode BatchNorm in the heads amplifies float32 rounding at these tiny
     widths to 1e-5..1e-4 relative for BOTH formulations, hence float64 as the
     arbiter; the fused heads sum more partial products, up to ~3x the plain error.)"""
-    model = DeepLevelSet(depth=depth, output_stride=output_stride, frozen_bn=True, **TINY)
+    model = tiny_model(depth=depth, output_stride=output_stride, frozen_backbone_bn=True)
     x = jax.random.normal(jax.random.key(1), (2, 44, 36, 4))
     shapes = {}
-    for name, flags in (("ref", REFERENCE_IMPL), ("new", {})):
-        with resnet.implementation(**flags):
-            shapes[name] = jax.eval_shape(model.init, jax.random.key(0), x)
+    for name, form in (("ref", resnet.REFERENCE), ("new", resnet.FAST)):
+        m = tiny_model(form, depth=depth, output_stride=output_stride)
+        shapes[name] = jax.eval_shape(m.init, jax.random.key(0), x)
     assert shapes["ref"] == shapes["new"]
     variables = fast_variables(model, x.shape, seed=3)
     # small final kernels, as trained heads have: g's sigmoid is not saturated (where
@@ -504,29 +565,33 @@ def test_fast_model_matches_reference(depth, output_stride):
         for k, c in HEADS.items()
     }
 
-    def run(flags, dtype=jnp.float32):
-        model = DeepLevelSet(
-            depth=depth, output_stride=output_stride, frozen_bn=True, dtype=dtype, **TINY
+    def run(form, dtype="float32"):
+        model = tiny_model(
+            form,
+            depth=depth,
+            output_stride=output_stride,
+            frozen_backbone_bn=True,
+            compute_dtype=dtype,
         )
+        dtype = model.dtype
         v = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), variables)
         xx = jnp.asarray(x, dtype)
-        with resnet.implementation(**flags):
 
-            def loss(params):
-                out, upd = model.apply(
-                    {**v, "params": params}, xx, train=True, mutable=["batch_stats"]
-                )
-                return sum(jnp.sum(out[k] * weights[k]) for k in HEADS), out
+        def loss(params):
+            out, upd = model.apply({**v, "params": params}, xx, train=True, mutable=["batch_stats"])
+            return sum(jnp.sum(out[k] * weights[k]) for k in HEADS), out
 
-            (_, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(v["params"])
-            return out, grads, jax.jit(model.apply)(v, xx)
+        (_, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(v["params"])
+        return out, grads, jax.jit(model.apply)(v, xx)
 
+    # float64 is no compute dtype of the schema; the arbiter adds it for this test only
+    monkeypatch.setitem(dls._DTYPES, "float64", jnp.float64)
     with jax.enable_x64(True):
-        exact = jax.tree_util.tree_map(np.asarray, run(REFERENCE_IMPL, jnp.float64))
-        exact_new = jax.tree_util.tree_map(np.asarray, run({}, jnp.float64))
+        exact = jax.tree_util.tree_map(np.asarray, run(resnet.REFERENCE, "float64"))
+        exact_new = jax.tree_util.tree_map(np.asarray, run(resnet.FAST, "float64"))
     # the same math: in float64 the two formulations agree to rounding
     assert _max_rel(exact, exact_new) < 1e-9
-    ref, new = run(REFERENCE_IMPL), run({})
+    ref, new = run(resnet.REFERENCE), run(resnet.FAST)
     for i, what in ((0, "train outputs"), (2, "eval outputs")):
         err_ref, err_new = _max_rel(exact[i], ref[i]), _max_rel(exact[i], new[i])
         assert err_new <= 4 * err_ref + 1e-5, (what, err_new, err_ref)

@@ -5,7 +5,10 @@ import pytest
 from conftest import brute_contour
 from scipy import ndimage
 
+from dlset_jax import config as config_lib
 from dlset_jax import targets as T
+
+DT_MAX = float(config_lib.base_config().data.dt_max)
 
 
 def disc(h, w, cy, cx, r):
@@ -50,14 +53,17 @@ def test_sdt_sign_and_truncation():
     cy, cx = np.nonzero(c)
     for y, x in [(0, 0), (25, 30), (49, 59), (10, 30)]:
         assert dt[y, x] == pytest.approx(np.hypot(cy - y, cx - x).min(), abs=1e-4)
-    # int / float masks give the same result; default truncation is 30
+    # int / float masks give the same result; truncation at the schema's dt_max (30)
     np.testing.assert_array_equal(T.signed_distance(m.astype(np.uint8), 5.0)[0], sdt)
     np.testing.assert_array_equal(T.signed_distance(m * 0.8, 5.0)[0], sdt)
-    assert T.signed_distance(disc(100, 100, 50, 50, 45))[0].min() == -30.0
+    assert DT_MAX == 30.0
+    assert T.signed_distance(disc(100, 100, 50, 50, 45), DT_MAX)[0].min() == -30.0
+    with pytest.raises(TypeError):
+        T.signed_distance(m)  # no default: the config's data.dt_max is its one home
 
 
 def test_sdt_full_mask_uses_image_frame():
-    sdt, dt = T.signed_distance(np.ones((9, 11), bool))
+    sdt, dt = T.signed_distance(np.ones((9, 11), bool), DT_MAX)
     assert dt[0].max() == 0 and dt[:, -1].max() == 0
     assert dt[4, 5] == 4.0 and sdt[4, 5] == -4.0
 
@@ -77,13 +83,13 @@ def test_direction_field_matches_np_gradient(rng):
 
 def test_sdt_and_direction_errors():
     with pytest.raises(ValueError, match="empty mask"):
-        T.signed_distance(np.zeros((5, 5), bool))
+        T.signed_distance(np.zeros((5, 5), bool), DT_MAX)
     with pytest.raises(ValueError, match=r"\(5, 5, 1\)"):
-        T.signed_distance(np.ones((5, 5, 1), bool))
+        T.signed_distance(np.ones((5, 5, 1), bool), DT_MAX)
     with pytest.raises(ValueError, match="dt_max"):
         T.signed_distance(np.ones((5, 5), bool), dt_max=0.0)
     with pytest.raises(ValueError, match="dtype"):
-        T.signed_distance(np.full((5, 5), "a"))
+        T.signed_distance(np.full((5, 5), "a"), DT_MAX)
     with pytest.raises(ValueError, match=r"\(2, 5, 5\)"):
         T.direction_field(np.zeros((2, 5, 5)))
     with pytest.raises(ValueError, match="at least 2"):
@@ -109,18 +115,18 @@ def test_crop_box_errors():
     bad = PTS.copy()
     bad[2] = [81.0, -1.0]
     with pytest.raises(ValueError, match=r"#2=\(x=81, y=-1\)"):
-        T.crop_box(bad, (60, 80))
+        T.crop_box(bad, (60, 80), relax=10)
     with pytest.raises(ValueError, match="outside"):
         T.validate_points([[80, 0]], (60, 80))  # x = W is outside
     T.validate_points([[79, 59], [0, 0]], (60, 80))  # corners are inside
     with pytest.raises(ValueError, match=r"\(4, 3\)"):
-        T.crop_box(np.zeros((4, 3)), (60, 80))
+        T.crop_box(np.zeros((4, 3)), (60, 80), relax=10)
     with pytest.raises(ValueError, match="finite"):
-        T.crop_box(np.full((4, 2), np.nan), (60, 80))
+        T.crop_box(np.full((4, 2), np.nan), (60, 80), relax=10)
     with pytest.raises(ValueError, match="relax"):
         T.crop_box(PTS, (60, 80), relax=-1)
     with pytest.raises(ValueError, match="image_shape"):
-        T.crop_box(PTS, (60,))
+        T.crop_box(PTS, (60,), relax=10)
 
 
 def test_crop_identity_and_zero_padding(rng):
@@ -213,14 +219,12 @@ def test_paste_back_exact_when_sizes_match_and_clips_to_image(rng):
     back[0:14, 10:30] = -1.0
     np.testing.assert_array_equal(back, -1.0)
     # a box entirely outside gives pure background
-    np.testing.assert_array_equal(T.paste_back(crop, np.array([40, 50, 60, 70]), (h, w)), 20.0)
+    outside = T.paste_back(crop, np.array([40, 50, 60, 70]), (h, w), background=20.0)
+    np.testing.assert_array_equal(outside, 20.0)
     # nearest mode for masks
     m = (rng.random((8, 8)) < 0.5).astype(np.float32)
-    assert set(np.unique(T.paste_back(m, np.array([0, 0, 20, 20]), (h, w), order=0))) <= {
-        0.0,
-        1.0,
-        20.0,
-    }
+    near = T.paste_back(m, np.array([0, 0, 20, 20]), (h, w), background=20.0, order=0)
+    assert set(np.unique(near)) == {0.0, 1.0, 20.0}
 
 
 def test_crop_and_paste_errors():
@@ -243,8 +247,334 @@ def test_crop_and_paste_errors():
     with pytest.raises(ValueError, match=r"\(4,\)"):
         T.points_to_crop(np.zeros(4), box, 8)
     with pytest.raises(ValueError, match=r"\(2, 8, 8\)"):
-        T.paste_back(np.zeros((2, 8, 8)), box, (10, 10))
+        T.paste_back(np.zeros((2, 8, 8)), box, (10, 10), background=20.0)
     with pytest.raises(ValueError, match="image_shape"):
-        T.paste_back(np.zeros((8, 8)), box, (10, 0))
+        T.paste_back(np.zeros((8, 8)), box, (10, 0), background=20.0)
+    with pytest.raises(ValueError, match="order"):
+        T.paste_back(np.zeros((8, 8)), box, (10, 10), background=20.0, order=2)
     with pytest.raises(ValueError, match="background"):
         T.paste_back(np.zeros((8, 8)), box, (10, 10), background=np.nan)
+
+
+# ------------------------------------------------------------------ simulated clicks
+def random_mask(rng, h=24, w=32):
+    """A random blob: union of a few discs, plus noise pixels."""
+    m = np.zeros((h, w), bool)
+    for _ in range(rng.integers(1, 4)):
+        m |= disc(h, w, rng.integers(0, h), rng.integers(0, w), rng.integers(2, 8))
+    m |= rng.random((h, w)) < 0.02
+    return m
+
+
+def brute_extreme_points(m):
+    """Loop reference: left = smallest column, at its smallest row; right = largest
+    column, smallest row; top = smallest row, smallest column; bottom likewise."""
+    h, w = m.shape
+    fg = [(x, y) for y in range(h) for x in range(w) if m[y, x]]
+    left = min(fg, key=lambda p: (p[0], p[1]))
+    right = min(fg, key=lambda p: (-p[0], p[1]))
+    top = min(fg, key=lambda p: (p[1], p[0]))
+    bottom = min(fg, key=lambda p: (-p[1], p[0]))
+    return np.array([left, right, top, bottom], np.float32)
+
+
+def test_extreme_points_match_bruteforce(rng):
+    for _ in range(10):
+        m = random_mask(rng)
+        got = T.extreme_points(m)
+        assert got.dtype == np.float32 and got.shape == (4, 2)
+        np.testing.assert_array_equal(got, brute_extreme_points(m))
+    # int and float masks are read as the same foreground
+    m = random_mask(rng)
+    np.testing.assert_array_equal(T.extreme_points(m.astype(np.uint8)), brute_extreme_points(m))
+    np.testing.assert_array_equal(
+        T.extreme_points(m.astype(np.float32) * 0.9), brute_extreme_points(m)
+    )
+    # a single pixel: all four points on it
+    one = np.zeros((5, 6), bool)
+    one[3, 1] = True
+    np.testing.assert_array_equal(T.extreme_points(one), [[1, 3]] * 4)
+
+
+def test_extreme_points_random_ties_are_valid_vary_and_deterministic():
+    m = np.zeros((24, 32), bool)
+    m[4:15, 6:20] = True  # every side is a tie of many pixels
+    m[4, 6:9] = False  # the top row's and left column's candidates are not contiguous to 0
+    seen = [set() for _ in range(4)]
+    for i in range(200):
+        p = T.extreme_points(m, np.random.default_rng(i))
+        x, y = p[:, 0].astype(int), p[:, 1].astype(int)
+        np.testing.assert_array_equal(p, np.round(p))
+        assert m[y, x].all()
+        assert x[0] == 6 and x[1] == 19 and y[2] == 4 and y[3] == 14
+        for k, free in enumerate((y[0], y[1], x[2], x[3])):
+            seen[k].add(int(free))
+        # same seed, same clicks
+        np.testing.assert_array_equal(p, T.extreme_points(m, np.random.default_rng(i)))
+    # uniform among the candidates: in 200 draws every candidate of each tie turns up
+    assert seen[0] == set(range(5, 15)) and seen[1] == set(range(4, 15))
+    assert seen[2] == set(range(9, 20)) and seen[3] == set(range(6, 20))
+
+
+def test_extreme_points_jitter_bounded_clipped_deterministic():
+    h, w = 24, 32
+    m = np.zeros((h, w), bool)
+    m[0:10, 25:32] = True  # touches the top and right borders: clipping matters
+    pert = 4
+    clipped_somewhere = False
+    shifts = []
+    for i in range(40):
+        base = T.extreme_points(m, np.random.default_rng(i), 0)  # same ties, no jitter
+        jit = T.extreme_points(m, np.random.default_rng(i), pert)
+        np.testing.assert_array_equal(jit, np.round(jit))  # integer shifts
+        assert np.abs(jit - base).max() <= pert
+        assert (jit[:, 0] >= 0).all() and (jit[:, 0] <= w - 1).all()
+        assert (jit[:, 1] >= 0).all() and (jit[:, 1] <= h - 1).all()
+        clipped_somewhere |= bool((jit[:, 1] == 0).any() or (jit[:, 0] == w - 1).any())
+        np.testing.assert_array_equal(jit, T.extreme_points(m, np.random.default_rng(i), pert))
+        shifts.append((jit - base)[[3], 1])  # the bottom point's y is never clipped here
+    assert clipped_somewhere
+    shifts = np.concatenate(shifts)
+    assert shifts.min() == -pert and shifts.max() == pert  # the whole range [-pert, pert]
+
+
+def test_extreme_points_errors():
+    with pytest.raises(ValueError, match="empty mask"):
+        T.extreme_points(np.zeros((24, 32), bool))
+    with pytest.raises(ValueError, match=r"\(2, 3, 4\)"):
+        T.extreme_points(np.ones((2, 3, 4), bool))
+    with pytest.raises(ValueError, match="pert"):
+        T.extreme_points(np.ones((24, 32), bool), pert=2)  # jitter without an rng
+
+
+def test_extreme_points_negative_pert_is_an_error():
+    with pytest.raises(ValueError, match="pert"):
+        T.extreme_points(np.ones((24, 32), bool), np.random.default_rng(0), pert=-1)
+
+
+def test_extreme_points_use_the_sdts_foreground_rule():
+    m = np.zeros((10, 12))
+    m[3:6, 4:9] = 0.3  # below 0.5: no foreground for a float mask, as for signed_distance
+    with pytest.raises(ValueError, match="empty mask"):
+        T.extreme_points(m)
+    with pytest.raises(ValueError, match="empty mask"):
+        T.signed_distance(m, 30.0)
+
+
+# ------------------------------------------------------------------ the network's view
+def test_imagenet_normalisation(rng):
+    np.testing.assert_array_equal(T.IMAGENET_MEAN, np.float32([0.485, 0.456, 0.406]))
+    np.testing.assert_array_equal(T.IMAGENET_STD, np.float32([0.229, 0.224, 0.225]))
+    rgb = rng.integers(0, 256, (5, 6, 3)).astype(np.uint8)
+    out = T.normalize_image(rgb)
+    assert out.shape == (5, 6, 3) and out.dtype == np.float32
+    for c, (mu, sd) in enumerate(zip((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))):
+        np.testing.assert_allclose(out[..., c], (rgb[..., c] / 255.0 - mu) / sd, rtol=1e-5)
+    grey = rgb[..., :1]
+    g = T.normalize_image(grey)
+    assert g.shape == (5, 6, 3)
+    for c in range(3):  # grey replicated to 3 channels, then per-channel statistics
+        np.testing.assert_allclose(
+            g[..., c], (grey[..., 0] / 255.0 - T.IMAGENET_MEAN[c]) / T.IMAGENET_STD[c], rtol=1e-5
+        )
+    np.testing.assert_array_equal(T.normalize_image(grey[..., 0]), g)  # (H, W) too
+
+
+def brute_margin(points, pixels, fraction):
+    """max(pixels, fraction * L rounded), L = the longer side in px of the points' box."""
+    xs = [p[0] for p in points]
+    ys = [p[1] for p in points]
+    longer = max(max(xs) - min(xs), max(ys) - min(ys)) + 1
+    v = fraction * longer
+    assert abs(v - np.floor(v) - 0.5) > 1e-6  # (no half-way case in these tests)
+    return max(pixels, int(np.floor(v + 0.5)))
+
+
+def test_scaled_margin(rng):
+    assert T.scaled_margin(PTS, 10, 0.0) == 10  # the authors' fixed margin
+    # PTS spans x 12..50 (39 px), y 15..44 (30 px): L = 39
+    assert T.scaled_margin(PTS, 0, 0.1) == 4 and T.scaled_margin(PTS, 5, 0.1) == 5
+    assert T.scaled_margin(PTS, 0, 1.0) == 39
+    one = np.array([[7, 3]] * 4)
+    assert T.scaled_margin(one, 0, 0.9) == 1 and T.scaled_margin(one, 2, 0.9) == 2
+    for _ in range(50):
+        pts = rng.integers(0, 300, (4, 2))
+        pixels, fraction = int(rng.integers(0, 20)), float(rng.uniform(0, 0.5))
+        got = T.scaled_margin(pts, pixels, fraction)
+        assert isinstance(got, int) and got == brute_margin(pts, pixels, fraction)
+        # two box corners give the margin of the four points
+        corners = np.array([pts.min(0), pts.max(0)])
+        assert T.scaled_margin(corners, pixels, fraction) == got
+
+
+def test_crop_inputs_is_the_crop_of_the_box(rng):
+    img = rng.integers(0, 256, (60, 80, 3)).astype(np.uint8)
+    for relax, fraction in ((10, 0.0), (3, 0.3)):
+        out = T.crop_inputs(img, PTS, relax=relax, relax_fraction=fraction, resolution=32)
+        assert set(out) == {"image", "points", "box"}
+        margin = T.scaled_margin(PTS, relax, fraction)
+        assert margin == (10 if fraction == 0 else 12)  # round(0.3 * 39)
+        box = T.crop_box(PTS, img.shape, relax=margin)
+        np.testing.assert_array_equal(out["box"], box)
+        assert out["box"].dtype == np.int64
+        want = T.normalize_image(T.crop_and_resize(img, box, 32, order=1))
+        assert out["image"].shape == (32, 32, 3) and out["image"].dtype == np.float32
+        np.testing.assert_array_equal(out["image"], want)
+        assert out["points"].dtype == np.float32
+        np.testing.assert_array_equal(out["points"], T.points_to_crop(PTS, box, 32))
+
+
+def _object_share(image, points, relax, fraction, res=64):
+    out = T.crop_inputs(image, points, relax=relax, relax_fraction=fraction, resolution=res)
+    raw = out["image"][..., 0] * T.IMAGENET_STD[0] + T.IMAGENET_MEAN[0]
+    return float((raw > 0.5).mean())
+
+
+def test_crop_margin_scales_with_the_object():
+    """With relax_fraction the object fills the same share of the crop at every size."""
+    shares = {0.0: [], 0.25: []}
+    for side in (12, 40, 120):
+        n = side + 100
+        img = np.zeros((n, n, 1), np.uint8)
+        img[50 : 50 + side, 50 : 50 + side] = 255
+        pts = T.extreme_points(img[..., 0])
+        for fraction in shares:
+            shares[fraction].append(_object_share(img, pts, 2, fraction))
+    # margin 0.25 L on each side: the object is (1 / 1.5)^2 of the crop
+    np.testing.assert_allclose(shares[0.25], 4 / 9, atol=0.03)
+    # a fixed margin of 2 px: small objects fill less of the crop than large ones
+    assert shares[0.0][0] < shares[0.0][2] - 0.1
+
+
+# ------------------------------------------------------------------ windows
+def brute_window(box, h, w):
+    """The image pixels inside the box, by looping over them: (y0, x0, y1, x1) or None."""
+    y0, x0, y1, x1 = box
+    inside = [(y, x) for y in range(h) for x in range(w) if y0 <= y < y1 and x0 <= x < x1]
+    if not inside:
+        return None
+    ys, xs = zip(*inside)
+    return min(ys), min(xs), max(ys) + 1, max(xs) + 1
+
+
+def _random_box(rng, h, w):
+    y0, x0 = int(rng.integers(-15, h + 5)), int(rng.integers(-15, w + 5))
+    return np.array([y0, x0, y0 + rng.integers(1, 30), x0 + rng.integers(1, 30)])
+
+
+def test_box_window_matches_bruteforce(rng):
+    h, w = 20, 25
+    n_empty = 0
+    for _ in range(60):
+        box = _random_box(rng, h, w)
+        got = T.box_window(box, (h, w, 3))
+        y0, x0, y1, x1 = got
+        want = brute_window(box, h, w)
+        if want is None:
+            n_empty += 1
+            assert y1 <= y0 or x1 <= x0, (box, got)
+            assert np.zeros((h, w))[y0:y1, x0:x1].size == 0
+        else:
+            assert got == want, (box, got, want)
+    assert 0 < n_empty < 60
+    with pytest.raises(ValueError, match="empty"):
+        T.box_window(np.array([5, 5, 5, 9]), (h, w))
+
+
+@pytest.mark.parametrize("order", [0, 1])
+def test_paste_back_window_is_the_window_of_paste_back(rng, order):
+    h, w = 20, 25
+    phi = rng.normal(size=(7, 9)).astype(np.float32)
+    for _ in range(30):
+        box = _random_box(rng, h, w)
+        win, vals = T.paste_back_window(phi, box, (h, w), order)
+        assert win == T.box_window(box, (h, w)) and vals.dtype == np.float32
+        y0, x0, y1, x1 = win
+        assert vals.shape == (max(y1 - y0, 0), max(x1 - x0, 0))
+        full = T.paste_back(phi, box, (h, w), background=20.0, order=order)
+        np.testing.assert_array_equal(vals, full[y0:y1, x0:x1])
+        full[y0:y1, x0:x1] = 20.0
+        np.testing.assert_array_equal(full, 20.0)  # nothing outside the window
+
+
+def _peak_bytes(fn):
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        out = fn()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return out, peak
+
+
+def test_windows_allocate_only_the_window():
+    big = (40_000, 50_000)  # a full float32 image would be 8 GB, a bool one 2 GB
+    box = np.array([30_000, 20_000, 30_064, 20_080])
+    (win, vals), peak = _peak_bytes(
+        lambda: T.paste_back_window(np.ones((16, 16), np.float32), box, big)
+    )
+    assert win == (30_000, 20_000, 30_064, 20_080) and vals.shape == (64, 80)
+    assert peak < 2_000_000, peak
+    pts = np.array([[20_000, 30_030], [20_070, 30_040], [20_050, 30_001], [20_010, 30_060]])
+    (win, mask), peak = _peak_bytes(lambda: T.polygon_mask_window(pts, big))
+    assert mask.shape == (win[2] - win[0], win[3] - win[1]) and mask.shape[0] <= 63 and mask.any()
+    assert peak < 2_000_000, peak
+
+
+def brute_polygon(points, h, w):
+    """Pixel centres inside the CONVEX quadrilateral left, top, right, bottom (edges
+    included) or within half a pixel of one of its edges: a loop over pixels."""
+    poly = np.asarray(points, np.float64)[[0, 2, 1, 3]]
+    area = abs(sum(poly[k - 1, 0] * poly[k, 1] - poly[k, 0] * poly[k - 1, 1] for k in range(4)))
+    out = np.zeros((h, w), bool)
+    for y in range(h):
+        for x in range(w):
+            crosses, dists = [], []
+            for k in range(4):
+                (ax, ay), (bx, by) = poly[k], poly[(k + 1) % 4]
+                crosses.append((bx - ax) * (y - ay) - (by - ay) * (x - ax))
+                t = ((x - ax) * (bx - ax) + (y - ay) * (by - ay)) / max(
+                    (bx - ax) ** 2 + (by - ay) ** 2, 1e-12
+                )
+                t = min(max(t, 0.0), 1.0)
+                dists.append(np.hypot(x - ax - t * (bx - ax), y - ay - t * (by - ay)))
+            same_side = all(c >= 0 for c in crosses) or all(c <= 0 for c in crosses)
+            convex_inside = area > 0 and same_side  # (a degenerate one has no inside)
+            out[y, x] = convex_inside or min(dists) <= 0.5
+    return out
+
+
+QUADS = [
+    np.array([[3, 12], [28, 10], [15, 2], [17, 21]], np.float64),  # left, right, top, bottom
+    np.array([[5.5, 9.25], [20.75, 11.5], [12.3, 3.6], [9.1, 18.4]]),  # fractional
+    np.array([[-6, 8], [12, 8], [3, -4], [3, 30]], np.float64),  # partly off the image
+    np.array([[10, 10], [10, 10], [10, 10], [10, 10]], np.float64),  # one pixel
+]
+
+
+@pytest.mark.parametrize("q", range(len(QUADS)))
+def test_polygon_mask_window_matches_bruteforce_and_polygon_mask(q):
+    pts = QUADS[q]
+    h, w = 24, 32
+    (y0, x0, y1, x1), win = T.polygon_mask_window(pts, (h, w))
+    assert win.dtype == bool and win.shape == (y1 - y0, x1 - x0)
+    assert 0 <= y0 <= y1 <= h and 0 <= x0 <= x1 <= w
+    full = T.polygon_mask(pts, (h, w, 3))
+    np.testing.assert_array_equal(full[y0:y1, x0:x1], win)
+    np.testing.assert_array_equal(full, brute_polygon(pts, h, w))
+    full[y0:y1, x0:x1] = False
+    assert not full.any()  # nothing outside the window
+    for x, y in pts:  # clicks on pixel centres belong to the mask
+        if 0 <= x <= w - 1 and 0 <= y <= h - 1 and x == round(x) and y == round(y):
+            assert T.polygon_mask(pts, (h, w))[int(round(y)), int(round(x))]
+
+
+def test_polygon_mask_window_outside_the_image_is_empty():
+    pts = QUADS[0] + 100
+    (y0, x0, y1, x1), win = T.polygon_mask_window(pts, (24, 32))
+    assert win.size == 0 and win.shape == (max(y1 - y0, 0), max(x1 - x0, 0))
+    assert not T.polygon_mask(pts, (24, 32)).any()
+    with pytest.raises(ValueError, match=r"\(4, 2\)"):
+        T.polygon_mask_window(QUADS[0][:3], (24, 32))

@@ -86,7 +86,13 @@ def test_train_checkpoint_resume_evaluate(tmp_path, data_dir):
     workdir = str(tmp_path / "run")
     config = tiny_config(data_dir, **{"train.num_steps": 2})
     result = train_lib.train_and_evaluate(config, workdir)
-    assert 0 <= result["scalars"]["dsc"] <= 1
+    # every test object scored once, the summary is the records' mean, with the polygon
+    from dlset_jax.data import pipeline
+
+    n_test = len(pipeline.ObjectSource(pipeline.load_split(config, "test")))
+    assert len(result["records"]) == n_test == 2
+    assert result["scalars"]["dsc"] == pytest.approx(np.mean([r["dsc"] for r in result["records"]]))
+    assert all(0.5 < r["baseline_dsc"] <= 1 for r in result["records"])
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
     # A second run with more steps resumes from step 2 instead of starting over.
     config = tiny_config(data_dir, **{"train.num_steps": 4})
@@ -261,3 +267,45 @@ def test_bad_config_stops_before_compute(tmp_path, override, message):
     assert proc.returncode != 0
     assert message in proc.stdout + proc.stderr
     assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def _eval_cli(*args):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "eval.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_eval_cli_uses_the_saved_config(tmp_path, data_dir):
+    """A baseline (heatmap-only, no boundary loss) run evaluated with and without
+    `--config configs/default.py` gives the same table; overriding its inputs is refused."""
+    workdir = tmp_path / "baseline"
+    run_train(
+        workdir,
+        data_dir,
+        "--config.train.num_steps=2",
+        "--config.data.guidance=heatmap",
+        "--config.loss.boundary=none",
+    )
+    code, plain, err = _eval_cli(f"--workdir={workdir}")
+    assert code == 0, err
+    code, with_config, err = _eval_cli(
+        f"--workdir={workdir}", f"--config={REPO}/configs/default.py"
+    )
+    assert code == 0, err
+    assert "DSC (%)" in plain and plain == with_config
+    saved = json.loads((workdir / "eval" / "test" / "results.json").read_text())
+    assert saved["config"]["data"]["guidance"] == "heatmap"
+    code, _, err = _eval_cli(
+        f"--workdir={workdir}",
+        f"--config={REPO}/configs/default.py",
+        "--config.data.guidance=heatmap+cm",
+    )
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("eval.py: error: "), err
+    assert "--config.data.guidance cannot be overridden" in lines[0]

@@ -33,8 +33,9 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from dlset_jax.data import readers, synthetic
-from dlset_jax.data.readers import DataError, ObjectStats
+from dlset_jax import readers
+from dlset_jax.data import synthetic
+from dlset_jax.readers import DataError, ObjectStats
 
 __all__ = [
     "SyntheticConfig",
@@ -518,8 +519,9 @@ class UserConfig(tfds.core.BuilderConfig):
       channels: 1 (grey) or 3 (RGB); images are converted.
       components: "largest" | "all" | "union" per class.
       min_area: objects with fewer pixels are dropped (counted).
-      spacing: default pixel size (row, col) mm; ``spacing.json`` in the manual
-        directory ({"<name>": [row, col]}) overrides it per image.
+      spacing: pixel size (row, col) mm of every image, or None (unknown: distances
+        are reported in px); ``spacing.json`` in the manual directory
+        ({"<name>": [row, col]}) gives it per image (then in mm).
       split_fractions, split_seed: used when there are no split folders.
     """
 
@@ -527,7 +529,7 @@ class UserConfig(tfds.core.BuilderConfig):
     channels: int = 3
     components: str = "largest"
     min_area: int = 10
-    spacing: tuple = (1.0, 1.0)
+    spacing: tuple | None = None
     split_fractions: tuple = (0.7, 0.1, 0.2)
     split_seed: int = 0
 
@@ -578,6 +580,9 @@ Optional <manual_dir>/spacing.json: {"<name>": [row_mm, col_mm], ...}.
                 spacing = json.loads((root / "spacing.json").read_text())
             except (OSError, ValueError) as e:
                 raise DataError(f"{root / 'spacing.json'}: cannot read ({e})") from e
+        # Without a physical pixel size distances are in pixels, and say so.
+        known = cfg.spacing is not None or bool(spacing)
+        self.info.metadata["spacing_unit"] = "mm" if known else "px"
         if all((root / s / "images").is_dir() for s in SPLITS):
             groups = {s: self._pairs(root / s / "images", root / s / "masks") for s in SPLITS}
         elif (root / "images").is_dir() and (root / "masks").is_dir():
@@ -610,7 +615,7 @@ Optional <manual_dir>/spacing.json: {"<name>": [row_mm, col_mm], ...}.
             stats.add(st)
             if len(classes) == 0:
                 continue
-            sp = spacing.get(stem, cfg.spacing)
+            sp = spacing.get(stem, cfg.spacing if cfg.spacing is not None else (1.0, 1.0))
             yield stem, _example(image, masks, classes, sp, stem, stem)
         self._record_stats(split, stats)
 
@@ -764,3 +769,91 @@ BUILDERS = {
     "user_segmentation": UserSegmentation,
     "colin27_aal": Colin27Aal,
 }
+
+
+# --------------------------------------------------------------------------
+# Domain-randomised set (procedural shapes + mricron-data atlases, SynthSeg-style)
+# --------------------------------------------------------------------------
+# Imported here rather than at the top so the section can be read (and removed) on its own.
+from dlset_jax.data import domain_random  # noqa: E402
+
+
+@dataclasses.dataclass(kw_only=True)
+class DomainRandomConfig(SyntheticConfig):
+    """:class:`SyntheticConfig` plus ``atlases``: use the mricron-data atlases and T1
+    images when installed (False: procedural label maps only, for the ablation)."""
+
+    atlases: bool = True
+
+
+class DomainRandom(_SyntheticBase):
+    """Domain-randomised images (random intensities on procedural and atlas label maps), generated locally.
+
+    Grey examples are stored as 3 identical channels. ``case`` names the label-map
+    source (``procedural``, ``atlas:<name>``, ``real:<name>``);
+    ``metadata["atlases"]`` lists the atlases that were installed and used.
+    """
+
+    BUILDER_CONFIGS = [
+        DomainRandomConfig(
+            name="default",
+            description="2000/200/400 examples, seed 0, atlases when installed",
+            num_train=2000,
+            num_validation=200,
+            num_test=400,
+        ),
+        DomainRandomConfig(
+            name="procedural",
+            description="2000/200/400 examples, seed 0, procedural label maps only",
+            num_train=2000,
+            num_validation=200,
+            num_test=400,
+            atlases=False,
+        ),
+        DomainRandomConfig(
+            name="small",
+            description="64/16/16 examples, seed 0",
+            num_train=64,
+            num_validation=16,
+            num_test=16,
+        ),
+        DomainRandomConfig(
+            name="tiny",
+            description="6/2/2 examples (tests)",
+            num_train=6,
+            num_validation=2,
+            num_test=2,
+        ),
+    ]
+    CHANNELS = 3
+    CLASS_NAMES = domain_random.CLASSES
+
+    def _split_generators(self, dl_manager):
+        used = list(domain_random.available_atlases()) if self.builder_config.atlases else []
+        if self.builder_config.atlases and not used:
+            log.warning(
+                "%s: mricron-data not installed (%s): procedural label maps only",
+                self.name,
+                domain_random.TEMPLATE_DIR,
+            )
+        # The content depends on what is installed; record it with the data set.
+        self.info.metadata["atlases"] = used
+        return super()._split_generators(dl_manager)
+
+    def _generate_examples(self, split: str, n: int):
+        cfg = self.builder_config
+        stats = ObjectStats()
+        for i in range(n):
+            ex = domain_random.generate(cfg.seed, split, i, atlases=cfg.atlases)
+            stats.kept += len(ex["classes"])
+            meta = ex["meta"]
+            case = meta["source"] + (f":{meta['atlas']['name']}" if meta["atlas"] else "")
+            ex_id = f"{split}_{i:05d}"
+            yield (
+                ex_id,
+                _example(ex["image"], ex["masks"], ex["classes"], ex["spacing"], ex_id, case),
+            )
+        self._record_stats(split, stats)
+
+
+BUILDERS["domain_random"] = DomainRandom

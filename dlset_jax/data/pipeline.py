@@ -11,27 +11,25 @@ Flow per object (docs/data.md, "Pipeline"):
    object is resampled; outside the image is zero).
 3. Extreme points of the mask (left, right, top, bottom; ``(x, y)`` px): ties
    broken at random and each coordinate jittered by an integer in
-   ``[-pert, pert]`` in training; exact (first pixel of a tie) in evaluation.
-4. ``targets.crop_box(points, relax)``, ``targets.crop_and_resize`` to
-   ``resolution`` (zero padding outside the image): image bilinear, mask nearest.
-5. Image: ``/255``, grey replicated to 3 channels, then ImageNet mean/std per
-   channel (the backbone is ImageNet-pretrained).
-6. Guidance channel from the points in crop coordinates, exactly
-   ``guidance.guidance_channel`` (heatmap in [0, 255], plus 255 * CM for
-   "heatmap+cm"; not rescaled further here).
-7. Targets on the crop: ``mask`` {0, 1}, ``sdt`` (truncated at ``dt_max``),
+   ``[-pert, pert]`` in training; exact (first pixel of a tie) in evaluation
+   (``targets.extreme_points``).
+4. The crop box ``targets.crop_box(points, relax)``, resized to ``resolution`` (zero
+   padding outside the image): image bilinear, mask nearest.
+5. ``targets.crop_inputs``: the image crop normalised (``/255``, grey replicated to 3
+   channels, ImageNet mean/std) and the points in crop px; the guidance channel is
+   built from those points on the device (``inference.model_inputs``), by the same
+   function for training, evaluation and prediction.
+6. Targets on the crop: ``mask`` {0, 1}, ``sdt`` (truncated at ``dt_max``),
    ``dt`` and ``direction`` = ``targets.direction_field(dt)`` (d/dy, d/dx).
 
-Steps 3 and 6 re-implement ``guidance.extreme_points`` / ``guidance.guidance_channel``
-in numpy (the JAX versions would initialise JAX in every worker process and
-recompile per image size); tests check that both agree.
+Every parameter comes from the config (``CropOptions.from_config``): the schema in
+``dlset_jax/config.py`` is its one home.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 from typing import Any
 
@@ -42,16 +40,13 @@ from scipy import ndimage
 from dlset_jax import targets
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
+    "CropOptions",
+    "load_split",
     "TRAIN_KEYS",
     "EVAL_KEYS",
     "load_source",
     "object_index",
     "ObjectSource",
-    "extreme_points_np",
-    "guidance_channel_np",
-    "normalize_image",
     "make_train_loader",
     "make_eval_iterator",
     "process_object",
@@ -59,9 +54,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-TRAIN_KEYS = ("image", "guidance", "mask", "sdt", "dt", "direction", "points", "class_id")
+TRAIN_KEYS = ("image", "mask", "sdt", "dt", "direction", "points", "class_id")
 EVAL_KEYS = TRAIN_KEYS + (
     "box",
     "image_shape",
@@ -133,6 +126,13 @@ def load_source(
     return builder.as_data_source(split=split)
 
 
+def load_split(config, split: str):
+    """``load_source`` for the data set the config names (``config.data``)."""
+    d = config.data
+    name = d.name + (f"/{d.builder_config}" if d.builder_config else "")
+    return load_source(name, d.data_dir, split, build=d.build, manual_dir=d.manual_dir or None)
+
+
 def object_index(source) -> tuple[np.ndarray, dict]:
     """``(M, 2)`` int64 ``(record, object)`` pairs of every non-empty object, and counts.
 
@@ -188,108 +188,6 @@ class ObjectSource(grain.RandomAccessDataSource):
 
     def __repr__(self):
         return f"ObjectSource({self.source!r}, objects={len(self)})"
-
-
-# --------------------------------------------------------------------------
-# Numpy versions of the core's guidance rules (checked against them in tests)
-# --------------------------------------------------------------------------
-def extreme_points_np(
-    mask: np.ndarray, rng: np.random.Generator | None = None, pert: int = 0
-) -> np.ndarray:
-    """The rule of ``guidance.extreme_points`` in numpy.
-
-    Left/right: extreme column, row among its foreground pixels; top/bottom:
-    extreme row, column among its pixels. Without ``rng`` the first candidate
-    (smallest index) is taken; with it one uniformly at random, then each
-    coordinate gets an integer jitter in ``[-pert, pert]`` and is clipped to the
-    image. Returns float32 ``(4, 2)`` ``(x, y)``, order left, right, top, bottom.
-    """
-    fg = np.asarray(mask) != 0
-    if fg.ndim != 2:
-        raise ValueError(f"extreme_points_np: mask must be 2-D, got shape {fg.shape}")
-    if not fg.any():
-        raise ValueError(f"extreme_points_np: empty mask of shape {fg.shape}")
-    if pert > 0 and rng is None:
-        raise ValueError("extreme_points_np: pert > 0 needs an rng")
-    h, w = fg.shape
-    cols, rows = np.flatnonzero(fg.any(0)), np.flatnonzero(fg.any(1))
-    x0, x1, y0, y1 = cols[0], cols[-1], rows[0], rows[-1]
-
-    def pick(cands):
-        idx = np.flatnonzero(cands)
-        return idx[0] if rng is None else idx[rng.integers(len(idx))]
-
-    pts = np.array(
-        [
-            [x0, pick(fg[:, x0])],
-            [x1, pick(fg[:, x1])],
-            [pick(fg[y0, :]), y0],
-            [pick(fg[y1, :]), y1],
-        ],
-        np.float32,
-    )
-    if rng is not None and pert > 0:
-        pts += rng.integers(-pert, pert + 1, size=(4, 2)).astype(np.float32)
-        pts = np.clip(pts, 0.0, np.array([w - 1, h - 1], np.float32))
-    return pts
-
-
-def _segment_distance(xs, ys, a, b):
-    ex, ey = b[0] - a[0], b[1] - a[1]
-    len2 = ex * ex + ey * ey
-    dx, dy = xs - a[0], ys - a[1]
-    if len2 > 0:
-        t = np.clip((dx * ex + dy * ey) / max(len2, 1e-12), 0.0, 1.0)
-    else:
-        t = np.zeros_like(dx + dy)
-    return np.sqrt(np.maximum((dx - t * ex) ** 2 + (dy - t * ey) ** 2, 1e-20))
-
-
-def guidance_channel_np(
-    points,
-    height: int,
-    width: int,
-    mode: str = "heatmap+cm",
-    sigma: float = 10.0,
-    cm_variant: str = "paper",
-) -> np.ndarray:
-    """``guidance.guidance_channel`` (FWHM heatmap) in numpy: ``(H, W, 1)`` float32."""
-    if mode not in ("heatmap", "heatmap+cm"):
-        raise ValueError(f"unknown guidance mode {mode!r}; expected 'heatmap' or 'heatmap+cm'")
-    if cm_variant not in ("paper", "authors"):
-        raise ValueError(f"unknown cm_variant {cm_variant!r}; expected 'paper' or 'authors'")
-    p = np.asarray(points, np.float64).reshape(4, 2)
-    xs = np.arange(width, dtype=np.float64)[None, :]
-    ys = np.arange(height, dtype=np.float64)[:, None]
-    coef = 4.0 * math.log(2.0) / sigma**2
-    m = np.zeros((height, width))
-    for px, py in p:
-        m = np.maximum(m, np.exp(-coef * ((xs - px) ** 2 + (ys - py) ** 2)))
-    g = 255.0 * (m - m.min()) / (m.max() - m.min() + 1e-10)
-    if mode == "heatmap+cm":
-
-        def scaled(a, b):
-            half = 0.5 * math.sqrt(max(float(np.sum((b - a) ** 2)), 1e-20))
-            return _segment_distance(xs, ys, a, b) / max(half, 0.5)
-
-        d_s1, d_s2 = scaled(p[0], p[1]), scaled(p[2], p[3])
-        d1 = np.minimum(d_s1, d_s2)
-        if cm_variant == "paper":
-            cm = 1.0 / (1.0 + d1 + np.sqrt(np.maximum(d_s1**2 + d_s2**2, 1e-20)))
-        else:
-            cm = 1.0 / (1.0 + d1 * (np.abs(d_s1) + np.abs(d_s2)))
-        g = g + 255.0 * cm
-    return g[..., None].astype(np.float32)
-
-
-def normalize_image(crop: np.ndarray) -> np.ndarray:
-    """``(R, R, C)`` crop in [0, 255] -> float32 ``(R, R, 3)``: /255, grey -> 3, ImageNet mean/std."""
-    x = np.asarray(crop, np.float32) / 255.0
-    if x.ndim == 2:
-        x = x[..., None]
-    if x.shape[-1] == 1:
-        x = np.repeat(x, 3, axis=-1)
-    return ((x - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)
 
 
 # --------------------------------------------------------------------------
@@ -354,106 +252,127 @@ def _augment_window(image, mask, rng, *, scale_range, max_rotation_deg, flip, ma
     return np.stack(chans, axis=-1), m
 
 
+@dataclasses.dataclass(frozen=True)
+class CropOptions:
+    """How an object becomes a training / evaluation example (all from the config).
+
+    resolution: crop size R (px); relax, relax_fraction: crop margin (image px, and
+    fraction of the object's longer side: ``targets.scaled_margin``); pert,
+    pert_fraction: training jitter of the clicks, the same way; dt_max: SDT truncation
+    (crop px); augment: random flip, scale in ``scale_range`` and rotation up to
+    ``max_rotation_deg`` in training.
+    """
+
+    resolution: int
+    relax: int
+    relax_fraction: float
+    pert: int
+    pert_fraction: float
+    dt_max: float
+    augment: bool
+    scale_range: tuple[float, float]
+    max_rotation_deg: float
+    flip: bool
+
+    @classmethod
+    def from_config(cls, config) -> CropOptions:
+        d = config.data
+        return cls(
+            resolution=int(d.resolution),
+            relax=int(d.relax),
+            relax_fraction=float(d.relax_fraction),
+            pert=int(d.pert),
+            pert_fraction=float(d.pert_fraction),
+            dt_max=float(d.dt_max),
+            augment=bool(d.augment),
+            scale_range=tuple(float(v) for v in d.augment_scale),
+            max_rotation_deg=float(d.augment_rotation),
+            flip=bool(d.augment_flip),
+        )
+
+    def __post_init__(self):
+        for name, lo in (("resolution", 2), ("relax", 0), ("pert", 0)):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or v < lo:
+                raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+        for name in ("relax_fraction", "pert_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
+        if not self.dt_max > 0:
+            raise ValueError(f"dt_max must be > 0, got {self.dt_max}")
+
+
 def process_object(
     image: np.ndarray,
     mask: np.ndarray,
-    *,
-    resolution: int,
-    relax: int,
-    dt_max: float,
-    guidance_mode: str,
-    cm_variant: str,
-    sigma: float,
+    opts: CropOptions,
     rng: np.random.Generator | None = None,
-    pert: int = 0,
-    augment: bool = False,
-    scale_range: tuple[float, float] = (0.75, 1.25),
-    max_rotation_deg: float = 20.0,
-    flip: bool = True,
 ) -> dict[str, np.ndarray]:
-    """One object -> network inputs and targets (steps 2-7 of the module doc).
+    """One object -> network inputs and targets (steps 2-6 of the module doc).
 
     ``rng`` None means evaluation: exact points (first pixel of a tie), no
-    augmentation. Returns the TRAIN_KEYS (without class_id) plus ``box``
-    (crop box in the coordinates of ``image``; after augmentation in those of
-    the augmented window).
+    augmentation, no jitter. Returns the TRAIN_KEYS (without class_id) plus ``box``
+    (crop box in the coordinates of ``image``; after augmentation in those of the
+    augmented window).
     """
     mask = np.asarray(mask) != 0
     img = np.asarray(image)
-    if augment and rng is not None:
+    train = rng is not None
+    if train and opts.augment:
+        ys, xs = np.nonzero(mask)
+        corners = np.array([[xs.min(), ys.min()], [xs.max(), ys.max()]])
+        # room for the largest margin and jitter the scaled object can get
+        grow = opts.scale_range[1] * 1.5
+        margin = (
+            targets.scaled_margin(corners * grow, opts.relax, opts.relax_fraction)
+            + targets.scaled_margin(corners * grow, opts.pert, opts.pert_fraction)
+            + 2
+        )
         res = _augment_window(
             img,
             mask,
             rng,
-            scale_range=scale_range,
-            max_rotation_deg=max_rotation_deg,
-            flip=flip,
-            margin=relax + pert + 2,
+            scale_range=opts.scale_range,
+            max_rotation_deg=opts.max_rotation_deg,
+            flip=opts.flip,
+            margin=margin,
         )
         if res is not None:
             img, mask = res
-    pts = extreme_points_np(mask, rng, pert if rng is not None else 0)
-    box = targets.crop_box(pts, mask.shape, relax=relax)
-    crop = targets.crop_and_resize(img, box, resolution, order=1)
-    mcrop = targets.crop_and_resize(mask, box, resolution, order=0) > 0.5
+    pert = 0
+    if train:
+        ys, xs = np.nonzero(mask)
+        corners = np.array([[xs.min(), ys.min()], [xs.max(), ys.max()]])
+        pert = targets.scaled_margin(corners, opts.pert, opts.pert_fraction)
+    pts = targets.extreme_points(mask, rng, pert)
+    inputs = targets.crop_inputs(
+        img, pts, relax=opts.relax, relax_fraction=opts.relax_fraction, resolution=opts.resolution
+    )
+    box, r = inputs["box"], opts.resolution
+    mcrop = targets.crop_and_resize(mask, box, r, order=0) > 0.5
     if not mcrop.any():  # object thinner than a crop pixel: keep it visible
-        soft = targets.crop_and_resize(mask.astype(np.float32), box, resolution, order=1)
+        soft = targets.crop_and_resize(mask.astype(np.float32), box, r, order=1)
         mcrop = soft >= soft.max()
-    sdt, dt = targets.signed_distance(mcrop, dt_max=dt_max)
-    cpts = targets.points_to_crop(pts, box, resolution)
+    sdt, dt = targets.signed_distance(mcrop, dt_max=opts.dt_max)
     return {
-        "image": normalize_image(crop),
-        "guidance": guidance_channel_np(
-            cpts, resolution, resolution, guidance_mode, sigma, cm_variant
-        ),
+        "image": inputs["image"],
         "mask": mcrop.astype(np.float32)[..., None],
         "sdt": sdt[..., None],
         "dt": dt[..., None],
         "direction": targets.direction_field(dt),
-        "points": cpts.astype(np.float32),
+        "points": inputs["points"],
         "box": np.asarray(box, np.int64),
     }
-
-
-@dataclasses.dataclass(frozen=True)
-class _Options:
-    resolution: int
-    relax: int
-    dt_max: float
-    guidance_mode: str
-    cm_variant: str
-    sigma: float
-    pert: int = 0
-    augment: bool = False
-    scale_range: tuple = (0.75, 1.25)
-    max_rotation_deg: float = 20.0
-    flip: bool = True
 
 
 class TrainTransform(grain.RandomMapTransform):
     """Per-object training example; randomness from grain's per-element rng."""
 
-    def __init__(self, opts: _Options):
+    def __init__(self, opts: CropOptions):
         self.opts = opts
 
     def random_map(self, element, rng: np.random.Generator):
-        o = self.opts
-        out = process_object(
-            element["image"],
-            element["mask"],
-            rng=rng,
-            pert=o.pert,
-            augment=o.augment,
-            resolution=o.resolution,
-            relax=o.relax,
-            dt_max=o.dt_max,
-            guidance_mode=o.guidance_mode,
-            cm_variant=o.cm_variant,
-            sigma=o.sigma,
-            scale_range=o.scale_range,
-            max_rotation_deg=o.max_rotation_deg,
-            flip=o.flip,
-        )
+        out = process_object(element["image"], element["mask"], self.opts, rng)
         out.pop("box")
         out["class_id"] = np.int32(element["class_id"])
         return out
@@ -462,22 +381,11 @@ class TrainTransform(grain.RandomMapTransform):
 class EvalTransform(grain.MapTransform):
     """Per-object evaluation example: exact points, plus what scoring in the image needs."""
 
-    def __init__(self, opts: _Options):
+    def __init__(self, opts: CropOptions):
         self.opts = opts
 
     def map(self, element):
-        o = self.opts
-        out = process_object(
-            element["image"],
-            element["mask"],
-            rng=None,
-            resolution=o.resolution,
-            relax=o.relax,
-            dt_max=o.dt_max,
-            guidance_mode=o.guidance_mode,
-            cm_variant=o.cm_variant,
-            sigma=o.sigma,
-        )
+        out = process_object(element["image"], element["mask"], self.opts)
         out.update(
             class_id=np.int32(element["class_id"]),
             image_shape=np.asarray(element["mask"].shape, np.int32),
@@ -514,20 +422,9 @@ class _EvalBatch:
         return out
 
 
-def _check_common(resolution, relax, dt_max, guidance_mode, cm_variant, sigma, batch_size):
-    if guidance_mode not in ("heatmap", "heatmap+cm"):
-        raise ValueError(f"guidance_mode must be 'heatmap' or 'heatmap+cm', got {guidance_mode!r}")
-    if cm_variant not in ("paper", "authors"):
-        raise ValueError(f"cm_variant must be 'paper' or 'authors', got {cm_variant!r}")
-    for name, v, lo in (
-        ("resolution", resolution, 2),
-        ("relax", relax, 0),
-        ("batch_size", batch_size, 1),
-    ):
-        if not isinstance(v, (int, np.integer)) or v < lo:
-            raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
-    if not (dt_max > 0 and sigma > 0):
-        raise ValueError(f"dt_max and sigma must be > 0, got {dt_max}, {sigma}")
+def _check_batch_size(batch_size) -> None:
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
 
 
 def _ensure_absl_flags_parsed():
@@ -597,20 +494,10 @@ class _BatchShard(grain.MapDataset):
 
 def make_train_loader(
     source,
+    opts: CropOptions,
     *,
     batch_size: int,
-    resolution: int = 256,
-    relax: int = 10,
-    pert: int = 5,
-    dt_max: float = 30.0,
-    guidance_mode: str = "heatmap+cm",
-    cm_variant: str = "paper",
-    sigma: float = 10.0,
-    augment: bool = False,
-    scale_range: tuple[float, float] = (0.75, 1.25),
-    max_rotation_deg: float = 20.0,
-    flip: bool = True,
-    seed: int = 0,
+    seed: int,
     num_epochs: int | None = None,
     num_steps: int | None = None,
     shard_index: int = 0,
@@ -628,10 +515,10 @@ def make_train_loader(
     takes rows ``[shard_index * batch_size, (shard_index + 1) * batch_size)`` of
     each (only those elements are computed), so P processes together train on
     exactly the batches of a single process with the global batch size.
-    ``batch_size`` is per process; the last partial batch is dropped. ``num_steps`` caps the number of
-    batches. Batch keys (B = batch_size, R = resolution)::
+    ``batch_size`` is per process; the last partial batch is dropped. ``num_steps``
+    caps the number of batches. Batch keys (B = batch_size, R = opts.resolution)::
 
-        image (B,R,R,3) float32   guidance (B,R,R,1)   mask (B,R,R,1) {0,1}
+        image (B,R,R,3) float32   mask (B,R,R,1) {0,1}
         sdt (B,R,R,1)   dt (B,R,R,1)   direction (B,R,R,2) (d/dy, d/dx)
         points (B,4,2) (x, y) crop px   class_id (B,) int32
 
@@ -644,22 +531,7 @@ def make_train_loader(
 
     ``source``: a TFDS data source (``load_source``) or an :class:`ObjectSource`.
     """
-    _check_common(resolution, relax, dt_max, guidance_mode, cm_variant, sigma, batch_size)
-    if pert < 0:
-        raise ValueError(f"pert must be >= 0, got {pert}")
-    opts = _Options(
-        resolution=int(resolution),
-        relax=int(relax),
-        dt_max=float(dt_max),
-        guidance_mode=guidance_mode,
-        cm_variant=cm_variant,
-        sigma=float(sigma),
-        pert=int(pert),
-        augment=bool(augment),
-        scale_range=tuple(scale_range),
-        max_rotation_deg=float(max_rotation_deg),
-        flip=bool(flip),
-    )
+    _check_batch_size(batch_size)
     ds = _objects(source, 0, 1)
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
@@ -674,14 +546,9 @@ def make_train_loader(
 
 def make_eval_iterator(
     source,
+    opts: CropOptions,
     *,
     batch_size: int,
-    resolution: int = 256,
-    relax: int = 10,
-    dt_max: float = 30.0,
-    guidance_mode: str = "heatmap+cm",
-    cm_variant: str = "paper",
-    sigma: float = 10.0,
     shard_index: int = 0,
     shard_count: int = 1,
     worker_count: int = 0,
@@ -701,15 +568,7 @@ def make_eval_iterator(
         spacing (B,2) float32 mm (row, col)   id (B,) object (str)   valid (B,) bool
         record_index (B,), object_index (B,) int64: (record, object) in the data source
     """
-    _check_common(resolution, relax, dt_max, guidance_mode, cm_variant, sigma, batch_size)
-    opts = _Options(
-        resolution=int(resolution),
-        relax=int(relax),
-        dt_max=float(dt_max),
-        guidance_mode=guidance_mode,
-        cm_variant=cm_variant,
-        sigma=float(sigma),
-    )
+    _check_batch_size(batch_size)
     ds = _objects(source, shard_index, shard_count).map(EvalTransform(opts))
     ds = ds.batch(batch_size, drop_remainder=False, batch_fn=_EvalBatch(batch_size))
     return _to_iter(ds, worker_count, worker_buffer_size, read_threads)

@@ -18,7 +18,7 @@ learning rate in the authors' training). BatchNorm statistics live in the
 
 The four heads are evaluated jointly (``heads.fused_psp_heads``: shared pyramid
 pooling, bottleneck convolutions split by rows so that no 1024-channel map is formed
-at stride 2); ``resnet.implementation(fused_heads=False)`` evaluates them one by one
+at stride 2); ``formulation=Formulation(fused_heads=False)`` evaluates them one by one
 on the concatenated fused map. Same variables and math either way.
 """
 
@@ -33,24 +33,43 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlset_jax.models.heads import PSPHead, SkipFusion, fused_psp_heads, resize_bilinear
-from dlset_jax.models.resnet import IMPL, ResNet
+from dlset_jax.models.resnet import FAST, Formulation, ResNet
 
 # name -> output channels, in the order the authors' four heads are built.
 HEADS = {"phi0": 1, "motion": 2, "g": 1, "logits": 2}
 BACKBONE = "backbone"
 
 
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
 class DeepLevelSet(nn.Module):
-    depth: int = 101
-    width: int = 64
-    in_channels: int = 4
-    output_stride: int = 8
-    frozen_bn: bool = True
-    dtype: Any = jnp.float32
-    fusion_channels: int = 128
-    fusion_align_corners: bool = False
-    psp_channels: int = 128
-    psp_bins: Sequence[int] = (1, 2, 3, 6)
+    """The network; its fields are exactly the config's `model.*` (but `pretrained`).
+
+    Built as `models.create_model(config.model)`: the defaults live in the config
+    schema (`dlset_jax/config.py`) only.
+    """
+
+    depth: int
+    width: int
+    in_channels: int
+    output_stride: int
+    frozen_backbone_bn: bool
+    compute_dtype: str
+    fusion_channels: int
+    fusion_align_corners: bool
+    psp_channels: int
+    psp_bins: Sequence[int]
+    # How the network is evaluated, not what it computes: not a config field.
+    formulation: Formulation = FAST
+
+    @property
+    def dtype(self) -> Any:
+        if self.compute_dtype not in _DTYPES:
+            raise ValueError(
+                f"compute_dtype must be one of {sorted(_DTYPES)}, got {self.compute_dtype!r}"
+            )
+        return _DTYPES[self.compute_dtype]
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -60,8 +79,9 @@ class DeepLevelSet(nn.Module):
             width=self.width,
             in_channels=self.in_channels,
             output_stride=self.output_stride,
-            frozen_bn=self.frozen_bn,
+            frozen_bn=self.frozen_backbone_bn,
             dtype=self.dtype,
+            formulation=self.formulation,
             name=BACKBONE,
         )(x, train)
         fusion = SkipFusion(
@@ -77,11 +97,12 @@ class DeepLevelSet(nn.Module):
                 channels=self.psp_channels,
                 bins=tuple(self.psp_bins),
                 dtype=self.dtype,
+                formulation=self.formulation,
                 name=f"head_{name}",
             )
             for name, n_out in HEADS.items()
         ]
-        if IMPL["fused_heads"]:
+        if self.formulation.fused_heads:
             # Same math without the full-resolution concatenations (see fused_psp_heads).
             parts = fusion(feats, train, return_parts=True)
             ys = fused_psp_heads(

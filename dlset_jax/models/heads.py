@@ -17,7 +17,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlset_jax.models.resnet import BN_EPS, BN_MOMENTUM, IMPL, Conv1x1, conv, matmul
+from dlset_jax.models.resnet import (
+    BN_EPS,
+    BN_MOMENTUM,
+    FAST,
+    Conv1x1,
+    Formulation,
+    conv,
+    matmul,
+)
 
 
 def linear_interp_matrix(n_in: int, n_out: int, align_corners: bool = True) -> np.ndarray:
@@ -142,14 +150,18 @@ class PSPHead(nn.Module):
     dtype: Any = jnp.float32
     # Authors: normal(0, 0.01) for every conv of the heads (their weight_init).
     kernel_init: Any = nn.initializers.normal(0.01)
+    formulation: Formulation = FAST
 
     def setup(self):
         # The fused path needs the kernels themselves, hence Conv1x1 there; the plain
-        # path follows IMPL['matmul_1x1'] (nn.Conv when off).
-        if IMPL["fused_heads"]:
+        # path follows matmul_1x1 (nn.Conv when off).
+        f = self.formulation
+        if f.fused_heads:
             make = lambda n, **kw: Conv1x1(n, dtype=self.dtype, kernel_init=self.kernel_init, **kw)
         else:
-            make = lambda n, **kw: conv(n, 1, dtype=self.dtype, kernel_init=self.kernel_init, **kw)
+            make = lambda n, **kw: conv(
+                n, 1, dtype=self.dtype, kernel_init=self.kernel_init, matmul_1x1=f.matmul_1x1, **kw
+            )
         c4 = self.in_channels // 4
         for b in self.bins:
             setattr(self, f"pool{b}_conv", make(c4))
@@ -205,7 +217,7 @@ class PSPHead(nn.Module):
         return self.final(y)
 
 
-def _sum_resized(pieces, size):
+def _sum_resized(pieces, size, merged: bool = True):
     """``sum(resize_bilinear(z, size, ac) for z, ac in pieces)`` with ONE full-size
     product: each piece is resized along H alone, the results are concatenated
     along W with their W-matrices, and a single einsum resizes along W and sums
@@ -217,7 +229,7 @@ def _sum_resized(pieces, size):
         if (h, w) == (oh, ow):
             full = z if full is None else full + z
             continue
-        if not IMPL["merged_resize"]:
+        if not merged:
             z = resize_bilinear(z, size, ac)
             full = z if full is None else full + z
             continue
@@ -281,5 +293,5 @@ def fused_psp_heads(
     priors = [h.prior_terms(pooled, train) for h in heads]
     pieces = [(z, align_corners) for z in groups.values()]
     pieces += [(jnp.concatenate([p[i] for p in priors], axis=-1), True) for i in range(len(bins))]
-    pre = _sum_resized(pieces, size)
+    pre = _sum_resized(pieces, size, heads[0].formulation.merged_resize)
     return [h.finish(pre[..., k * ch : (k + 1) * ch], train) for k, h in enumerate(heads)]

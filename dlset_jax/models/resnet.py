@@ -34,16 +34,13 @@ leaves (``deep_level_set.param_labels(..., frozen_bn=True)`` labels them
 ``dtype`` is the compute dtype (e.g. ``jnp.bfloat16``); parameters and batch
 statistics stay float32, BatchNorm statistics are computed in float32.
 
-Speed on XLA:CPU (docs/performance.md): 1x1 convolutions are ``Conv1x1``, a matmul
-with a custom VJP (same variables as ``nn.Conv``), and every residual block's output
-is divided by a run-time 1 (``barrier``, bit-exact) so that XLA does not recompute the
-residual stream inside later fusions. ``IMPL`` / ``implementation(...)`` switch both
-back to the plain formulation (tests, before/after benchmarks).
+Speed on XLA:CPU: the one place for it is ``Formulation`` below (what each part
+gains: docs/history.md; why: the project's shared performance notes).
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -81,32 +78,33 @@ def stage_strides_dilations(output_stride: int) -> tuple[tuple[int, ...], tuple[
     raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
 
 
-# Implementation switches (numerically equivalent ways to evaluate the same network;
-# the parameter tree does not depend on them). The defaults are the fast ones; the
-# reference settings (all False) are the plain ``nn.Conv`` / unfused formulation, kept
-# for tests and before/after benchmarks. Read at trace time: change them only through
-# ``implementation(...)`` and re-trace (a new ``jax.jit``) afterwards.
-IMPL = {
-    "matmul_1x1": True,  # 1x1 convolutions as a matmul with a custom VJP (Conv1x1)
-    "block_barrier": True,  # divide each residual block's output by a run-time 1
-    "fused_heads": True,  # DeepLevelSet: heads evaluated jointly, no full-res concat
-    "merged_resize": True,  # fused heads: one full-size resize product for all terms
-}
+@dataclasses.dataclass(frozen=True)
+class Formulation:
+    """How the network is evaluated: the same function and the same parameters either
+    way, only faster on XLA:CPU (the training-step benchmark, benchmarks/train_step.py
+    ``--impls fast,reference``, measures 2.75x for ResNet-101 at 128 px).
+
+    matmul_1x1: 1x1 convolutions as ``Conv1x1``, a matmul whose custom VJP puts the
+      wider operand on the left (autodiff of ``nn.Conv`` makes the weight gradient an
+      image-sized convolution; a plain dot makes XLA transpose slowly).
+    block_barrier: each residual block's output divided by a run-time 1
+      (``runtime_one``, bit-exact), so that XLA's fusion does not recompute the
+      residual stream of earlier blocks inside later fusions.
+    fused_heads: the four PSP heads evaluated jointly (``heads.fused_psp_heads``:
+      pooling once, no 1024-channel map at stride 2).
+    merged_resize: with fused heads, one full-size resize product for all terms.
+    """
+
+    matmul_1x1: bool = True
+    block_barrier: bool = True
+    fused_heads: bool = True
+    merged_resize: bool = True
 
 
-@contextlib.contextmanager
-def implementation(**flags):
-    """Temporarily set ``IMPL`` flags, e.g. ``implementation(matmul_1x1=False)``."""
-    unknown = set(flags) - set(IMPL)
-    if unknown:
-        raise ValueError(f"unknown implementation flags {sorted(unknown)}; known: {sorted(IMPL)}")
-    old = dict(IMPL)
-    IMPL.update(flags)
-    try:
-        yield IMPL
-    finally:
-        IMPL.clear()
-        IMPL.update(old)
+FAST = Formulation()
+REFERENCE = Formulation(
+    matmul_1x1=False, block_barrier=False, fused_heads=False, merged_resize=False
+)
 
 
 @jax.custom_vjp
@@ -190,8 +188,8 @@ def runtime_one(x):
 
 
 def barrier(y, one):
-    """``y / one`` when ``IMPL['block_barrier']`` (``one`` from ``runtime_one``)."""
-    if one is None or not IMPL["block_barrier"]:
+    """``y / one`` (``one`` from ``runtime_one``), or ``y`` when ``one`` is None."""
+    if one is None:
         return y
     return y / one.astype(y.dtype)
 
@@ -206,13 +204,14 @@ def conv(
     name: str | None = None,
     use_bias: bool = False,
     kernel_init=conv_init,
+    matmul_1x1: bool = True,
 ) -> nn.Module:
     """A convolution with PyTorch's symmetric padding ``dilation * (k - 1) // 2``.
 
-    1x1 convolutions are ``Conv1x1`` (same variables as ``nn.Conv``) unless
-    ``IMPL['matmul_1x1']`` is off.
+    1x1 convolutions are ``Conv1x1`` (same variables as ``nn.Conv``) with
+    ``matmul_1x1`` (``Formulation``).
     """
-    if kernel == 1 and IMPL["matmul_1x1"]:
+    if kernel == 1 and matmul_1x1:
         return Conv1x1(
             features,
             stride=stride,
@@ -269,9 +268,24 @@ def batch_norm(
     )
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convolutions (ResNet-18/34). ``one`` (optional, ``runtime_one``): the
-    output is divided by it, a fusion barrier (see ``barrier``)."""
+def _residual(block, x, out, train: bool, one):
+    """`relu(out + shortcut(x))` / one: the end every block shares (called inside its
+    compact `__call__`, so the shortcut's layers are the block's own)."""
+    if block.downsample:
+        x = conv(
+            block.planes * block.expansion,
+            1,
+            stride=block.stride,
+            dtype=block.dtype,
+            name="downsample_conv",
+            matmul_1x1=block.formulation.matmul_1x1,
+        )(x)
+        x = batch_norm(train, frozen=block.frozen_bn, dtype=block.dtype, name="downsample_bn")(x)
+    return barrier(nn.relu(out + x), one)
+
+
+class _Block(nn.Module):
+    """The fields every residual block has."""
 
     planes: int
     stride: int = 1
@@ -279,64 +293,42 @@ class BasicBlock(nn.Module):
     downsample: bool = False
     frozen_bn: bool = False
     dtype: Any = None
+    formulation: Formulation = FAST
+
+
+class BasicBlock(_Block):
+    """Two 3x3 convolutions (ResNet-18/34). ``one`` (optional, ``runtime_one``): the
+    output is divided by it, a fusion barrier (see ``barrier``)."""
+
     expansion = 1
 
     @nn.compact
     def __call__(self, x, train: bool, one=None):
         bn = lambda name: batch_norm(train, frozen=self.frozen_bn, dtype=self.dtype, name=name)
-        out = conv(
-            self.planes,
-            3,
-            stride=self.stride,
-            dilation=self.dilation,
-            dtype=self.dtype,
-            name="conv1",
-        )(x)
+        s, d = self.stride, self.dilation
+        out = conv(self.planes, 3, stride=s, dilation=d, dtype=self.dtype, name="conv1")(x)
         out = nn.relu(bn("bn1")(out))
-        out = conv(self.planes, 3, dilation=self.dilation, dtype=self.dtype, name="conv2")(out)
-        out = bn("bn2")(out)
-        if self.downsample:
-            x = conv(self.planes, 1, stride=self.stride, dtype=self.dtype, name="downsample_conv")(
-                x
-            )
-            x = bn("downsample_bn")(x)
-        return barrier(nn.relu(out + x), one)
+        out = conv(self.planes, 3, dilation=d, dtype=self.dtype, name="conv2")(out)
+        return _residual(self, x, bn("bn2")(out), train, one)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Block):
     """1x1 -> 3x3 (stride, dilation) -> 1x1 (x4 channels) (ResNet-50/101). ``one``: as
     in ``BasicBlock``."""
 
-    planes: int
-    stride: int = 1
-    dilation: int = 1
-    downsample: bool = False
-    frozen_bn: bool = False
-    dtype: Any = None
     expansion = 4
 
     @nn.compact
     def __call__(self, x, train: bool, one=None):
         bn = lambda name: batch_norm(train, frozen=self.frozen_bn, dtype=self.dtype, name=name)
-        out = conv(self.planes, 1, dtype=self.dtype, name="conv1")(x)
+        s, d = self.stride, self.dilation
+        m = self.formulation.matmul_1x1
+        out = conv(self.planes, 1, dtype=self.dtype, name="conv1", matmul_1x1=m)(x)
         out = nn.relu(bn("bn1")(out))
-        out = conv(
-            self.planes,
-            3,
-            stride=self.stride,
-            dilation=self.dilation,
-            dtype=self.dtype,
-            name="conv2",
-        )(out)
+        out = conv(self.planes, 3, stride=s, dilation=d, dtype=self.dtype, name="conv2")(out)
         out = nn.relu(bn("bn2")(out))
-        out = conv(self.planes * 4, 1, dtype=self.dtype, name="conv3")(out)
-        out = bn("bn3")(out)
-        if self.downsample:
-            x = conv(
-                self.planes * 4, 1, stride=self.stride, dtype=self.dtype, name="downsample_conv"
-            )(x)
-            x = bn("downsample_bn")(x)
-        return barrier(nn.relu(out + x), one)
+        out = conv(self.planes * 4, 1, dtype=self.dtype, name="conv3", matmul_1x1=m)(out)
+        return _residual(self, x, bn("bn3")(out), train, one)
 
 
 class ResNet(nn.Module):
@@ -350,6 +342,7 @@ class ResNet(nn.Module):
       output_stride: 8 (paper), 16 or 32.
       frozen_bn: see the module docstring.
       dtype: compute dtype.
+      formulation: how it is evaluated (``Formulation``; same function).
 
     Returns a dict of features (NHWC, compute dtype):
       ``stem`` (stride 2, after conv1/bn1/ReLU, before the max pool),
@@ -360,8 +353,9 @@ class ResNet(nn.Module):
     width: int = 64
     in_channels: int = 4
     output_stride: int = 8
-    frozen_bn: bool = True
+    frozen_bn: bool = False
     dtype: Any = jnp.float32
+    formulation: Formulation = FAST
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -370,7 +364,7 @@ class ResNet(nn.Module):
         block_cls = Bottleneck if is_bottleneck(self.depth) else BasicBlock
         strides, dilations = stage_strides_dilations(self.output_stride)
         x = x.astype(self.dtype)
-        one = runtime_one(x)
+        one = runtime_one(x) if self.formulation.block_barrier else None
         x = conv(self.width, 7, stride=2, dtype=self.dtype, name="conv1")(x)
         x = batch_norm(train, frozen=self.frozen_bn, dtype=self.dtype, name="bn1")(x)
         x = nn.relu(x)
@@ -389,6 +383,7 @@ class ResNet(nn.Module):
                     downsample=needs_ds,
                     frozen_bn=self.frozen_bn,
                     dtype=self.dtype,
+                    formulation=self.formulation,
                     name=f"layer{stage + 1}_{b}",
                 )(x, train, one)
                 in_ch = planes * block_cls.expansion

@@ -1,4 +1,5 @@
-"""Segmenting new images from four clicks: `dlset_jax.predict` and the `predict.py` CLI.
+"""Segmenting new images from four clicks: `dlset_jax.segmenter`, `dlset_jax.segment_files`
+and the `predict.py` CLI.
 
 Two models:
 
@@ -29,7 +30,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "configs"))
 
 import predict as cli  # noqa: E402  (the top-level predict.py)
-from dlset_jax import predict  # noqa: E402
+from dlset_jax import files, readers, targets  # noqa: E402
+from dlset_jax import segmenter as seglib  # noqa: E402
 from dlset_jax.data import pipeline  # noqa: E402
 
 RES = 32
@@ -97,7 +99,7 @@ def random_model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def segmenter(random_model):
     _, config, variables = random_model
-    return predict.Segmenter(config, variables, bucket_size=4)
+    return seglib.Segmenter(config, variables, bucket_size=4)
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +124,7 @@ def trained_workdir(tmp_path_factory):
             "data.builder_config": "",
             "data.data_dir": str(root / "tfds"),
             "data.manual_dir": str(root / "manual"),
+            "data.image_kinds": ("grey", "rgb"),  # user_segmentation stores RGB
             "optim.decay_every_epochs": 1000,
             "loss.warmup_epochs": 2,
             "train.num_steps": 500,
@@ -137,7 +140,7 @@ def trained_workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained_segmenter(trained_workdir):
-    return predict.Segmenter.from_workdir(str(trained_workdir))
+    return seglib.Segmenter.from_workdir(str(trained_workdir))
 
 
 # ----------------------------------------------------------------- points
@@ -145,9 +148,12 @@ def trained_segmenter(trained_workdir):
 
 def test_check_points_accepts_ordered_points_and_ties():
     pts = [[2, 5], [9, 6], [5, 1], [6, 9]]
-    np.testing.assert_array_equal(predict.check_points(pts, (12, 12)), pts)
-    # ties with an extreme are fine (a one-pixel-wide object)
-    predict.check_points([[3, 2], [3, 4], [3, 2], [3, 4]], (12, 12))
+    got, warnings = seglib.check_points(pts, (12, 12))
+    np.testing.assert_array_equal(got, pts)
+    assert warnings == []
+    # ties with an extreme are fine (a one-pixel-wide object), with a warning
+    _, warnings = seglib.check_points([[3, 2], [3, 4], [3, 2], [3, 4]], (12, 12))
+    assert "on one line" in warnings[0]
 
 
 @pytest.mark.parametrize(
@@ -155,82 +161,125 @@ def test_check_points_accepts_ordered_points_and_ties():
     [
         ([[2, 5], [12, 6], [5, 1], [6, 9]], "point 1 (right) (x=12, y=6) lies outside the image"),
         ([[2, 5], [9, 6], [5, -0.5], [6, 9]], "point 2 (top) (x=5, y=-0.5) lies outside"),
-        ([[9, 6], [2, 5], [5, 1], [6, 9]], "point 0 (left) (x=9, y=6) is not the left-most point"),
-        ([[2, 5], [9, 6], [6, 9], [5, 1]], "point 2 (top) (x=6, y=9) is not the top-most point"),
+        ([[9, 6], [2, 5], [5, 1], [6, 9]], "point 0 (left) (x=9, y=6) is to the right of point 1"),
+        ([[2, 5], [9, 6], [6, 9], [5, 1]], "point 2 (top) (x=6, y=9) is below point 3"),
         ([[2, 5], [9, 6], [5, 1]], "expected 4 points"),
         ([[2, 5], [9, 6], [5, 1], [6, np.nan]], "finite"),
+        ([[4, 4], [4, 4], [4, 4], [4, 4]], "within one pixel of each other"),
+        ([[4, 4], [5, 4], [4, 5], [5, 5]], "within one pixel of each other"),
     ],
 )
 def test_check_points_errors_name_object_and_point(pts, needle):
     with pytest.raises(ValueError) as e:
-        predict.check_points(pts, (12, 12), obj=3)
+        seglib.check_points(pts, (12, 12), obj=3)
     assert str(e.value).startswith("object 3: ")
     assert needle in str(e.value)
+
+
+def _thin_diagonal(h, w, angle_deg, width, length):
+    yy, xx = np.mgrid[:h, :w].astype(float)
+    t = np.deg2rad(angle_deg)
+    u = (xx - w / 2) * np.cos(t) + (yy - h / 2) * np.sin(t)
+    v = -(xx - w / 2) * np.sin(t) + (yy - h / 2) * np.cos(t)
+    return (np.abs(u) <= length / 2) & (np.abs(v) <= width / 2)
+
+
+def test_jittered_human_clicks_on_thin_diagonal_shapes_are_accepted():
+    """People click thin or diagonal structures a pixel or two off: the given order
+    says which point is which, so none of these is refused (the earlier rule, that
+    each point be strictly extreme, refused many of them)."""
+    rng = np.random.default_rng(0)
+    strictly_extreme_fails = 0
+    for k in range(60):
+        mask = _thin_diagonal(64, 64, rng.uniform(10, 80), rng.uniform(2, 5), rng.uniform(25, 50))
+        pts = targets.extreme_points(mask) + rng.integers(-2, 3, (4, 2))
+        pts = np.clip(pts, 0, 63)
+        got, _ = seglib.check_points(pts, mask.shape, obj=k)
+        np.testing.assert_array_equal(got, pts)
+        strict = (
+            pts[0, 0] == pts[:, 0].min()
+            and pts[1, 0] == pts[:, 0].max()
+            and pts[2, 1] == pts[:, 1].min()
+            and pts[3, 1] == pts[:, 1].max()
+        )
+        strictly_extreme_fails += not strict
+    assert strictly_extreme_fails >= 10  # the case the old rule refused does occur
 
 
 def test_check_points_reorder():
     ordered = np.array([[2, 5], [9, 6], [5, 1], [6, 9]], float)
     shuffled = ordered[[3, 0, 2, 1]]
-    np.testing.assert_array_equal(predict.check_points(shuffled, (12, 12), reorder=True), ordered)
+    got, _ = seglib.check_points(shuffled, (12, 12), reorder=True)
+    np.testing.assert_array_equal(got, ordered)
     with pytest.raises(ValueError, match="reorder=True"):
-        predict.check_points(shuffled, (12, 12))
+        seglib.check_points(shuffled, (12, 12))
     # two points share the smallest x: which one is "left" is ambiguous
     ambiguous = np.array([[2, 5], [9, 6], [2, 1], [6, 9]], float)[[1, 0, 2, 3]]
     with pytest.raises(ValueError, match="cannot be recovered unambiguously"):
-        predict.check_points(ambiguous, (12, 12), reorder=True)
+        seglib.check_points(ambiguous, (12, 12), reorder=True)
 
 
-# ----------------------------------------------------------------- preprocessing
+# ----------------------------------------------------------------- the image contract
 
 
-def test_image_to_uint8_range():
+def test_prepare_image_channels_and_intensities():
     u8 = np.arange(64, dtype=np.uint8).reshape(8, 8)
-    out = predict.image_to_uint8_range(u8)
-    assert out.shape == (8, 8, 1) and out.dtype == np.uint8
+    out, facts = seglib.prepare_image(u8, ("grey",))
+    assert out.shape == (8, 8, 1) and out.dtype == np.uint8 and facts["kind"] == "grey"
     np.testing.assert_array_equal(out[..., 0], u8)
-    rgba = np.zeros((8, 8, 4), np.uint8)
-    assert predict.image_to_uint8_range(rgba).shape == (8, 8, 3)
-    f = predict.image_to_uint8_range(np.linspace(-1000, 3000, 64, dtype=np.float32).reshape(8, 8))
+    # a float (or int) image already in [0, 255] is used as it is: same as uint8
+    for other in (u8.astype(np.float32), u8.astype(np.int32), u8.astype(np.uint16)):
+        got, facts = seglib.prepare_image(other, ("grey",))
+        np.testing.assert_array_equal(got, out)
+        assert facts["intensity"].startswith("as stored")
+    f, facts = seglib.prepare_image(
+        np.linspace(-1000, 3000, 64, dtype=np.float32).reshape(8, 8), ("grey",)
+    )
     assert f.dtype == np.uint8 and f.min() == 0 and f.max() == 255
+    assert "percentiles" in facts["intensity"]
+    # [0, 1] floats are not whole numbers: stretched, not read as nearly black
+    g, _ = seglib.prepare_image(np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8), ("grey",))
+    assert g.max() == 255
+    # grey given as three equal channels is grey; replicated for a model that saw RGB
+    grey3 = np.repeat(u8[..., None], 3, -1)
+    np.testing.assert_array_equal(seglib.prepare_image(grey3, ("grey",))[0], out)
+    assert seglib.prepare_image(u8, ("grey", "rgb"))[0].shape == (8, 8, 3)
+    rgb = np.stack([u8, u8[::-1], u8.T], -1)
+    with pytest.raises(ValueError, match="trained on grey images only and was given a rgb"):
+        seglib.prepare_image(rgb, ("grey",))
+    with pytest.raises(ValueError, match="trained on rgb images only and was given a grey"):
+        seglib.prepare_image(u8, ("rgb",))
+    for c in (2, 4):
+        with pytest.raises(ValueError, match="ambiguous"):
+            seglib.prepare_image(np.zeros((8, 8, c), np.uint8))
     with pytest.raises(ValueError, match="channels"):
-        predict.image_to_uint8_range(np.zeros((8, 8, 5)))
+        seglib.prepare_image(np.zeros((8, 8, 5)))
     with pytest.raises(ValueError, match="NaN"):
-        predict.image_to_uint8_range(np.full((8, 8), np.nan))
+        seglib.prepare_image(np.full((8, 8), np.nan))
 
 
 def test_preprocess_is_the_pipelines_eval_preprocessing(segmenter, rng):
-    """Crop, normalisation and guidance equal `pipeline.process_object` (evaluation)."""
+    """Crop, normalisation and points equal `pipeline.process_object` (evaluation)."""
     from dlset_jax.data import synthetic
 
     ex = synthetic.prostate_slice(synthetic.example_rng(0, "test", 0))
     image, mask = ex["image"], ex["masks"][0]
-    d = segmenter.config.data
-    ref = pipeline.process_object(
-        image,
-        mask,
-        resolution=RES,
-        relax=d.relax,
-        dt_max=d.dt_max,
-        guidance_mode=d.guidance,
-        cm_variant=d.cm_variant,
-        sigma=d.sigma,
-    )
-    pts = predict.check_points(pipeline.extreme_points_np(mask), image.shape)
-    got = segmenter.preprocess(predict.image_to_uint8_range(image), pts)
+    ref = pipeline.process_object(image, mask, pipeline.CropOptions.from_config(segmenter.config))
+    pts, _ = seglib.check_points(targets.extreme_points(mask), image.shape)
+    got = segmenter.preprocess(seglib.prepare_image(image, ("grey",))[0], pts)
     np.testing.assert_array_equal(got["box"], ref["box"])
     np.testing.assert_array_equal(got["image"], ref["image"])
-    np.testing.assert_array_equal(got["guidance"], ref["guidance"])
-    np.testing.assert_allclose(got["crop_points"], ref["points"])
+    np.testing.assert_allclose(got["points"], ref["points"])
 
 
 # ----------------------------------------------------------------- the API
 
 
 def test_segment_outputs(segmenter, rng):
-    from dlset_jax import evaluate, targets
+    from dlset_jax import inference
 
     img, (m1, m2) = two_ellipses(rng)
-    pts = [pipeline.extreme_points_np(m) for m in (m1, m2)]
+    pts = [targets.extreme_points(m) for m in (m1, m2)]
     res = segmenter.segment(
         img,
         pts,
@@ -245,11 +294,13 @@ def test_segment_outputs(segmenter, rng):
         assert o.index == k and o.class_name == "ab"[k]
         assert o.mask.shape == o.phi.shape == o.baseline_mask.shape == img.shape
         np.testing.assert_array_equal(o.mask, o.phi <= res.threshold)
-        np.testing.assert_array_equal(o.box, targets.crop_box(pts[k], img.shape, relax=10))
+        np.testing.assert_array_equal(
+            o.box, targets.crop_box(pts[k], img.shape, relax=segmenter.config.data.relax)
+        )
         y0, x0, y1, x1 = o.box
         outside = np.ones(img.shape, bool)
         outside[max(y0, 0) : y1, max(x0, 0) : x1] = False
-        assert (o.phi[outside] == evaluate.BACKGROUND_PHI).all()
+        assert (o.phi[outside] == inference.BACKGROUND_PHI).all()
         np.testing.assert_array_equal(o.baseline_mask, targets.polygon_mask(pts[k], img.shape))
         assert o.trajectory.shape == (steps + 1, RES, RES)
         np.testing.assert_allclose(o.trajectory[0], o.network["phi0"], atol=1e-5)
@@ -262,7 +313,7 @@ def test_segment_outputs(segmenter, rng):
 
 def test_batched_equals_one_by_one(segmenter, rng):
     img, (m1, m2) = two_ellipses(rng)
-    pts = [pipeline.extreme_points_np(m) for m in (m1, m2, m1[:, ::-1])]
+    pts = [targets.extreme_points(m) for m in (m1, m2, m1[:, ::-1])]
     together = segmenter.segment(img, pts)
     for k, p in enumerate(pts):
         alone = segmenter.segment(img, [p]).objects[0]
@@ -272,7 +323,7 @@ def test_batched_equals_one_by_one(segmenter, rng):
 
 def test_repeated_calls_do_not_recompile(segmenter, rng):
     img, (m1, m2) = two_ellipses(rng)
-    p1, p2 = (pipeline.extreme_points_np(m) for m in (m1, m2))
+    p1, p2 = (targets.extreme_points(m) for m in (m1, m2))
     segmenter.segment(img, [p1])
     start = segmenter.trace_count  # 1: compiled by this call or an earlier test
     assert start == 1
@@ -290,13 +341,11 @@ def test_repeated_calls_do_not_recompile(segmenter, rng):
 
 def test_grey_rgb_and_float_inputs_agree(segmenter, rng):
     img, (m1, _) = two_ellipses(rng)
-    pts = [pipeline.extreme_points_np(m1)]
+    pts = [targets.extreme_points(m1)]
     grey = segmenter.segment(img, pts).objects[0]
     rgb = segmenter.segment(np.repeat(img[..., None], 3, -1), pts).objects[0]
     np.testing.assert_allclose(grey.phi, rgb.phi, atol=1e-5)
     # a float image goes through the percentile mapping, like non-uint8 files in the builders
-    from dlset_jax.data import readers
-
     f = img.astype(np.float32) * 3.7 - 100
     via_float = segmenter.segment(f, pts).objects[0]
     via_u8 = segmenter.segment(readers.intensity_to_uint8(f), pts).objects[0]
@@ -318,26 +367,81 @@ def test_segment_rejects_bad_calls(segmenter):
 
 
 def test_from_workdir_and_mismatch(random_model, tmp_path):
+    from dlset_jax import checkpoint
+
     wd, config, variables = random_model
-    seg = predict.Segmenter.from_workdir(str(wd))
+    seg = seglib.Segmenter.from_workdir(str(wd))
     assert seg.step == 1 and seg.resolution == RES
     with pytest.raises(FileNotFoundError, match="no checkpoint for step 7"):
-        predict.Segmenter.from_workdir(str(wd), step=7)
+        seglib.Segmenter.from_workdir(str(wd), step=7)
     with pytest.raises(FileNotFoundError, match="no checkpoints"):
-        predict.Segmenter.from_workdir(str(tmp_path / "nothing"))
+        seglib.Segmenter.from_workdir(str(tmp_path / "nothing"))
     bad = tmp_path / "bad"
     save_checkpoint(bad, tiny_config(**{"model.width": 8}), variables)
-    with pytest.raises(predict.CheckpointMismatchError, match="does not match the model"):
-        predict.Segmenter.from_workdir(str(bad))
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="does not match the model"):
+        seglib.Segmenter.from_workdir(str(bad))
+
+
+def test_from_workdir_uses_the_threshold_chosen_on_validation(random_model, tmp_path, rng):
+    _, config, variables = random_model
+    wd = tmp_path / "swept"
+    save_checkpoint(wd, config, variables)
+    seg = seglib.Segmenter.from_workdir(str(wd))
+    assert seg.threshold == config.levelset.threshold == 0.0
+    assert seg.threshold_source == "config levelset.threshold"
+    (wd / "eval").mkdir()
+    (wd / "eval" / "threshold.json").write_text(json.dumps({"chosen": -2.0, "mean_dsc": {}}))
+    seg = seglib.Segmenter.from_workdir(str(wd))
+    assert seg.threshold == -2.0 and seg.threshold_source.endswith("threshold.json")
+    img, (m1, _) = two_ellipses(rng)
+    res = seg.segment(img, [targets.extreme_points(m1)])
+    assert res.threshold == -2.0 and res.threshold_source.endswith("threshold.json")
+    o = res.objects[0]
+    np.testing.assert_array_equal(o.mask, o.phi <= -2.0)
+    given = seglib.Segmenter.from_workdir(str(wd), threshold=1.5)
+    assert given.threshold == 1.5 and given.threshold_source == "given"
+
+
+def test_objects_keep_only_their_window(segmenter):
+    """Memory grows with the objects, not the image: per object only its box window."""
+    h, w = 3000, 2600
+    img = np.zeros((h, w), np.uint8)
+    centres = [(100, 120), (2900, 2500), (1500, 1300)]
+    pts = []
+    for cy, cx in centres:
+        img[cy - 20 : cy + 21, cx - 15 : cx + 16] = 200
+        pts.append([[cx - 15, cy], [cx + 15, cy], [cx, cy - 20], [cx, cy + 20]])
+    res = segmenter.segment(img, pts)
+    for o in res.objects:
+        y0, x0, y1, x1 = o.window
+        assert o.phi_window.shape == (y1 - y0, x1 - x0)
+        assert o.phi_window.size < 100 * 100  # the box, not the 7.8 M pixel image
+        full = o.mask
+        assert full.shape == (h, w) and full[y0:y1, x0:x1].sum() == full.sum()
+    labels = res.label_map()
+    for o in res.objects:
+        np.testing.assert_array_equal(labels == o.index + 1, o.mask)
+
+
+def test_empty_mask_and_collinear_clicks_are_reported(segmenter):
+    img = np.zeros((40, 60), np.uint8)
+    res = segmenter.segment(img, [[[5, 20], [50, 20], [28, 20], [30, 20]]])
+    assert any("one line" in w for w in res.objects[0].warnings)
+    assert res.objects[0].summary()["warnings"] == res.objects[0].warnings
 
 
 # ----------------------------------------------------------------- CLI errors
 
 
 def _run_cli(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
+    code = cli.run_cli([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def _cli_in(capsys, workdir, image, out, *extra):
+    """predict.py on `image` with `workdir`, writing to `out`, plus `extra` flags."""
+    return _run_cli(capsys, "--workdir", workdir, "--image", image, *extra, "--out_dir", out)
 
 
 def _png(path, arr):
@@ -349,7 +453,7 @@ def _png(path, arr):
 def ellipse_png(tmp_path):
     rng = np.random.default_rng(5)
     img, mask = ellipse_image(rng)
-    pts = pipeline.extreme_points_np(mask)
+    pts = targets.extreme_points(mask)
     text = " ".join(f"{x:g},{y:g}" for x, y in pts)
     return _png(tmp_path / "im.png", img), text, mask
 
@@ -366,7 +470,7 @@ def test_cli_missing_checkpoint(capsys, tmp_path, ellipse_png):
     img, pts, _ = ellipse_png
     out = tmp_path / "out"
     code, _, err = _run_cli(
-        capsys, "--workdir", tmp_path / "nope", "--image", img, "--points", pts, "--out-dir", out
+        capsys, "--workdir", tmp_path / "nope", "--image", img, "--points", pts, "--out_dir", out
     )
     _assert_one_line_error(code, err, "no checkpoints/", out)
 
@@ -377,54 +481,24 @@ def test_cli_unreadable_input(capsys, tmp_path, random_model, ellipse_png):
     bad.write_bytes(b"not a png at all")
     out = tmp_path / "out"
     code, _, err = _run_cli(
-        capsys, "--workdir", random_model[0], "--image", bad, "--points", pts, "--out-dir", out
+        capsys, "--workdir", random_model[0], "--image", bad, "--points", pts, "--out_dir", out
     )
     _assert_one_line_error(code, err, "cannot read image", out)
-    code, _, err = _run_cli(
-        capsys,
-        "--workdir",
-        random_model[0],
-        "--image",
-        tmp_path / "x.txt",
-        "--points",
-        pts,
-        "--out-dir",
-        out,
-    )
+    code, _, err = _cli_in(capsys, random_model[0], tmp_path / "x.txt", out, "--points", pts)
     _assert_one_line_error(code, err, "cannot read", out)
 
 
 def test_cli_bad_points(capsys, tmp_path, random_model, ellipse_png):
     img, _, _ = ellipse_png
     out = tmp_path / "out"
-    code, _, err = _run_cli(
-        capsys,
-        "--workdir",
-        random_model[0],
-        "--image",
-        img,
-        "--points",
-        "5,30 60,30 30,5 30,70",
-        "--out-dir",
-        out,
-    )
+    code, _, err = _cli_in(capsys, random_model[0], img, out, "--points", "5,30 60,30 30,5 30,70")
     _assert_one_line_error(code, err, "object 1: point 3 (bottom) (x=30, y=70) lies outside", out)
-    code, _, err = _run_cli(
-        capsys,
-        "--workdir",
-        random_model[0],
-        "--image",
-        img,
-        "--points",
-        "5,30 60,30 30,5",
-        "--out-dir",
-        out,
-    )
+    code, _, err = _cli_in(capsys, random_model[0], img, out, "--points", "5,30 60,30 30,5")
     _assert_one_line_error(code, err, "expected four x,y pairs", out)
     pf = tmp_path / "p.csv"
     pf.write_text("x1,y1,x2,y2,x3,y3,x4\n1,2,3,4,5,6,7\n")
     code, _, err = _run_cli(
-        capsys, "--workdir", random_model[0], "--image", img, "--points-file", pf, "--out-dir", out
+        capsys, "--workdir", random_model[0], "--image", img, "--points_file", pf, "--out_dir", out
     )
     _assert_one_line_error(code, err, "missing y4", out)
 
@@ -445,7 +519,7 @@ def test_cli_config_mismatch_subprocess(tmp_path, random_model, ellipse_png):
             str(img),
             "--points",
             pts,
-            "--out-dir",
+            "--out_dir",
             str(out),
         ],
         capture_output=True,
@@ -467,9 +541,9 @@ def test_write_outputs_is_all_or_nothing(tmp_path, monkeypatch):
             raise OSError("disk full")
         real(a, b)
 
-    monkeypatch.setattr(cli.os, "replace", flaky)
+    monkeypatch.setattr(files.os, "replace", flaky)
     with pytest.raises(OSError):
-        cli.write_outputs(str(tmp_path), {"a.png": b"1", "b.png": b"2", "c.json": b"3"})
+        files.atomic_write_files(str(tmp_path), {"a.png": b"1", "b.png": b"2", "c.json": b"3"})
     leftovers = sorted(p.name for p in tmp_path.iterdir())
     assert leftovers in ([], ["a.png"])  # the temporary files are gone either way
     assert not any(n.endswith(".tmp") for n in leftovers)
@@ -488,11 +562,11 @@ def test_read_points_file_formats(tmp_path):
     )
     c = tmp_path / "p.csv"
     c.write_text("class,slice,x1,y1,x2,y2,x3,y3,x4,y4\ncup,4,1,5,9,5,5,1,5,9\n")
-    (a,) = cli.read_points_file(str(j))
+    (a,) = readers.read_points_file(str(j))
     assert a["class"] == "disc" and a["slice"] == 3 and a["points"].tolist() == pts
-    b = cli.read_points_file(str(jl))
+    b = readers.read_points_file(str(jl))
     assert [o["class"] for o in b] == ["a", None] and b[1]["label"] == 2
-    (d,) = cli.read_points_file(str(c))
+    (d,) = readers.read_points_file(str(c))
     assert d["class"] == "cup" and d["slice"] == 4 and d["points"].tolist() == pts
 
 
@@ -509,8 +583,8 @@ def test_dsc_clearly_above_four_point_baseline(trained_segmenter):
         img, (m1, m2) = two_ellipses(rng)
         img1, m3 = ellipse_image(rng, 64, 96)
         for image, masks in ((img, [m1, m2]), (img1, [m3])):
-            res = seg.segment(image, [pipeline.extreme_points_np(m) for m in masks])
-            for rec in predict.score_objects(res, masks):
+            res = seg.segment(image, [targets.extreme_points(m) for m in masks])
+            for rec in seglib.score_objects(res, masks):
                 dsc.append(rec["dsc"])
                 base.append(rec["baseline_dsc"])
     dsc, base = np.array(dsc), np.array(base)
@@ -533,24 +607,13 @@ def test_cli_png_end_to_end(capsys, tmp_path, trained_workdir):
     for k, m in enumerate((m1, m2)):
         args += [
             "--points",
-            " ".join(f"{x:g},{y:g}" for x, y in pipeline.extreme_points_np(m)),
+            " ".join(f"{x:g},{y:g}" for x, y in targets.extreme_points(m)),
             "--class",
             f"blob{k}",
         ]
     out = tmp_path / "out"
-    code, stdout, err = _run_cli(
-        capsys,
-        "--workdir",
-        trained_workdir,
-        "--image",
-        image,
-        *args,
-        "--spacing",
-        "0.5,0.4",
-        "--ground-truth",
-        gtp,
-        "--out-dir",
-        out,
+    code, stdout, err = _cli_in(
+        capsys, trained_workdir, image, out, *args, "--spacing", "0.5,0.4", "--ground_truth", gtp
     )
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == [
@@ -568,6 +631,8 @@ def test_cli_png_end_to_end(capsys, tmp_path, trained_workdir):
         assert o["area_mm2"] == pytest.approx(o["area_px"] * 0.2)
         assert o["area_px"] == int((labels == o["object"]).sum())
     assert s["spacing_mm"] == [0.5, 0.4] and s["timings"]["total_s"] > 0
+    assert s["threshold"] == 0.0 and s["threshold_source"] == "config levelset.threshold"
+    assert s["intensity"] == "as stored (uint8)"
     assert len(s["metrics"]) == 2 and all(m["units"] == "mm" for m in s["metrics"])
     assert all(m["dsc"] > m["baseline_dsc"] for m in s["metrics"])
     assert "DSC" in stdout
@@ -600,22 +665,19 @@ def test_cli_nifti_in_nifti_out_keeps_affine(capsys, tmp_path, trained_workdir, 
     nib.save(nib.Nifti1Image(lab, affine), tmp_path / "case_gt.nii.gz")
     rows = ["x1,y1,x2,y2,x3,y3,x4,y4,class,slice,label"]
     for k in (0, 2):
-        p = pipeline.extreme_points_np(masks[k])
+        p = targets.extreme_points(masks[k])
         rows.append(",".join(f"{v:g}" for v in p.ravel()) + f",blob,{k},1")
     (tmp_path / "clicks.csv").write_text("\n".join(rows) + "\n")
     out = tmp_path / "out"
-    code, _, err = _run_cli(
+    code, _, err = _cli_in(
         capsys,
-        "--workdir",
         trained_workdir,
-        "--image",
         tmp_path / "case.nii.gz",
-        "--points-file",
-        tmp_path / "clicks.csv",
-        "--ground-truth",
-        tmp_path / "case_gt.nii.gz",
-        "--out-dir",
         out,
+        "--points_file",
+        tmp_path / "clicks.csv",
+        "--ground_truth",
+        tmp_path / "case_gt.nii.gz",
     )
     assert code == 0, err
     names = sorted(p.name for p in out.iterdir())
@@ -635,7 +697,7 @@ def test_cli_nifti_in_nifti_out_keeps_affine(capsys, tmp_path, trained_workdir, 
     for k in (0, 2):  # in voxel space: the write-back undoes the slice rotation
         pred, gt = labels[..., k] > 0, lab[..., k] > 0
         assert 2 * (pred & gt).sum() / (pred.sum() + gt.sum()) > 0.8
-        api = seg.segment(np.rot90(vol[..., k]), [pipeline.extreme_points_np(masks[k])]).objects[0]
+        api = seg.segment(np.rot90(vol[..., k]), [targets.extreme_points(masks[k])]).objects[0]
         np.testing.assert_array_equal(pred, np.rot90(api.mask, k=-1))
     summ = json.loads((out / "case_summary.json").read_text())
     assert summ["spacing_mm"] == pytest.approx([0.8, 0.7])  # rows, cols of the rotated slice
@@ -643,19 +705,19 @@ def test_cli_nifti_in_nifti_out_keeps_affine(capsys, tmp_path, trained_workdir, 
     assert [m["slice"] for m in summ["metrics"]] == [0, 2]
 
 
-@pytest.mark.slow
-def test_cli_dicom(capsys, tmp_path, trained_workdir, trained_segmenter):
-    pytest.importorskip("pydicom")
+def _dicom(path, img, window=True):
+    """A 12-bit MR DICOM of `img` (uint8) stored as img * 16, rescaled by 2 x - 100.
+
+    With `window`, its display window maps the rescaled values exactly back to `img`.
+    """
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-    rng = np.random.default_rng(13)
-    img, mask = ellipse_image(rng)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(tmp_path / "im.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID, ds.SOPInstanceUID = (
         meta.MediaStorageSOPClassUID,
         meta.MediaStorageSOPInstanceUID,
@@ -666,34 +728,47 @@ def test_cli_dicom(capsys, tmp_path, trained_workdir, trained_segmenter):
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     ds.PixelSpacing = [0.6, 0.6]
     ds.RescaleSlope, ds.RescaleIntercept = 2, -100
+    if window:  # rescaled values img * 32 - 100; [lo, hi] = [-100, 255 * 32 - 100]
+        ds.WindowCenter, ds.WindowWidth = (-100 + 255 * 32 - 100) / 2, 255 * 32
     ds.PixelData = (img.astype(np.uint16) * 16).tobytes()
-    ds.save_as(tmp_path / "im.dcm", enforce_file_format=True)
-    pts = " ".join(f"{x:g},{y:g}" for x, y in pipeline.extreme_points_np(mask))
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_read_dicom_applies_its_window_or_says_it_stretched(tmp_path):
+    pytest.importorskip("pydicom")
+    img = np.random.default_rng(3).integers(0, 256, (20, 24)).astype(np.uint8)
+    d = readers.read_dicom(str(_dicom(tmp_path / "w.dcm", img)))
+    np.testing.assert_array_equal(d["image"], img)  # the window gives the stored image back
+    assert d["intensity"].startswith("DICOM window") and d["spacing"] == (0.6, 0.6)
+    d = readers.read_dicom(str(_dicom(tmp_path / "n.dcm", img, window=False)))
+    assert d["intensity"] is None and d["image"].dtype == np.float32
+    np.testing.assert_allclose(d["image"], img.astype(np.float32) * 32 - 100)
+
+
+@pytest.mark.slow
+def test_cli_dicom(capsys, tmp_path, trained_workdir, trained_segmenter):
+    pytest.importorskip("pydicom")
+    rng = np.random.default_rng(13)
+    img, mask = ellipse_image(rng)
+    pts = " ".join(f"{x:g},{y:g}" for x, y in targets.extreme_points(mask))
     out = tmp_path / "out"
-    code, _, err = _run_cli(
-        capsys,
-        "--workdir",
-        trained_workdir,
-        "--image",
-        tmp_path / "im.dcm",
-        "--points",
-        pts,
-        "--out-dir",
-        out,
+    code, _, err = _cli_in(
+        capsys, trained_workdir, _dicom(tmp_path / "im.dcm", img), out, "--points", pts
     )
     assert code == 0, err
     s = json.loads((out / "im_summary.json").read_text())
     assert s["kind"] == "dicom" and s["spacing_mm"] == [0.6, 0.6]
+    assert s["intensity"].startswith("DICOM window")
     (o,) = s["objects"]
     assert o["area_mm2"] == pytest.approx(o["area_px"] * 0.36)
-    # the CLI applies the rescale slope/intercept, then the percentile mapping of
-    # non-uint8 images: the same mask as the API on the rescaled float image
+    # the file's window reproduces the uint8 image: the same mask as the API on it
     labels = np.asarray(Image.open(out / "im_mask.png")) > 0
-    seg = trained_segmenter
-    rescaled = img.astype(np.float32) * 16 * 2 - 100
-    api = seg.segment(rescaled, [pipeline.extreme_points_np(mask)]).objects[0]
+    api = trained_segmenter.segment(img, [targets.extreme_points(mask)]).objects[0]
     np.testing.assert_array_equal(labels, api.mask)
-    assert 2 * (labels & mask).sum() / (labels.sum() + mask.sum()) > 0.5
+    dsc = 2 * (labels & mask).sum() / (labels.sum() + mask.sum())
+    poly = targets.polygon_mask(targets.extreme_points(mask), mask.shape)
+    assert dsc > 2 * (poly & mask).sum() / (poly.sum() + mask.sum())
 
 
 @pytest.mark.slow
@@ -702,17 +777,7 @@ def test_cli_late_failure_leaves_no_files(capsys, tmp_path, trained_workdir, ell
     img, pts, _ = ellipse_png
     empty = _png(tmp_path / "gt.png", np.zeros((64, 64), np.uint8))
     out = tmp_path / "out"
-    code, _, err = _run_cli(
-        capsys,
-        "--workdir",
-        trained_workdir,
-        "--image",
-        img,
-        "--points",
-        pts,
-        "--ground-truth",
-        empty,
-        "--out-dir",
-        out,
+    code, _, err = _cli_in(
+        capsys, trained_workdir, img, out, "--points", pts, "--ground_truth", empty
     )
     _assert_one_line_error(code, err, "no ground truth for object 1", out)

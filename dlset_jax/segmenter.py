@@ -4,40 +4,48 @@
     out = seg.segment(image, [[(x_l, y_l), (x_r, y_r), (x_t, y_t), (x_b, y_b)]])
     out.objects[0].mask                                         # (H, W) bool
 
-Preprocessing is the input pipeline's evaluation path, step for step and with the
-same functions (`dlset_jax.data.pipeline.process_object` without the targets):
-`targets.crop_box(points, relax)` -> `targets.crop_and_resize(image, box, R)` ->
-`pipeline.normalize_image` -> guidance channel from `targets.points_to_crop(points)`
-by `pipeline.guidance_channel_np`. The network and the evolution are
-`evaluate.predict_crops`; the crop's level set goes back into the image with
-`targets.paste_back` (positive background outside the box) and the mask is
-`phi <= threshold`, exactly as in `evaluate.run_evaluation`.
+The path is the evaluation's, with the same functions: `targets.crop_inputs` (crop
+around the clicks, normalise) -> `inference.predict_crops` (guidance channel, network,
+evolution) -> `inference.paste_back` -> `phi <= threshold`. The threshold is the run's
+(`checkpoint.load`: the one chosen on validation when the run swept it).
 
-Intensities: a uint8 image is used as it is (the data sets store uint8); any other
-dtype (uint16 PNG/TIFF, float, DICOM/NIfTI intensities) is mapped to [0, 255] by
-`readers.intensity_to_uint8` (clip at the 0.5 / 99.5 percentiles of the whole image),
-as the data set builders do for such files. Grey images are replicated to three
-channels, RGB is used as it is, an alpha channel is dropped.
+The image contract (what the model was trained on, `config.data.image_kinds`):
+  * grey images: `(H, W)` or `(H, W, 1)`, or `(H, W, 3)` with three equal channels;
+    colour images: `(H, W, 3)`. A grey image given to a model that saw only colour, or
+    a colour image to a model that saw only grey, is an error that says so (grey
+    examples of a model trained on both were stored with the grey value in all three
+    channels, and are given to it that way). `(H, W, 2)` and `(H, W, 4)` arrays are
+    ambiguous (grey + alpha? RGBA? two or four channels?): an error; drop the alpha
+    channel first (the file readers do that for PNG files that declare one).
+  * intensities: values in [0, 255] that are whole numbers (uint8, or any integer or
+    float dtype holding such values) are used as they are, as the data sets store
+    them; anything else (uint16, CT/MR intensities, floats in [0, 1]) is mapped to
+    [0, 255] by clipping at the 0.5 / 99.5 percentiles of the whole image
+    (`readers.intensity_to_uint8`, the builders' rule for non-uint8 files). Which
+    mapping was applied is in `Segmentation.intensity`.
 
 Points: `(x, y)` = (column, row) pixel coordinates, pixel centres at integers, four
-per object in the order left, right, top, bottom (README conventions). A point
-outside the image (x outside [0, W-1] or y outside [0, H-1]) is always an error.
-Points out of order are an error by default; with `reorder=True` they are put in
-order when that is unambiguous: the left-most, right-most, top-most and bottom-most
-points are four DIFFERENT points, each strictly extreme in its coordinate. Otherwise
-(e.g. two points share the smallest x) a ValueError names the object and the points.
+per object in the order left, right, top, bottom. The order given says which point is
+which: a person clicking the extreme points of a thin or diagonal structure is often a
+pixel or two off, and that is accepted. Refused: a point outside the image, a left
+point to the right of the right point (or a top point below the bottom point), and four
+points within one pixel of each other (nothing to segment). Points on one line (a thin
+structure) are accepted with a warning in the object's summary. `reorder=True` sorts
+four unordered points (the left-most is "left", ...) when that is unambiguous.
 
-Batching: all objects of one call go through ONE jit-compiled call of
-`evaluate.predict_crops`, the batch padded to a bucket size (`bucket_size`, doubled
-until the objects fit), so repeated calls with 1..bucket_size objects reuse one
-compiled program (`Segmenter.trace_count` counts the compilations).
+Memory grows with the objects, not with the image: each object keeps its level set and
+mask only inside its crop box (`ObjectResult.window`); `mask` / `phi` / `baseline_mask`
+build full-image arrays on demand.
+
+Batching: all objects of one call go through ONE jit-compiled call, the batch padded to
+a bucket size (`bucket_size`, doubled until the objects fit), so repeated calls with
+1..bucket_size objects reuse one compiled program (`Segmenter.trace_count`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -45,78 +53,106 @@ from typing import Any
 import jax
 import numpy as np
 
-from dlset_jax import evaluate, hostmem, targets
-from dlset_jax.data import pipeline, readers
+from dlset_jax import checkpoint, hostmem, inference, metrics, models, readers, targets
 
 __all__ = [
     "POINT_NAMES",
-    "CheckpointMismatchError",
+    "IMAGE_KINDS",
     "ObjectResult",
     "Segmentation",
     "Segmenter",
     "check_points",
-    "check_variables",
-    "image_to_uint8_range",
-    "load_model",
+    "prepare_image",
     "overlay_image",
     "score_objects",
 ]
 
 POINT_NAMES = ("left", "right", "top", "bottom")
-
-
-class CheckpointMismatchError(ValueError):
-    """The checkpoint's arrays do not fit the model built from its config."""
+IMAGE_KINDS = ("grey", "rgb")
 
 
 # ----------------------------------------------------------------- inputs
 
 
-def image_to_uint8_range(image, percentiles=(0.5, 99.5)) -> np.ndarray:
-    """`(H, W)` / `(H, W, C)` image -> `(H, W, C)` (C = 1 or 3) with values in [0, 255].
+def prepare_image(image, image_kinds: Sequence[str] = IMAGE_KINDS, percentiles=(0.5, 99.5)):
+    """An image as the model takes it, and what was done to it (see the module doc).
 
-    uint8 is kept; other real dtypes go through `readers.intensity_to_uint8` (the
-    builders' rule for non-uint8 files). An alpha channel (C = 4, or 2 for grey +
-    alpha) is dropped.
+    Args:
+      image: `(H, W)`, `(H, W, 1)` or `(H, W, 3)`, integer or float.
+      image_kinds: what the model was trained on: ("grey",), ("rgb",) or both.
+
+    Returns:
+      `(img, facts)`: `img` `(H, W, C)` with C = 1 (grey) or 3, values in [0, 255];
+      `facts` = {"kind": "grey" | "rgb", "intensity": "as stored" | "percentiles ..."}.
+
+    Raises:
+      ValueError naming the problem.
     """
     img = np.asarray(image)
     if img.ndim == 2:
         img = img[..., None]
     if img.ndim != 3 or img.shape[0] < 2 or img.shape[1] < 2:
         raise ValueError(f"image must be (H, W) grey or (H, W, 3) RGB, got shape {img.shape}")
-    if img.shape[-1] == 4:
-        img = img[..., :3]
-    elif img.shape[-1] == 2:
-        img = img[..., :1]
+    if img.shape[-1] in (2, 4):
+        raise ValueError(
+            f"image of shape {img.shape} is ambiguous ({img.shape[-1]} channels: with an "
+            "alpha channel? as separate channels?): give (H, W) grey or (H, W, 3) RGB, "
+            "e.g. image[..., :3] for RGBA or image[..., 0] for grey + alpha"
+        )
     if img.shape[-1] not in (1, 3):
         raise ValueError(f"image must have 1 (grey) or 3 (RGB) channels, got shape {img.shape}")
     if img.dtype == bool or not (
         np.issubdtype(img.dtype, np.integer) or np.issubdtype(img.dtype, np.floating)
     ):
         raise ValueError(f"image must be an integer or float array, got dtype {img.dtype}")
-    if img.dtype == np.uint8:
-        return img
     if np.issubdtype(img.dtype, np.floating) and not np.isfinite(img).all():
         raise ValueError(f"image has {int((~np.isfinite(img)).sum())} NaN/inf values")
-    return readers.intensity_to_uint8(img, *percentiles)
+    grey = img.shape[-1] == 1 or bool(np.all(img == img[..., :1]))
+    kind = "grey" if grey else "rgb"
+    kinds = tuple(image_kinds)
+    if kind not in kinds:
+        want = " and ".join(kinds)
+        raise ValueError(
+            f"this model was trained on {want} images only and was given a {kind} image "
+            f"of shape {img.shape}: convert it first"
+            + (" (e.g. to grey by its luminance)" if kind == "rgb" else " (e.g. to RGB)")
+        )
+    if grey and kinds == ("grey",):
+        img = img[..., :1]
+    elif img.shape[-1] == 1:  # a grey image for a model that also saw colour
+        img = np.repeat(img, 3, axis=-1)
+    if img.dtype == np.uint8:
+        return img, {"kind": kind, "intensity": "as stored (uint8)"}
+    lo, hi = float(img.min()), float(img.max())
+    if lo >= 0 and hi <= 255 and bool(np.all(img == np.round(img))):
+        return img.astype(np.uint8), {
+            "kind": kind,
+            "intensity": "as stored (whole numbers in [0, 255])",
+        }
+    out = readers.intensity_to_uint8(img, *percentiles)
+    return out, {
+        "kind": kind,
+        "intensity": f"clipped at the {percentiles[0]:g} / {percentiles[1]:g} percentiles of the image",
+    }
 
 
 def _fmt_pt(p) -> str:
     return f"(x={float(p[0]):g}, y={float(p[1]):g})"
 
 
-def check_points(points, image_shape, *, obj: Any = 0, reorder: bool = False) -> np.ndarray:
+def check_points(points, image_shape, *, obj: Any = 0, reorder: bool = False):
     """Validates (and with `reorder`, orders) the four extreme points of one object.
 
     Args:
       points: `(4, 2)` `(x, y)` pixel coordinates, order left, right, top, bottom.
       image_shape: `(H, W)` or `(H, W, C)`.
       obj: how the object is named in error messages (its index or a name).
-      reorder: put points given in another order in order when unambiguous (see the
-        module doc); without it, points out of order raise.
+      reorder: the points are unordered: name them by their coordinates (left-most =
+        left, ...) when that is unambiguous.
 
     Returns:
-      float64 `(4, 2)`, in the order left, right, top, bottom.
+      `(points, warnings)`: float64 `(4, 2)` in the order left, right, top, bottom, and
+      a list of strings (e.g. collinear points).
 
     Raises:
       ValueError naming the object and the point.
@@ -136,51 +172,57 @@ def check_points(points, image_shape, *, obj: Any = 0, reorder: bool = False) ->
     for j, p in enumerate(pts):
         if not (0 <= p[0] <= w - 1 and 0 <= p[1] <= h - 1):
             raise ValueError(
-                f"object {obj}: point {j} ({POINT_NAMES[j]}) {_fmt_pt(p)} lies outside the image "
-                f"(H={h}, W={w}: x must be in [0, {w - 1}], y in [0, {h - 1}])"
+                f"object {obj}: point {j} ({POINT_NAMES[j]}) {_fmt_pt(p)} lies outside the "
+                f"image (H={h}, W={w}: x must be in [0, {w - 1}], y in [0, {h - 1}])"
             )
-    problem = _order_problem(pts)
-    if problem is None:
-        return pts
-    if reorder:
-        roles = [
-            int(np.argmin(pts[:, 0])),
-            int(np.argmax(pts[:, 0])),
-            int(np.argmin(pts[:, 1])),
-            int(np.argmax(pts[:, 1])),
-        ]
-        extreme = [pts[:, 0].min(), pts[:, 0].max(), pts[:, 1].min(), pts[:, 1].max()]
-        coord = [0, 0, 1, 1]
-        unique = all(np.sum(pts[:, coord[r]] == extreme[r]) == 1 for r in range(4))
-        if len(set(roles)) == 4 and unique:
-            return pts[roles]
+    if np.ptp(pts[:, 0]) <= 1 and np.ptp(pts[:, 1]) <= 1:
         raise ValueError(
-            f"object {obj}: {problem}, and the order cannot be recovered unambiguously "
-            "(the left-, right-, top- and bottom-most points must be four different "
-            "points, each strictly extreme)"
+            f"object {obj}: the four points lie within one pixel of each other "
+            f"({', '.join(_fmt_pt(p) for p in pts)}): click the object's left-, right-, "
+            "top- and bottom-most points"
         )
+    if reorder:
+        pts = _reorder(pts, obj)
+    if pts[0, 0] > pts[1, 0]:
+        raise ValueError(
+            f"object {obj}: point 0 (left) {_fmt_pt(pts[0])} is to the right of point 1 "
+            f"(right) {_fmt_pt(pts[1])}; give the points in the order left, right, top, "
+            "bottom (or reorder=True / --reorder for unordered points)"
+        )
+    if pts[2, 1] > pts[3, 1]:
+        raise ValueError(
+            f"object {obj}: point 2 (top) {_fmt_pt(pts[2])} is below point 3 (bottom) "
+            f"{_fmt_pt(pts[3])}; give the points in the order left, right, top, bottom "
+            "(or reorder=True / --reorder for unordered points)"
+        )
+    warnings = []
+    # twice the polygon's area: the cross products of its diagonals
+    d1, d2 = pts[1] - pts[0], pts[3] - pts[2]
+    if abs(d1[0] * d2[1] - d1[1] * d2[0]) < 1.0:
+        warnings.append(
+            "the four points are (nearly) on one line: segmented as a thin structure "
+            f"({np.ptp(pts[:, 0]) + 1:g} x {np.ptp(pts[:, 1]) + 1:g} px box)"
+        )
+    return pts, warnings
+
+
+def _reorder(pts: np.ndarray, obj) -> np.ndarray:
+    roles = [
+        int(np.argmin(pts[:, 0])),
+        int(np.argmax(pts[:, 0])),
+        int(np.argmin(pts[:, 1])),
+        int(np.argmax(pts[:, 1])),
+    ]
+    extreme = [pts[:, 0].min(), pts[:, 0].max(), pts[:, 1].min(), pts[:, 1].max()]
+    coord = [0, 0, 1, 1]
+    unique = all(np.sum(pts[:, coord[r]] == extreme[r]) == 1 for r in range(4))
+    if len(set(roles)) == 4 and unique:
+        return pts[roles]
     raise ValueError(
-        f"object {obj}: {problem}; give the points in the order left, right, top, "
-        "bottom (or let them be reordered: reorder=True / --reorder)"
+        f"object {obj}: the order of the points cannot be recovered unambiguously (the "
+        "left-, right-, top- and bottom-most points must be four different points, each "
+        "strictly extreme); give them in the order left, right, top, bottom"
     )
-
-
-def _order_problem(pts: np.ndarray) -> str | None:
-    """None when `pts` are in the order left, right, top, bottom, else what is wrong."""
-    checks = (
-        (0, 0, np.argmin, "left-most", "smaller x"),
-        (1, 0, np.argmax, "right-most", "larger x"),
-        (2, 1, np.argmin, "top-most", "smaller y"),
-        (3, 1, np.argmax, "bottom-most", "larger y"),
-    )
-    for j, c, arg, what, how in checks:
-        k = int(arg(pts[:, c]))
-        if pts[k, c] != pts[j, c]:  # ties with the extreme are fine
-            return (
-                f"point {j} ({POINT_NAMES[j]}) {_fmt_pt(pts[j])} is not the {what} point: "
-                f"point {k} ({POINT_NAMES[k]}) {_fmt_pt(pts[k])} has a {how}"
-            )
-    return None
 
 
 def _bucket(n: int, bucket_size: int) -> int:
@@ -202,11 +244,13 @@ class ObjectResult:
       class_name: the class given for it (or None).
       points: `(4, 2)` `(x, y)` image px as used (after `reorder`), left, right, top, bottom.
       box: `(y0, x0, y1, x1)` crop box in image px, end-exclusive (may leave the image).
-      mask: `(H, W)` bool, `phi <= threshold`, in the image's own resolution.
-      phi: `(H, W)` float32 final level set (negative inside; `BACKGROUND_PHI` off the box).
-      baseline_mask: `(H, W)` bool, the filled four-point polygon (`targets.polygon_mask`).
-      area_px: pixels in `mask`; area_mm2: `area_px * row_mm * col_mm` when the spacing is known.
+      image_shape: `(H, W)` of the image.
+      window: `(y0, x0, y1, x1)`, the box's part inside the image.
+      phi_window: float32 final level set on the window's pixels (negative inside).
+      threshold: mask = `phi <= threshold`.
+      area_px: pixels in the mask; area_mm2: `area_px * row_mm * col_mm` with a spacing.
       crop_points: `(4, 2)` the points in crop px.
+      warnings: what the user should know about the clicks (e.g. collinear points).
       trajectory: `(T+1, R, R)` level sets of the evolution in crop px (`return_trajectory`).
       network: crop-level arrays (`return_network_outputs`): `image` (R, R, 3) normalised
         crop, `guidance` (R, R), `phi0` (R, R), `motion` (R, R, 2) (y, x), `g` (R, R),
@@ -217,36 +261,71 @@ class ObjectResult:
     class_name: str | None
     points: np.ndarray
     box: np.ndarray
-    mask: np.ndarray
-    phi: np.ndarray
-    baseline_mask: np.ndarray
+    image_shape: tuple[int, int]
+    window: tuple[int, int, int, int]
+    phi_window: np.ndarray
+    threshold: float
     area_px: int
     area_mm2: float | None
     crop_points: np.ndarray
+    warnings: list[str] = dataclasses.field(default_factory=list)
     trajectory: np.ndarray | None = None
     network: dict | None = None
 
+    @property
+    def mask_window(self) -> np.ndarray:
+        return self.phi_window <= self.threshold
+
+    @property
+    def mask(self) -> np.ndarray:
+        """`(H, W)` bool in the image's own resolution (allocated on each access)."""
+        out = np.zeros(self.image_shape, bool)
+        y0, x0, y1, x1 = self.window
+        out[y0:y1, x0:x1] = self.mask_window
+        return out
+
+    @property
+    def phi(self) -> np.ndarray:
+        """`(H, W)` float32 level set, `inference.BACKGROUND_PHI` off the box."""
+        out = np.full(self.image_shape, inference.BACKGROUND_PHI, np.float32)
+        y0, x0, y1, x1 = self.window
+        out[y0:y1, x0:x1] = self.phi_window
+        return out
+
+    @property
+    def baseline_mask(self) -> np.ndarray:
+        """`(H, W)` bool, the filled four-point polygon (`targets.polygon_mask`)."""
+        return targets.polygon_mask(self.points, self.image_shape)
+
     def summary(self) -> dict:
         """JSON-ready facts (no arrays)."""
+        _, poly = targets.polygon_mask_window(self.points, self.image_shape)
         return {
             "object": self.index + 1,
             "class": self.class_name,
             "points": [[float(x), float(y)] for x, y in self.points],
-            "box": {k: int(v) for k, v in zip(("y0", "x0", "y1", "x1"), self.box)},
+            "box": {k: int(v) for k, v in zip(("y0", "x0", "y1", "x1"), self.box, strict=True)},
             "area_px": int(self.area_px),
             "area_mm2": None if self.area_mm2 is None else float(self.area_mm2),
-            "baseline_area_px": int(self.baseline_mask.sum()),
+            "baseline_area_px": int(poly.sum()),
+            "warnings": list(self.warnings),
         }
 
 
 @dataclasses.dataclass
 class Segmentation:
-    """All objects of one image; `timings` in seconds (`compiled`: this call compiled)."""
+    """All objects of one image; `timings` in seconds (`compiled`: this call compiled).
+
+    `threshold` / `threshold_source`: the mask threshold and where it came from;
+    `intensity`: how the image was mapped to the model's input (`prepare_image`).
+    """
 
     objects: list[ObjectResult]
     image_shape: tuple[int, int]
     spacing: tuple[float, float] | None
     threshold: float
+    threshold_source: str
+    intensity: dict
     timings: dict
 
     def label_map(self, dtype=None) -> np.ndarray:
@@ -259,104 +338,24 @@ class Segmentation:
         dtype = dtype or (np.uint8 if n < 256 else np.uint16)
         out = np.zeros(self.image_shape, dtype)
         for o in self.objects:
-            out[o.mask] = o.index + 1
+            y0, x0, y1, x1 = o.window
+            out[y0:y1, x0:x1][o.mask_window] = o.index + 1
         return out
 
 
 # ----------------------------------------------------------------- the model
 
 
-def _shapes(tree) -> dict:
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {jax.tree_util.keystr(p): tuple(np.shape(x)) for p, x in flat}
-
-
-def check_variables(model, variables, resolution: int, where: str = "checkpoint") -> None:
-    """Raises CheckpointMismatchError when `variables` do not fit `model`."""
-    expected = jax.eval_shape(lambda: model.init_variables(jax.random.key(0), resolution))
-    for col in ("params", "batch_stats"):
-        want, got = _shapes(expected.get(col, {})), _shapes(variables.get(col, {}))
-        missing = sorted(set(want) - set(got))
-        extra = sorted(set(got) - set(want))
-        if missing or extra:
-            what = (
-                f"model expects {col}{missing[0]} which the {where} lacks"
-                if missing
-                else f"{where} has {col}{extra[0]} which the model lacks"
-            )
-            raise CheckpointMismatchError(
-                f"{where} does not match the model built from its config: {what} "
-                f"({len(missing)} missing, {len(extra)} unexpected arrays)"
-            )
-        for k in want:
-            if want[k] != got[k]:
-                raise CheckpointMismatchError(
-                    f"{where} does not match the model built from its config: {col}{k} has shape "
-                    f"{got[k]} in the checkpoint, the model expects {want[k]}"
-                )
-
-
-def load_model(workdir: str, step: int | None = None):
-    """`(config, variables, step)` of a checkpoint of `workdir` (default: the latest).
-
-    Raises FileNotFoundError (no checkpoint), `config.ConfigError` (a saved config that
-    does not validate), CheckpointMismatchError (arrays that do not fit the model).
-    """
-    import ml_collections
-
-    from dlset_jax import checkpoint as ckpt_lib
-    from dlset_jax import config as config_lib
-
-    ckdir = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(ckdir):
-        raise FileNotFoundError(
-            f"no checkpoints under {workdir!r} (expected {ckdir}/): train "
-            "first (python train.py --workdir ...)"
-        )
-    checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
-    try:
-        latest = checkpointer.latest_step()
-        if latest is None:
-            raise FileNotFoundError(f"no finished checkpoint in {ckdir}")
-        step = latest if step is None else int(step)
-        if step not in checkpointer.all_steps():
-            raise FileNotFoundError(
-                f"no checkpoint for step {step} in {ckdir} (available: {checkpointer.all_steps()})"
-            )
-        try:
-            raw = checkpointer.restore_config(step)
-        except Exception as e:  # orbax raises several types for a damaged item
-            raise FileNotFoundError(
-                f"checkpoint {step} in {ckdir} has no readable config ({type(e).__name__})"
-            ) from e
-        config = ml_collections.ConfigDict(raw)
-        try:
-            config_lib.validate(config)
-        except config_lib.ConfigError as e:
-            raise config_lib.ConfigError(
-                f"config saved with checkpoint {step} in {ckdir}: {e}"
-            ) from e
-        try:
-            variables = checkpointer.restore_variables(step)
-        except Exception as e:
-            raise CheckpointMismatchError(
-                f"cannot restore the arrays of checkpoint {step} in "
-                f"{ckdir} ({type(e).__name__}: {str(e)[:200]})"
-            ) from e
-    finally:
-        checkpointer.close()
-    return config, variables, step
-
-
 class Segmenter:
     """A trained model ready to segment images from extreme points.
 
     Args:
-      config: the training config (ml_collections.ConfigDict), e.g. from `load_model`.
+      config: the training config (ml_collections.ConfigDict).
       variables: `{"params", "batch_stats"}`.
       bucket_size: the batch is padded to this many objects (doubled while more are
         given), so calls with different numbers of objects share one compilation.
-      threshold: mask = `phi <= threshold`; default `config.levelset.threshold`.
+      threshold: mask = `phi <= threshold`; default `config.levelset.threshold`
+        (`from_workdir` passes the run's choice).
       check: verify that `variables` fit the model of `config`.
     """
 
@@ -367,61 +366,77 @@ class Segmenter:
         *,
         bucket_size: int = 8,
         threshold: float | None = None,
+        threshold_source: str | None = None,
         check: bool = True,
         step: int | None = None,
         workdir: str | None = None,
     ):
-        from dlset_jax import models
-
         if bucket_size < 1:
             raise ValueError(f"bucket_size must be >= 1, got {bucket_size}")
         self.config = config
         self.model = models.create_model(config.model)
         self.resolution = int(config.data.resolution)
         if check:
-            check_variables(self.model, variables, self.resolution)
+            checkpoint.check_variables(self.model, variables, self.resolution)
         self.variables = jax.device_put(jax.tree.map(np.asarray, variables))
         self.bucket_size = int(bucket_size)
-        self.threshold = float(config.levelset.threshold if threshold is None else threshold)
+        if threshold is None:
+            threshold = config.levelset.threshold
+            threshold_source = threshold_source or "config levelset.threshold"
+        self.threshold = float(threshold)
+        self.threshold_source = threshold_source or "given"
+        self.image_kinds = tuple(config.data.image_kinds)
         self.step = step
         self.workdir = workdir
         self.trace_count = 0  # how many times the batched prediction was traced (= compiled)
         self._fn = jax.jit(self._predict)
 
     @classmethod
-    def from_workdir(cls, workdir: str, step: int | None = None, **kwargs) -> Segmenter:
-        """Restores a checkpoint of a training workdir (default: the latest) with its config."""
-        config, variables, step = load_model(workdir, step)
-        return cls(config, variables, step=step, workdir=workdir, **kwargs)
+    def from_workdir(
+        cls, workdir: str, step: int | None = None, threshold: float | None = None, **kwargs
+    ) -> Segmenter:
+        """A checkpoint of a training workdir (default: the latest) with its config and
+        the run's threshold (`checkpoint.load`), unless `threshold` is given."""
+        run = checkpoint.load(workdir, step)
+        source = run.threshold_source if threshold is None else "given"
+        return cls(
+            run.config,
+            run.variables,
+            step=run.step,
+            workdir=workdir,
+            threshold=run.threshold if threshold is None else threshold,
+            threshold_source=source,
+            check=False,  # checkpoint.load checked them
+            **kwargs,
+        )
 
-    def _predict(self, variables, image, guidance):
+    @property
+    def takes_corrections(self) -> bool:
+        """Whether the model takes corrective clicks beyond the four (none does yet)."""
+        return False
+
+    def _predict(self, variables, image, points):
         # Always with the trajectory (T+1 small crops per object): one compiled program
         # serves calls with and without `return_trajectory`.
         self.trace_count += 1  # Python side effect: runs only while tracing
-        return evaluate.predict_crops(
-            variables, image, guidance, model=self.model, config=self.config, return_trajectory=True
+        return inference.predict_crops(
+            variables, image, points, model=self.model, config=self.config, return_trajectory=True
         )
 
-    # ---- preprocessing (the pipeline's evaluation path)
-
     def preprocess(self, image, points) -> dict:
-        """One object's network inputs: the pipeline's eval preprocessing.
+        """One object's network inputs (`targets.crop_inputs`, as in training).
 
-        `image` must already be in [0, 255] (`image_to_uint8_range`), `points` checked.
-        Returns `image` (R, R, 3) normalised crop, `guidance` (R, R, 1), `box`, `crop_points`.
+        `image` must already be prepared (`prepare_image`), `points` checked.
+        Returns `image` (R, R, 3) normalised crop, `points` (4, 2) crop px, `box`.
         """
-        d, r = self.config.data, self.resolution
-        box = targets.crop_box(points, image.shape, relax=int(d.relax))
-        crop = targets.crop_and_resize(image, box, r, order=1)
-        cpts = targets.points_to_crop(points, box, r)
-        return {
-            "image": pipeline.normalize_image(crop),
-            "guidance": pipeline.guidance_channel_np(
-                cpts, r, r, d.guidance, float(d.sigma), d.cm_variant
-            ),
-            "box": np.asarray(box, np.int64),
-            "crop_points": cpts,
-        }
+        d = self.config.data
+        return targets.crop_inputs(
+            image,
+            points,
+            relax=int(d.relax),
+            relax_fraction=float(d.relax_fraction),
+            resolution=self.resolution,
+        )
 
     # ---- the call
 
@@ -439,8 +454,8 @@ class Segmenter:
         """Segments the objects of one image from their four extreme points each.
 
         Args:
-          image: `(H, W)` grey or `(H, W, 3)` RGB (`(H, W, 1)`, RGBA accepted), uint8 or
-            any real dtype (see the module doc for the intensity mapping).
+          image: `(H, W)` grey or `(H, W, 3)` RGB, integer or float (the module doc
+            says how channels and intensities are taken).
           points_list: one `(4, 2)` array of `(x, y)` per object (left, right, top,
             bottom), or a single `(4, 2)` array for one object.
           spacing: pixel size `(row_mm, col_mm)`, or one number for square pixels; gives
@@ -448,13 +463,13 @@ class Segmenter:
           classes: optional class name per object (kept in the results).
           return_trajectory: keep the `(T+1, R, R)` evolution of each object.
           return_network_outputs: keep the crop-level network inputs and outputs.
-          reorder: order points given in another order (when unambiguous).
+          reorder: the points of each object are unordered (see `check_points`).
 
         Returns:
           Segmentation with one ObjectResult per object, in the order given.
         """
         t0 = time.perf_counter()
-        img = image_to_uint8_range(image)
+        img, facts = prepare_image(image, self.image_kinds)
         h, w = img.shape[:2]
         try:
             single = np.asarray(points_list, dtype=np.float64).shape == (4, 2)
@@ -473,14 +488,14 @@ class Segmenter:
         checked = [
             check_points(p, (h, w), obj=k, reorder=reorder) for k, p in enumerate(points_list)
         ]
-        items = [self.preprocess(img, p) for p in checked]
+        items = [self.preprocess(img, p) for p, _ in checked]
         size = _bucket(n, self.bucket_size)
         pad = [items[0]] * (size - n)
         batch_img = np.stack([it["image"] for it in items + pad])
-        batch_gd = np.stack([it["guidance"] for it in items + pad])
+        batch_pts = np.stack([it["points"] for it in items + pad])
         t1 = time.perf_counter()
         traces = self.trace_count
-        out = self._fn(self.variables, batch_img, batch_gd)
+        out = self._fn(self.variables, batch_img, batch_pts)
         keys = (
             ["phi_t"]
             + (["trajectory"] if return_trajectory else [])
@@ -491,30 +506,30 @@ class Segmenter:
             hostmem.release_freed_memory()
         t2 = time.perf_counter()
         results = []
-        for k, (p, it) in enumerate(zip(checked, items)):
-            phi = targets.paste_back(
-                out["phi_t"][k, ..., 0], it["box"], (h, w), background=evaluate.BACKGROUND_PHI
-            )
-            mask = phi <= self.threshold
-            area = int(mask.sum())
+        for k, ((p, warns), it) in enumerate(zip(checked, items, strict=True)):
+            window, phi_win = targets.paste_back_window(out["phi_t"][k, ..., 0], it["box"], (h, w))
+            area = int((phi_win <= self.threshold).sum())
             res = ObjectResult(
                 index=k,
                 class_name=classes[k],
                 points=p,
-                box=it["box"],
-                mask=mask,
-                phi=phi,
-                baseline_mask=targets.polygon_mask(p, (h, w)),
+                box=np.asarray(it["box"], np.int64),
+                image_shape=(h, w),
+                window=window,
+                phi_window=phi_win,
+                threshold=self.threshold,
                 area_px=area,
                 area_mm2=None if sp is None else area * sp[0] * sp[1],
-                crop_points=it["crop_points"],
+                crop_points=it["points"],
+                warnings=list(warns) + ([] if area else ["the mask is empty"]),
             )
             if return_trajectory:
                 res.trajectory = np.asarray(out["trajectory"][:, k, ..., 0])
             if return_network_outputs:
+                guid = inference.guidance_map(it["points"], self.resolution, self.config)
                 res.network = {
                     "image": it["image"],
-                    "guidance": it["guidance"][..., 0],
+                    "guidance": guid,
                     "phi0": out["phi0"][k, ..., 0],
                     "motion": out["motion"][k],
                     "g": out["g"][k, ..., 0],
@@ -536,6 +551,8 @@ class Segmenter:
             image_shape=(h, w),
             spacing=sp,
             threshold=self.threshold,
+            threshold_source=self.threshold_source,
+            intensity=facts,
             timings=timings,
         )
 
@@ -557,7 +574,7 @@ def _as_spacing(spacing):
 
 
 def score_objects(segmentation: Segmentation, gt_masks: Sequence[np.ndarray]) -> list[dict]:
-    """The evaluation's metrics (`evaluate.score_object`) of each object against its mask.
+    """The evaluation's metrics (`metrics.score_object`) of each object against its mask.
 
     Distances are in mm when the segmentation has a spacing, else in px. Each record
     also has `baseline_dsc` (the four-point polygon) and the object's class.
@@ -578,7 +595,7 @@ def score_objects(segmentation: Segmentation, gt_masks: Sequence[np.ndarray]) ->
         gt = gt != 0 if gt.dtype != bool else gt
         if not gt.any():
             raise ValueError(f"object {o.index}: empty ground-truth mask")
-        rec = evaluate.score_object(o.phi, gt, o.points, sp, segmentation.threshold)
+        rec = metrics.score_object(o.phi, gt, o.points, sp, segmentation.threshold)
         rec = {k: v for k, v in rec.items() if not k.startswith("bf_curve_")}
         rec.update(
             object=o.index + 1,
@@ -622,7 +639,7 @@ def overlay_image(
     from PIL import Image, ImageDraw, ImageFont
     from scipy import ndimage
 
-    img = image_to_uint8_range(image)
+    img, _ = prepare_image(image)
     img = np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img
     h, w = img.shape[:2]
     s = int(min(max_scale, max(1, math.ceil(min_size / max(h, w)))))

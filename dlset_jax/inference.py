@@ -1,0 +1,127 @@
+"""Crops + clicks -> level sets: the network, the evolution, and the way back to the image.
+
+The one path from a crop and its four clicks to a level set, shared by the training
+step (`train_lib`), the evaluation (`evaluate`) and prediction (`segmenter`):
+
+  `targets.crop_inputs` (host: crop around the clicks, normalise)
+  -> `model_inputs` (device: image + guidance channel from the crop's points)
+  -> the network -> `evolve` (T steps of `levelset.evolve` from phi0)
+  -> `paste_back` (host: the crop's level set into the full image).
+
+`predict_crops` is the pure, jit-able middle part. Config fields read here:
+`data.guidance`, `data.sigma`, `data.cm_variant`, `data.dt_max` and `levelset.*`.
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dlset_jax import guidance, levelset, targets
+
+# Level set value outside the crop box (positive = outside; the authors' 20).
+BACKGROUND_PHI = 20.0
+
+
+def evolution_kwargs(config) -> dict:
+    """`levelset.evolve`'s parameters from the config (their one home)."""
+    ls = config.levelset
+    return dict(
+        steps=int(ls.steps),
+        timestep=float(ls.timestep),
+        dirac_ratio=float(ls.dirac_ratio),
+        dt_max=float(config.data.dt_max),
+        corners=str(ls.corners),
+    )
+
+
+def model_inputs(image: jax.Array, points: jax.Array, config) -> jax.Array:
+    """The network input: normalised crops and the guidance channel / 255.
+
+    Args:
+      image: `(B, R, R, 3)` normalised crops (`targets.crop_inputs`).
+      points: `(B, 4, 2)` `(x, y)` crop px, order left, right, top, bottom.
+
+    Returns:
+      `(B, R, R, 4)` float32.
+    """
+    chex.assert_rank(image, 4)
+    chex.assert_shape(points, (image.shape[0], 4, 2))
+    d = config.data
+    g = guidance.guidance_channel(
+        points,
+        image.shape[1],
+        image.shape[2],
+        mode=d.guidance,
+        sigma=float(d.sigma),
+        cm_variant=d.cm_variant,
+    )
+    return jnp.concatenate([image, g / 255.0], axis=-1)
+
+
+def evolve(phi_init: jax.Array, outputs: dict, config, *, return_trajectory: bool = False):
+    """T evolution steps from `phi_init` under the network's motion field and `g`.
+
+    Args:
+      phi_init: `(B, R, R, 1)` px, negative inside (phi0, or the SDT in warm-up).
+      outputs: the network's dict (`motion` `(B, R, R, 2)`, `g` `(B, R, R, 1)`).
+
+    Returns:
+      `phi_T`, or `(phi_T, trajectory)` (see `levelset.evolve`).
+    """
+    return levelset.evolve(
+        phi_init,
+        outputs["motion"],
+        outputs["g"],
+        return_trajectory=return_trajectory,
+        **evolution_kwargs(config),
+    )
+
+
+def predict_crops(variables, image, points, *, model, config, return_trajectory: bool = False):
+    """Network (eval mode) + evolution on crops. Pure; jit it.
+
+    Args:
+      variables: `{"params", "batch_stats"}`.
+      image: `(B, R, R, 3)` normalised crops; points: `(B, 4, 2)` crop px.
+
+    Returns:
+      the network's dict plus `phi_t` `(B, R, R, 1)` (and `trajectory`
+      `(T+1, B, R, R, 1)` when asked).
+    """
+    out = model.apply(variables, model_inputs(image, points, config), train=False)
+    res = evolve(out["phi0"], out, config, return_trajectory=return_trajectory)
+    if return_trajectory:
+        out["phi_t"], out["trajectory"] = res
+    else:
+        out["phi_t"] = res
+    return out
+
+
+def paste_back(phi_crop: np.ndarray, box, image_shape) -> np.ndarray:
+    """`(R, R)` crop level set -> `(H, W)` float32 in the image, `BACKGROUND_PHI` off the box."""
+    return targets.paste_back(phi_crop, box, image_shape, background=BACKGROUND_PHI)
+
+
+def crop_to_image_points(points_crop, box, resolution: int) -> np.ndarray:
+    """`(N, 2)` `(x, y)` crop px -> image px (inverse of `targets.points_to_crop`)."""
+    y0, x0, y1, x1 = (int(v) for v in box)
+    x = targets.crop_to_image_coords(np.asarray(points_crop)[:, 0], x0, x1 - x0, resolution)
+    y = targets.crop_to_image_coords(np.asarray(points_crop)[:, 1], y0, y1 - y0, resolution)
+    return np.stack([x, y], -1)
+
+
+def guidance_map(points, resolution: int, config) -> np.ndarray:
+    """The guidance channel of one crop on the host, `(R, R)` in [0, 510] (for pictures)."""
+    d = config.data
+    g = guidance.guidance_channel(
+        jnp.asarray(points, jnp.float32),
+        resolution,
+        resolution,
+        mode=d.guidance,
+        sigma=float(d.sigma),
+        cm_variant=d.cm_variant,
+    )
+    return np.asarray(g)[..., 0]

@@ -1,0 +1,420 @@
+"""File readers: images, volumes, DICOM, click files, and label map -> objects.
+
+Every error is a `DataError` that names the file. Plain numpy / PIL / nibabel /
+pydicom (no TensorFlow, no data sets): the data set builders, prediction and the
+command line all read files through these.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = [
+    "DataError",
+    "IMAGE_SUFFIXES",
+    "VOLUME_SUFFIXES",
+    "read_image",
+    "read_mask",
+    "read_volume",
+    "read_dicom",
+    "volume_slice",
+    "slice_spacing",
+    "parse_points",
+    "read_points_file",
+    "strip_suffix",
+    "intensity_to_uint8",
+    "ObjectStats",
+    "objects_from_label_map",
+]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the offending file."""
+
+
+def strip_suffix(name: str, suffixes: Sequence[str]) -> str | None:
+    """``name`` without its (case-insensitive) suffix, or None if it has none of them."""
+    low = name.lower()
+    for s in sorted(suffixes, key=len, reverse=True):
+        if low.endswith(s):
+            return name[: -len(s)]
+    return None
+
+
+def _check_finite(arr: np.ndarray, path) -> None:
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        n = int((~np.isfinite(arr)).sum())
+        raise DataError(f"{path}: {n} NaN/inf intensities")
+
+
+def read_image(path, *, channels: int | None = None, page: int | None = None) -> np.ndarray:
+    """Read a 2-D image as ``(H, W, C)``: uint8 kept, other types returned as float32.
+
+    ``channels``: 1 (converted to grey), 3 (converted to RGB) or None (kept:
+    grey -> C=1, RGB -> 3; an alpha channel the file declares is dropped).
+    ``page``: which page of a multi-page file (TIFF); a multi-page file without
+    ``page`` is an error (which page was meant cannot be guessed).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            n_pages = int(getattr(im, "n_frames", 1) or 1)
+            if page is None and n_pages > 1:
+                raise DataError(
+                    f"{path}: a file of {n_pages} pages; say which one (page=0..{n_pages - 1}, "
+                    "--page on the command line)"
+                )
+            if page is not None:
+                if not 0 <= page < n_pages:
+                    raise DataError(f"{path}: page {page} out of range (0..{n_pages - 1})")
+                im.seek(page)
+            im.load()
+            if channels == 1:
+                im = im.convert("L") if im.mode not in ("L", "I", "I;16", "F") else im
+            elif channels == 3 or im.mode in ("RGBA", "P", "LA", "CMYK", "YCbCr"):
+                im = im.convert("RGB")
+            arr = np.asarray(im)
+    except DataError:
+        raise
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise DataError(f"{path}: cannot read image ({e})") from e
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[0] < 2 or arr.shape[1] < 2:
+        raise DataError(f"{path}: expected a 2-D image, got array of shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        arr = arr.astype(np.float32)
+        _check_finite(arr, path)
+    return arr
+
+
+def read_mask(path) -> np.ndarray:
+    """Read a 2-D mask or label map as ``(H, W)`` (first channel of a colour file)."""
+    arr = read_image(path)
+    if arr.shape[-1] > 1 and not (arr == arr[..., :1]).all():
+        raise DataError(f"{path}: label map has differing colour channels; save it as a grey image")
+    out = arr[..., 0]
+    if np.issubdtype(out.dtype, np.floating):
+        if not np.all(out == np.round(out)):
+            raise DataError(f"{path}: label map has non-integer values")
+        out = out.astype(np.int64)
+    return out
+
+
+def read_volume(path) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Read a volume (NIfTI via nibabel; NRRD/MHA/MHD via SimpleITK when installed).
+
+    Returns ``(array, voxel_size)`` in the file's array order (NIfTI: i, j, k),
+    voxel sizes in mm. NaN/inf intensities raise :class:`DataError`.
+    """
+    path = os.fspath(path)
+    low = path.lower()
+    if low.endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        try:
+            img = nib.load(path)
+            arr = np.asarray(img.dataobj)
+            zooms = tuple(float(z) for z in img.header.get_zooms()[: arr.ndim])
+        except Exception as e:  # nibabel raises several types for bad files
+            raise DataError(f"{path}: cannot read NIfTI volume ({type(e).__name__}: {e})") from e
+    elif low.endswith((".mha", ".mhd", ".nrrd")):
+        try:
+            import SimpleITK as sitk  # optional
+        except ImportError as e:
+            raise DataError(
+                f"{path}: reading {os.path.splitext(low)[1]} needs SimpleITK (pip install SimpleITK)"
+            ) from e
+        try:
+            img = sitk.ReadImage(path)
+            arr = sitk.GetArrayFromImage(img)  # (z, y, x): reverse to (x, y, z) like NIfTI
+            arr = np.transpose(arr, tuple(range(arr.ndim))[::-1])
+            zooms = tuple(float(z) for z in img.GetSpacing())
+        except Exception as e:
+            raise DataError(f"{path}: cannot read volume ({type(e).__name__}: {e})") from e
+    else:
+        raise DataError(f"{path}: unknown volume format (expected one of {VOLUME_SUFFIXES})")
+    if arr.ndim < 3:
+        raise DataError(f"{path}: expected a 3-D volume, got shape {arr.shape}")
+    _check_finite(arr, path)
+    return arr, zooms
+
+
+def intensity_to_uint8(arr: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> np.ndarray:
+    """Map intensities to uint8 by clipping at the given percentiles (of the whole array)."""
+    arr = np.asarray(arr, dtype=np.float32)
+    lo, hi = np.percentile(arr, [low_pct, high_pct])
+    if hi <= lo:
+        hi = lo + 1.0
+    return np.clip(np.round((arr - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+
+
+@dataclasses.dataclass
+class ObjectStats:
+    """What happened to candidate objects while a split was generated."""
+
+    kept: int = 0
+    dropped_small: int = 0  # connected components / classes below min_area
+    dropped_components: int = 0  # extra components discarded by largest_only
+    images_without_objects: int = 0
+
+    def add(self, other: ObjectStats) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def objects_from_label_map(
+    label: np.ndarray,
+    class_values: Mapping[str, Sequence[int]] | Sequence[tuple[str, Sequence[int]]],
+    *,
+    min_area: int = 0,
+    components: str = "largest",
+) -> tuple[np.ndarray, np.ndarray, ObjectStats]:
+    """Objects of a 2-D label map.
+
+    Args:
+      label: ``(H, W)`` integer label map.
+      class_values: ordered ``class name -> label values``; class ``k`` (the
+        k-th entry) is the union of its values, so nested structures are
+        expressed by overlapping value sets (REFUGE: disc = {0, 128},
+        cup = {0}; prostate zones: gland = {1, 2}).
+      min_area: objects with fewer pixels are dropped (counted).
+      components: "largest" (largest 8-connected component per class), "all"
+        (every component is its own object) or "union" (the whole class mask
+        is one object).
+
+    Returns:
+      ``masks`` (N, H, W) uint8, ``classes`` (N,) int32, :class:`ObjectStats`.
+    """
+    if components not in ("largest", "all", "union"):
+        raise ValueError(f"components must be 'largest', 'all' or 'union', got {components!r}")
+    items = list(class_values.items()) if isinstance(class_values, Mapping) else list(class_values)
+    stats = ObjectStats()
+    masks, classes = [], []
+    eight = np.ones((3, 3), bool)
+    for k, (_, values) in enumerate(items):
+        m = np.isin(label, np.asarray(list(values)))
+        if not m.any():
+            continue
+        if components == "union":
+            comps = [m]
+        else:
+            lab, n = ndimage.label(m, structure=eight)
+            sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+            order = np.argsort(-sizes, kind="stable")
+            if components == "largest":
+                stats.dropped_components += n - 1
+                order = order[:1]
+            comps = [lab == (i + 1) for i in order]
+        for c in comps:
+            if int(c.sum()) < max(int(min_area), 1):
+                stats.dropped_small += 1
+                continue
+            masks.append(c.astype(np.uint8))
+            classes.append(k)
+    stats.kept = len(masks)
+    if not masks:
+        stats.images_without_objects = 1
+        return np.zeros((0,) + label.shape, np.uint8), np.zeros((0,), np.int32), stats
+    return np.stack(masks), np.asarray(classes, np.int32), stats
+
+
+# ------------------------------------------------------------ volumes and DICOM
+
+
+def volume_slice(vol, axis, index, rot90):
+    """Slice `index` along `axis` as the training data's builder shows it."""
+    s = np.moveaxis(vol, axis, 0)[index]
+    return np.ascontiguousarray(np.rot90(s) if rot90 else s)
+
+
+def slice_spacing(zooms, axis, rot90):
+    in_plane = [zooms[a] for a in range(3) if a != axis]
+    return (in_plane[1], in_plane[0]) if rot90 else (in_plane[0], in_plane[1])
+
+
+def read_dicom(path: str) -> dict:
+    try:
+        import pydicom
+    except ImportError as e:
+        raise DataError(f"{path}: reading DICOM needs pydicom (pip install pydicom)") from e
+    try:
+        ds = pydicom.dcmread(path)
+        arr = ds.pixel_array
+    except Exception as e:  # pydicom raises many types for bad or compressed files
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{path}: cannot read DICOM pixels ({type(e).__name__}: {msg})") from e
+    arr = np.asarray(arr)
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    is_rgb = arr.shape[-1] == 3 and photometric not in ("MONOCHROME1", "MONOCHROME2")
+    if not is_rgb:
+        arr = arr.astype(np.float32) * float(getattr(ds, "RescaleSlope", 1) or 1) + float(
+            getattr(ds, "RescaleIntercept", 0) or 0
+        )
+        if photometric == "MONOCHROME1":
+            arr = arr.max() - arr
+    sp = getattr(ds, "PixelSpacing", None) or getattr(ds, "ImagerPixelSpacing", None)
+    spacing = (float(sp[0]), float(sp[1])) if sp is not None and len(sp) == 2 else None
+    intensity = None
+    window = _dicom_window(ds)
+    if not is_rgb and window is not None:
+        # The file's own display window: the mapping its modality intends, the same
+        # for every slice of a series (a per-slice percentile stretch is not).
+        lo, hi = window
+        arr = np.clip(np.round((arr - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+        intensity = f"DICOM window [{lo:g}, {hi:g}]"
+    if frames > 1:
+        vol8 = arr if arr.dtype == np.uint8 else intensity_to_uint8(arr)
+        intensity = intensity or "clipped at the 0.5 / 99.5 percentiles of all frames"
+        return {
+            "kind": "dicom",
+            "frames": vol8,
+            "n_frames": frames,
+            "spacing": spacing,
+            "intensity": intensity,
+        }
+    return {"kind": "dicom", "image": arr, "spacing": spacing, "intensity": intensity}
+
+
+def _dicom_window(ds):
+    """(low, high) of the first window (WindowCenter / WindowWidth), or None."""
+
+    def first(v):
+        try:
+            return float(v[0]) if hasattr(v, "__len__") and not isinstance(v, str) else float(v)
+        except (TypeError, ValueError, IndexError):
+            return None
+
+    c = first(getattr(ds, "WindowCenter", None))
+    w = first(getattr(ds, "WindowWidth", None))
+    if c is None or w is None or not w > 1:
+        return None
+    return c - w / 2.0, c + w / 2.0
+
+
+# ------------------------------------------------------------ click files
+
+
+def parse_points(text: str, what: str) -> np.ndarray:
+    """'x1,y1 x2,y2 x3,y3 x4,y4' -> (4, 2)."""
+    parts = text.replace(";", " ").split()
+    try:
+        pts = np.array([[float(v) for v in part.split(",")] for part in parts], np.float64)
+    except ValueError:
+        pts = None
+    if pts is None or pts.shape != (4, 2):
+        raise DataError(
+            f"{what}: expected four x,y pairs (left right top bottom) like "
+            f'"31,60 97,58 62,24 66,95", got {text!r}'
+        )
+    return pts
+
+
+def read_points_file(path: str) -> list[dict]:
+    """Objects of a CSV / JSON / JSON Lines file: dicts with points, class, slice, label."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read points file ({e})") from e
+    if path.lower().endswith(".csv"):
+        return _points_from_csv(text, path)
+    try:
+        data = json.loads(text)
+        rows = data.get("objects") if isinstance(data, dict) else data
+        if isinstance(data, dict) and rows is None:
+            rows = [data]
+    except json.JSONDecodeError:
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}: line {n} is not JSON ({e.msg})") from e
+    if not isinstance(rows, list):
+        raise DataError(f"{path}: expected a list of objects")
+    out = []
+    for n, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or "points" not in row:
+            raise DataError(f"{path}: object {n} needs a 'points' entry [[x, y] x 4]")
+        try:
+            pts = np.asarray(row["points"], np.float64)
+        except (TypeError, ValueError):
+            pts = np.zeros(0)
+        if pts.shape != (4, 2):
+            raise DataError(
+                f"{path}: object {n}: 'points' must be four [x, y] pairs (left, right, "
+                f"top, bottom), got {row['points']!r}"
+            )
+        out.append(_click_row(pts, row, path, n))
+    return _nonempty(out, path)
+
+
+def _click_row(points, row, path, n) -> dict:
+    """One object of a click file: its points and optional class, slice, label."""
+    return {
+        "points": points,
+        "class": _opt_str(row.get("class")),
+        "slice": _opt_int(row.get("slice"), path, n, "slice"),
+        "label": _opt_int(row.get("label"), path, n, "label"),
+    }
+
+
+def _nonempty(objects, path):
+    if not objects:
+        raise DataError(f"{path}: no objects")
+    return objects
+
+
+def _opt_str(v):
+    return None if v is None or v == "" else str(v)
+
+
+def _opt_int(v, path, n, name):
+    if v is None or v == "":
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        f = float("nan")
+    if not np.isfinite(f) or f != int(f):
+        raise DataError(f"{path}: object {n}: {name} must be an integer, got {v!r}")
+    return int(f)
+
+
+def _points_from_csv(text, path):
+    cols = [f"{c}{i}" for i in range(1, 5) for c in "xy"]
+    reader = csv.DictReader(io.StringIO(text))
+    fields = [f.strip() for f in (reader.fieldnames or [])]
+    missing = [c for c in cols if c not in fields]
+    if missing:
+        raise DataError(
+            f"{path}: CSV header must name the columns {','.join(cols)} (plus optional "
+            f"class, slice, label); missing {','.join(missing)}"
+        )
+    out = []
+    for n, row in enumerate(reader, 1):
+        row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+        try:
+            vals = [float(row[c]) for c in cols]
+        except ValueError:
+            raise DataError(f"{path}: line {n + 1}: point coordinates must be numbers") from None
+        out.append(_click_row(np.asarray(vals, np.float64).reshape(4, 2), row, path, n))
+    return _nonempty(out, path)

@@ -1,0 +1,177 @@
+"""The real-image benchmark: Colin27 T1 + AAL deep grey test slabs, through `Segmenter`.
+
+A check anyone can run (`apt-get install mricron-data`) of what a user gets on a real
+MR image the model was not trained on: every object of the `colin27_aal/deep_grey`
+TEST split (axial slices 63-70 of the Colin27 T1, 60 objects of 10 structures), each
+segmented the way a user would, through `Segmenter.segment` on the whole slice, from
+
+  * its exact extreme points, and
+  * the same points jittered by up to +-2 px per coordinate (a person's clicks),
+
+and scored against the AAL label and against the four-point polygon through the SAME
+clicks. No slice of these slabs (of any atlas on this brain) is training data of the
+built-in sets (`data/domain_random.py` excludes them).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from dlset_jax import files, metrics, targets
+from dlset_jax.data import pipeline
+
+JITTERS = (0, 2)
+REPORT_KEYS = ("dsc", "baseline_dsc", "hd95", "rvd")
+
+
+def available(template_dir: str | None = None) -> bool:
+    """Whether the Colin27 + AAL files are installed (Debian's mricron-data)."""
+    from dlset_jax.data import builders
+
+    d = template_dir or builders.AAL_TEMPLATE_DIR
+    return all(os.path.exists(os.path.join(d, f)) for f in ("ch2.nii.gz", "aal.nii.gz"))
+
+
+def test_objects(data_dir: str, split: str = "test") -> list[dict]:
+    """The benchmark's objects: `image` (H, W) uint8 slice, `mask`, `class`, `spacing`, `id`."""
+    source = pipeline.load_source("colin27_aal/deep_grey", data_dir, split)
+    names = source.dataset_info.metadata["class_names"]
+    out = []
+    for r in range(len(source)):
+        rec = source[r]
+        image = np.asarray(rec["image"])[..., 0]
+        for k, m in enumerate(np.asarray(rec["masks"])):
+            if m.any():
+                out.append(
+                    {
+                        "image": image,
+                        "mask": m > 0,
+                        "class": names[int(rec["classes"][k])],
+                        "spacing": tuple(float(s) for s in rec["spacing"]),
+                        "id": f"{rec['id'].decode() if isinstance(rec['id'], bytes) else rec['id']}/{k}",
+                    }
+                )
+    return out
+
+
+def clicks(mask: np.ndarray, jitter: int, rng: np.random.Generator) -> np.ndarray:
+    """Exact extreme points, each coordinate moved by an integer in [-jitter, jitter]."""
+    pts = targets.extreme_points(mask)
+    if jitter:
+        pts = pts + rng.integers(-jitter, jitter + 1, size=pts.shape)
+        pts = np.clip(pts, 0, np.array([mask.shape[1] - 1, mask.shape[0] - 1]))
+    return pts.astype(np.float64)
+
+
+def run(segmenter, objects: list[dict], jitters=JITTERS, seed: int = 0) -> dict:
+    """Segments every object with each jitter; returns records and summaries per jitter."""
+    out = {}
+    for jitter in jitters:
+        rng = np.random.default_rng([seed, jitter])
+        records = []
+        for obj in objects:
+            pts = clicks(obj["mask"], jitter, rng)
+            res = segmenter.segment(obj["image"], [pts], spacing=obj["spacing"])
+            o = res.objects[0]
+            rec = metrics.object_metrics(o.mask, obj["mask"], spacing=obj["spacing"], tolerances=())
+            rec["baseline_dsc"] = metrics.dice(
+                targets.polygon_mask(o.points, obj["mask"].shape), obj["mask"]
+            )
+            rec.update({"class": obj["class"], "id": obj["id"], "points": o.points.tolist()})
+            records.append(rec)
+        out[jitter] = {"records": records, "summary": metrics.summarize(records)}
+    return out
+
+
+def table(result: dict) -> str:
+    """Markdown: per structure and overall, model vs polygon, for each jitter."""
+    jitters = sorted(result)
+    head = ["structure", "n"]
+    for j in jitters:
+        tag = "exact" if j == 0 else f"+-{j} px"
+        head += [f"DSC {tag}", f"polygon {tag}", f"HD95 mm {tag}", f"RVD % {tag}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    groups = sorted(result[jitters[0]]["summary"]["groups"])
+
+    def cells(summary):
+        row = []
+        for k in REPORT_KEYS:
+            m = summary[k]
+            scale = 100 if k in ("dsc", "baseline_dsc") else 1
+            row.append(f"{m['mean'] * scale:.1f} ± {m['std'] * scale:.1f}")
+        return row
+
+    for g in groups + ["all"]:
+        first = result[jitters[0]]["summary"]
+        s0 = first["overall"] if g == "all" else first["groups"][g]
+        row = [f"**{g}**" if g == "all" else g, str(s0["dsc"]["n"])]
+        for j in jitters:
+            s = result[j]["summary"]
+            row += cells(s["overall"] if g == "all" else s["groups"][g])
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def verdict(result: dict) -> list[str]:
+    """One line per jitter: mean DSC vs polygon, structures below the polygon."""
+    lines = []
+    for j in sorted(result):
+        s = result[j]["summary"]
+        below = [g for g, v in s["groups"].items() if v["dsc"]["mean"] <= v["baseline_dsc"]["mean"]]
+        o = s["overall"]
+        lines.append(
+            f"{'exact clicks' if j == 0 else f'clicks +-{j} px'}: DSC {o['dsc']['mean']:.3f} ± "
+            f"{o['dsc']['std']:.3f} vs polygon {o['baseline_dsc']['mean']:.3f} ± "
+            f"{o['baseline_dsc']['std']:.3f} ({o['dsc']['n']} objects), RVD "
+            f"{o['rvd']['mean']:+.1f} %; structures at or below the polygon: "
+            f"{', '.join(sorted(below)) or 'none'}"
+        )
+    return lines
+
+
+def worst_cases_figure(segmenter, objects, result, path: str, n: int = 6) -> None:
+    """The `n` objects with the lowest DSC (exact clicks): crop, truth, prediction, polygon."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    recs = result[min(result)]["records"]
+    order = np.argsort([r["dsc"] for r in recs])[:n]
+    fig = Figure(figsize=(2.4 * len(order), 2.8))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(order), squeeze=False)[0]
+    for ax, i in zip(axes, order, strict=True):
+        obj, rec = objects[i], recs[i]
+        pts = np.asarray(rec["points"])
+        res = segmenter.segment(obj["image"], [pts])
+        ys, xs = np.nonzero(obj["mask"])
+        y0, y1 = max(ys.min() - 8, 0), ys.max() + 9
+        x0, x1 = max(xs.min() - 8, 0), xs.max() + 9
+        ax.imshow(obj["image"][y0:y1, x0:x1], cmap="gray")
+        for m, col in (
+            (obj["mask"], "lime"),
+            (res.objects[0].mask, "red"),
+            (targets.polygon_mask(pts, obj["mask"].shape), "yellow"),
+        ):
+            ax.contour(m[y0:y1, x0:x1].astype(float), levels=[0.5], colors=col, linewidths=1)
+        ax.plot(pts[:, 0] - x0, pts[:, 1] - y0, "c.", ms=5)
+        ax.set_title(
+            f"{obj['class']}\nDSC {rec['dsc']:.2f} (poly {rec['baseline_dsc']:.2f})", fontsize=7
+        )
+        ax.axis("off")
+    fig.suptitle("worst cases, exact clicks: truth green, model red, polygon yellow", fontsize=8)
+    files.atomic_savefig(fig, path)
+
+
+def write(result: dict, outdir: str) -> None:
+    """`table.md` and `results.json` under `outdir`."""
+    import json
+
+    files.atomic_write_text(
+        os.path.join(outdir, "table.md"), table(result) + "\n" + "\n".join(verdict(result)) + "\n"
+    )
+    payload = {str(j): v for j, v in result.items()}
+    files.atomic_write_text(
+        os.path.join(outdir, "results.json"), json.dumps(payload, indent=1, default=float)
+    )

@@ -1,0 +1,410 @@
+"""Segment image files from clicks: read an image or volume and a click file, write results.
+
+What `predict.py` does, as a library function (`run(Request(...))`), so that the
+command line stays a thin absl entry point and the behaviour is testable in-process.
+
+Inputs: PNG/JPEG/TIFF/BMP (`page` for multi-page TIFF), NIfTI volumes (a slice index
+per object, along `axis`, rotated by 90 degrees like the training data unless
+`rot90=False`) and DICOM (a file's own display window where it has one). Points files:
+see `readers.read_points_file`.
+
+Outputs in `out_dir` (PREFIX = `prefix` or the input's name), written all or nothing
+(`files.atomic_write_files`):
+  PREFIX_mask.png         label map: 0 background, object k (1..N, given order) = k
+                          (PREFIX_mask.nii[.gz] for NIfTI input: the label volume, with
+                          the input's affine and header; slices without points are 0)
+  PREFIX_overlay.png      contours and clicks (PREFIX_overlay_sliceNNN.png per slice)
+  PREFIX_summary.json     boxes, areas (mm^2 where the pixel spacing is known), the
+                          threshold and where it came from, the intensity mapping,
+                          warnings about the clicks, timings, and with `ground_truth`
+                          the metrics of eval.py
+With `ground_truth` (a mask / label map image, or a label volume for NIfTI input), the
+ground truth of object k is: the label value in its points-file `label` column when
+given; else, for a mask with a single non-zero value, the connected component of the
+mask that overlaps the object's four-point polygon most; else label value k.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import io
+import json
+import os
+import time
+
+import numpy as np
+
+from dlset_jax import readers, segmenter
+from dlset_jax.files import atomic_write_files
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+_SEGMENTERS: dict = {}  # (workdir, step, bucket, threshold, mtime) -> Segmenter (in-process reuse)
+
+
+class RequestError(ValueError):
+    """A request that cannot be carried out; the message says why."""
+
+
+@dataclasses.dataclass
+class Request:
+    """One call of `predict.py` (the flags of the same names)."""
+
+    workdir: str
+    image: str
+    out_dir: str
+    points: list[str] = dataclasses.field(default_factory=list)
+    classes: list[str] = dataclasses.field(default_factory=list)
+    points_file: str | None = None
+    step: int | None = None
+    slice: int | None = None
+    page: int | None = None
+    axis: int = 2
+    rot90: bool = True
+    channel: int = 0
+    spacing: str | None = None
+    ground_truth: str | None = None
+    prefix: str | None = None
+    reorder: bool = False
+    threshold: float | None = None
+    bucket_size: int = 8
+
+
+def _input_kind(path: str) -> str:
+    low = path.lower()
+    if low.endswith(VOLUME_SUFFIXES):
+        return "nifti"
+    if low.endswith(IMAGE_SUFFIXES):
+        return "image"
+    if low.endswith(DICOM_SUFFIXES):
+        return "dicom"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError as e:
+        raise RequestError(f"{path}: cannot read ({e.strerror or e})") from e
+    if head[128:132] == b"DICM":
+        return "dicom"
+    raise RequestError(
+        f"{path}: unknown input format (expected an image {IMAGE_SUFFIXES}, a NIfTI "
+        f"volume {VOLUME_SUFFIXES} or a DICOM file)"
+    )
+
+
+def _stem(path: str) -> str:
+    name = os.path.basename(path)
+    return readers.strip_suffix(name, VOLUME_SUFFIXES + IMAGE_SUFFIXES + DICOM_SUFFIXES) or name
+
+
+def read_input(path: str, kind: str, req):
+    """-> dict(kind, frames: callable index -> 2-D image, n_frames, spacing, volume extras)."""
+    if kind == "image":
+        img = readers.read_image(path, page=req.page)
+        return {"kind": kind, "image": img, "spacing": None}
+    if kind == "nifti":
+        import nibabel as nib
+
+        vol, zooms = readers.read_volume(path)
+        nii = nib.load(path)
+        if vol.ndim == 4:
+            if not 0 <= req.channel < vol.shape[3]:
+                raise RequestError(
+                    f"{path}: --channel {req.channel} out of range for a 4-D volume of "
+                    f"shape {vol.shape}"
+                )
+            vol = vol[..., req.channel]
+        elif vol.ndim != 3:
+            raise RequestError(f"{path}: expected a 3-D volume, got shape {vol.shape}")
+        if req.axis not in (0, 1, 2):
+            raise RequestError(f"--axis must be 0, 1 or 2, got {req.axis}")
+        vol8 = vol if vol.dtype == np.uint8 else readers.intensity_to_uint8(vol)
+        return {
+            "kind": kind,
+            "intensity": None
+            if vol.dtype == np.uint8
+            else "clipped at the 0.5 / 99.5 percentiles of the whole volume",
+            "volume": vol8,
+            "shape": vol.shape,
+            "affine": nii.affine,
+            "header": nii.header,
+            "n_frames": vol.shape[req.axis],
+            "spacing": readers.slice_spacing(zooms[:3], req.axis, req.rot90),
+        }
+    return readers.read_dicom(path)
+
+
+def _frame(inp, index, req):
+    if inp["kind"] == "nifti":
+        return readers.volume_slice(inp["volume"], req.axis, index, req.rot90)
+    return inp["frames"][index]
+
+
+def read_ground_truth(path: str, inp: dict, req):
+    """-> function slice index (or None) -> (H, W) int label map."""
+    low = path.lower()
+    if low.endswith(VOLUME_SUFFIXES):
+        lab, _ = readers.read_volume(path)
+        if lab.ndim == 4 and lab.shape[3] == 1:
+            lab = lab[..., 0]
+        if inp["kind"] != "nifti" or lab.shape != inp["shape"][:3]:
+            raise RequestError(
+                f"{path}: ground-truth volume of shape {lab.shape} does not match the "
+                f"input {inp.get('shape', 'image')}"
+            )
+        lab = np.rint(lab).astype(np.int64) if np.issubdtype(lab.dtype, np.floating) else lab
+        return lambda i: readers.volume_slice(lab, req.axis, i, req.rot90)
+    lab = readers.read_mask(path)
+    return lambda i: lab
+
+
+def ground_truth_mask(labels, obj, k, baseline, path):
+    """The object's ground-truth mask (rule in the README / --help)."""
+    from scipy import ndimage
+
+    if obj.get("label") is not None:
+        gt = labels == obj["label"]
+        what = f"label {obj['label']}"
+    else:
+        values = np.unique(labels[labels != 0])
+        if len(values) == 1:  # a binary mask: the component under the object's clicks
+            comp, n = ndimage.label(labels != 0)
+            overlap = np.bincount(comp[baseline], minlength=n + 1)[1:] if n else np.zeros(0)
+            gt = comp == (int(np.argmax(overlap)) + 1) if n and overlap.max() > 0 else labels != 0
+            what = "the mask's component under the clicks"
+        else:
+            gt = labels == k
+            what = f"label {k} (object number)"
+    if not gt.any():
+        raise RequestError(
+            f"{path}: no ground truth for object {k} ({what} is empty); give a 'label' "
+            "column in the points file"
+        )
+    return gt
+
+
+def _png_bytes(arr) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    arr = np.asarray(arr)
+    if arr.dtype == np.uint16:
+        Image.fromarray(arr.astype(np.uint16)).save(buf, format="PNG")
+    else:
+        Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _nifti_bytes(labels, affine, header, gz: bool) -> bytes:
+    import nibabel as nib
+
+    hdr = header.copy()
+    hdr.set_data_dtype(labels.dtype)
+    img = nib.Nifti1Image(labels, affine, header=hdr)
+    img.set_qform(affine, code=int(header["qform_code"]) or 1)
+    img.set_sform(affine, code=int(header["sform_code"]) or 1)
+    img.header["scl_slope"], img.header["scl_inter"] = 1.0, 0.0
+    data = img.to_bytes()
+    return gzip.compress(data, mtime=0) if gz else data
+
+
+def _get_segmenter(req):
+    ckdir = os.path.join(req.workdir, "checkpoints")
+    if not os.path.isdir(ckdir):
+        raise RequestError(
+            f"{req.workdir}: no checkpoints/ folder: not a training workdir (train "
+            "first: python train.py --workdir ...)"
+        )
+    key = (
+        os.path.abspath(req.workdir),
+        req.step,
+        req.bucket_size,
+        req.threshold,
+        os.path.getmtime(ckdir),
+    )
+    if key not in _SEGMENTERS:
+        _SEGMENTERS.clear()
+        _SEGMENTERS[key] = segmenter.Segmenter.from_workdir(
+            req.workdir, req.step, bucket_size=req.bucket_size, threshold=req.threshold
+        )
+    return _SEGMENTERS[key]
+
+
+def run(req: Request) -> dict:
+    t_start = time.perf_counter()
+    if not req.points and not req.points_file:
+        raise RequestError("no objects: give --points (repeatable) or --points-file")
+    if req.classes and len(req.classes) != len(req.points):
+        raise RequestError(f"{len(req.classes)} --class names for {len(req.points)} --points")
+    kind = _input_kind(req.image)
+    if not os.path.isfile(req.image):
+        raise RequestError(f"{req.image}: no such file")
+    objects = [
+        {
+            "points": readers.parse_points(t, f"--points #{i + 1}"),
+            "class": req.classes[i] if req.classes else None,
+            "slice": req.slice,
+            "label": None,
+        }
+        for i, t in enumerate(req.points)
+    ]
+    if req.points_file:
+        objects += readers.read_points_file(req.points_file)
+    inp = read_input(req.image, kind, req)
+    spacing = inp["spacing"]
+    if req.spacing:
+        try:
+            spacing = tuple(float(v) for v in req.spacing.split(","))
+            spacing = spacing * 2 if len(spacing) == 1 else spacing
+            assert len(spacing) == 2 and min(spacing) > 0
+        except (ValueError, AssertionError):
+            raise RequestError(
+                f"--spacing must be ROW_MM,COL_MM (positive), got {req.spacing!r}"
+            ) from None
+    stacked = "n_frames" in inp
+    groups: dict = {}
+    for k, obj in enumerate(objects, 1):
+        idx = obj["slice"]
+        if stacked:
+            if idx is None:
+                raise RequestError(
+                    f"object {k}: no slice index for a volume of {inp['n_frames']} slices: "
+                    "give --slice or a slice column in the points file"
+                )
+            if not 0 <= idx < inp["n_frames"]:
+                raise RequestError(
+                    f"object {k}: slice {idx} out of range (0..{inp['n_frames'] - 1})"
+                )
+        elif idx not in (None, 0):
+            raise RequestError(f"object {k}: slice {idx} given for a 2-D image")
+        else:
+            idx = None
+        groups.setdefault(idx, []).append(k)
+    frames = {i: (_frame(inp, i, req) if i is not None else inp["image"]) for i in groups}
+    for i, ks in groups.items():  # validate every click before loading the model
+        for k in ks:
+            try:
+                objects[k - 1]["points"], _ = segmenter.check_points(
+                    objects[k - 1]["points"], frames[i].shape, obj=k, reorder=req.reorder
+                )
+            except ValueError as e:
+                where = f" (slice {i})" if i is not None else ""
+                raise RequestError(f"{e}{where}") from None
+    gt_of = read_ground_truth(req.ground_truth, inp, req) if req.ground_truth else None
+    t_read = time.perf_counter()
+    seg = _get_segmenter(req)
+    t_model = time.perf_counter()
+
+    stem = req.prefix or _stem(req.image)
+    intensity = inp.get("intensity")
+    files, per_object, metrics, slices = {}, {}, [], []
+    for i in sorted(groups, key=lambda v: -1 if v is None else v):
+        ks = groups[i]
+        res = seg.segment(
+            frames[i],
+            [objects[k - 1]["points"] for k in ks],
+            spacing=spacing,
+            classes=[objects[k - 1]["class"] for k in ks],
+        )
+        intensity = intensity or res.intensity["intensity"]
+        for k, o in zip(ks, res.objects, strict=True):
+            o.index = k - 1  # number objects over the whole call
+            per_object[k] = dict(o.summary(), **({"slice": i} if i is not None else {}))
+        slices.append({"slice": i, "objects": ks, **{k_: v for k_, v in res.timings.items()}})
+        if gt_of is not None:
+            labels = gt_of(i)
+            if labels.shape != res.image_shape:
+                raise RequestError(
+                    f"{req.ground_truth}: ground truth of shape {labels.shape} does not "
+                    f"match the image {res.image_shape}"
+                )
+            gts = [
+                ground_truth_mask(
+                    labels, objects[o.index], o.index + 1, o.baseline_mask, req.ground_truth
+                )
+                for o in res.objects
+            ]
+            for rec in segmenter.score_objects(res, gts):
+                metrics.append(dict(rec, **({"slice": i} if i is not None else {})))
+        name = f"{stem}_overlay.png" if i is None else f"{stem}_overlay_slice{i:03d}.png"
+        files[name] = _png_bytes(segmenter.overlay_image(frames[i], res))
+        if kind != "nifti":
+            files[f"{stem}_mask.png"] = _png_bytes(res.label_map())
+        else:
+            slices[-1]["label_map"] = res.label_map(np.uint8 if len(objects) < 256 else np.uint16)
+    if kind == "nifti":
+        dtype = np.uint8 if len(objects) < 256 else np.uint16
+        moved = np.zeros(np.moveaxis(np.zeros(inp["shape"][:3], bool), req.axis, 0).shape, dtype)
+        for s in slices:
+            lm = s.pop("label_map")
+            moved[s["slice"]] = np.rot90(lm, k=-1) if req.rot90 else lm
+        labels = np.moveaxis(moved, 0, req.axis)
+        gz = req.image.lower().endswith(".gz")
+        files[f"{stem}_mask.nii" + (".gz" if gz else "")] = _nifti_bytes(
+            labels, inp["affine"], inp["header"], gz
+        )
+    t_done = time.perf_counter()
+    summary = {
+        "input": os.path.abspath(req.image),
+        "kind": kind,
+        "checkpoint": {"workdir": os.path.abspath(req.workdir), "step": seg.step},
+        "threshold": seg.threshold,
+        "threshold_source": seg.threshold_source,
+        "intensity": intensity,
+        "spacing_mm": None if spacing is None else [float(v) for v in spacing],
+        "objects": [per_object[k] for k in sorted(per_object)],
+        "timings": {
+            "read_s": t_read - t_start,
+            "load_model_s": t_model - t_read,
+            "segment_s": t_done - t_model,
+            "total_s": t_done - t_start,
+            "slices": slices,
+        },
+        "outputs": sorted(list(files) + [f"{stem}_summary.json"]),
+    }
+    if metrics:
+        from dlset_jax import metrics as metrics_lib
+
+        summary["metrics"] = metrics
+        summary["metrics_summary"] = metrics_lib.summarize(
+            [{k: v for k, v in m.items() if k not in ("object", "slice", "units")} for m in metrics]
+        )
+    files[f"{stem}_summary.json"] = json.dumps(summary, indent=1, default=_json_default).encode()
+    atomic_write_files(req.out_dir, files)
+    return summary
+
+
+def _json_default(v):
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        return float(v)
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, (np.bool_,)):
+        return bool(v)
+    raise TypeError(type(v).__name__)
+
+
+def report_lines(summary: dict, out_dir: str) -> list[str]:
+    """What the command line prints about a finished request."""
+    lines = []
+    for o in summary["objects"]:
+        area = f"{o['area_px']} px" + (
+            f" = {o['area_mm2']:.1f} mm^2" if o["area_mm2"] is not None else ""
+        )
+        where = f" slice {o['slice']}" if "slice" in o else ""
+        lines.append(f"object {o['object']}{where} ({o['class'] or 'object'}): {area}")
+        lines += [f"  warning: {w}" for w in o.get("warnings", [])]
+    for m in summary.get("metrics", []):
+        lines.append(
+            f"object {m['object']}: DSC {m['dsc']:.3f} (four-point polygon "
+            f"{m['baseline_dsc']:.3f}), HD {m['hd']:.2f} {m['units']}, "
+            f"ABD {m['abd']:.2f} {m['units']}"
+        )
+    lines.append(
+        f"threshold {summary['threshold']:g} ({summary['threshold_source']}); "
+        f"wrote {', '.join(summary['outputs'])} to {out_dir}"
+    )
+    return lines
