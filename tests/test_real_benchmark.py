@@ -1,0 +1,47 @@
+"""The real-image benchmark's pieces: clicks, objects, tables (no model needed)."""
+
+import numpy as np
+import pytest
+
+from dlset_jax import real_benchmark, targets
+
+
+def test_clicks_are_exact_or_jittered_within_bounds():
+    m = np.zeros((40, 50), bool)
+    m[10:30, 5:45] = True
+    exact = real_benchmark.clicks(m, 0, np.random.default_rng(0))
+    np.testing.assert_array_equal(exact, targets.extreme_points(m))
+    rng = np.random.default_rng(1)
+    moved = np.stack([real_benchmark.clicks(m, 2, rng) for _ in range(200)])
+    d = moved - exact
+    assert np.abs(d).max() == 2 and (d == np.round(d)).all()
+    assert set(np.unique(d)) == {-2, -1, 0, 1, 2}
+    assert (moved[..., 0] <= 49).all() and (moved[..., 1] <= 39).all() and (moved >= 0).all()
+
+
+def test_table_and_verdict_name_structures_below_the_polygon():
+    from dlset_jax import metrics
+
+    def rec(cls, dsc, base):
+        return {"class": cls, "dsc": dsc, "baseline_dsc": base, "hd95": 1.0, "rvd": 0.0}
+
+    records = [rec("a", 0.9, 0.8), rec("a", 0.8, 0.7), rec("b", 0.7, 0.75)]
+    result = {0: {"records": records, "summary": metrics.summarize(records)}}
+    table = real_benchmark.table(result)
+    assert "| a | 2 | 85.0 ± 5.0 | 75.0 ± 5.0 |" in table and "| **all** | 3 |" in table
+    (line,) = real_benchmark.verdict(result)
+    assert line.startswith("exact clicks: DSC 0.800") and line.endswith("polygon: b")
+
+
+@pytest.mark.skipif(not real_benchmark.available(), reason="mricron-data is not installed")
+def test_test_objects_are_the_aal_test_split(tmp_path):
+    objs = real_benchmark.test_objects(str(tmp_path))
+    assert len(objs) == 60  # the deep grey test slabs (docs/data.md)
+    assert {o["class"].split("_")[0] for o in objs} == {
+        "Caudate",
+        "Putamen",
+        "Pallidum",
+        "Thalamus",
+        "Hippocampus",
+    }
+    assert all(o["image"].dtype == np.uint8 and o["mask"].any() for o in objs)
