@@ -113,10 +113,12 @@ def run_evaluation(
     threshold: float | None = None,
     thresholds=(),
     predict=None,
+    report_name: str | None = None,
 ) -> dict:
     """Scores every object of `split`; see the module docstring.
 
-    `predict`: see `_iterate_predictions` (None: the model).
+    `predict`: see `_iterate_predictions` (None: the model). `report_name`: the
+    folder under `<workdir>/eval/` (default: the split's name).
 
     Returns dict: `records` (per object), `scalars` (means), `summary`
     (`metrics.summarize`), `table` (Markdown), `overlays` ((N, R, R, 3) uint8 crops),
@@ -160,7 +162,7 @@ def run_evaluation(
         "unit": unit,
     }
     if workdir and jax.process_index() == 0:
-        write_reports(os.path.join(workdir, "eval", split), result, config)
+        write_reports(os.path.join(workdir, "eval", report_name or split), result, config)
     return result
 
 
@@ -256,8 +258,16 @@ def evaluate_workdir(
         threshold = float(config.levelset.threshold)
     if overrides and overrides.get("eval.sweep_thresholds"):
         threshold = sweep_threshold(config, run.variables, model=model, workdir=workdir)
+    # another data set than the run's own: its reports go beside, not over, the run's
+    name = split if config.data.name == run.config.data.name else f"{config.data.name}-{split}"
     return run_evaluation(
-        config, run.variables, split=split, model=model, workdir=workdir, threshold=threshold
+        config,
+        run.variables,
+        split=split,
+        model=model,
+        workdir=workdir,
+        threshold=threshold,
+        report_name=name,
     )
 
 
