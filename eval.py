@@ -1,11 +1,11 @@
 """Evaluates a trained model of a workdir on a split and writes the reports.
 
     python eval.py --workdir workdirs/default [--split test] [--step 1500]
-    python eval.py --workdir runs/x --config configs/default.py --config.data.data_dir=/data
+    python eval.py --workdir runs/x --config.data.data_dir=/data --config.eval.sweep_thresholds=true
 
 The configuration is the one saved with the checkpoint: the saved config is the truth.
-Only fields given explicitly as `--config.a.b=value` apply (`--config` names a
-get_config() file that only carries those overrides; its own values are not used), and
+Only fields given explicitly as `--config.a.b=value` apply (`--config`, by default
+configs/default.py, only carries those overrides: its own values are not used), and
 fields that define the network's inputs or architecture (`data.guidance`, `data.sigma`,
 `data.resolution`, `data.relax`, `model.*`, ...) cannot be overridden: one line on
 stderr, exit status 2. The mask threshold is the run's (chosen on validation when the
@@ -13,14 +13,18 @@ run swept it); `--config.eval.sweep_thresholds=true` sweeps it again.
 """
 
 import json
+import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
+# Any get_config() file carries the overrides (its values are not used); this one is
+# the default so that `--config.a.b=...` works without naming a file.
+CARRIER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
 config_flags.DEFINE_config_file(
-    "config", None, "A get_config() file that carries --config.* overrides (see above)."
+    "config", CARRIER, "A get_config() file that carries --config.* overrides (see above)."
 )
 flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.")
 flags.DEFINE_string("split", "test", "Split to evaluate.")
