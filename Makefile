@@ -27,11 +27,15 @@ train: setup
 eval: setup
 	$(BIN)/python eval.py --workdir $(WORKDIR)
 
+# Two workers: the tests spend most of their time compiling, on one core each.
+# Tests that share a trained fixture run in one worker (xdist_group marks).
+PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadgroup
+
 test: setup
-	$(BIN)/python -m pytest -q tests
+	$(PYTEST) tests
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(PYTEST) -m "not slow" tests
 
 lint: setup
 	$(BIN)/ruff check .

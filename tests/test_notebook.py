@@ -1,12 +1,12 @@
 """Executes notebooks/evolution_explorer.ipynb top to bottom (nbclient), as CI would.
 
-The notebook uses `workdirs/default` when it holds a checkpoint; otherwise it trains a
-small model first. Here that model goes to a temporary workdir and trains for fewer
-steps than the notebook's default (the figures only need to be drawn, not be good).
+The notebook uses `workdirs/default` when it holds a checkpoint; otherwise
+`$DLSET_NOTEBOOK_WORKDIR`, training a small model there first if it has none. Here that
+is the tiny ellipse model of `tiny_models.trained_workdir` (the figures only need to be
+drawn, not be good).
 The saved notebook in the repository is not modified.
 """
 
-import os
 import re
 
 import pytest
@@ -66,10 +66,11 @@ def test_saved_notebook_has_outputs():
     check_printed_dsc(stream_text(nb))
 
 
-def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
+def test_notebook_runs_top_to_bottom(monkeypatch, trained_workdir):
+    # The tiny model the segmenter tests train (its checkpoint is what the notebook
+    # would otherwise train first: the training itself is train_lib's, tested there).
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    monkeypatch.setenv("DLSET_NOTEBOOK_WORKDIR", str(tmp_path / "wd"))
-    monkeypatch.setenv("DLSET_NOTEBOOK_STEPS", "40")
+    monkeypatch.setenv("DLSET_NOTEBOOK_WORKDIR", str(trained_workdir))
     monkeypatch.delenv("DLSET_SAVE_DOCS_FIGURES", raising=False)
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(
@@ -84,4 +85,4 @@ def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     text = stream_text(nb)
     assert len(images) >= 4
     check_printed_dsc(text)
-    assert os.path.isdir(tmp_path / "wd" / "checkpoints") or "workdirs/default" in text
+    assert str(trained_workdir) in text or "workdirs/default" in text

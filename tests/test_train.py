@@ -49,7 +49,8 @@ def run_train(workdir, data_dir, *args, env=None, wait=True, devices=None):
     ]
     full_env = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
     if devices:
-        full_env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        flags = full_env.get("XLA_FLAGS", "")
+        full_env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
     if not wait:
         return subprocess.Popen(
             cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -195,24 +196,15 @@ def _losses(out):
     )
 
 
-def test_data_parallel_matches_single_device(tmp_path, data_dir, one_device_run):
-    one_dir, one = one_device_run
-    four = run_train(tmp_path / "four", data_dir, *PARALLEL_ARGS, devices=4)
-    assert "devices: 4" in four
-    assert len(_losses(one)) == 3
-    np.testing.assert_allclose(_losses(one), _losses(four), rtol=1e-5)
-    assert_trees_close(
-        final_params(one_dir)[1], final_params(tmp_path / "four")[1], rtol=1e-4, atol=1e-5
-    )
-
-
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def test_two_processes_train_in_lockstep(tmp_path, data_dir, one_device_run):
+def test_two_processes_of_two_devices_match_one_device(tmp_path, data_dir, one_device_run):
+    """Data parallel over 4 devices in 2 processes (2 CPU devices each) trains the
+    model one device trains: the same losses and final parameters."""
     args = PARALLEL_ARGS
     port = _free_port()
     workdir = tmp_path / "multi"
@@ -227,13 +219,17 @@ def test_two_processes_train_in_lockstep(tmp_path, data_dir, one_device_run):
             f"--config.distributed.process_id={i}",
             "--config.distributed.cpu_collectives=gloo",
             wait=False,
+            devices=2,
         )
         for i in range(2)
     ]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     for p, o in zip(procs, outs):
         assert p.returncode == 0, o
-    assert "processes: 2" in outs[0]
+    assert "devices: 4 (cpu), processes: 2" in outs[0], outs[0]
+    one = one_device_run[1]
+    assert len(_losses(one)) == 3
+    np.testing.assert_allclose(_losses(one), _losses(outs[0]), rtol=1e-5)
     assert_trees_close(
         final_params(one_device_run[0])[1], final_params(workdir)[1], rtol=1e-4, atol=1e-5
     )
