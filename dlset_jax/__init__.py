@@ -7,8 +7,9 @@ Layers (imports only run downwards, each layer uses only those below it):
      parallel (mesh, shardings), hostmem (memory back to the OS)
   4. data/ (builders, generators, grain pipeline); inference (crops + clicks -> level sets)
   5. segmenter, segment_files (four clicks -> masks in an image / in files)
-  6. train_lib, evaluate, real_benchmark, reporting (loops, scoring, logs)
-  7. train.py, eval.py, predict.py (thin entry points)
+  6. train_lib, evaluate, real_benchmark, reporting (loops, scoring, logs);
+     app/ (the browser annotation tool over segmenter and segment_files)
+  7. train.py, eval.py, predict.py, python -m dlset_jax.app (thin entry points)
 """
 
 __version__ = "0.1.0"

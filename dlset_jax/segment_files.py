@@ -72,7 +72,8 @@ class Request:
     bucket_size: int = 8
 
 
-def _input_kind(path: str) -> str:
+def input_kind(path: str) -> str:
+    """'image', 'nifti' or 'dicom' from the name (DICOM also from its preamble)."""
     low = path.lower()
     if low.endswith(VOLUME_SUFFIXES):
         return "nifti"
@@ -93,15 +94,20 @@ def _input_kind(path: str) -> str:
     )
 
 
-def _stem(path: str) -> str:
+def file_stem(path: str) -> str:
+    """The file name without its image / volume / DICOM suffix."""
     name = os.path.basename(path)
     return readers.strip_suffix(name, VOLUME_SUFFIXES + IMAGE_SUFFIXES + DICOM_SUFFIXES) or name
 
 
-def read_input(path: str, kind: str, req):
-    """-> dict(kind, frames: callable index -> 2-D image, n_frames, spacing, volume extras)."""
+def read_input(path: str, kind: str, *, page=None, channel: int = 0, axis: int = 2, rot90=True):
+    """One input file -> dict(kind, spacing, and `image` (2-D input) or `n_frames` with
+    the frames (`frame(inp, index)`); NIfTI also volume, shape, affine, header).
+
+    Volumes are mapped to uint8 once for the whole volume (as the training volumes).
+    """
     if kind == "image":
-        img = readers.read_image(path, page=req.page)
+        img = readers.read_image(path, page=page)
         return {"kind": kind, "image": img, "spacing": None}
     if kind == "nifti":
         import nibabel as nib
@@ -109,16 +115,16 @@ def read_input(path: str, kind: str, req):
         vol, zooms = readers.read_volume(path)
         nii = nib.load(path)
         if vol.ndim == 4:
-            if not 0 <= req.channel < vol.shape[3]:
+            if not 0 <= channel < vol.shape[3]:
                 raise RequestError(
-                    f"{path}: --channel {req.channel} out of range for a 4-D volume of "
+                    f"{path}: --channel {channel} out of range for a 4-D volume of "
                     f"shape {vol.shape}"
                 )
-            vol = vol[..., req.channel]
+            vol = vol[..., channel]
         elif vol.ndim != 3:
             raise RequestError(f"{path}: expected a 3-D volume, got shape {vol.shape}")
-        if req.axis not in (0, 1, 2):
-            raise RequestError(f"--axis must be 0, 1 or 2, got {req.axis}")
+        if axis not in (0, 1, 2):
+            raise RequestError(f"--axis must be 0, 1 or 2, got {axis}")
         vol8 = vol if vol.dtype == np.uint8 else readers.intensity_to_uint8(vol)
         return {
             "kind": kind,
@@ -129,15 +135,18 @@ def read_input(path: str, kind: str, req):
             "shape": vol.shape,
             "affine": nii.affine,
             "header": nii.header,
-            "n_frames": vol.shape[req.axis],
-            "spacing": readers.slice_spacing(zooms[:3], req.axis, req.rot90),
+            "n_frames": vol.shape[axis],
+            "axis": axis,
+            "rot90": rot90,
+            "spacing": readers.slice_spacing(zooms[:3], axis, rot90),
         }
     return readers.read_dicom(path)
 
 
-def _frame(inp, index, req):
+def frame(inp, index):
+    """Frame `index` of a volume or multi-frame DICOM read by `read_input`."""
     if inp["kind"] == "nifti":
-        return readers.volume_slice(inp["volume"], req.axis, index, req.rot90)
+        return readers.volume_slice(inp["volume"], inp["axis"], index, inp["rot90"])
     return inp["frames"][index]
 
 
@@ -184,7 +193,8 @@ def ground_truth_mask(labels, obj, k, baseline, path):
     return gt
 
 
-def _png_bytes(arr) -> bytes:
+def png_bytes(arr) -> bytes:
+    """A 2-D uint8 / uint16 (or RGB uint8) array as PNG file contents."""
     from PIL import Image
 
     buf = io.BytesIO()
@@ -196,7 +206,8 @@ def _png_bytes(arr) -> bytes:
     return buf.getvalue()
 
 
-def _nifti_bytes(labels, affine, header, gz: bool) -> bytes:
+def nifti_bytes(labels, affine, header, gz: bool) -> bytes:
+    """A label volume as NIfTI file contents with the source's affine and header."""
     import nibabel as nib
 
     hdr = header.copy()
@@ -237,7 +248,7 @@ def run(req: Request) -> dict:
         raise RequestError("no objects: give --points (repeatable) or --points-file")
     if req.classes and len(req.classes) != len(req.points):
         raise RequestError(f"{len(req.classes)} --class names for {len(req.points)} --points")
-    kind = _input_kind(req.image)
+    kind = input_kind(req.image)
     if not os.path.isfile(req.image):
         raise RequestError(f"{req.image}: no such file")
     objects = [
@@ -251,7 +262,9 @@ def run(req: Request) -> dict:
     ]
     if req.points_file:
         objects += readers.read_points_file(req.points_file)
-    inp = read_input(req.image, kind, req)
+    inp = read_input(
+        req.image, kind, page=req.page, channel=req.channel, axis=req.axis, rot90=req.rot90
+    )
     spacing = inp["spacing"]
     if req.spacing:
         try:
@@ -281,7 +294,7 @@ def run(req: Request) -> dict:
         else:
             idx = None
         groups.setdefault(idx, []).append(k)
-    frames = {i: (_frame(inp, i, req) if i is not None else inp["image"]) for i in groups}
+    frames = {i: (frame(inp, i) if i is not None else inp["image"]) for i in groups}
     for i, ks in groups.items():  # validate every click before loading the model
         for k in ks:
             try:
@@ -296,7 +309,7 @@ def run(req: Request) -> dict:
     seg = _get_segmenter(req)
     t_model = time.perf_counter()
 
-    stem = req.prefix or _stem(req.image)
+    stem = req.prefix or file_stem(req.image)
     intensity = inp.get("intensity")
     files, per_object, metrics, slices = {}, {}, [], []
     for i in sorted(groups, key=lambda v: -1 if v is None else v):
@@ -328,9 +341,9 @@ def run(req: Request) -> dict:
             for rec in segmenter.score_objects(res, gts):
                 metrics.append(dict(rec, **({"slice": i} if i is not None else {})))
         name = f"{stem}_overlay.png" if i is None else f"{stem}_overlay_slice{i:03d}.png"
-        files[name] = _png_bytes(segmenter.overlay_image(frames[i], res))
+        files[name] = png_bytes(segmenter.overlay_image(frames[i], res))
         if kind != "nifti":
-            files[f"{stem}_mask.png"] = _png_bytes(res.label_map())
+            files[f"{stem}_mask.png"] = png_bytes(res.label_map())
         else:
             slices[-1]["label_map"] = res.label_map(np.uint8 if len(objects) < 256 else np.uint16)
     if kind == "nifti":
@@ -341,7 +354,7 @@ def run(req: Request) -> dict:
             moved[s["slice"]] = np.rot90(lm, k=-1) if req.rot90 else lm
         labels = np.moveaxis(moved, 0, req.axis)
         gz = req.image.lower().endswith(".gz")
-        files[f"{stem}_mask.nii" + (".gz" if gz else "")] = _nifti_bytes(
+        files[f"{stem}_mask.nii" + (".gz" if gz else "")] = nifti_bytes(
             labels, inp["affine"], inp["header"], gz
         )
     t_done = time.perf_counter()

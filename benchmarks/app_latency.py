@@ -1,0 +1,139 @@
+"""Latency of the annotation tool: one click-to-contour request, and a bounded load test.
+
+    python benchmarks/app_latency.py --workdir workdirs/default [--requests 50] [--clients 4]
+
+Starts the tool's server (`dlset_jax.app`) on a free 127.0.0.1 port in this process
+with the workdir's model and a generated 512 x 512 image of ellipses, then over real
+HTTP (localhost only):
+  1. sequential: `--requests` /api/segment calls, each four new clicks on one object
+     (what the page sends after the fourth click): p50 / p95 / max in ms, the server's
+     own time for the same calls, and the first (compiling) call apart;
+  2. load: `--clients` threads x `--requests` calls at once: p50 / p95, requests per
+     second and the number of errors (must be 0).
+Without `--workdir`, a randomly initialised CPU-default model (the same network and
+evolution: the latency does not depend on the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import socket
+import tempfile
+import threading
+import time
+import urllib.request
+
+import numpy as np
+
+
+def percentiles(ms) -> str:
+    a = np.asarray(ms)
+    return f"p50 {np.percentile(a, 50):.0f} ms, p95 {np.percentile(a, 95):.0f} ms, max {a.max():.0f} ms"
+
+
+def make_image(root: str, rng) -> list[list[list[float]]]:
+    """A 512 x 512 grey image with 12 ellipses; returns their exact extreme points."""
+    from PIL import Image
+
+    from dlset_jax import targets
+
+    h = w = 512
+    yy, xx = np.mgrid[:h, :w]
+    img = rng.normal(60, 10, (h, w))
+    clicks = []
+    for cy in (80, 256, 430):
+        for cx in (70, 200, 320, 440):
+            a, b = rng.uniform(15, 40, 2)
+            m = ((yy - cy) / a) ** 2 + ((xx - cx) / b) ** 2 <= 1
+            img[m] += 110
+            clicks.append(targets.extreme_points(m).tolist())
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(os.path.join(root, "bench.png"))
+    return clicks
+
+
+def post(url: str, body: dict) -> dict:
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return json.loads(r.read())
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workdir", default=None)
+    p.add_argument("--requests", type=int, default=50)
+    p.add_argument("--clients", type=int, default=4)
+    a = p.parse_args(argv)
+
+    import jax
+    import uvicorn
+
+    from dlset_jax import config as config_lib
+    from dlset_jax import models, segmenter
+    from dlset_jax.app import folder, server
+
+    if a.workdir:
+        seg = segmenter.Segmenter.from_workdir(a.workdir, bucket_size=1)
+        what = f"{a.workdir} (step {seg.step})"
+    else:
+        c = config_lib.cpu_sized(config_lib.base_config())
+        model = models.create_model(c.model)
+        v = jax.jit(lambda k: model.init_variables(k, c.data.resolution))(jax.random.key(0))
+        seg = segmenter.Segmenter(c, v, bucket_size=1, check=False)
+        what = "randomly initialised CPU-default model"
+    root = tempfile.mkdtemp(prefix="dlset_app_bench_")
+    clicks = make_image(root, np.random.default_rng(0))
+    app = server.create_app(seg, folder.ImageFolder(root, max_pixels=10**7), max_upload_bytes=1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=srv.run, daemon=True).start()
+    while not srv.started:
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{port}/api/segment"
+    print(f"model: {what}; {os.cpu_count()} CPUs; jax {jax.__version__} on {jax.default_backend()}")
+
+    def call(k: int) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        out = post(url, {"id": "bench.png", "slice": 0, "points": clicks[k % len(clicks)]})
+        return 1e3 * (time.perf_counter() - t0), out["ms"]
+
+    first, _ = call(0)
+    print(f"first request (compiles): {first:.0f} ms")
+    seq = [call(k) for k in range(a.requests)]
+    print(
+        f"sequential, {a.requests} requests: {percentiles([s[0] for s in seq])} "
+        f"(server side {percentiles([s[1] for s in seq])})"
+    )
+
+    errors = []
+
+    def client(i: int) -> list[float]:
+        out = []
+        for k in range(a.requests):
+            try:
+                out.append(call(i * a.requests + k)[0])
+            except Exception as e:  # counted, not raised: the figure is the error count
+                errors.append(repr(e))
+        return out
+
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(a.clients) as pool:
+        lat = [ms for got in pool.map(client, range(a.clients)) for ms in got]
+    wall = time.perf_counter() - t0
+    n = a.clients * a.requests
+    print(
+        f"load, {a.clients} clients x {a.requests} requests: {percentiles(lat)}, "
+        f"{n / wall:.1f} requests/s, errors {len(errors)}"
+        + (f" (first: {errors[0]})" if errors else "")
+    )
+    srv.should_exit = True
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,376 @@
+"""The image folder the annotation tool serves: listing, safe paths, reading, saving.
+
+Everything the server reads or writes goes through an `ImageFolder`, which holds the
+one rule of the tool's file access: an image id is a path relative to the folder, and
+it must stay inside it after every symbolic link is resolved. Hidden names (a leading
+dot: also the temporary files of an atomic write) are neither listed nor served.
+
+Saved beside an image `NAME.EXT` (all files of one save written together, atomically,
+`files.atomic_write_files`):
+  NAME.labels.png       2-D images: the label map (uint8, or uint16 beyond 255
+                        labels): 0 background, label k = the k-th label name
+  NAME.seg.dcm          DICOM input: a DICOM Segmentation (highdicom) referencing the
+                        source image, one segment per label name
+  NAME.labels.nii.gz    NIfTI volumes: the label volume with the source's affine and
+                        header (slices without objects are 0)
+  NAME.annotation.json  the clicks of every object (label name, colour, slice, the four
+                        points), the label table, the checkpoint and threshold used, and
+                        a revision number that the next save must quote
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+import threading
+
+import numpy as np
+
+from dlset_jax import files, readers, segment_files, segmenter
+
+LABEL_SUFFIXES = (".labels.png", ".labels.nii.gz", ".seg.dcm", ".annotation.json")
+INPUT_SUFFIXES = segment_files.IMAGE_SUFFIXES + segment_files.VOLUME_SUFFIXES
+INPUT_SUFFIXES += segment_files.DICOM_SUFFIXES
+
+
+class FolderError(ValueError):
+    """A request the folder refuses; `status` is the HTTP status that fits it."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclasses.dataclass
+class Loaded:
+    """One image or volume, read and mapped to the model's 0..255 input once.
+
+    `frames`: (S, H, W) or (S, H, W, 3) uint8 (S = 1 for a 2-D image); what the model is
+    given and what the page shows (window / level is applied on these values).
+    """
+
+    image_id: str
+    kind: str  # "image" | "nifti" | "dicom"
+    frames: np.ndarray
+    spacing: tuple[float, float] | None
+    intensity: str | None
+    source: dict  # what `segment_files.read_input` returned (affine, header for NIfTI)
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.frames.shape[0])
+
+    def frame(self, z: int) -> np.ndarray:
+        if not 0 <= z < self.n_slices:
+            raise FolderError(f"slice {z} out of range (0..{self.n_slices - 1})")
+        return self.frames[z]
+
+
+class ImageFolder:
+    """The folder of images one tool instance annotates.
+
+    Args:
+      root: the folder (must exist).
+      max_pixels: largest image (or volume: all voxels) the tool reads, in pixels.
+      cache_size: how many read images are kept in memory.
+    """
+
+    def __init__(self, root: str, *, max_pixels: int, cache_size: int = 4):
+        real = os.path.realpath(root)
+        if not os.path.isdir(real):
+            raise FolderError(f"{root}: not a folder")
+        self.root = real
+        self.max_pixels = int(max_pixels)
+        self._cache: collections.OrderedDict[str, Loaded] = collections.OrderedDict()
+        self._cache_size = int(cache_size)
+        self._lock = threading.Lock()  # the cache
+        self._save_locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
+
+    # ---- paths
+
+    def resolve(self, image_id: str) -> str:
+        """The absolute path of `image_id`, refused unless it is a file inside the root."""
+        if not isinstance(image_id, str) or not image_id or "\x00" in image_id:
+            raise FolderError("no image id given")
+        parts = image_id.replace("\\", "/").split("/")
+        if image_id.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise FolderError(f"image id {image_id!r}: not a path inside the image folder", 403)
+        if any(p.startswith(".") for p in parts):
+            raise FolderError(f"image id {image_id!r}: hidden files are not served", 403)
+        path = os.path.realpath(os.path.join(self.root, *parts))
+        if os.path.commonpath([path, self.root]) != self.root:
+            raise FolderError(f"image id {image_id!r}: a link that leaves the image folder", 403)
+        if not os.path.isfile(path):
+            raise FolderError(f"unknown image {image_id!r}", 404)
+        if not path.lower().endswith(INPUT_SUFFIXES) or path.lower().endswith(LABEL_SUFFIXES):
+            raise FolderError(f"image id {image_id!r}: not an image, volume or DICOM file", 404)
+        return path
+
+    def list(self) -> list[dict]:
+        """Every image, volume and DICOM file under the root (sorted ids), without reading them."""
+        out = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                low = name.lower()
+                if name.startswith(".") or not low.endswith(INPUT_SUFFIXES):
+                    continue
+                if low.endswith(LABEL_SUFFIXES):
+                    continue
+                rel = os.path.relpath(os.path.join(dirpath, name), self.root).replace(os.sep, "/")
+                try:
+                    path = self.resolve(rel)
+                except FolderError:  # links out of the root are not listed
+                    continue
+                out.append(
+                    {
+                        "id": rel,
+                        "kind": segment_files.input_kind(path),
+                        "annotated": os.path.exists(self.annotation_path(path)),
+                    }
+                )
+        return out
+
+    # ---- reading
+
+    def load(self, image_id: str) -> Loaded:
+        path = self.resolve(image_id)
+        with self._lock:
+            if image_id in self._cache:
+                self._cache.move_to_end(image_id)
+                return self._cache[image_id]
+        loaded = self._read(image_id, path)
+        with self._lock:
+            self._cache[image_id] = loaded
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return loaded
+
+    def _read(self, image_id: str, path: str) -> Loaded:
+        kind = segment_files.input_kind(path)
+        self._check_size(image_id, path, kind)
+        try:
+            inp = segment_files.read_input(path, kind, page=0 if kind == "image" else None)
+        except (readers.DataError, segment_files.RequestError) as e:
+            raise FolderError(f"{image_id}: {e}".replace(path, image_id), 422) from None
+        if "n_frames" in inp:
+            frames = np.stack([segment_files.frame(inp, i) for i in range(inp["n_frames"])])
+        else:
+            frames = inp["image"][None]
+        if frames.ndim == 4 and frames.shape[-1] == 1:
+            frames = frames[..., 0]
+        if int(np.prod(frames.shape[:3])) > self.max_pixels:
+            raise FolderError(
+                f"{image_id}: {int(np.prod(frames.shape[:3]))} pixels, more than this "
+                f"tool's limit of {self.max_pixels} (--max_pixels)",
+                413,
+            )
+        try:
+            # grey stays one channel (three equal channels are grey), colour three
+            kinds = (
+                ("grey",) if segmenter.prepare_image(frames[0])[1]["kind"] == "grey" else ("rgb",)
+            )
+            prepared = [segmenter.prepare_image(f, kinds) for f in frames]
+        except ValueError as e:
+            raise FolderError(f"{image_id}: {e}", 422) from None
+        shown = np.stack([p[0] for p in prepared])
+        intensity = inp.get("intensity") or prepared[0][1]["intensity"]
+        if shown.ndim == 4 and shown.shape[-1] == 1:
+            shown = shown[..., 0]
+        return Loaded(image_id, kind, shown, inp.get("spacing"), intensity, inp)
+
+    def _check_size(self, image_id: str, path: str, kind: str) -> None:
+        """Refuses images over the pixel limit before decoding them (where the header says)."""
+        if kind != "image":
+            return
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as im:
+                n = im.size[0] * im.size[1]
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
+            raise FolderError(f"{image_id}: cannot read image ({e})", 422) from None
+        if n > self.max_pixels:
+            raise FolderError(
+                f"{image_id}: {n} pixels, more than this tool's limit of {self.max_pixels} "
+                "(--max_pixels)",
+                413,
+            )
+
+    # ---- annotations
+
+    @staticmethod
+    def annotation_path(path: str) -> str:
+        return os.path.join(
+            os.path.dirname(path), segment_files.file_stem(path) + ".annotation.json"
+        )
+
+    def annotation(self, image_id: str) -> dict | None:
+        """The saved annotation of `image_id`, or None."""
+        p = self.annotation_path(self.resolve(image_id))
+        if not os.path.exists(p):
+            return None
+        try:
+            with open(p) as f:
+                return json.load(f)
+        except (OSError, ValueError) as e:
+            raise FolderError(f"{image_id}: saved annotation unreadable ({e})", 500) from None
+
+    def save(self, image_id: str, revision: int, objects: list[dict], masks, extra: dict) -> dict:
+        """Writes the label map and the annotation of `image_id` together.
+
+        Args:
+          revision: the revision the client loaded (0: none saved); a different saved
+            revision means another tab saved in between: 409, nothing written.
+          objects: per object {"label", "color", "slice", "points"} (JSON-ready).
+          masks: per object the (H, W) bool mask of its slice.
+          extra: more JSON facts to store (checkpoint, threshold).
+
+        Returns: {"revision", "files"} of what was written.
+        """
+        path = self.resolve(image_id)
+        loaded = self.load(image_id)
+        with self._save_locks[path]:
+            saved = self.annotation(image_id)
+            current = int(saved["revision"]) if saved else 0
+            if int(revision) != current:
+                raise FolderError(
+                    f"{image_id}: saved meanwhile (revision {current}, this page has "
+                    f"{revision}); reload the image to see that save before saving again",
+                    409,
+                )
+            names = list(dict.fromkeys(o["label"] for o in objects))
+            label_of = {n: i + 1 for i, n in enumerate(names)}
+            dtype = np.uint8 if len(names) < 256 else np.uint16
+            shape = loaded.frames.shape[:3]
+            labels = np.zeros(shape, dtype)
+            for o, m in zip(objects, masks, strict=True):
+                # painted in order: a later object wins where two overlap (an inner
+                # structure given after the outer one)
+                labels[o["slice"]][m] = label_of[o["label"]]
+            stem = segment_files.file_stem(path)
+            out = {}
+            if loaded.kind == "nifti":
+                src = loaded.source
+                moved = np.zeros(
+                    np.moveaxis(np.zeros(src["shape"][:3], bool), src["axis"], 0).shape, dtype
+                )
+                for z in range(shape[0]):
+                    moved[z] = np.rot90(labels[z], k=-1) if src["rot90"] else labels[z]
+                vol = np.moveaxis(moved, 0, src["axis"])
+                out[stem + ".labels.nii.gz"] = segment_files.nifti_bytes(
+                    vol, src["affine"], src["header"], gz=True
+                )
+            elif loaded.kind == "dicom":
+                out[stem + ".seg.dcm"] = dicom_seg_bytes(path, labels, names)
+            else:
+                out[stem + ".labels.png"] = segment_files.png_bytes(labels[0])
+            doc = {
+                "image": image_id,
+                "revision": current + 1,
+                "labels": [{"name": n, "value": label_of[n]} for n in names],
+                "objects": objects,
+                **extra,
+            }
+            out[stem + ".annotation.json"] = json.dumps(doc, indent=1).encode()
+            files.atomic_write_files(os.path.dirname(path), out)
+        return {"revision": current + 1, "files": sorted(out)}
+
+    # ---- uploads
+
+    def add_upload(self, name: str, data: bytes, max_bytes: int) -> str:
+        """Stores an uploaded file under `uploads/` (never over an existing file); its id.
+
+        The file is read back before it becomes visible: a corrupt upload leaves nothing.
+        """
+        base = os.path.basename(name.replace("\\", "/"))
+        if not base or base.startswith(".") or not base.lower().endswith(INPUT_SUFFIXES):
+            raise FolderError(
+                f"upload {name!r}: expected an image {segment_files.IMAGE_SUFFIXES}, a NIfTI "
+                f"volume {segment_files.VOLUME_SUFFIXES} or a DICOM file"
+            )
+        if base.lower().endswith(LABEL_SUFFIXES):
+            raise FolderError(f"upload {name!r}: names ending in {LABEL_SUFFIXES} are outputs")
+        if len(data) > max_bytes:
+            raise FolderError(
+                f"upload {name!r}: {len(data)} bytes, more than the limit of {max_bytes} "
+                "(--max_upload_mb)",
+                413,
+            )
+        folder = os.path.join(self.root, "uploads")
+        os.makedirs(folder, exist_ok=True)
+        if os.path.realpath(folder) != folder:
+            raise FolderError("uploads/ is a link: uploads refused", 403)
+        final = os.path.join(folder, base)
+        if os.path.lexists(final):
+            raise FolderError(f"upload {name!r}: uploads/{base} exists already", 409)
+        hidden = f".upload-check-{threading.get_ident()}-{base}"
+        files.atomic_write_bytes(os.path.join(folder, hidden), data)
+        tmp = os.path.join(folder, hidden)
+        try:
+            image_id = f"uploads/{base}"
+            self._read(image_id, tmp)  # raises on a corrupt file
+            os.link(tmp, final)  # fails if the name was taken meanwhile: no overwrite
+        except FileExistsError:
+            raise FolderError(f"upload {name!r}: uploads/{base} exists already", 409) from None
+        finally:
+            os.remove(tmp)
+        return image_id
+
+
+def dicom_seg_bytes(source_path: str, labels: np.ndarray, names: list[str]) -> bytes:
+    """A DICOM Segmentation of `labels` ((frames, H, W), values 1..len(names)) that
+    references the DICOM file `source_path`: one binary segment per label name."""
+    import io
+
+    import highdicom as hd
+    import pydicom
+    from pydicom.sr.codedict import codes
+
+    import dlset_jax
+
+    source = pydicom.dcmread(source_path)
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="dlset_jax deep level set",
+        version=dlset_jax.__version__,
+        family=codes.cid7162.ArtificialIntelligence,
+    )
+    segments = [
+        hd.seg.SegmentDescription(
+            segment_number=k,
+            segment_label=name,
+            segmented_property_category=codes.cid7150.Tissue,
+            # what the object is, the tool does not know: the generic "tissue"
+            segmented_property_type=codes.SCT.Tissue,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,
+            algorithm_identification=algorithm,
+        )
+        for k, name in enumerate(names, 1)
+    ]
+    pixels = labels if int(getattr(source, "NumberOfFrames", 1) or 1) > 1 else labels[0]
+    missing = [a for a in ("StudyInstanceUID", "SeriesInstanceUID", "PatientID") if a not in source]
+    if missing:
+        raise FolderError(
+            f"{os.path.basename(source_path)}: lacks {', '.join(missing)}: a DICOM "
+            "Segmentation cannot reference it (nothing saved)",
+            422,
+        )
+    seg = hd.seg.Segmentation(
+        source_images=[source],
+        pixel_array=pixels,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=segments,
+        series_instance_uid=hd.UID(),
+        series_number=9000,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="dlset_jax",
+        manufacturer_model_name="four-click annotation tool",
+        software_versions=dlset_jax.__version__,
+        device_serial_number="none",
+    )
+    buf = io.BytesIO()
+    seg.save_as(buf)
+    return buf.getvalue()

@@ -1,0 +1,347 @@
+// The annotation page: open an image, click four points per object, see the contour,
+// save. Everything goes through the local server's /api (dlset_jax/app/server.py).
+"use strict";
+
+const PALETTE = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4",
+                 "#42d4f4", "#f032e6", "#bfef45", "#fabed4", "#469990", "#dcbeff"];
+const HIT_RADIUS = 8;  // canvas px: a click this close to a point grabs it
+
+const state = {
+  info: null, image: null, z: 0, objects: [], current: -1, revision: 0,
+  history: [], bitmap: null, drag: null, busy: 0,
+};
+// Where the image lies on the canvas (read by the browser test to click on pixels).
+const view = { scale: 1, ox: 0, oy: 0 };
+window.dlset = { state, view };
+
+const $ = (id) => document.getElementById(id);
+const canvas = $("canvas");
+const ctx = canvas.getContext("2d");
+
+function status(text, isError = false) {
+  const el = $("status");
+  el.textContent = text;
+  el.className = isError ? "error" : "";
+}
+
+async function api(path, options = {}) {
+  let resp;
+  try {
+    resp = await fetch(path, options);
+  } catch (e) {
+    throw new Error(`the server does not answer (${e.message})`);
+  }
+  if (!resp.ok) {
+    let msg = `${resp.status} ${resp.statusText}`;
+    try { msg = (await resp.json()).error || msg; } catch (e) { /* not JSON */ }
+    throw new Error(msg);
+  }
+  return resp;
+}
+
+const postJSON = (path, body) => api(path, {
+  method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+}).then((r) => r.json());
+
+function colorFor(label) {
+  const labels = [...new Set(state.objects.map((o) => o.label))];
+  const i = labels.indexOf(label);
+  return PALETTE[(i < 0 ? labels.length : i) % PALETTE.length];
+}
+
+// ---- images
+
+async function loadImages() {
+  const list = (await (await api("/api/images")).json()).images;
+  const ul = $("images");
+  ul.innerHTML = "";
+  for (const im of list) {
+    const li = document.createElement("li");
+    li.textContent = im.id;
+    li.dataset.id = im.id;
+    if (im.annotated) li.classList.add("annotated");
+    if (state.image && state.image.id === im.id) li.classList.add("open");
+    li.onclick = () => openImage(im.id).catch((e) => status(e.message, true));
+    ul.appendChild(li);
+  }
+  if (!list.length) status("No images in the folder: upload one.");
+}
+
+async function openImage(id) {
+  status(`opening ${id} ...`);
+  const meta = await (await api(`/api/image?id=${encodeURIComponent(id)}`)).json();
+  state.image = meta;
+  state.z = Math.floor(meta.n_slices / 2);
+  state.objects = [];
+  state.current = -1;
+  state.history = [];
+  state.revision = meta.annotation ? meta.annotation.revision : 0;
+  $("volume-controls").hidden = meta.n_slices < 2;
+  $("slice").max = meta.n_slices - 1;
+  $("slice").value = state.z;
+  $("slice-value").textContent = state.z;
+  if (meta.annotation) {
+    state.objects = meta.annotation.objects.map((o) => ({ ...o, contours: null }));
+    state.z = state.objects.length ? state.objects[0].slice : state.z;
+    $("slice").value = state.z;
+    $("slice-value").textContent = state.z;
+  }
+  await loadSlice();
+  await loadImages();
+  await Promise.all(state.objects.map((o) => segment(o)));
+  status(`${id}: ${meta.width} x ${meta.height}` + (meta.n_slices > 1 ? ` x ${meta.n_slices} slices` : "") +
+         (meta.annotation ? `, ${state.objects.length} saved objects (revision ${state.revision})` : "") +
+         `; intensities ${meta.intensity}`);
+  redraw();
+}
+
+async function loadSlice() {
+  const lo = $("win-lo").value, hi = $("win-hi").value;
+  const url = `/api/slice?id=${encodeURIComponent(state.image.id)}&z=${state.z}&lo=${lo}&hi=${hi}`;
+  const blob = await (await api(url)).blob();
+  state.bitmap = await createImageBitmap(blob);
+  redraw();
+}
+
+// ---- segmentation
+
+async function segment(obj) {
+  if (obj.points.length !== 4) return;
+  obj.pending = true;
+  state.busy += 1;
+  redraw();
+  try {
+    const out = await postJSON("/api/segment", { id: state.image.id, slice: obj.slice, points: obj.points });
+    obj.contours = out.contours;
+    obj.area = out.area_px;
+    obj.error = null;
+    const warn = out.warnings.length ? ` (${out.warnings.join("; ")})` : "";
+    status(`contour ready: ${out.area_px} px in ${Math.round(out.ms)} ms${warn}`);
+  } catch (e) {
+    obj.contours = null;
+    obj.error = e.message;
+    status(e.message, true);
+  } finally {
+    obj.pending = false;
+    state.busy -= 1;
+    canvas.dataset.busy = state.busy;
+    renderObjects();
+    redraw();
+  }
+}
+
+function snapshot() {
+  state.history.push(JSON.stringify(state.objects.map(({ label, color, slice, points }) =>
+    ({ label, color, slice, points }))));
+  if (state.history.length > 200) state.history.shift();
+}
+
+function undo() {
+  if (!state.history.length) return status("nothing to undo");
+  state.objects = JSON.parse(state.history.pop()).map((o) => ({ ...o, contours: null }));
+  state.current = -1;
+  Promise.all(state.objects.map((o) => segment(o))).then(() => status("undone"));
+  renderObjects();
+  redraw();
+}
+
+function newObject() {
+  snapshot();
+  const label = $("label").value.trim() || "object";
+  state.objects.push({ label, color: colorFor(label), slice: state.z, points: [], contours: null });
+  state.current = state.objects.length - 1;
+  renderObjects();
+}
+
+async function save() {
+  if (!state.image) return status("open an image first", true);
+  const done = state.objects.filter((o) => o.points.length === 4);
+  status(`saving ${done.length} objects ...`);
+  try {
+    const out = await postJSON("/api/save", {
+      id: state.image.id, revision: state.revision,
+      objects: done.map(({ label, color, slice, points }) => ({ label, color, slice, points })),
+    });
+    state.revision = out.revision;
+    status(`saved (revision ${out.revision}): ${out.files.join(", ")}`);
+    canvas.dataset.saved = out.revision;
+    loadImages();
+  } catch (e) {
+    status(`not saved: ${e.message}`, true);
+  }
+}
+
+// ---- drawing
+
+function layout() {
+  const r = canvas.getBoundingClientRect();
+  canvas.width = Math.max(1, Math.round(r.width));
+  canvas.height = Math.max(1, Math.round(r.height));
+  if (!state.image) return;
+  const { width, height } = state.image;
+  view.scale = Math.min(canvas.width / width, canvas.height / height, 16);
+  view.ox = (canvas.width - width * view.scale) / 2;
+  view.oy = (canvas.height - height * view.scale) / 2;
+}
+
+// image pixel (x, y), centres at integers <-> canvas px
+const toCanvas = (x, y) => [view.ox + (x + 0.5) * view.scale, view.oy + (y + 0.5) * view.scale];
+const toImage = (cx, cy) => [(cx - view.ox) / view.scale - 0.5, (cy - view.oy) / view.scale - 0.5];
+
+function redraw() {
+  layout();
+  ctx.fillStyle = "#000";
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  if (!state.bitmap || !state.image) return;
+  ctx.imageSmoothingEnabled = false;
+  ctx.drawImage(state.bitmap, view.ox, view.oy, state.image.width * view.scale, state.image.height * view.scale);
+  state.objects.forEach((o, k) => {
+    if (o.slice !== state.z) return;
+    ctx.strokeStyle = o.color;
+    ctx.lineWidth = 2;
+    for (const line of o.contours || []) {
+      ctx.beginPath();
+      line.forEach(([x, y], i) => {
+        const [cx, cy] = toCanvas(x, y);
+        if (i === 0) ctx.moveTo(cx, cy); else ctx.lineTo(cx, cy);
+      });
+      ctx.closePath();
+      ctx.stroke();
+    }
+    o.points.forEach(([x, y], i) => {
+      const [cx, cy] = toCanvas(x, y);
+      ctx.fillStyle = o.color;
+      ctx.beginPath();
+      ctx.arc(cx, cy, k === state.current ? 5 : 4, 0, 2 * Math.PI);
+      ctx.fill();
+      ctx.fillStyle = "#fff";
+      ctx.font = "11px sans-serif";
+      ctx.fillText(String(i + 1), cx + 6, cy - 6);
+    });
+  });
+  canvas.dataset.contours = state.objects.filter((o) => o.contours && o.contours.length).length;
+}
+
+function renderObjects() {
+  const ol = $("objects");
+  ol.innerHTML = "";
+  state.objects.forEach((o, k) => {
+    const li = document.createElement("li");
+    const sw = document.createElement("span");
+    sw.className = "swatch";
+    sw.style.background = o.color;
+    li.appendChild(sw);
+    const what = o.error ? `error: ${o.error}` : o.pending ? "segmenting ..." :
+      o.points.length < 4 ? `${o.points.length}/4 points` : `${o.area ?? "?"} px`;
+    li.appendChild(document.createTextNode(`${o.label}` + (state.image.n_slices > 1 ? ` (slice ${o.slice})` : "") + `: ${what} `));
+    const del = document.createElement("button");
+    del.textContent = "x";
+    del.title = "delete this object";
+    del.onclick = () => { snapshot(); state.objects.splice(k, 1); state.current = -1; renderObjects(); redraw(); };
+    li.appendChild(del);
+    ol.appendChild(li);
+  });
+}
+
+// ---- mouse
+
+function hit(cx, cy) {
+  for (let k = state.objects.length - 1; k >= 0; k--) {
+    const o = state.objects[k];
+    if (o.slice !== state.z) continue;
+    for (let i = 0; i < o.points.length; i++) {
+      const [px, py] = toCanvas(...o.points[i]);
+      if (Math.hypot(px - cx, py - cy) <= HIT_RADIUS) return [k, i];
+    }
+  }
+  return null;
+}
+
+function eventPos(ev) {
+  const r = canvas.getBoundingClientRect();
+  return [ev.clientX - r.left, ev.clientY - r.top];
+}
+
+canvas.addEventListener("mousedown", (ev) => {
+  if (!state.image) return;
+  const [cx, cy] = eventPos(ev);
+  const h = hit(cx, cy);
+  if (h) { snapshot(); state.drag = { obj: h[0], pt: h[1], moved: false }; return; }
+  const [x, y] = toImage(cx, cy).map(Math.round);
+  if (x < 0 || y < 0 || x >= state.image.width || y >= state.image.height) {
+    return status("click inside the image", true);
+  }
+  let o = state.objects[state.current];
+  if (!o || o.points.length === 4 || o.slice !== state.z) { newObject(); o = state.objects[state.current]; } else snapshot();
+  o.points.push([x, y]);
+  renderObjects();
+  redraw();
+  if (o.points.length === 4) segment(o); else status(`point ${o.points.length} of 4`);
+});
+
+canvas.addEventListener("mousemove", (ev) => {
+  if (!state.drag) return;
+  const [cx, cy] = eventPos(ev);
+  const [x, y] = toImage(cx, cy).map(Math.round);
+  const o = state.objects[state.drag.obj];
+  o.points[state.drag.pt] = [Math.min(Math.max(x, 0), state.image.width - 1),
+                             Math.min(Math.max(y, 0), state.image.height - 1)];
+  state.drag.moved = true;
+  redraw();
+});
+
+window.addEventListener("mouseup", () => {
+  if (!state.drag) return;
+  const { obj, moved } = state.drag;
+  state.drag = null;
+  if (!moved) state.history.pop();
+  else segment(state.objects[obj]);
+});
+
+// ---- controls
+
+$("new-object").onclick = () => { newObject(); status("new object: click its four extreme points"); };
+$("undo").onclick = undo;
+$("save").onclick = save;
+$("slice").oninput = (ev) => {
+  state.z = Number(ev.target.value);
+  $("slice-value").textContent = state.z;
+  state.current = -1;
+  loadSlice().catch((e) => status(e.message, true));
+};
+for (const id of ["win-lo", "win-hi"]) {
+  $(id).onchange = () => {
+    if (Number($("win-hi").value) <= Number($("win-lo").value)) return status("window: high must be above low", true);
+    if (state.image) loadSlice().catch((e) => status(e.message, true));
+  };
+}
+$("upload-form").onsubmit = async (ev) => {
+  ev.preventDefault();
+  const f = $("upload-file").files[0];
+  if (!f) return status("choose a file to upload", true);
+  const form = new FormData();
+  form.append("file", f);
+  try {
+    const out = await (await api("/api/upload", { method: "POST", body: form })).json();
+    await loadImages();
+    await openImage(out.id);
+  } catch (e) { status(`upload refused: ${e.message}`, true); }
+};
+window.addEventListener("keydown", (ev) => {
+  if (ev.target.tagName === "INPUT") return;
+  if ((ev.ctrlKey || ev.metaKey) && ev.key === "z") { ev.preventDefault(); undo(); }
+  else if ((ev.ctrlKey || ev.metaKey) && ev.key === "s") { ev.preventDefault(); save(); }
+  else if (ev.key === "n") newObject();
+});
+window.addEventListener("resize", redraw);
+
+(async () => {
+  try {
+    state.info = await (await api("/api/info")).json();
+    const m = state.info.model;
+    $("model").textContent = `step ${m.step}, threshold ${m.threshold} (${m.threshold_source}); ` +
+      `${m.image_kinds.join(" + ")} images; ` +
+      (m.takes_corrections ? "takes corrective clicks" : "takes no corrective clicks (four points per object)");
+    await loadImages();
+  } catch (e) { status(e.message, true); }
+})();

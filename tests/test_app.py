@@ -1,0 +1,364 @@
+"""The annotation tool's API (`dlset_jax.app`), through FastAPI's test client.
+
+Every endpoint, and every bad input the tool must refuse (paths out of the folder,
+hidden files, oversize images and uploads, corrupt files, clicks outside the image,
+unknown images, a save overtaken by another tab's) with its status and message, and
+that a refused request writes nothing. The model is `random_model` (untrained: these
+tests check the plumbing; the browser test checks a trained model's masks).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+from tiny_models import dicom_file, ellipse_image
+
+from dlset_jax import segmenter as seglib
+from dlset_jax.app import folder as folder_lib
+from dlset_jax.app import server
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+POINTS = [[10, 30], [50, 31], [30, 12], [31, 50]]
+
+
+def png(arr) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def tree(root) -> dict:
+    """{relative path: bytes} of every file under `root` (to assert that nothing changed)."""
+    out = {}
+    for d, _, names in os.walk(root):
+        for n in names:
+            p = os.path.join(d, n)
+            with open(p, "rb") as f:
+                out[os.path.relpath(p, root)] = f.read()
+    return out
+
+
+@pytest.fixture(scope="module")
+def seg(random_model):
+    wd, _, _ = random_model
+    return seglib.Segmenter.from_workdir(str(wd), bucket_size=4)
+
+
+@pytest.fixture
+def images(tmp_path):
+    root = tmp_path / "images"
+    (root / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    img, _ = ellipse_image(rng)
+    (root / "a.png").write_bytes(png(img))
+    (root / "sub" / "b.png").write_bytes(png(np.stack([img] * 3, -1)))
+    (root / "notes.txt").write_text("not an image")
+    (root / ".hidden.png").write_bytes(png(img))
+    (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    (root / "big.png").write_bytes(png(np.zeros((80, 80), np.uint8)))
+    (tmp_path / "secret.png").write_bytes(png(img))
+    os.symlink(tmp_path / "secret.png", root / "link_out.png")
+    return root
+
+
+@pytest.fixture
+def client(seg, images):
+    folder = folder_lib.ImageFolder(str(images), max_pixels=64 * 64)
+    app = server.create_app(seg, folder, max_upload_bytes=20_000)
+    return TestClient(app)
+
+
+def test_page_and_static_files_are_served(client):
+    r = client.get("/")
+    assert r.status_code == 200 and "<canvas" in r.text
+    for name in ("app.js", "app.css"):
+        assert client.get(f"/static/{name}").status_code == 200
+    # the page fetches nothing from elsewhere
+    for name in ("index.html", "app.js", "app.css"):
+        text = open(os.path.join(server.STATIC, name)).read()
+        assert "http://" not in text and "https://" not in text, name
+
+
+def test_info_names_the_model_and_limits(client, seg):
+    info = client.get("/api/info").json()
+    assert info["model"]["step"] == seg.step
+    assert info["model"]["takes_corrections"] is False
+    assert info["limits"]["max_upload_bytes"] == 20_000
+
+
+def test_listing_skips_hidden_links_out_and_non_images(client):
+    ids = [im["id"] for im in client.get("/api/images").json()["images"]]
+    assert ids == ["a.png", "big.png", "corrupt.png", "sub/b.png"]
+
+
+def test_image_meta_and_slice_png(client):
+    meta = client.get("/api/image", params={"id": "sub/b.png"}).json()
+    assert (meta["width"], meta["height"], meta["n_slices"], meta["channels"]) == (64, 64, 1, 1)
+    assert meta["annotation"] is None
+    r = client.get("/api/slice", params={"id": "a.png", "z": 0, "lo": 50, "hi": 150})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    shown = np.asarray(Image.open(io.BytesIO(r.content)))
+    assert shown.shape == (64, 64)
+    assert shown.min() == 0 and shown.max() == 255  # the window stretches 50..150
+
+
+@pytest.mark.parametrize(
+    "image_id,status,needle",
+    [
+        ("../secret.png", 403, "not a path inside"),
+        ("/etc/passwd", 403, "not a path inside"),
+        ("sub/../../secret.png", 403, "not a path inside"),
+        (".hidden.png", 403, "hidden files"),
+        ("link_out.png", 403, "leaves the image folder"),
+        ("nope.png", 404, "unknown image"),
+        ("notes.txt", 404, "not an image"),
+        ("corrupt.png", 422, "cannot read image"),
+        ("big.png", 413, "limit"),
+    ],
+)
+def test_bad_image_ids_are_refused(client, images, image_id, status, needle):
+    before = tree(images)
+    for method, path, kwargs in (
+        ("get", "/api/image", {"params": {"id": image_id}}),
+        ("get", "/api/slice", {"params": {"id": image_id}}),
+        ("post", "/api/segment", {"json": {"id": image_id, "points": POINTS}}),
+        ("post", "/api/save", {"json": {"id": image_id, "revision": 0, "objects": []}}),
+    ):
+        r = getattr(client, method)(path, **kwargs)
+        assert r.status_code == status, (path, r.text)
+        assert needle in r.json()["error"], (path, r.text)
+    assert tree(images) == before
+
+
+def test_segment_returns_closed_contours_inside_the_image(client):
+    r = client.post("/api/segment", json={"id": "a.png", "slice": 0, "points": POINTS})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["ms"] > 0 and isinstance(out["warnings"], list)
+    for line in out["contours"]:
+        xy = np.asarray(line)
+        assert xy.shape[1] == 2 and (xy >= -1).all() and (xy <= 64).all()
+
+
+def test_segment_contour_is_the_masks_boundary(seg):
+    """The contour polylines enclose the mask the Segmenter gives (an independent check
+    with matplotlib's point-in-polygon test on every pixel centre)."""
+    from matplotlib.path import Path
+
+    img, _ = ellipse_image(np.random.default_rng(1))
+    obj = seg.segment(img, np.asarray(POINTS, float)).objects[0]
+    lines = server._contours(obj.phi_window, obj.window, obj.threshold)
+    yy, xx = np.mgrid[:64, :64]
+    centres = np.stack([xx.ravel(), yy.ravel()], 1)
+    inside = np.zeros(64 * 64, bool)
+    for line in lines:
+        inside ^= Path(np.asarray(line)).contains_points(centres)
+    agree = (inside.reshape(64, 64) == obj.mask).mean()
+    assert obj.mask.any() and agree > 0.99
+
+
+@pytest.mark.parametrize(
+    "body,needle",
+    [
+        ({"id": "a.png", "points": [[10, 30], [50, 31], [30, 12], [31, 90]]}, "outside the image"),
+        ({"id": "a.png", "points": [[10, 30], [50, 31], [30, 12]]}, "points"),
+        ({"id": "a.png", "points": "left right"}, "points"),
+        ({"id": "a.png", "slice": 3, "points": POINTS}, "slice 3 out of range"),
+        ({"points": POINTS}, "id"),
+    ],
+)
+def test_bad_clicks_are_400_with_the_reason(client, body, needle):
+    r = client.post("/api/segment", json=body)
+    assert r.status_code == 400, r.text
+    assert needle in r.json()["error"]
+
+
+def test_malformed_and_oversize_json_bodies(client):
+    r = client.post(
+        "/api/segment", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 400
+    big = b'{"id": "a.png", "points": [' + b"[1, 1]," * 200_000 + b"[1, 1]]}"
+    r = client.post("/api/segment", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "bytes" in r.json()["error"]
+
+
+def obj(label="disc", color="#ff0000", points=POINTS, z=0):
+    return {"label": label, "color": color, "slice": z, "points": points}
+
+
+def test_save_writes_label_map_and_clicks_and_reopens(client, images, seg):
+    r = client.post(
+        "/api/save", json={"id": "a.png", "revision": 0, "objects": [obj(), obj("cup")]}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json() == {"revision": 1, "files": ["a.annotation.json", "a.labels.png"]}
+    labels = np.asarray(Image.open(images / "a.labels.png"))
+    img = np.asarray(Image.open(images / "a.png"))
+    want = seg.segment(img, [POINTS, POINTS]).objects
+    # label 1 = disc, 2 = cup; the later object wins where they overlap
+    np.testing.assert_array_equal(labels == 2, want[1].mask)
+    doc = json.loads((images / "a.annotation.json").read_text())
+    assert doc["labels"] == [{"name": "disc", "value": 1}, {"name": "cup", "value": 2}]
+    assert doc["objects"][0]["points"] == POINTS and doc["revision"] == 1
+    meta = client.get("/api/image", params={"id": "a.png"}).json()
+    assert meta["annotation"]["objects"] == doc["objects"]
+    listed = {im["id"]: im["annotated"] for im in client.get("/api/images").json()["images"]}
+    assert listed["a.png"] and not listed["sub/b.png"]
+    # outputs are not offered as images
+    assert "a.labels.png" not in listed
+
+
+def test_a_stale_save_is_refused_and_writes_nothing(client, images):
+    r = client.post("/api/save", json={"id": "a.png", "revision": 0, "objects": [obj()]})
+    assert r.is_success
+    before = tree(images)
+    r = client.post("/api/save", json={"id": "a.png", "revision": 0, "objects": [obj("x")]})
+    assert r.status_code == 409 and "reload" in r.json()["error"]
+    assert tree(images) == before
+    assert client.post("/api/save", json={"id": "a.png", "revision": 1, "objects": []}).is_success
+
+
+@pytest.mark.parametrize(
+    "bad,needle",
+    [
+        (obj(color="red"), "color"),
+        (obj(label=""), "label"),
+        (obj(z=2), "slice 2 out of range"),
+        (obj(points=[[0, 0], [1, 0], [0, 1], [1, 1]] * 1), "within one pixel"),
+        (obj(points=[[10, 30], [50, 31], [30, 12], [31, 64]]), "outside the image"),
+    ],
+)
+def test_bad_objects_in_a_save_write_nothing(client, images, bad, needle):
+    before = tree(images)
+    r = client.post("/api/save", json={"id": "a.png", "revision": 0, "objects": [obj(), bad]})
+    assert r.status_code == 400, r.text
+    assert needle in r.json()["error"]
+    assert tree(images) == before
+
+
+def test_concurrent_saves_from_two_tabs(client, images):
+    """Two tabs save the same revision at once: one wins, the other gets 409, and the
+    files on disk are one complete save (label map and clicks of the same revision)."""
+    barrier = threading.Barrier(2)
+    codes = []
+
+    def tab(label):
+        barrier.wait()
+        r = client.post("/api/save", json={"id": "a.png", "revision": 0, "objects": [obj(label)]})
+        codes.append(r.status_code)
+
+    threads = [threading.Thread(target=tab, args=(n,)) for n in ("one", "two")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(codes) == [200, 409]
+    doc = json.loads((images / "a.annotation.json").read_text())
+    assert doc["revision"] == 1 and len(doc["labels"]) == 1
+    assert not [n for n in os.listdir(images) if n.endswith(".tmp")]
+
+
+def test_upload_stores_a_new_image_once(client, images):
+    img, _ = ellipse_image(np.random.default_rng(2))
+    r = client.post("/api/upload", files={"file": ("new.png", png(img), "image/png")})
+    assert r.status_code == 200 and r.json() == {"id": "uploads/new.png"}
+    assert (images / "uploads" / "new.png").read_bytes() == png(img)
+    before = tree(images)
+    for name, data, status, needle in (
+        ("new.png", png(img), 409, "exists already"),
+        ("bad.png", b"\x89PNG broken", 422, "cannot read"),
+        ("huge.png", b"0" * 20_001, 413, "limit"),
+        ("x.exe", b"MZ", 400, "expected an image"),
+        ("a.labels.png", png(img), 400, "outputs"),
+        (".hidden.png", png(img), 400, "expected an image"),
+    ):
+        r = client.post("/api/upload", files={"file": (name, data, "application/octet-stream")})
+        assert r.status_code == status, (name, r.text)
+        assert needle in r.json()["error"], (name, r.text)
+    assert tree(images) == before
+    # a path in the file name is dropped: the upload lands in uploads/, never outside
+    r = client.post("/api/upload", files={"file": ("../../escape.png", png(img), "image/png")})
+    assert r.json() == {"id": "uploads/escape.png"}
+    assert not (images.parent / "escape.png").exists()
+
+
+def test_a_model_error_is_a_message_and_the_server_keeps_running(seg, images, monkeypatch):
+    folder = folder_lib.ImageFolder(str(images), max_pixels=64 * 64)
+    app = server.create_app(seg, folder, max_upload_bytes=1)
+    client = TestClient(app, raise_server_exceptions=False)
+
+    def boom(*a, **k):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(seg, "segment", boom)
+    r = client.post("/api/segment", json={"id": "a.png", "points": POINTS})
+    assert r.status_code == 500 and "out of memory (simulated)" in r.json()["error"]
+    monkeypatch.undo()
+    assert client.post("/api/segment", json={"id": "a.png", "points": POINTS}).status_code == 200
+
+
+def test_volumes_have_slices_and_save_as_nifti_with_the_affine(seg, tmp_path):
+    nib = pytest.importorskip("nibabel")
+    rng = np.random.default_rng(3)
+    vol = np.stack([ellipse_image(rng)[0] for _ in range(3)], axis=2).astype(np.int16) * 4
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    affine[:3, 3] = (-10, 5, 30)
+    root = tmp_path / "vols"
+    root.mkdir()
+    nib.save(nib.Nifti1Image(vol, affine), root / "case.nii.gz")
+    c = TestClient(
+        server.create_app(
+            seg, folder_lib.ImageFolder(str(root), max_pixels=10**6), max_upload_bytes=1
+        )
+    )
+    meta = c.get("/api/image", params={"id": "case.nii.gz"}).json()
+    assert meta["n_slices"] == 3 and meta["spacing"] == pytest.approx([0.8, 0.8])
+    r = c.post("/api/save", json={"id": "case.nii.gz", "revision": 0, "objects": [obj(z=1)]})
+    assert r.status_code == 200 and "case.labels.nii.gz" in r.json()["files"]
+    out = nib.load(root / "case.labels.nii.gz")
+    np.testing.assert_allclose(out.affine, affine)
+    lab = np.asarray(out.dataobj)
+    assert lab.shape == vol.shape and lab[..., 0].max() == 0 and lab[..., 2].max() == 0
+    assert lab[..., 1].max() == 1
+
+
+def test_dicom_saves_a_dicom_seg_that_references_the_source(seg, tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    hd = pytest.importorskip("highdicom")
+    root = tmp_path / "dcm"
+    root.mkdir()
+    img, _ = ellipse_image(np.random.default_rng(4))
+    dicom_file(root / "im.dcm", img)
+    c = TestClient(
+        server.create_app(
+            seg, folder_lib.ImageFolder(str(root), max_pixels=10**6), max_upload_bytes=1
+        )
+    )
+    r = c.post("/api/save", json={"id": "im.dcm", "revision": 0, "objects": [obj("liver")]})
+    assert r.status_code == 200, r.text
+    assert r.json()["files"] == ["im.annotation.json", "im.seg.dcm"]
+    out = hd.seg.segread(root / "im.seg.dcm")
+    src = pydicom.dcmread(root / "im.dcm")
+    assert out.get_segment_description(1).segment_label == "liver"
+    ref = out.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
+    assert ref.ReferencedSOPInstanceUID == src.SOPInstanceUID
+    got = out.get_pixels_by_source_instance(
+        source_sop_instance_uids=[src.SOPInstanceUID], segment_numbers=[1]
+    )[0, ..., 0]
+    want = seg.segment(img, np.asarray(POINTS, float)).objects[0].mask
+    np.testing.assert_array_equal(got.astype(bool), want)
+    # a DICOM without study / series attributes cannot be referenced: 422, nothing saved
+    dicom_file(root / "bare.dcm", img, study=False)
+    before = tree(root)
+    r = c.post("/api/save", json={"id": "bare.dcm", "revision": 0, "objects": [obj()]})
+    assert r.status_code == 422 and "StudyInstanceUID" in r.json()["error"], r.text
+    assert tree(root) == before
