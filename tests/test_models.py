@@ -605,8 +605,13 @@ def test_fast_model_matches_reference(depth, output_stride, monkeypatch):
         num = sum(float(np.sum((np.asarray(x) - np.asarray(y)) ** 2)) for x, y in zip(la, lb))
         return np.sqrt(num / sum(float(np.sum(np.asarray(x) ** 2)) for x in la))
 
-    assert global_rel(exact[1], new[1]) < 1e-3
-    assert global_rel(exact[1], ref[1]) < 1e-3
+    # As for the outputs, the plain formulation's own float32 error is the yardstick: it
+    # depends on the compiler (ResNet-50 here: 1.1e-3 plain and 2.1e-3 fused without
+    # LLVM's optimisation passes, as the tests compile, vs < 1e-3 for both with them); a
+    # wrong formulation is off by O(1).
+    err_new, err_ref = global_rel(exact[1], new[1]), global_rel(exact[1], ref[1])
+    assert err_ref < 5e-3, err_ref
+    assert err_new <= 4 * err_ref + 1e-4, (err_new, err_ref)
 
 
 def test_psp_head_call_matches_fused_path(rng):
