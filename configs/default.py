@@ -6,7 +6,7 @@ and T1 textures, every label with random intensities, blur, noise and bias; see
 docs/data.md), grey and colour, objects from 8 px to the whole image. Crops and click
 jitter scale with the object; plain BCE on the evolved level set (the class-balanced
 BCE of eq. 6 pushes contours outwards); a cosine schedule over the whole run. Sized for
-a 2-core CPU (about 25 minutes).
+a 2-core CPU (about 50 minutes with the data generation).
 
     python train.py --config configs/default.py --workdir workdirs/default
 """
@@ -23,5 +23,7 @@ def get_config():
     c.data.update(augment_scale=(0.7, 1.4), augment_rotation=180.0)
     c.loss.update(balanced=False, warmup_epochs=0.3)
     c.train.update(num_epochs=1, num_steps=3000, log_every=50, checkpoint_every=250)
+    # the mask threshold chosen on the validation split of the same generator
+    c.eval.sweep_thresholds = True
     c.eval.real_benchmark = True
     return c
