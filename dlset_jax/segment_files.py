@@ -143,6 +143,15 @@ def read_input(path: str, kind: str, *, page=None, channel: int = 0, axis: int =
     return readers.read_dicom(path)
 
 
+def label_volume(inp, slice_maps: dict, dtype) -> np.ndarray:
+    """The label volume, in the NIfTI's array order, of `{slice index: (H, W) labels}`
+    given in the orientation of `frame` (undoes its axis move and rotation)."""
+    moved = np.zeros(np.moveaxis(np.zeros(inp["shape"][:3], bool), inp["axis"], 0).shape, dtype)
+    for z, lm in slice_maps.items():
+        moved[z] = np.rot90(lm, k=-1) if inp["rot90"] else lm
+    return np.moveaxis(moved, 0, inp["axis"])
+
+
 def frame(inp, index):
     """Frame `index` of a volume or multi-frame DICOM read by `read_input`."""
     if inp["kind"] == "nifti":
@@ -348,11 +357,7 @@ def run(req: Request) -> dict:
             slices[-1]["label_map"] = res.label_map(np.uint8 if len(objects) < 256 else np.uint16)
     if kind == "nifti":
         dtype = np.uint8 if len(objects) < 256 else np.uint16
-        moved = np.zeros(np.moveaxis(np.zeros(inp["shape"][:3], bool), req.axis, 0).shape, dtype)
-        for s in slices:
-            lm = s.pop("label_map")
-            moved[s["slice"]] = np.rot90(lm, k=-1) if req.rot90 else lm
-        labels = np.moveaxis(moved, 0, req.axis)
+        labels = label_volume(inp, {s["slice"]: s.pop("label_map") for s in slices}, dtype)
         gz = req.image.lower().endswith(".gz")
         files[f"{stem}_mask.nii" + (".gz" if gz else "")] = nifti_bytes(
             labels, inp["affine"], inp["header"], gz

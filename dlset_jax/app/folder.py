@@ -254,12 +254,7 @@ class ImageFolder:
             out = {}
             if loaded.kind == "nifti":
                 src = loaded.source
-                moved = np.zeros(
-                    np.moveaxis(np.zeros(src["shape"][:3], bool), src["axis"], 0).shape, dtype
-                )
-                for z in range(shape[0]):
-                    moved[z] = np.rot90(labels[z], k=-1) if src["rot90"] else labels[z]
-                vol = np.moveaxis(moved, 0, src["axis"])
+                vol = segment_files.label_volume(src, dict(enumerate(labels)), dtype)
                 out[stem + ".labels.nii.gz"] = segment_files.nifti_bytes(
                     vol, src["affine"], src["header"], gz=True
                 )
