@@ -82,7 +82,7 @@ def main(argv=None) -> None:
     else:
         c = config_lib.cpu_sized(config_lib.base_config())
         model = models.create_model(c.model)
-        v = jax.jit(lambda k: model.init_variables(k, c.data.resolution))(jax.random.key(0))
+        v = model.init_variables(jax.random.key(0), c.data.resolution)
         seg = segmenter.Segmenter(c, v, bucket_size=1, check=False)
         what = "randomly initialised CPU-default model"
     root = tempfile.mkdtemp(prefix="dlset_app_bench_")

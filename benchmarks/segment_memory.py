@@ -36,7 +36,7 @@ def main(argv=None) -> None:
 
     c = config_lib.cpu_sized(config_lib.base_config())
     model = models.create_model(c.model)
-    variables = jax.jit(lambda k: model.init_variables(k, c.data.resolution))(jax.random.key(0))
+    variables = model.init_variables(jax.random.key(0), c.data.resolution)
     seg = segmenter.Segmenter(c, variables, bucket_size=a.bucket, check=False)
     # compile once on a small image, so that the peak below is the segmentation's
     seg.segment(np.zeros((64, 64), np.uint8), [[[10, 30], [50, 30], [30, 10], [30, 50]]])

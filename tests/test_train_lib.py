@@ -44,7 +44,7 @@ def test_step_schedule_is_the_authors():
 
 def _tiny_params():
     model = models.create_model(tiny_model_config())
-    return jax.jit(lambda k: model.init_variables(k, 32))(jax.random.key(0))["params"]
+    return model.init_variables(jax.random.key(0), 32)["params"]
 
 
 def test_heads_step_at_the_multiplier_times_the_backbone_rate():
@@ -91,7 +91,7 @@ def _losses(warmup, shift_per="example"):
     c.model = ml_collections.ConfigDict(tiny_model_config().to_dict())
     c.levelset.init_shift_per = shift_per
     model = models.create_model(c.model)
-    v = jax.jit(lambda k: model.init_variables(k, 32))(jax.random.key(0))
+    v = model.init_variables(jax.random.key(0), 32)
     fn = jax.jit(functools.partial(train_lib.compute_losses, model=model, config=c))
     return fn(v["params"], v["batch_stats"], _batch(), jax.random.key(1), jnp.asarray(warmup))
 

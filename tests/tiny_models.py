@@ -80,8 +80,7 @@ def random_model(tmp_path_factory):
 
     config = tiny_config()
     model = models.create_model(config.model)
-    init = jax.jit(lambda key: model.init_variables(key, RES))  # one program: fast
-    variables = jax.tree.map(np.asarray, init(jax.random.key(0)))
+    variables = jax.tree.map(np.asarray, model.init_variables(jax.random.key(0), RES))
     wd = tmp_path_factory.mktemp("random_wd")
     save_checkpoint(wd, config, variables)
     return wd, config, variables

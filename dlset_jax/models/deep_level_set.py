@@ -123,10 +123,15 @@ class DeepLevelSet(nn.Module):
         return out
 
     def init_variables(self, rng, image_size: int | Sequence[int] = 64, batch: int = 1):
-        """``init`` on a zero input of the given size (any size works later)."""
+        """``init`` on a zero input of the given size (any size works later).
+
+        Compiled as one program: run op by op, the initialisation of a ResNet dispatches
+        (and compiles) hundreds of small operations, 20 s for the tiny test model on a
+        CPU against 8 s compiled (0.5 s from a persistent compilation cache).
+        """
         hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         x = jnp.zeros((batch, *hw, self.in_channels), jnp.float32)
-        return self.init(rng, x, train=False)
+        return jax.jit(lambda key: self.init(key, x, train=False))(rng)
 
 
 def param_labels(params, frozen_bn: bool = False):
