@@ -9,12 +9,25 @@ BCE of eq. 6 pushes contours outwards); a cosine schedule over the whole run. Si
 a 2-core CPU (about 50 minutes with the data generation).
 
     python train.py --config configs/default.py --workdir workdirs/default
+
+`configs/default.py:interactive` is the same model fine-tuned to take corrective
+clicks after the four points: it starts from that checkpoint (`train.init_from`; the
+input convolution widened with zero weights for the two click maps, so it starts as the
+four-click model) and trains on the same set with simulated corrections (iterative
+training: a share of the batches gets 1..3 rounds of "predict, click the deepest error",
+dlset_jax/corrections.py). About 25 more minutes on 2 cores:
+
+    python train.py --config configs/default.py:interactive --workdir workdirs/interactive
 """
 
 from dlset_jax.config import base_config, cpu_sized
 
+VARIANTS = ("four_clicks", "interactive")
 
-def get_config():
+
+def get_config(variant="four_clicks"):
+    if variant not in VARIANTS:
+        raise ValueError(f"default variant must be one of {VARIANTS}, got {variant!r}")
     c = cpu_sized(base_config())
     c.data.update(name="domain_random", image_kinds=("grey", "rgb"))
     # margin 20% of the object's size (at least 3 px): every object fills the same
@@ -26,4 +39,11 @@ def get_config():
     # the mask threshold chosen on the validation split of the same generator
     c.eval.sweep_thresholds = True
     c.eval.real_benchmark = True
+    if variant == "interactive":
+        c.clicks.enabled = True
+        c.model.in_channels = 6
+        c.train.init_from = "workdirs/default"
+        c.optim.update(learning_rate=3e-4, warmup_fraction=0.05)
+        c.loss.warmup_epochs = 0.0  # the model it starts from is past the DELSE warm-up
+        c.train.update(num_steps=1200, checkpoint_every=200)
     return c

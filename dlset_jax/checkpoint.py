@@ -239,3 +239,48 @@ def load(workdir: str, step: int | None = None, *, check: bool = True) -> Run:
         check_variables(models.create_model(config.model), variables, config.data.resolution)
     threshold, source = read_threshold(workdir, config)
     return Run(workdir, config, variables, step, threshold, source)
+
+
+# Where the network's input channels enter (HWIO kernel): the one array that a warm
+# start may widen (new input channels, e.g. click maps, start with zero weights).
+INPUT_KERNEL = "['params']['backbone']['conv1']['kernel']"
+
+
+def warm_start(workdir: str, variables: dict) -> dict:
+    """`variables` (a fresh model's) with the arrays of `workdir`'s latest checkpoint.
+
+    Every array must match in shape, except the input convolution's kernel, which may
+    have fewer input channels in the checkpoint: the missing ones get zero weights, so
+    the widened network computes what the trained one did until it learns to use them.
+
+    Raises:
+      FileNotFoundError (no checkpoint), CheckpointMismatchError naming the array.
+    """
+    run = load(workdir)
+    src = {"params": run.variables["params"], "batch_stats": run.variables.get("batch_stats", {})}
+    have = dict(
+        (jax.tree_util.keystr(p), x) for p, x in jax.tree_util.tree_flatten_with_path(src)[0]
+    )
+    where = f"train.init_from={workdir!r} (step {run.step})"
+
+    def take(path, x):
+        key = jax.tree_util.keystr(path)
+        if key not in have:
+            raise CheckpointMismatchError(f"{where} lacks {key}, which the model has")
+        got = np.asarray(have.pop(key))
+        if got.shape == x.shape:
+            return got.astype(x.dtype)
+        widen = key == INPUT_KERNEL and got.shape[:2] + got.shape[3:] == x.shape[:2] + x.shape[3:]
+        if widen and got.shape[2] < x.shape[2]:
+            out = np.zeros(x.shape, x.dtype)
+            out[:, :, : got.shape[2]] = got
+            return out
+        raise CheckpointMismatchError(
+            f"{where}: {key} has shape {got.shape} there, the model expects {x.shape} "
+            "(only the input convolution may gain input channels)"
+        )
+
+    out = jax.tree_util.tree_map_with_path(take, {k: variables.get(k, {}) for k in src})
+    if have:
+        raise CheckpointMismatchError(f"{where} has {sorted(have)[0]}, which the model lacks")
+    return {**variables, **out}

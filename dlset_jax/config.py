@@ -59,7 +59,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.depth = 101
     c.model.width = 64  # base width (64 = the standard ResNet)
-    c.model.in_channels = 4  # RGB (grey replicated) + guidance
+    # RGB (grey replicated) + guidance (+ positive and negative click maps with clicks)
+    c.model.in_channels = 4
     c.model.output_stride = 8
     c.model.frozen_backbone_bn = False  # the authors froze it (with ImageNet weights)
     c.model.compute_dtype = "float32"  # "bfloat16" for mixed precision on GPU/TPU
@@ -68,6 +69,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.psp_channels = 128
     c.model.psp_bins = (1, 2, 3, 6)  # pyramid pooling grid sizes
     c.model.pretrained = ""  # torchvision ResNet weights (.pth/.npz/.safetensors)
+
+    # Corrective clicks after the four extreme points (dlset_jax/corrections.py).
+    c.clicks = ml_collections.ConfigDict()
+    c.clicks.enabled = False  # the network takes positive / negative click maps
+    c.clicks.max_clicks = 24  # click slots per object (one compiled program for all)
+    c.clicks.sigma = 6.0  # FWHM of a click's Gaussian disc (crop px)
+    # Training with simulated corrections (iterative, as RITM): this share of batches
+    # gets 1..train_rounds rounds of "predict, click the deepest error".
+    c.clicks.train_prob = 0.6
+    c.clicks.train_rounds = 3
 
     c.levelset = ml_collections.ConfigDict()
     c.levelset.steps = 5  # T, train and test (paper)
@@ -117,6 +128,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 500
     c.train.keep_checkpoints = 3
     c.train.num_log_images = 4
+    # A workdir whose latest checkpoint initialises a fresh run (fine-tuning): its
+    # parameters and BatchNorm statistics, the input convolution widened with zero
+    # weights for input channels it lacks (e.g. click maps); not its optimiser or step.
+    c.train.init_from = ""
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 16
@@ -245,6 +260,21 @@ def validate(
     need(m.depth in DEPTHS, f"model.depth must be one of {DEPTHS}, got {m.depth}")
     need(m.output_stride in (8, 16), f"model.output_stride must be 8 or 16, got {m.output_stride}")
     need(m.width >= 1, f"model.width must be >= 1, got {m.width}")
+    k = config.clicks
+    want_in = 4 + (2 if k.enabled else 0)
+    need(
+        m.in_channels == want_in,
+        f"model.in_channels must be {want_in} (RGB + guidance"
+        + (" + positive and negative click maps" if k.enabled else "")
+        + f" with clicks.enabled={k.enabled}), got {m.in_channels}",
+    )
+    need(k.max_clicks >= 1, f"clicks.max_clicks must be >= 1, got {k.max_clicks}")
+    need(k.sigma > 0, f"clicks.sigma must be > 0, got {k.sigma}")
+    need(0 <= k.train_prob <= 1, f"clicks.train_prob must be in [0, 1], got {k.train_prob}")
+    need(
+        0 <= k.train_rounds <= k.max_clicks,
+        f"clicks.train_rounds must be in [0, clicks.max_clicks], got {k.train_rounds}",
+    )
     need(
         len(m.psp_bins) >= 1 and all(int(b) >= 1 for b in m.psp_bins),
         f"model.psp_bins must be positive grid sizes, got {tuple(m.psp_bins)}",

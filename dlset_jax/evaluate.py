@@ -41,6 +41,8 @@ FROZEN_FIELDS = (
     "data.relax_fraction",
     "data.dt_max",
     "model.",
+    "clicks.enabled",
+    "clicks.sigma",
 )
 
 

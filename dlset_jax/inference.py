@@ -9,7 +9,9 @@ step (`train_lib`), the evaluation (`evaluate`) and prediction (`segmenter`):
   -> `paste_back` (host: the crop's level set into the full image).
 
 `predict_crops` is the pure, jit-able middle part. Config fields read here:
-`data.guidance`, `data.sigma`, `data.cm_variant`, `data.dt_max` and `levelset.*`.
+`data.guidance`, `data.sigma`, `data.cm_variant`, `data.dt_max`, `clicks.*` and
+`levelset.*`. A model trained with `clicks.enabled` takes two more channels, the maps
+of the corrective clicks (`corrections.click_maps`); without clicks they are zero.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlset_jax import guidance, levelset, targets
+from dlset_jax import corrections, guidance, levelset, targets
 
 # Level set value outside the crop box (positive = outside; the authors' 20).
 BACKGROUND_PHI = 20.0
@@ -37,15 +39,17 @@ def evolution_kwargs(config) -> dict:
     )
 
 
-def model_inputs(image: jax.Array, points: jax.Array, config) -> jax.Array:
-    """The network input: normalised crops and the guidance channel / 255.
+def model_inputs(image: jax.Array, points: jax.Array, config, clicks=None) -> jax.Array:
+    """The network input: normalised crops, the guidance channel / 255 (and click maps).
 
     Args:
       image: `(B, R, R, 3)` normalised crops (`targets.crop_inputs`).
       points: `(B, 4, 2)` `(x, y)` crop px, order left, right, top, bottom.
+      clicks: `(B, K, 3)` corrective clicks `(x, y, sign)` in crop px, or None (none);
+        used when `config.clicks.enabled`, ignored otherwise.
 
     Returns:
-      `(B, R, R, 4)` float32.
+      `(B, R, R, 4)` float32, or `(B, R, R, 6)` with `clicks.enabled`.
     """
     chex.assert_rank(image, 4)
     chex.assert_shape(points, (image.shape[0], 4, 2))
@@ -58,7 +62,19 @@ def model_inputs(image: jax.Array, points: jax.Array, config) -> jax.Array:
         sigma=float(d.sigma),
         cm_variant=d.cm_variant,
     )
-    return jnp.concatenate([image, g / 255.0], axis=-1)
+    parts = [image, g / 255.0]
+    if config.clicks.enabled and clicks is None:
+        # no clicks: zero maps, written as such (maps of empty slots are constants that
+        # XLA would spend minutes folding)
+        parts.append(jnp.zeros((*image.shape[:3], 2), image.dtype))
+    elif config.clicks.enabled:
+        chex.assert_shape(clicks, (image.shape[0], None, 3))
+        parts.append(
+            corrections.click_maps(
+                clicks, image.shape[1], image.shape[2], float(config.clicks.sigma)
+            )
+        )
+    return jnp.concatenate(parts, axis=-1)
 
 
 def evolve(phi_init: jax.Array, outputs: dict, config, *, return_trajectory: bool = False):
@@ -80,18 +96,21 @@ def evolve(phi_init: jax.Array, outputs: dict, config, *, return_trajectory: boo
     )
 
 
-def predict_crops(variables, image, points, *, model, config, return_trajectory: bool = False):
+def predict_crops(
+    variables, image, points, clicks=None, *, model, config, return_trajectory: bool = False
+):
     """Network (eval mode) + evolution on crops. Pure; jit it.
 
     Args:
       variables: `{"params", "batch_stats"}`.
       image: `(B, R, R, 3)` normalised crops; points: `(B, 4, 2)` crop px.
+      clicks: `(B, K, 3)` corrective clicks in crop px, or None (see `model_inputs`).
 
     Returns:
       the network's dict plus `phi_t` `(B, R, R, 1)` (and `trajectory`
       `(T+1, B, R, R, 1)` when asked).
     """
-    out = model.apply(variables, model_inputs(image, points, config), train=False)
+    out = model.apply(variables, model_inputs(image, points, config, clicks), train=False)
     res = evolve(out["phi0"], out, config, return_trajectory=return_trajectory)
     if return_trajectory:
         out["phi_t"], out["trajectory"] = res

@@ -33,6 +33,14 @@ points within one pixel of each other (nothing to segment). Points on one line (
 structure) are accepted with a warning in the object's summary. `reorder=True` sorts
 four unordered points (the left-most is "left", ...) when that is unambiguous.
 
+Corrective clicks (a model trained with `clicks.enabled`): after the four points, each
+object may get positive clicks (a missed part of the object) and negative clicks
+(leaked background), `(x, y, sign)` image px with sign +1 / -1, in the order clicked
+(`segment(..., corrections=...)`, or an `Annotation` and `refine`). The crop stays the
+one of the four points: a positive click outside it is an error (move the extreme
+points instead); a negative click outside it changes nothing (a warning). A model
+without click channels refuses corrections with a message that says so.
+
 Memory grows with the objects, not with the image: each object keeps its level set and
 mask only inside its crop box (`ObjectResult.window`); `mask` / `phi` / `baseline_mask`
 build full-image arrays on demand.
@@ -57,6 +65,8 @@ from dlset_jax import checkpoint, hostmem, inference, metrics, models, readers, 
 
 __all__ = [
     "POINT_NAMES",
+    "Annotation",
+    "check_corrections",
     "IMAGE_KINDS",
     "ObjectResult",
     "Segmentation",
@@ -225,6 +235,83 @@ def _reorder(pts: np.ndarray, obj) -> np.ndarray:
     )
 
 
+def check_corrections(clicks, image_shape, *, obj: Any = 0) -> np.ndarray:
+    """Validates one object's corrective clicks.
+
+    Args:
+      clicks: `(K, 3)` `(x, y, sign)` image px, sign +1 (positive) or -1 (negative);
+        None or empty for none.
+      image_shape: `(H, W)` or `(H, W, C)`.
+
+    Returns:
+      float64 `(K, 3)`.
+
+    Raises:
+      ValueError naming the object and the click.
+    """
+    if clicks is None:
+        return np.zeros((0, 3))
+    try:
+        c = np.asarray(clicks, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"object {obj}: corrective clicks must be (x, y, sign) triples, got {clicks!r}"
+        ) from e
+    if c.size == 0:
+        return np.zeros((0, 3))
+    if c.ndim != 2 or c.shape[1] != 3:
+        raise ValueError(
+            f"object {obj}: corrective clicks must have shape (K, 3) (x, y, sign), got {c.shape}"
+        )
+    if not np.isfinite(c).all():
+        raise ValueError(f"object {obj}: corrective clicks must be finite, got {c.tolist()}")
+    h, w = int(image_shape[0]), int(image_shape[1])
+    for j, (x, y, sign) in enumerate(c):
+        if sign not in (1.0, -1.0):
+            raise ValueError(
+                f"object {obj}: corrective click {j} has sign {sign:g}; use +1 (positive: "
+                "part of the object) or -1 (negative: background)"
+            )
+        if not (0 <= x <= w - 1 and 0 <= y <= h - 1):
+            raise ValueError(
+                f"object {obj}: corrective click {j} (x={x:g}, y={y:g}) lies outside the "
+                f"image (H={h}, W={w}: x must be in [0, {w - 1}], y in [0, {h - 1}])"
+            )
+    return c
+
+
+@dataclasses.dataclass
+class Annotation:
+    """The clicks of one object: four extreme points, then corrective clicks in order.
+
+        ann = Annotation(points)             # (4, 2) left, right, top, bottom
+        ann.add(x, y)                        # a missed part of the object
+        ann.add(x, y, positive=False)        # leaked background
+        seg.refine(image, ann).mask
+
+    `clicks` holds `(x, y, sign)` image px (sign +1 / -1).
+    """
+
+    points: Any
+    clicks: list = dataclasses.field(default_factory=list)
+    class_name: str | None = None
+
+    def add(self, x: float, y: float, positive: bool = True) -> Annotation:
+        self.clicks.append((float(x), float(y), 1.0 if positive else -1.0))
+        return self
+
+    def undo(self) -> Annotation:
+        """Removes the last corrective click (the four points stay)."""
+        if not self.clicks:
+            raise ValueError("no corrective click to undo")
+        self.clicks.pop()
+        return self
+
+    @property
+    def corrections(self) -> np.ndarray:
+        return np.asarray(self.clicks, np.float64).reshape(-1, 3)
+
+
 def _bucket(n: int, bucket_size: int) -> int:
     size = bucket_size
     while size < n:
@@ -250,6 +337,7 @@ class ObjectResult:
       threshold: mask = `phi <= threshold`.
       area_px: pixels in the mask; area_mm2: `area_px * row_mm * col_mm` with a spacing.
       crop_points: `(4, 2)` the points in crop px.
+      corrections: `(K, 3)` the corrective clicks used, `(x, y, sign)` image px.
       warnings: what the user should know about the clicks (e.g. collinear points).
       trajectory: `(T+1, R, R)` level sets of the evolution in crop px (`return_trajectory`).
       network: crop-level arrays (`return_network_outputs`): `image` (R, R, 3) normalised
@@ -268,6 +356,7 @@ class ObjectResult:
     area_px: int
     area_mm2: float | None
     crop_points: np.ndarray
+    corrections: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 3)))
     warnings: list[str] = dataclasses.field(default_factory=list)
     trajectory: np.ndarray | None = None
     network: dict | None = None
@@ -308,6 +397,10 @@ class ObjectResult:
             "area_px": int(self.area_px),
             "area_mm2": None if self.area_mm2 is None else float(self.area_mm2),
             "baseline_area_px": int(poly.sum()),
+            "corrections": [
+                {"x": float(x), "y": float(y), "kind": "positive" if s > 0 else "negative"}
+                for x, y, s in self.corrections
+            ],
             "warnings": list(self.warnings),
         }
 
@@ -412,16 +505,63 @@ class Segmenter:
 
     @property
     def takes_corrections(self) -> bool:
-        """Whether the model takes corrective clicks beyond the four (none does yet)."""
-        return False
+        """Whether the model takes corrective clicks beyond the four (`clicks.enabled`)."""
+        return bool(self.config.clicks.enabled)
 
-    def _predict(self, variables, image, points):
-        # Always with the trajectory (T+1 small crops per object): one compiled program
-        # serves calls with and without `return_trajectory`.
+    @property
+    def max_corrections(self) -> int:
+        """Corrective clicks per object the model takes (0 without click channels)."""
+        return int(self.config.clicks.max_clicks) if self.takes_corrections else 0
+
+    def _predict(self, variables, image, points, clicks):
+        # Always with the trajectory (T+1 small crops per object) and the click slots:
+        # one compiled program serves every call.
         self.trace_count += 1  # Python side effect: runs only while tracing
         return inference.predict_crops(
-            variables, image, points, model=self.model, config=self.config, return_trajectory=True
+            variables,
+            image,
+            points,
+            clicks,
+            model=self.model,
+            config=self.config,
+            return_trajectory=True,
         )
+
+    def _crop_corrections(self, clicks, box, obj):
+        """Image-px clicks -> the crop's `(K, 3)` slots, and warnings."""
+        out = np.zeros((int(self.config.clicks.max_clicks), 3), np.float32)
+        if len(clicks) == 0:
+            return out, []
+        if not self.takes_corrections:
+            raise ValueError(
+                f"object {obj}: this model takes no corrective clicks (it was trained "
+                "without click channels, clicks.enabled=False in its config): give only "
+                "the four extreme points, or use a model trained with clicks "
+                "(configs/interactive.py)"
+            )
+        if len(clicks) > len(out):
+            raise ValueError(
+                f"object {obj}: {len(clicks)} corrective clicks; this model takes at most "
+                f"{len(out)} per object (clicks.max_clicks)"
+            )
+        crop = targets.points_to_crop(clicks[:, :2], box, self.resolution)
+        r = self.resolution - 1
+        warnings, k = [], 0
+        for j, ((cx, cy), sign) in enumerate(zip(crop, clicks[:, 2], strict=True)):
+            inside = -0.5 <= cx <= r + 0.5 and -0.5 <= cy <= r + 0.5
+            if not inside and sign > 0:
+                x, y = clicks[j, :2]
+                raise ValueError(
+                    f"object {obj}: positive click {j} (x={x:g}, y={y:g}) lies outside the "
+                    f"object's crop box {tuple(int(v) for v in box)} (y0, x0, y1, x1) around "
+                    "its four points: move the extreme points to include it"
+                )
+            if not inside:
+                warnings.append(f"negative click {j} lies outside the crop box: no effect")
+                continue
+            out[k] = (cx, cy, sign)
+            k += 1
+        return out, warnings
 
     def preprocess(self, image, points) -> dict:
         """One object's network inputs (`targets.crop_inputs`, as in training).
@@ -450,6 +590,7 @@ class Segmenter:
         return_trajectory: bool = False,
         return_network_outputs: bool = False,
         reorder: bool = False,
+        corrections=None,
     ) -> Segmentation:
         """Segments the objects of one image from their four extreme points each.
 
@@ -464,6 +605,8 @@ class Segmenter:
           return_trajectory: keep the `(T+1, R, R)` evolution of each object.
           return_network_outputs: keep the crop-level network inputs and outputs.
           reorder: the points of each object are unordered (see `check_points`).
+          corrections: one entry per object, None or `(K, 3)` corrective clicks
+            `(x, y, sign)` image px (see the module doc); None for none at all.
 
         Returns:
           Segmentation with one ObjectResult per object, in the order given.
@@ -488,14 +631,25 @@ class Segmenter:
         checked = [
             check_points(p, (h, w), obj=k, reorder=reorder) for k, p in enumerate(points_list)
         ]
+        if corrections is None:
+            corrections = [None] * n
+        corrections = list(corrections)
+        if len(corrections) != n:
+            raise ValueError(f"corrective clicks for {len(corrections)} objects, {n} objects")
+        corrections = [check_corrections(c, (h, w), obj=k) for k, c in enumerate(corrections)]
         items = [self.preprocess(img, p) for p, _ in checked]
+        crop_clicks = [
+            self._crop_corrections(c, it["box"], k)
+            for k, (c, it) in enumerate(zip(corrections, items, strict=True))
+        ]
         size = _bucket(n, self.bucket_size)
         pad = [items[0]] * (size - n)
         batch_img = np.stack([it["image"] for it in items + pad])
         batch_pts = np.stack([it["points"] for it in items + pad])
+        batch_clicks = np.stack([c for c, _ in crop_clicks] + [crop_clicks[0][0]] * (size - n))
         t1 = time.perf_counter()
         traces = self.trace_count
-        out = self._fn(self.variables, batch_img, batch_pts)
+        out = self._fn(self.variables, batch_img, batch_pts, batch_clicks)
         keys = (
             ["phi_t"]
             + (["trajectory"] if return_trajectory else [])
@@ -521,7 +675,8 @@ class Segmenter:
                 area_px=area,
                 area_mm2=None if sp is None else area * sp[0] * sp[1],
                 crop_points=it["points"],
-                warnings=list(warns) + ([] if area else ["the mask is empty"]),
+                corrections=corrections[k],
+                warnings=list(warns) + crop_clicks[k][1] + ([] if area else ["the mask is empty"]),
             )
             if return_trajectory:
                 res.trajectory = np.asarray(out["trajectory"][:, k, ..., 0])
@@ -555,6 +710,17 @@ class Segmenter:
             intensity=facts,
             timings=timings,
         )
+
+    def refine(self, image, annotation: Annotation, spacing=None, **kwargs) -> ObjectResult:
+        """One object from its annotation: the four points and the corrective clicks."""
+        return self.segment(
+            image,
+            [annotation.points],
+            spacing,
+            [annotation.class_name],
+            corrections=[annotation.corrections],
+            **kwargs,
+        ).objects[0]
 
 
 def _as_spacing(spacing):

@@ -23,7 +23,7 @@ import optax
 
 from dlset_jax import checkpoint as ckpt_lib
 from dlset_jax import config as config_lib
-from dlset_jax import evaluate, hostmem, inference, losses, models, parallel, reporting
+from dlset_jax import corrections, evaluate, hostmem, inference, losses, models, parallel, reporting
 from dlset_jax.data import pipeline
 
 
@@ -108,7 +108,7 @@ def compute_losses(params, batch_stats, batch, rng, warmup, *, model, config):
     """
     out, updates = model.apply(
         {"params": params, "batch_stats": batch_stats},
-        inference.model_inputs(batch["image"], batch["points"], config),
+        inference.model_inputs(batch["image"], batch["points"], config, batch.get("clicks")),
         train=True,
         mutable=["batch_stats"],
     )
@@ -140,10 +140,49 @@ def compute_losses(params, batch_stats, batch, rng, warmup, *, model, config):
     return total, (terms, updates["batch_stats"])
 
 
+def simulate_corrections(variables, batch, rng, *, model, config):
+    """The simulated user's corrective clicks for a training batch (iterative training).
+
+    With probability `clicks.train_prob` the batch gets n ~ U{1..clicks.train_rounds}
+    rounds of: predict with the current parameters (eval mode, no gradient), then one
+    click per crop at its deepest error (`corrections.next_click`), so that the network
+    learns to correct its own mistakes; otherwise no clicks (the four-click input).
+
+    Returns:
+      `(B, K, 3)` clicks `(x, y, sign)` in crop px (all empty without `clicks.enabled`).
+    """
+    k = config.clicks
+    clicks = corrections.empty_clicks(batch["image"].shape[:1], k.max_clicks)
+    if not k.enabled or k.train_rounds == 0 or k.train_prob == 0:
+        return clicks
+    use_key, n_key = jax.random.split(rng)
+    rounds = jnp.where(
+        jax.random.uniform(use_key) < k.train_prob,
+        jax.random.randint(n_key, (), 1, k.train_rounds + 1),
+        0,
+    )
+    variables = jax.lax.stop_gradient(variables)
+    gt = batch["mask"][..., 0] > 0.5
+
+    def one_round(_, clicks):
+        out = inference.predict_crops(
+            variables, batch["image"], batch["points"], clicks, model=model, config=config
+        )
+        pred = out["phi_t"][..., 0] <= config.levelset.threshold
+        return corrections.add_click(clicks, jax.vmap(corrections.next_click)(pred, gt))
+
+    return jax.lax.fori_loop(0, rounds, one_round, clicks)
+
+
 def train_step(state: TrainState, batch, *, model, tx, config, warmup_steps: int, schedule):
     """One optimisation step; returns the new state and scalar metrics."""
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     warmup = state.step < warmup_steps
+    if config.clicks.enabled:
+        batch = dict(batch)
+        batch["clicks"] = simulate_corrections(
+            state.variables(), batch, jax.random.fold_in(rng, 1), model=model, config=config
+        )
     grad_fn = jax.value_and_grad(compute_losses, has_aux=True)
     (total, (terms, batch_stats)), grads = grad_fn(
         state.params, state.batch_stats, batch, rng, warmup, model=model, config=config
@@ -157,6 +196,8 @@ def train_step(state: TrainState, batch, *, model, tx, config, warmup_steps: int
         "learning_rate": schedule(state.step),
         "warmup": warmup.astype(jnp.float32),
     }
+    if "clicks" in batch:
+        metrics["corrective_clicks"] = jnp.mean(jnp.sum(batch["clicks"][..., 2] != 0, axis=-1))
     new_state = state.replace(
         step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
     )
@@ -164,7 +205,8 @@ def train_step(state: TrainState, batch, *, model, tx, config, warmup_steps: int
 
 
 def create_train_state(config, model, tx, rng_seed: int) -> TrainState:
-    """Initialises parameters (and imports pretrained backbone weights if configured)."""
+    """Initialises parameters: fresh, then pretrained backbone weights (`model.pretrained`)
+    or a trained run's variables (`train.init_from`) if configured."""
     key = jax.random.key(rng_seed)
     init_key, state_key = jax.random.split(key)
     variables = model.init_variables(init_key, image_size=config.data.resolution)
@@ -172,6 +214,8 @@ def create_train_state(config, model, tx, rng_seed: int) -> TrainState:
         from dlset_jax.models import convert
 
         variables = convert.import_torchvision_resnet(config.model.pretrained, variables)
+    if config.train.init_from:
+        variables = ckpt_lib.warm_start(config.train.init_from, variables)
     params = variables["params"]
     return TrainState(
         step=jnp.zeros((), jnp.int32),
