@@ -9,10 +9,16 @@
     # ... or a points file with a slice column (every slice that has points)
     python predict.py --workdir workdirs/default --image case.nii.gz \
         --points_file clicks.csv --ground_truth case_label.nii.gz --out_dir out/
+    # a whole structure from four clicks on one slice (and its first and last slice)
+    python predict.py --workdir workdirs/default --image case.nii.gz --slice 12 \
+        --points "31,60 97,58 62,24 66,95" --propagate --extent 8,17 --out_dir out/
 
 Points files, one object per line: CSV with a header naming the columns x1,y1,x2,y2,
 x3,y3,x4,y4 (left, right, top, bottom) and optionally class, slice, label; or JSON
-(a list of {"points": [[x, y] x 4], "class", "slice", "label"}). What is written, and
+(a list of {"points": [[x, y] x 4], "class", "slice", "label", "corrections"}). Or one
+click per line, CSV with the columns object,kind,x,y (kind: extreme, four per object
+in the order left, right, top, bottom; positive / negative: corrective clicks, for a
+model trained with them) and optionally slice, class, label, first_slice, last_slice. What is written, and
 how inputs are read: `dlset_jax/segment_files.py`. Errors are one line on stderr and
 exit status 1; nothing is written unless everything succeeded.
 """
@@ -44,6 +50,10 @@ flags.DEFINE_string("prefix", None, "Output file name prefix (default: the input
 flags.DEFINE_boolean("reorder", False, "The points are unordered: name them by position.")
 flags.DEFINE_float("threshold", None, "Mask = phi <= threshold (default: the run's).")
 flags.DEFINE_integer("bucket_size", 8, "Batch bucket size (objects).")
+flags.DEFINE_boolean(
+    "propagate", False, "NIfTI: each object through the volume from its slice (3-D)."
+)
+flags.DEFINE_string("extent", None, "FIRST,LAST slice of the --points objects (--propagate).")
 flags.mark_flags_as_required(["workdir", "image", "out_dir"])
 
 PROG = "predict.py"
@@ -76,6 +86,8 @@ def main(argv) -> int:
         reorder=FLAGS.reorder,
         threshold=FLAGS.threshold,
         bucket_size=FLAGS.bucket_size,
+        propagate=FLAGS.propagate,
+        extent=FLAGS.extent,
     )
     try:
         summary = segment_files.run(req)

@@ -363,18 +363,63 @@ def read_points_file(path: str) -> list[dict]:
                 f"{path}: object {n}: 'points' must be four [x, y] pairs (left, right, "
                 f"top, bottom), got {row['points']!r}"
             )
-        out.append(_click_row(pts, row, path, n))
+        out.append(
+            _click_row(pts, row, path, n, _json_corrections(row.get("corrections"), path, n))
+        )
     return _nonempty(out, path)
 
 
-def _click_row(points, row, path, n) -> dict:
-    """One object of a click file: its points and optional class, slice, label."""
+CLICK_KINDS = ("extreme", "positive", "negative")
+
+
+def _click_row(points, row, path, n, corrections=None) -> dict:
+    """One object of a click file: its points and optional class, slice, label and
+    corrective clicks (`(K, 3)` `(x, y, sign)`)."""
     return {
         "points": points,
         "class": _opt_str(row.get("class")),
         "slice": _opt_int(row.get("slice"), path, n, "slice"),
         "label": _opt_int(row.get("label"), path, n, "label"),
+        "corrections": np.zeros((0, 3)) if corrections is None else corrections,
+        "extent": _opt_extent(row, path, n),
     }
+
+
+def _opt_extent(row, path, n):
+    """`(first_slice, last_slice)` of a structure in a volume, or None."""
+    first = _opt_int(row.get("first_slice"), path, n, "first_slice")
+    last = _opt_int(row.get("last_slice"), path, n, "last_slice")
+    if (first is None) != (last is None):
+        raise DataError(f"{path}: object {n}: give both first_slice and last_slice, or neither")
+    return None if first is None else (first, last)
+
+
+def _json_corrections(value, path, n) -> np.ndarray:
+    """A JSON object's "corrections": [{"x", "y", "kind"}, ...] or [[x, y, sign], ...]."""
+    if value is None:
+        return np.zeros((0, 3))
+    if not isinstance(value, list):
+        raise DataError(f"{path}: object {n}: 'corrections' must be a list of clicks")
+    out = []
+    for j, c in enumerate(value, 1):
+        if isinstance(c, dict) and str(c.get("kind", "")).lower() not in CLICK_KINDS[1:]:
+            raise DataError(
+                f"{path}: object {n}: correction {j}: kind must be 'positive' or "
+                f"'negative', got {c.get('kind')!r}"
+            )
+        try:
+            if isinstance(c, dict):
+                kind = str(c["kind"]).lower()
+                out.append((float(c["x"]), float(c["y"]), 1.0 if kind == "positive" else -1.0))
+            else:
+                x, y, sign = (float(v) for v in c)
+                out.append((x, y, sign))
+        except (KeyError, TypeError, ValueError):
+            raise DataError(
+                f"{path}: object {n}: correction {j} must be {{'x', 'y', 'kind'}} or "
+                f"[x, y, sign], got {c!r}"
+            ) from None
+    return np.asarray(out, np.float64).reshape(-1, 3)
 
 
 def _nonempty(objects, path):
@@ -403,11 +448,14 @@ def _points_from_csv(text, path):
     cols = [f"{c}{i}" for i in range(1, 5) for c in "xy"]
     reader = csv.DictReader(io.StringIO(text))
     fields = [f.strip() for f in (reader.fieldnames or [])]
+    if "kind" in fields:
+        return _clicks_from_csv(reader, fields, path)
     missing = [c for c in cols if c not in fields]
     if missing:
         raise DataError(
             f"{path}: CSV header must name the columns {','.join(cols)} (plus optional "
-            f"class, slice, label); missing {','.join(missing)}"
+            f"class, slice, label), or object,kind,x,y (one click per line); missing "
+            f"{','.join(missing)}"
         )
     out = []
     for n, row in enumerate(reader, 1):
@@ -417,4 +465,56 @@ def _points_from_csv(text, path):
         except ValueError:
             raise DataError(f"{path}: line {n + 1}: point coordinates must be numbers") from None
         out.append(_click_row(np.asarray(vals, np.float64).reshape(4, 2), row, path, n))
+    return _nonempty(out, path)
+
+
+def _clicks_from_csv(reader, fields, path):
+    """One click per line: object, kind (extreme / positive / negative), x, y, and
+    optional slice, class, label. An object's four extreme points come in the order
+    left, right, top, bottom; its corrective clicks in the order they were made."""
+    missing = [c for c in ("object", "kind", "x", "y") if c not in fields]
+    if missing:
+        raise DataError(
+            f"{path}: a click CSV (with a kind column) must name the columns "
+            "object,kind,x,y (plus optional slice, class, label, first_slice, last_slice); "
+            f"missing {','.join(missing)}"
+        )
+    objs: dict = {}
+    for n, row in enumerate(reader, 2):  # line numbers, the header is line 1
+        row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+        kind = row["kind"].lower()
+        if kind not in CLICK_KINDS:
+            raise DataError(
+                f"{path}: line {n}: kind must be one of {', '.join(CLICK_KINDS)}, got "
+                f"{row['kind']!r}"
+            )
+        try:
+            x, y = float(row["x"]), float(row["y"])
+        except ValueError:
+            raise DataError(f"{path}: line {n}: x and y must be numbers") from None
+        if not row["object"]:
+            raise DataError(f"{path}: line {n}: the object column is empty")
+        o = objs.setdefault(row["object"], {"row": row, "line": n, "extreme": [], "corr": []})
+        for key in ("slice", "label", "class", "first_slice", "last_slice"):
+            if row.get(key, "") != o["row"].get(key, ""):
+                raise DataError(
+                    f"{path}: line {n}: object {row['object']!r} has {key} "
+                    f"{row.get(key, '')!r} here and {o['row'].get(key, '')!r} on line "
+                    f"{o['line']}: all clicks of one object share its {key}"
+                )
+        if kind == "extreme":
+            o["extreme"].append((x, y))
+        else:
+            o["corr"].append((x, y, 1.0 if kind == "positive" else -1.0))
+    out = []
+    for name, o in objs.items():
+        if len(o["extreme"]) != 4:
+            raise DataError(
+                f"{path}: object {name!r} has {len(o['extreme'])} extreme points; it needs "
+                "four (left, right, top, bottom)"
+            )
+        corr = np.asarray(o["corr"], np.float64).reshape(-1, 3)
+        out.append(
+            _click_row(np.asarray(o["extreme"], np.float64), o["row"], path, o["line"], corr)
+        )
     return _nonempty(out, path)

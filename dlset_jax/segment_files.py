@@ -6,7 +6,8 @@ command line stays a thin absl entry point and the behaviour is testable in-proc
 Inputs: PNG/JPEG/TIFF/BMP (`page` for multi-page TIFF), NIfTI volumes (a slice index
 per object, along `axis`, rotated by 90 degrees like the training data unless
 `rot90=False`) and DICOM (a file's own display window where it has one). Points files:
-see `readers.read_points_file`.
+see `readers.read_points_file` (four extreme points per object, and corrective clicks
+for a model that takes them).
 
 Outputs in `out_dir` (PREFIX = `prefix` or the input's name), written all or nothing
 (`files.atomic_write_files`):
@@ -70,6 +71,8 @@ class Request:
     reorder: bool = False
     threshold: float | None = None
     bucket_size: int = 8
+    propagate: bool = False
+    extent: str | None = None
 
 
 def input_kind(path: str) -> str:
@@ -266,11 +269,15 @@ def run(req: Request) -> dict:
             "class": req.classes[i] if req.classes else None,
             "slice": req.slice,
             "label": None,
+            "corrections": np.zeros((0, 3)),
+            "extent": _parse_extent(req.extent),
         }
         for i, t in enumerate(req.points)
     ]
     if req.points_file:
         objects += readers.read_points_file(req.points_file)
+    if req.propagate and kind != "nifti":
+        raise RequestError(f"--propagate needs a NIfTI volume, got a {kind} input")
     inp = read_input(
         req.image, kind, page=req.page, channel=req.channel, axis=req.axis, rot90=req.rot90
     )
@@ -310,6 +317,8 @@ def run(req: Request) -> dict:
                 objects[k - 1]["points"], _ = segmenter.check_points(
                     objects[k - 1]["points"], frames[i].shape, obj=k, reorder=req.reorder
                 )
+                segmenter.check_corrections(objects[k - 1]["corrections"], frames[i].shape, obj=k)
+                _check_extent(objects[k - 1]["extent"], i, inp, req.propagate)
             except ValueError as e:
                 where = f" (slice {i})" if i is not None else ""
                 raise RequestError(f"{e}{where}") from None
@@ -317,6 +326,13 @@ def run(req: Request) -> dict:
     t_read = time.perf_counter()
     seg = _get_segmenter(req)
     t_model = time.perf_counter()
+    corrected = [k for k, o in enumerate(objects, 1) if len(o["corrections"])]
+    if corrected and not seg.takes_corrections:
+        raise RequestError(
+            f"object {corrected[0]}: the model of {req.workdir} takes no corrective clicks "
+            "(trained without click channels): give only the four extreme points, or a "
+            "workdir trained with configs/default.py:interactive"
+        )
 
     stem = req.prefix or file_stem(req.image)
     intensity = inp.get("intensity")
@@ -328,6 +344,7 @@ def run(req: Request) -> dict:
             [objects[k - 1]["points"] for k in ks],
             spacing=spacing,
             classes=[objects[k - 1]["class"] for k in ks],
+            corrections=[objects[k - 1]["corrections"] for k in ks],
         )
         intensity = intensity or res.intensity["intensity"]
         for k, o in zip(ks, res.objects, strict=True):
@@ -357,7 +374,10 @@ def run(req: Request) -> dict:
             slices[-1]["label_map"] = res.label_map(np.uint8 if len(objects) < 256 else np.uint16)
     if kind == "nifti":
         dtype = np.uint8 if len(objects) < 256 else np.uint16
-        labels = label_volume(inp, {s["slice"]: s.pop("label_map") for s in slices}, dtype)
+        maps = {s["slice"]: s.pop("label_map") for s in slices}
+        if req.propagate:
+            maps = _propagate(seg, inp, objects, spacing, per_object, maps, dtype)
+        labels = label_volume(inp, maps, dtype)
         gz = req.image.lower().endswith(".gz")
         files[f"{stem}_mask.nii" + (".gz" if gz else "")] = nifti_bytes(
             labels, inp["affine"], inp["header"], gz
@@ -391,6 +411,60 @@ def run(req: Request) -> dict:
     files[f"{stem}_summary.json"] = json.dumps(summary, indent=1, default=_json_default).encode()
     atomic_write_files(req.out_dir, files)
     return summary
+
+
+def _parse_extent(text):
+    if not text:
+        return None
+    try:
+        first, last = (int(v) for v in text.split(","))
+    except ValueError:
+        raise RequestError(f"--extent must be FIRST,LAST slice numbers, got {text!r}") from None
+    return first, last
+
+
+def _check_extent(extent, start, inp, propagate):
+    if extent is None:
+        return
+    if not propagate:
+        raise RequestError(
+            "an extent (first_slice / last_slice, --extent) is given without --propagate"
+        )
+    first, last = extent
+    if not 0 <= first <= start <= last < inp["n_frames"]:
+        raise RequestError(
+            f"extent ({first}, {last}) must hold the clicked slice {start} and lie in "
+            f"0..{inp['n_frames'] - 1}"
+        )
+
+
+def _propagate(seg, inp, objects, spacing, per_object, maps, dtype):
+    """Each object through the volume from its slice (`volume.propagate`); returns the
+    per-slice label maps with the propagated objects painted in order."""
+    from dlset_jax import volume
+
+    stack = np.stack([frame(inp, i) for i in range(inp["n_frames"])])
+    maps = dict(maps)
+    for k, obj in enumerate(objects, 1):
+        corr = {obj["slice"]: obj["corrections"]} if len(obj["corrections"]) else None
+        res = volume.propagate(
+            seg,
+            stack,
+            obj["slice"],
+            obj["points"],
+            extent=obj["extent"],
+            corrections=corr,
+            spacing=spacing,
+        )
+        per_object[k]["propagation"] = {
+            "extent": res.extent,
+            "stops": res.stops,
+            "slices": res.slices,
+        }
+        for f in res.slices:
+            z = f["slice"]
+            maps.setdefault(z, np.zeros(stack.shape[1:3], dtype))[res.labels[z]] = k
+    return maps
 
 
 def _json_default(v):

@@ -463,6 +463,64 @@ def test_read_points_file_formats(tmp_path):
     assert d["class"] == "cup" and d["slice"] == 4 and d["points"].tolist() == pts
 
 
+def test_read_click_files_with_a_kind_column(tmp_path):
+    c = tmp_path / "clicks.csv"
+    c.write_text(
+        "object,kind,x,y,slice,class\n"
+        "a,extreme,1,5,2,cup\na,extreme,9,5,2,cup\nb,extreme,11,15,3,\n"
+        "a,extreme,5,1,2,cup\na,extreme,5,9,2,cup\na,positive,4,4,2,cup\n"
+        "b,extreme,19,15,3,\nb,extreme,15,11,3,\nb,extreme,15,19,3,\n"
+        "a,negative,8,8,2,cup\n"
+    )
+    a, b = readers.read_points_file(str(c))
+    assert a["points"].tolist() == [[1, 5], [9, 5], [5, 1], [5, 9]] and a["slice"] == 2
+    assert a["class"] == "cup" and a["corrections"].tolist() == [[4, 4, 1], [8, 8, -1]]
+    assert b["slice"] == 3 and b["class"] is None and b["corrections"].shape == (0, 3)
+    j = tmp_path / "p.json"
+    pts = a["points"].tolist()
+    j.write_text(
+        json.dumps(
+            [{"points": pts, "corrections": [{"x": 4, "y": 4, "kind": "positive"}, [8, 8, -1]]}]
+        )
+    )
+    (o,) = readers.read_points_file(str(j))
+    assert o["corrections"].tolist() == [[4, 4, 1], [8, 8, -1]]
+    bad = {
+        "object,kind,x,y\na,extreme,1,1\na,extreme,2,2\n": "has 2 extreme points",
+        "object,kind,x,y\na,middle,1,1\n": "kind must be one of extreme, positive, negative",
+        "object,kind,x,y,slice\na,extreme,1,1,2\na,extreme,2,2,3\n": "share its slice",
+        "object,kind,x\na,extreme,1\n": "missing y",
+        "object,kind,x,y\na,positive,one,1\n": "line 2: x and y must be numbers",
+    }
+    for text, needle in bad.items():
+        c.write_text(text)
+        with pytest.raises(readers.DataError, match=needle):
+            readers.read_points_file(str(c))
+    j.write_text(json.dumps([{"points": pts, "corrections": [{"x": 1, "y": 1, "kind": "up"}]}]))
+    with pytest.raises(readers.DataError, match="kind must be 'positive' or 'negative'"):
+        readers.read_points_file(str(j))
+
+
+def test_cli_corrections_need_a_model_that_takes_them(capsys, tmp_path, random_model, ellipse_png):
+    img, pts, _ = ellipse_png
+    (x1, y1), (x2, y2), (x3, y3), (x4, y4) = (p.split(",") for p in pts.split())
+    c = tmp_path / "clicks.csv"
+    rows = [f"o,extreme,{x},{y}" for x, y in ((x1, y1), (x2, y2), (x3, y3), (x4, y4))]
+    c.write_text("object,kind,x,y\n" + "\n".join(rows + ["o,positive,30,30"]) + "\n")
+    out = tmp_path / "out"
+    code, _, err = _run_cli(
+        capsys, "--workdir", random_model[0], "--image", img, "--points_file", c, "--out_dir", out
+    )
+    _assert_one_line_error(code, err, "object 1: the model of", out)
+    c.write_text("object,kind,x,y\n" + "\n".join(rows + ["o,positive,300,30"]) + "\n")
+    code, _, err = _run_cli(
+        capsys, "--workdir", random_model[0], "--image", img, "--points_file", c, "--out_dir", out
+    )
+    _assert_one_line_error(
+        code, err, "object 1: corrective click 0 (x=300, y=30) lies outside", out
+    )
+
+
 # ----------------------------------------------------------------- trained model (slow)
 
 
@@ -596,6 +654,78 @@ def test_cli_nifti_in_nifti_out_keeps_affine(capsys, tmp_path, trained_workdir, 
     assert summ["spacing_mm"] == pytest.approx([0.8, 0.7])  # rows, cols of the rotated slice
     assert [o["slice"] for o in summ["objects"]] == [0, 2]
     assert [m["slice"] for m in summ["metrics"]] == [0, 2]
+
+
+@pytest.mark.slow
+def test_cli_propagates_a_structure_through_the_volume(capsys, tmp_path, trained_workdir):
+    import nibabel as nib
+
+    from dlset_jax import volume
+
+    # an ellipse through slices 1..5 of 7, shrinking away from slice 3
+    imgs, masks = [], []
+    for z in range(7):
+        size = max(0.0, 1 - abs(z - 3) / 3.2)
+        img, m = ellipse_image(
+            np.random.default_rng(z), center=(32, 30), axes=(16 * size + 1e-3, 11 * size + 1e-3)
+        )
+        imgs.append(img)
+        masks.append(m)
+    vol = np.stack([np.rot90(i, k=-1) for i in imgs], axis=-1)
+    nib.save(nib.Nifti1Image(vol, np.diag([0.9, 0.9, 2.0, 1.0])), tmp_path / "v.nii.gz")
+    pts = " ".join(f"{x:g},{y:g}" for x, y in targets.extreme_points(masks[3]))
+    out = tmp_path / "out"
+    args = ("--slice", "3", "--points", pts, "--propagate")
+    code, _, err = _cli_in(
+        capsys, trained_workdir, tmp_path / "v.nii.gz", out, *args, "--extent", "2,4"
+    )
+    assert code == 0, err
+    labels = np.asarray(nib.load(out / "v_mask.nii.gz").dataobj)
+    assert labels[..., 2:5].any(axis=(0, 1)).all()
+    assert not labels[..., :2].any() and not labels[..., 5:].any()
+    summ = json.loads((out / "v_summary.json").read_text())
+    prop = summ["objects"][0]["propagation"]
+    assert prop["extent"] == [2, 4] and prop["stops"] == {"below": "extent", "above": "extent"}
+    assert [f["slice"] for f in prop["slices"]] == [2, 3, 4]
+    # the same as the library call
+    seg = seglib.Segmenter.from_workdir(str(trained_workdir))
+    res = volume.propagate(seg, np.stack(imgs), 3, targets.extreme_points(masks[3]), extent=(2, 4))
+    for z in range(7):
+        np.testing.assert_array_equal(labels[..., z] > 0, np.rot90(res.labels[z], k=-1))
+    for z in (2, 3, 4):
+        pred = res.labels[z]
+        assert 2 * (pred & masks[z]).sum() / (pred.sum() + masks[z].sum()) > 0.7
+    # without an extent: on until the object vanishes
+    code, _, err = _cli_in(capsys, trained_workdir, tmp_path / "v.nii.gz", tmp_path / "o2", *args)
+    assert code == 0, err
+    prop = json.loads((tmp_path / "o2" / "v_summary.json").read_text())["objects"][0]["propagation"]
+    assert prop["stops"]["below"].startswith("vanished") and prop["stops"]["above"].startswith(
+        "vanished"
+    )
+
+
+def test_cli_propagation_input_errors(capsys, tmp_path, random_model, ellipse_png):
+    import nibabel as nib
+
+    img, pts, _ = ellipse_png
+    out = tmp_path / "out"
+    code, _, err = _cli_in(capsys, random_model[0], img, out, "--points", pts, "--propagate")
+    _assert_one_line_error(code, err, "--propagate needs a NIfTI volume, got a image input", out)
+    vol = np.zeros((64, 64, 5), np.uint8)
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), tmp_path / "v.nii.gz")
+    base = ("--points", pts, "--slice", "2")
+    code, _, err = _cli_in(
+        capsys, random_model[0], tmp_path / "v.nii.gz", out, *base, "--extent", "1,3"
+    )
+    _assert_one_line_error(code, err, "without --propagate", out)
+    code, _, err = _cli_in(
+        capsys, random_model[0], tmp_path / "v.nii.gz", out, *base, "--propagate", "--extent", "3,4"
+    )
+    _assert_one_line_error(code, err, "extent (3, 4) must hold the clicked slice 2", out)
+    code, _, err = _cli_in(
+        capsys, random_model[0], tmp_path / "v.nii.gz", out, *base, "--propagate", "--extent", "x"
+    )
+    _assert_one_line_error(code, err, "--extent must be FIRST,LAST", out)
 
 
 def test_read_dicom_applies_its_window_or_says_it_stretched(tmp_path):

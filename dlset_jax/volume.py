@@ -1,0 +1,223 @@
+"""A whole 3-D structure from four clicks on one slice: slice-by-slice propagation.
+
+    res = volume.propagate(seg, vol, start=40, points=pts, extent=(31, 52))
+    res.labels                     # (S, H, W) bool, the structure in every slice
+    res.slices[k]                  # per-slice facts: source, points, area, why it stopped
+
+The start slice is segmented from its four clicks (and its corrective clicks, if any).
+Then, in both directions, each next slice is segmented in two passes: first from the
+extreme points of the previous slice's mask, then from the extreme points of that first
+answer (the previous slice's points moved onto this slice by the model's own
+prediction). Propagation stops at the given extent (the first and last slice of the
+structure, clicked by the user), or where the object vanishes: the mask is empty, its
+four points fall within one pixel, or its area drops below `vanish_fraction` of the
+previous slice's. Corrective clicks on any slice (`corrections={slice: clicks}`) are
+used when propagation reaches that slice, so they re-propagate everything beyond it
+(`repropagate` re-runs only that part of an earlier result).
+
+Slices are along axis 0 of `vol` (`(S, H, W)` grey or `(S, H, W, 3)`); the caller
+chooses the axis (`segment_files.read_input` for files).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from dlset_jax import targets
+
+__all__ = ["VolumeResult", "propagate", "repropagate"]
+
+
+@dataclasses.dataclass
+class VolumeResult:
+    """`labels` `(S, H, W)` bool; `slices`: one dict per slice the structure is in,
+    in slice order (`slice`, `source` = "clicks" | "propagated", `points`, `area_px`,
+    `corrections`); `stops`: why propagation ended on each side (`below`, `above`)."""
+
+    labels: np.ndarray
+    slices: list[dict]
+    stops: dict
+    start: int
+    extent: tuple[int, int] | None
+
+
+def _check(vol, start, extent):
+    vol = np.asarray(vol)
+    if vol.ndim not in (3, 4):
+        raise ValueError(f"volume must be (S, H, W) or (S, H, W, 3), got shape {vol.shape}")
+    n = vol.shape[0]
+    if not (isinstance(start, (int, np.integer)) and 0 <= start < n):
+        raise ValueError(f"start slice {start!r} is out of range: the volume has slices 0..{n - 1}")
+    if extent is not None:
+        lo, hi = (int(v) for v in extent)
+        if not (0 <= lo <= hi < n):
+            raise ValueError(
+                f"extent {tuple(extent)} must be (first, last) slices with 0 <= first <= "
+                f"last <= {n - 1}"
+            )
+        if not lo <= start <= hi:
+            raise ValueError(f"start slice {start} lies outside the extent ({lo}, {hi})")
+        extent = (lo, hi)
+    return vol, int(start), extent
+
+
+def _check_corrections(corrections, n):
+    out = {}
+    for s, c in (corrections or {}).items():
+        if not (isinstance(s, (int, np.integer)) and 0 <= s < n):
+            raise ValueError(
+                f"corrective clicks for slice {s!r}: out of range, the volume has slices 0..{n - 1}"
+            )
+        out[int(s)] = c
+    return out
+
+
+def _segment(seg, image, points, clicks, spacing):
+    o = seg.segment(image, [points], spacing, corrections=[clicks]).objects[0]
+    return o.mask, o
+
+
+def _points_of(mask):
+    """The mask's extreme points, or None when there is nothing left to click."""
+    if not mask.any():
+        return None
+    pts = targets.extreme_points(mask)
+    if np.ptp(pts[:, 0]) <= 1 and np.ptp(pts[:, 1]) <= 1:
+        return None
+    return pts
+
+
+def _walk(seg, vol, labels, facts, frm, step, limit, corrections, spacing, vanish_fraction):
+    """Propagates from slice `frm` (already segmented) towards `limit` (inclusive)."""
+    prev = labels[frm]
+    s = frm + step
+    while (s <= limit) if step > 0 else (s >= limit):
+        pts = _points_of(prev)
+        if pts is None:
+            return f"vanished after slice {s - step}"
+        first, _ = _segment(seg, vol[s], pts, None, spacing)
+        pts2 = _points_of(first)
+        if pts2 is None or first.sum() < vanish_fraction * prev.sum():
+            return f"vanished at slice {s}"
+        mask, o = _segment(seg, vol[s], pts2, corrections.get(s), spacing)
+        if mask.sum() < vanish_fraction * prev.sum():
+            return f"vanished at slice {s}"
+        labels[s] = mask
+        facts[s] = _fact(s, "propagated", o)
+        prev = mask
+        s += step
+    return "extent" if limit is not None else "volume edge"
+
+
+def _fact(s, source, o):
+    return {
+        "slice": s,
+        "source": source,
+        "points": o.points.tolist(),
+        "area_px": int(o.area_px),
+        "corrections": o.corrections.tolist(),
+        "warnings": list(o.warnings),
+    }
+
+
+def propagate(
+    seg,
+    vol,
+    start: int,
+    points,
+    *,
+    extent=None,
+    corrections=None,
+    spacing=None,
+    vanish_fraction: float = 0.15,
+) -> VolumeResult:
+    """Segments one structure through a volume from four clicks on slice `start`.
+
+    Args:
+      seg: a `segmenter.Segmenter`.
+      vol: `(S, H, W)` or `(S, H, W, 3)` image volume, slices along axis 0.
+      start: the clicked slice; points: its `(4, 2)` `(x, y)` extreme points.
+      extent: optional `(first, last)` slices of the structure (inclusive).
+      corrections: optional `{slice: (K, 3) clicks (x, y, sign)}` (models with clicks).
+      spacing: in-plane pixel size for the per-slice areas (as `Segmenter.segment`).
+      vanish_fraction: stop where the area falls below this share of the previous
+        slice's (without an extent, the object's end).
+
+    Returns:
+      VolumeResult.
+
+    Raises:
+      ValueError naming the problem (slice or extent out of range, bad clicks).
+    """
+    vol, start, extent = _check(vol, start, extent)
+    n = vol.shape[0]
+    corrections = _check_corrections(corrections, n)
+    labels = np.zeros(vol.shape[:3], bool)
+    mask, o = _segment(seg, vol[start], points, corrections.get(start), spacing)
+    labels[start] = mask
+    facts = {start: _fact(start, "clicks", o)}
+    lo, hi = extent if extent is not None else (0, n - 1)
+    stops = {
+        "below": _walk(
+            seg, vol, labels, facts, start, -1, lo, corrections, spacing, vanish_fraction
+        ),
+        "above": _walk(
+            seg, vol, labels, facts, start, +1, hi, corrections, spacing, vanish_fraction
+        ),
+    }
+    if extent is None:
+        stops = {k: ("volume edge" if v == "extent" else v) for k, v in stops.items()}
+    return VolumeResult(labels, [facts[s] for s in sorted(facts)], stops, start, extent)
+
+
+def repropagate(
+    seg, vol, result: VolumeResult, slice_index: int, clicks, *, spacing=None, vanish_fraction=0.15
+) -> VolumeResult:
+    """`result` with corrective `clicks` on `slice_index`: that slice is segmented again
+    from its points and the clicks, and everything beyond it (away from the start slice)
+    re-propagated; the slices between the start and it are kept."""
+    vol = np.asarray(vol)
+    facts = {f["slice"]: f for f in result.slices}
+    if slice_index not in facts:
+        raise ValueError(
+            f"slice {slice_index} holds no part of the structure (slices "
+            f"{min(facts)}..{max(facts)}): add clicks on a segmented slice, or start there"
+        )
+    if slice_index == result.start:  # both directions start here
+        return propagate(
+            seg,
+            vol,
+            result.start,
+            np.asarray(facts[slice_index]["points"]),
+            extent=result.extent,
+            corrections={slice_index: clicks},
+            spacing=spacing,
+            vanish_fraction=vanish_fraction,
+        )
+    labels = result.labels.copy()
+    step = 1 if slice_index > result.start else -1
+    side = "above" if step > 0 else "below"
+    n = vol.shape[0]
+    lo, hi = result.extent if result.extent is not None else (0, n - 1)
+    limit = hi if step > 0 else lo
+    # forget the old answers from this slice outwards
+    for s in list(facts):
+        if (s - slice_index) * step > 0:
+            del facts[s]
+            labels[s] = False
+    pts = np.asarray(facts[slice_index]["points"])
+    corr = {slice_index: clicks}
+    mask, o = _segment(seg, vol[slice_index], pts, clicks, spacing)
+    labels[slice_index] = mask
+    facts[slice_index] = _fact(slice_index, facts[slice_index]["source"], o)
+    stops = dict(result.stops)
+    stops[side] = _walk(
+        seg, vol, labels, facts, slice_index, step, limit, corr, spacing, vanish_fraction
+    )
+    if result.extent is None and stops[side] == "extent":
+        stops[side] = "volume edge"
+    return VolumeResult(
+        labels, [facts[s] for s in sorted(facts)], stops, result.start, result.extent
+    )
