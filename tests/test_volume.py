@@ -1,0 +1,222 @@
+"""3-D propagation (`dlset_jax.volume`) and the interactive benchmark's bookkeeping.
+
+The propagation's mechanics are checked with an oracle in place of the network (it
+"segments" the bright object inside the crop box of the points, and obeys corrective
+clicks), so that every slice's expected answer is known; the tiny models check that
+the real Segmenter runs through the same code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from dlset_jax import interactive_benchmark as ib
+from dlset_jax import segmenter as seglib
+from dlset_jax import targets, volume
+
+
+def ball_volume(n=21, size=48, radius=7.0, centre=10):
+    z, y, x = np.mgrid[:n, :size, :size]
+    ball = (z - centre) ** 2 + (y - 24) ** 2 + (x - 22) ** 2 <= radius**2
+    return (ball * 200 + 20).astype(np.uint8), ball
+
+
+@dataclasses.dataclass
+class _Obj:
+    mask: np.ndarray
+    points: np.ndarray
+    corrections: np.ndarray
+    warnings: list
+    window: tuple
+
+    @property
+    def area_px(self):
+        return int(self.mask.sum())
+
+
+class Oracle:
+    """Segments the bright connected part of the image inside the points' box (+2 px);
+    a negative click removes a 3x3 square, a positive one adds it."""
+
+    takes_corrections = True
+
+    def __init__(self):
+        self.calls = []
+
+    def segment(self, image, points_list, spacing=None, classes=None, *, corrections=None):
+        pts, _ = seglib.check_points(points_list[0], image.shape)
+        clicks = seglib.check_corrections((corrections or [None])[0], image.shape)
+        self.calls.append((image, pts, clicks))
+        h, w = image.shape[:2]
+        y0, y1 = max(int(pts[:, 1].min()) - 2, 0), min(int(pts[:, 1].max()) + 3, h)
+        x0, x1 = max(int(pts[:, 0].min()) - 2, 0), min(int(pts[:, 0].max()) + 3, w)
+        mask = np.zeros((h, w), bool)
+        mask[y0:y1, x0:x1] = image[y0:y1, x0:x1] > 100
+        for x, y, s in clicks:
+            mask[int(y) - 1 : int(y) + 2, int(x) - 1 : int(x) + 2] = s > 0
+        obj = _Obj(mask, pts, clicks, [], (y0, x0, y1, x1))
+        return seglib.Segmentation([obj], (h, w), None, 0.0, "oracle", {}, {})
+
+    def refine(self, image, ann, spacing=None):
+        return self.segment(image, [ann.points], spacing, corrections=[ann.corrections]).objects[0]
+
+
+def start_points(ball, s):
+    return targets.extreme_points(ball[s])
+
+
+def test_propagation_stops_where_the_object_vanishes():
+    vol, ball = ball_volume()
+    res = volume.propagate(Oracle(), vol, 10, start_points(ball, 10))
+    # the oracle is exact on every slice but the ball's poles, single pixels: there the
+    # area collapses (1 px against the previous slice's 37), the object has ended
+    want = ball.copy()
+    want[[3, 17]] = False
+    np.testing.assert_array_equal(res.labels, want)
+    assert [f["slice"] for f in res.slices] == list(range(4, 17))
+    assert res.slices[6]["source"] == "clicks" and res.slices[0]["source"] == "propagated"
+    assert res.stops == {"below": "vanished at slice 3", "above": "vanished at slice 17"}
+
+
+def test_propagation_stops_at_the_extent_and_the_volume_edge():
+    vol, ball = ball_volume()
+    res = volume.propagate(Oracle(), vol, 10, start_points(ball, 10), extent=(8, 12))
+    np.testing.assert_array_equal(res.labels[8:13], ball[8:13])
+    assert not res.labels[:8].any() and not res.labels[13:].any()
+    assert res.stops == {"below": "extent", "above": "extent"}
+    vol, ball = ball_volume(n=12, centre=4)  # the ball reaches past slice 0
+    res = volume.propagate(Oracle(), vol, 4, start_points(ball, 4))
+    assert res.stops == {"below": "volume edge", "above": "vanished at slice 11"}
+    np.testing.assert_array_equal(res.labels[:11], ball[:11])
+
+
+def test_propagation_stops_when_the_area_collapses():
+    vol, ball = ball_volume()
+    vol[13] = 20  # the object disappears from slice 13 on (a dark slice)
+    res = volume.propagate(Oracle(), vol, 10, start_points(ball, 10))
+    assert res.stops["above"] == "vanished at slice 13"
+    assert not res.labels[13:].any()
+
+
+def test_corrections_reach_their_slice_and_repropagate_beyond_it():
+    vol, ball = ball_volume()
+    oracle = Oracle()
+    res = volume.propagate(oracle, vol, 10, start_points(ball, 10), extent=(6, 14))
+    assert not res.labels[12, 28, 29]
+    # a positive click on slice 12 outside the ball (inside the crop box)
+    oracle.calls.clear()
+    click = [[29, 28, 1]]
+    again = volume.repropagate(oracle, vol, res, 12, click)
+    assert again.labels[12, 27:30, 28:31].all()
+    np.testing.assert_array_equal(again.labels[6:12], res.labels[6:12])  # kept
+    np.testing.assert_array_equal(again.labels[13:15], res.labels[13:15])
+    # the segmenter ran on slice 12 (with the click) and above it only: 1 + 2 x 2 passes
+    images = [c[0] for c in oracle.calls]
+    assert len(images) == 5 and np.array_equal(images[0], vol[12])
+    np.testing.assert_array_equal(oracle.calls[0][2], click)
+    assert again.slices[6]["corrections"] == [[29.0, 28.0, 1.0]]
+    # the same clicks given up front
+    direct = volume.propagate(
+        Oracle(), vol, 10, start_points(ball, 10), extent=(6, 14), corrections={12: click}
+    )
+    np.testing.assert_array_equal(direct.labels, again.labels)
+    # on the start slice both directions are redone
+    start = volume.repropagate(Oracle(), vol, res, 10, [[22, 24, -1]])
+    assert not start.labels[10, 24, 22] and start.stops == res.stops
+
+
+def test_bad_volume_input_gets_one_clear_error():
+    vol, ball = ball_volume()
+    pts = start_points(ball, 10)
+    with pytest.raises(
+        ValueError, match=r"start slice 21 is out of range: the volume has slices 0..20"
+    ):
+        volume.propagate(Oracle(), vol, 21, pts)
+    with pytest.raises(ValueError, match="extent"):
+        volume.propagate(Oracle(), vol, 10, pts, extent=(12, 15))
+    with pytest.raises(ValueError, match=r"extent \(3, 30\)"):
+        volume.propagate(Oracle(), vol, 10, pts, extent=(3, 30))
+    with pytest.raises(ValueError, match="slice 40: out of range"):
+        volume.propagate(Oracle(), vol, 10, pts, corrections={40: [[1, 1, 1]]})
+    with pytest.raises(ValueError, match=r"volume must be \(S, H, W\)"):
+        volume.propagate(Oracle(), vol[0], 0, pts)
+    with pytest.raises(ValueError, match="lies outside the image"):
+        volume.propagate(Oracle(), vol, 10, pts + 100)
+    res = volume.propagate(Oracle(), vol, 10, pts)
+    with pytest.raises(ValueError, match="slice 1 holds no part of the structure"):
+        volume.repropagate(Oracle(), vol, res, 1, [[1, 1, 1]])
+
+
+def test_the_real_segmenter_propagates(random_model):
+    _, config, variables = random_model
+    seg = seglib.Segmenter(config, variables, bucket_size=1)
+    vol, ball = ball_volume(n=9, centre=4, radius=5)
+    res = volume.propagate(seg, vol, 4, start_points(ball, 4), extent=(2, 6))
+    assert res.labels.shape == vol.shape and res.labels[4].any()
+    assert {f["slice"] for f in res.slices} <= set(range(2, 7))
+
+
+# ----------------------------------------------------------------- the benchmark
+
+
+def test_noc_counts_clicks_and_failures():
+    assert ib.noc([0.9, 0.95], 0.85) == (0, True)
+    assert ib.noc([0.5, 0.8, 0.86, 0.9], 0.85) == (2, True)
+    assert ib.noc([0.5, 0.6, 0.7], 0.85) == (2, False)
+    recs = [
+        {"dsc": [0.8, 0.86, 0.91] + [0.91] * 18, "baseline_dsc": 0.7, "latency_s": [1, 0.1, 0.2]},
+        {"dsc": [0.5] * 21, "baseline_dsc": 0.6, "latency_s": [1, 0.3]},
+    ]
+    s = ib.summarize_curves(recs)
+    assert s["noc@85"] == {"mean": 10.5, "std": 9.5, "n": 2, "failures": 1}
+    assert s["noc@90"]["mean"] == 11.0 and s["noc@90"]["failures"] == 1
+    assert s["curve_mean"][:3] == pytest.approx([0.65, 0.68, 0.705])
+    assert s["latency_ms"]["n"] == 3  # the first call of each object (compilation) left out
+
+
+def test_click_curve_with_the_oracle_corrects_what_it_clicks():
+    vol, ball = ball_volume(n=1, centre=0, radius=9)
+    gt = ball[0].copy()
+    gt[23:26, 8:13] = True  # a spur the bright threshold misses
+    image = vol[0]
+    rec = ib.click_curve(Oracle(), {"image": image, "mask": gt}, targets.extreme_points(gt))
+    assert len(rec["dsc"]) == ib.MAX_CLICKS + 1
+    assert rec["dsc"][1] > rec["dsc"][0]  # the first click is positive, on the spur
+    assert rec["clicks"][0][2] == 1.0 and 8 <= rec["clicks"][0][0] <= 12
+
+
+def test_interactive_benchmark_refuses_a_model_without_clicks(random_model):
+    _, config, variables = random_model
+    seg = seglib.Segmenter(config, variables, bucket_size=1)
+    img = np.zeros((32, 32), np.uint8)
+    mask = np.zeros((32, 32), bool)
+    mask[10:20, 10:20] = True
+    with pytest.raises(ValueError, match="needs a model that takes corrective clicks"):
+        ib.click_curve(seg, {"image": img, "mask": mask}, targets.extreme_points(mask))
+
+
+def test_slab_structures_and_3d_against_the_oracle():
+    vol, ball = ball_volume(n=6, centre=2, radius=6)
+    other = np.zeros_like(ball)
+    other[1:4, 5:12, 30:40] = True
+    vol = np.where(other, 200, vol).astype(np.uint8)
+    objects = []
+    for s in range(6):
+        for k, (name, m) in enumerate((("ball", ball), ("box", other))):
+            if m[s].sum() > 1:
+                objects.append(
+                    {"image": vol[s], "mask": m[s], "class": name, "id": f"c/2:{60 + s:04d}/{k}"}
+                )
+    images, numbers, structures = ib.slab_structures(objects)
+    assert numbers == list(range(60, 66)) and images.shape == (6, 48, 48)
+    rows = ib.run_3d(Oracle(), images, structures)
+    by = {r["class"]: r for r in rows}
+    assert by["box"]["dsc_6_clicks"] == 1.0 and by["box"]["dsc_per_slice_clicks"] == 1.0
+    assert by["ball"]["dsc_per_slice_clicks"] == pytest.approx(1.0)
+    assert by["box"]["dsc_polygon_per_slice"] < 0.8
+    gap = [o for o in objects if not o["id"].startswith("c/2:0062")]
+    with pytest.raises(ValueError, match="not consecutive"):
+        ib.slab_structures(gap)
