@@ -191,8 +191,9 @@ def test_malformed_and_oversize_json_bodies(client):
     assert r.status_code == 413 and "bytes" in r.json()["error"]
 
 
-def obj(label="disc", color="#ff0000", points=POINTS, z=0):
-    return {"label": label, "color": color, "slice": z, "points": points}
+def obj(label="disc", color="#ff0000", points=POINTS, z=0, corrections=None):
+    out = {"label": label, "color": color, "slice": z, "points": points}
+    return out if corrections is None else {**out, "corrections": corrections}
 
 
 def test_save_writes_label_map_and_clicks_and_reopens(client, images, seg):
@@ -362,3 +363,66 @@ def test_dicom_saves_a_dicom_seg_that_references_the_source(seg, tmp_path):
     r = c.post("/api/save", json={"id": "bare.dcm", "revision": 0, "objects": [obj()]})
     assert r.status_code == 422 and "StudyInstanceUID" in r.json()["error"], r.text
     assert tree(root) == before
+
+
+# ----------------------------------------------------------------- corrective clicks
+
+
+def test_corrections_are_refused_by_a_model_without_click_channels(client, images):
+    before = tree(images)
+    body = {"id": "a.png", "slice": 0, "points": POINTS, "corrections": [[30, 30, 1]]}
+    r = client.post("/api/segment", json=body)
+    assert r.status_code == 400 and "takes no corrective clicks" in r.json()["error"]
+    r = client.post(
+        "/api/save",
+        json={"id": "a.png", "revision": 0, "objects": [obj(corrections=[[30, 30, 1]])]},
+    )
+    assert r.status_code == 400 and "takes no corrective clicks" in r.json()["error"]
+    assert tree(images) == before
+
+
+@pytest.fixture(scope="module")
+def click_seg(tmp_path_factory):
+    import jax
+    from tiny_models import RES, save_checkpoint, tiny_config
+
+    from dlset_jax import models
+
+    config = tiny_config(**{"clicks.enabled": True, "model.in_channels": 6})
+    model = models.create_model(config.model)
+    variables = jax.tree.map(np.asarray, model.init_variables(jax.random.key(2), RES))
+    wd = tmp_path_factory.mktemp("click_wd")
+    save_checkpoint(wd, config, variables)
+    return seglib.Segmenter.from_workdir(str(wd), bucket_size=2)
+
+
+def test_corrections_reach_the_model_and_the_saved_annotation(click_seg, images):
+    client = TestClient(
+        server.create_app(
+            click_seg,
+            folder_lib.ImageFolder(str(images), max_pixels=64 * 64),
+            max_upload_bytes=1000,
+        )
+    )
+    info = client.get("/api/info").json()
+    assert info["model"]["takes_corrections"] and info["limits"]["max_corrections"] == 24
+    img = np.asarray(Image.open(images / "a.png"))
+    clicks = [[30, 30, 1], [20, 22, -1]]
+    r = client.post(
+        "/api/segment", json={"id": "a.png", "slice": 0, "points": POINTS, "corrections": clicks}
+    )
+    assert r.status_code == 200, r.text
+    want = click_seg.segment(img, [POINTS], corrections=[clicks]).objects[0]
+    assert r.json()["area_px"] == want.area_px
+    r = client.post(
+        "/api/save", json={"id": "a.png", "revision": 0, "objects": [obj(corrections=clicks)]}
+    )
+    assert r.status_code == 200, r.text
+    labels = np.asarray(Image.open(images / "a.labels.png"))
+    np.testing.assert_array_equal(labels == 1, want.mask)
+    doc = json.loads((images / "a.annotation.json").read_text())
+    assert doc["objects"][0]["corrections"] == clicks
+    for bad, needle in (([[300, 3, 1]], "lies outside the image"), ([[3, 3, 0]], "has sign 0")):
+        body = {"id": "a.png", "slice": 0, "points": POINTS, "corrections": bad}
+        r = client.post("/api/segment", json=body)
+        assert r.status_code == 400 and needle in r.json()["error"], r.text

@@ -224,7 +224,8 @@ class ImageFolder:
         Args:
           revision: the revision the client loaded (0: none saved); a different saved
             revision means another tab saved in between: 409, nothing written.
-          objects: per object {"label", "color", "slice", "points"} (JSON-ready).
+          objects: per object {"label", "color", "slice", "points", "corrections"}
+            (JSON-ready).
           masks: per object the (H, W) bool mask of its slice.
           extra: more JSON facts to store (checkpoint, threshold).
 

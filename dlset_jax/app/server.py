@@ -9,12 +9,15 @@ Endpoints (JSON unless said; every error is `{"error": message}` with its status
                              its saved annotation (or null)
   GET  /api/slice?id=&z=&lo=&hi=   one slice as PNG, window [lo, hi] of the 0..255
                              values the model is given (default 0, 255)
-  POST /api/segment          {"id", "slice", "points": [[x, y] x 4]} (left, right, top,
-                             bottom; pixel centres at integers) -> the zero contour
-                             (polylines in image pixels), area, warnings, milliseconds
+  POST /api/segment          {"id", "slice", "points": [[x, y] x 4], "corrections":
+                             [[x, y, sign]]} (left, right, top, bottom; pixel centres at
+                             integers; corrective clicks +1 / -1 for a model that takes
+                             them) -> the zero contour (polylines in image pixels),
+                             area, warnings, milliseconds
   POST /api/save             {"id", "revision", "objects": [{"label", "color", "slice",
-                             "points"}]} -> every object segmented again from its clicks
-                             and written with its label map (`ImageFolder.save`)
+                             "points", "corrections"}]} -> every object segmented again
+                             from its clicks and written with its label map
+                             (`ImageFolder.save`)
   POST /api/upload           multipart `file` -> stored as uploads/NAME (never over a file)
 
 Statuses: 400 bad input (clicks, JSON, slice), 403 a path outside the folder or a
@@ -36,6 +39,7 @@ from dlset_jax.app.folder import FolderError, ImageFolder
 STATIC = os.path.join(os.path.dirname(__file__), "static")
 MAX_JSON_BYTES = 1 << 20
 MAX_OBJECTS = 256
+MAX_CORRECTIONS = 64  # per object in a request; the model's own limit is checked after
 
 
 def _contours(phi_window: np.ndarray, window, threshold: float) -> list[list[list[float]]]:
@@ -63,12 +67,14 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
         id: str
         slice: int = 0
         points: list[list[float]]
+        corrections: list[list[float]] = Field(default=[], max_length=MAX_CORRECTIONS)
 
     class ObjectIn(BaseModel):
         label: str = Field(min_length=1, max_length=64)
         color: str = Field(pattern=r"^#[0-9a-fA-F]{6}$")
         slice: int = 0
         points: list[list[float]]
+        corrections: list[list[float]] = Field(default=[], max_length=MAX_CORRECTIONS)
 
     class SaveIn(BaseModel):
         id: str
@@ -124,6 +130,7 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
                 "max_pixels": folder.max_pixels,
                 "max_upload_bytes": max_upload_bytes,
                 "max_objects": MAX_OBJECTS,
+                "max_corrections": seg.max_corrections,
             },
         }
 
@@ -163,7 +170,7 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
         Image.fromarray(shown).save(buf, format="PNG", compress_level=1)
         return Response(buf.getvalue(), media_type="image/png")
 
-    def segment_slice(im, z, points_list):
+    def segment_slice(im, z, points_list, corrections_list):
         frame = im.frame(z)
         checked = []
         for k, p in enumerate(points_list):
@@ -176,9 +183,19 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
                     checked.append(seglib.check_points(p, frame.shape[:2], obj=k + 1)[0])
                 except ValueError:
                     raise FolderError(str(e)) from None
+        for k, c in enumerate(corrections_list):
+            if len(c) and not seg.takes_corrections:
+                raise FolderError(
+                    f"object {k + 1}: this model takes no corrective clicks (trained "
+                    "without click channels); drag the four points instead"
+                )
+            try:
+                seglib.check_corrections(c, frame.shape[:2], obj=k + 1)
+            except ValueError as e:
+                raise FolderError(str(e)) from None
         with model_lock:
             try:
-                return seg.segment(frame, checked, spacing=im.spacing)
+                return seg.segment(frame, checked, spacing=im.spacing, corrections=corrections_list)
             except ValueError as e:  # the image contract (e.g. colour for a grey model)
                 raise FolderError(str(e)) from None
 
@@ -186,7 +203,7 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
     def segment(body: SegmentIn):
         t0 = time.perf_counter()
         im = folder.load(body.id)
-        out = segment_slice(im, body.slice, [body.points]).objects[0]
+        out = segment_slice(im, body.slice, [body.points], [body.corrections]).objects[0]
         return {
             "contours": _contours(out.phi_window, out.window, out.threshold),
             "area_px": out.area_px,
@@ -207,7 +224,12 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
                 )
             by_slice.setdefault(o["slice"], []).append(k)
         for z, ks in by_slice.items():
-            res = segment_slice(im, z, [objects[k]["points"] for k in ks])
+            res = segment_slice(
+                im,
+                z,
+                [objects[k]["points"] for k in ks],
+                [objects[k]["corrections"] for k in ks],
+            )
             for k, r in zip(ks, res.objects, strict=True):
                 masks[k] = r.mask
         extra = {

@@ -1,5 +1,6 @@
 // The annotation page: open an image, click four points per object, see the contour,
-// save. Everything goes through the local server's /api (dlset_jax/app/server.py).
+// correct it (Shift+click: part of the object, Alt+click: background; models trained
+// with corrective clicks), save. Everything goes through the local server's /api (dlset_jax/app/server.py).
 "use strict";
 
 const PALETTE = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4",
@@ -81,7 +82,7 @@ async function openImage(id) {
   $("slice").value = state.z;
   $("slice-value").textContent = state.z;
   if (meta.annotation) {
-    state.objects = meta.annotation.objects.map((o) => ({ ...o, contours: null }));
+    state.objects = meta.annotation.objects.map((o) => ({ corrections: [], ...o, contours: null }));
     state.z = state.objects.length ? state.objects[0].slice : state.z;
     $("slice").value = state.z;
     $("slice-value").textContent = state.z;
@@ -111,7 +112,9 @@ async function segment(obj) {
   state.busy += 1;
   redraw();
   try {
-    const out = await postJSON("/api/segment", { id: state.image.id, slice: obj.slice, points: obj.points });
+    const out = await postJSON("/api/segment", {
+      id: state.image.id, slice: obj.slice, points: obj.points, corrections: obj.corrections,
+    });
     obj.contours = out.contours;
     obj.area = out.area_px;
     obj.error = null;
@@ -131,8 +134,8 @@ async function segment(obj) {
 }
 
 function snapshot() {
-  state.history.push(JSON.stringify(state.objects.map(({ label, color, slice, points }) =>
-    ({ label, color, slice, points }))));
+  state.history.push(JSON.stringify(state.objects.map(({ label, color, slice, points, corrections }) =>
+    ({ label, color, slice, points, corrections }))));
   if (state.history.length > 200) state.history.shift();
 }
 
@@ -148,7 +151,7 @@ function undo() {
 function newObject() {
   snapshot();
   const label = $("label").value.trim() || "object";
-  state.objects.push({ label, color: colorFor(label), slice: state.z, points: [], contours: null });
+  state.objects.push({ label, color: colorFor(label), slice: state.z, points: [], corrections: [], contours: null });
   state.current = state.objects.length - 1;
   renderObjects();
 }
@@ -160,7 +163,8 @@ async function save() {
   try {
     const out = await postJSON("/api/save", {
       id: state.image.id, revision: state.revision,
-      objects: done.map(({ label, color, slice, points }) => ({ label, color, slice, points })),
+      objects: done.map(({ label, color, slice, points, corrections }) =>
+        ({ label, color, slice, points, corrections })),
     });
     state.revision = out.revision;
     status(`saved (revision ${out.revision}): ${out.files.join(", ")}`);
@@ -218,6 +222,16 @@ function redraw() {
       ctx.font = "11px sans-serif";
       ctx.fillText(String(i + 1), cx + 6, cy - 6);
     });
+    // corrective clicks: + part of the object (green), - background (red)
+    o.corrections.forEach(([x, y, sign]) => {
+      const [cx, cy] = toCanvas(x, y);
+      ctx.strokeStyle = sign > 0 ? "#3f3" : "#f33";
+      ctx.lineWidth = 3;
+      ctx.beginPath();
+      ctx.moveTo(cx - 6, cy); ctx.lineTo(cx + 6, cy);
+      if (sign > 0) { ctx.moveTo(cx, cy - 6); ctx.lineTo(cx, cy + 6); }
+      ctx.stroke();
+    });
   });
   canvas.dataset.contours = state.objects.filter((o) => o.contours && o.contours.length).length;
 }
@@ -232,7 +246,8 @@ function renderObjects() {
     sw.style.background = o.color;
     li.appendChild(sw);
     const what = o.error ? `error: ${o.error}` : o.pending ? "segmenting ..." :
-      o.points.length < 4 ? `${o.points.length}/4 points` : `${o.area ?? "?"} px`;
+      o.points.length < 4 ? `${o.points.length}/4 points` :
+      `${o.area ?? "?"} px` + (o.corrections.length ? `, ${o.corrections.length} corrections` : "");
     li.appendChild(document.createTextNode(`${o.label}` + (state.image.n_slices > 1 ? ` (slice ${o.slice})` : "") + `: ${what} `));
     const del = document.createElement("button");
     del.textContent = "x";
@@ -272,6 +287,16 @@ canvas.addEventListener("mousedown", (ev) => {
     return status("click inside the image", true);
   }
   let o = state.objects[state.current];
+  if ((ev.shiftKey || ev.altKey) && o && o.points.length === 4 && o.slice === state.z) {
+    if (!state.info.model.takes_corrections) {
+      return status("this model takes no corrective clicks: drag the four points instead", true);
+    }
+    snapshot();
+    o.corrections.push([x, y, ev.shiftKey ? 1 : -1]);
+    renderObjects();
+    redraw();
+    return segment(o);
+  }
   if (!o || o.points.length === 4 || o.slice !== state.z) { newObject(); o = state.objects[state.current]; } else snapshot();
   o.points.push([x, y]);
   renderObjects();
