@@ -15,9 +15,18 @@ clicks after the four points: it starts from that checkpoint (`train.init_from`;
 input convolution widened with zero weights for the two click maps, so it starts as the
 four-click model) and trains on the same set with simulated corrections (iterative
 training: a share of the batches gets 1..3 rounds of "predict, click the deepest error",
-dlset_jax/corrections.py). About 25 more minutes on 2 cores:
+dlset_jax/corrections.py). About 25 more minutes per round on 2 cores:
 
     python train.py --config configs/default.py:interactive --workdir workdirs/interactive
+
+More rounds help the corrections (each round starts from the last one's checkpoint):
+
+    python train.py --config configs/default.py:interactive --workdir workdirs/interactive2 \
+        --config.train.init_from=workdirs/interactive
+
+The README's interactive checkpoint is three such rounds (round 1 with
+clicks.train_prob=0.6 and clicks.train_rounds=3, round 2 with 0.8 and 4, round 3 with
+the values below).
 """
 
 from dlset_jax.config import base_config, cpu_sized
@@ -40,7 +49,7 @@ def get_config(variant="four_clicks"):
     c.eval.sweep_thresholds = True
     c.eval.real_benchmark = True
     if variant == "interactive":
-        c.clicks.enabled = True
+        c.clicks.update(enabled=True, train_prob=0.8, train_rounds=5)
         c.model.in_channels = 6
         c.train.init_from = "workdirs/default"
         c.optim.update(learning_rate=3e-4, warmup_fraction=0.05)

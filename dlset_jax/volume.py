@@ -5,10 +5,13 @@
     res.slices[k]                  # per-slice facts: source, points, area, why it stopped
 
 The start slice is segmented from its four clicks (and its corrective clicks, if any).
-Then, in both directions, each next slice is segmented in two passes: first from the
-extreme points of the previous slice's mask, then from the extreme points of that first
-answer (the previous slice's points moved onto this slice by the model's own
-prediction). Propagation stops at the given extent (the first and last slice of the
+Then, in both directions, each next slice is segmented from the extreme points of the
+previous slice's mask: the model's answer on one slice gives the clicks of the next.
+With `passes=2` the slice is segmented once more from the extreme points of that first
+answer (the previous points moved onto this slice by the model's own prediction); on
+the Colin27 + AAL test slabs that was 0.8-1.4 DSC points worse than one pass with each
+of three models (`scripts/interactive_benchmark.py`, 2026-12-02), so one pass is the
+default. Propagation stops at the given extent (the first and last slice of the
 structure, clicked by the user), or where the object vanishes: the mask is empty, its
 four points fall within one pixel, or its area drops below `vanish_fraction` of the
 previous slice's. Corrective clicks on any slice (`corrections={slice: clicks}`) are
@@ -89,20 +92,22 @@ def _points_of(mask):
     return pts
 
 
-def _walk(seg, vol, labels, facts, frm, step, limit, corrections, spacing, vanish_fraction):
+def _walk(seg, vol, labels, facts, frm, step, limit, corrections, spacing, opts):
     """Propagates from slice `frm` (already segmented) towards `limit` (inclusive)."""
+    passes, vanish_fraction = opts
     prev = labels[frm]
     s = frm + step
     while (s <= limit) if step > 0 else (s >= limit):
         pts = _points_of(prev)
         if pts is None:
             return f"vanished after slice {s - step}"
-        first, _ = _segment(seg, vol[s], pts, None, spacing)
-        pts2 = _points_of(first)
-        if pts2 is None or first.sum() < vanish_fraction * prev.sum():
-            return f"vanished at slice {s}"
-        mask, o = _segment(seg, vol[s], pts2, corrections.get(s), spacing)
-        if mask.sum() < vanish_fraction * prev.sum():
+        for k in range(passes):
+            clicks = corrections.get(s) if k == passes - 1 else None
+            mask, o = _segment(seg, vol[s], pts, clicks, spacing)
+            pts = _points_of(mask)
+            if pts is None:
+                break
+        if pts is None or mask.sum() < vanish_fraction * prev.sum():
             return f"vanished at slice {s}"
         labels[s] = mask
         facts[s] = _fact(s, "propagated", o)
@@ -131,6 +136,7 @@ def propagate(
     extent=None,
     corrections=None,
     spacing=None,
+    passes: int = 1,
     vanish_fraction: float = 0.15,
 ) -> VolumeResult:
     """Segments one structure through a volume from four clicks on slice `start`.
@@ -142,6 +148,7 @@ def propagate(
       extent: optional `(first, last)` slices of the structure (inclusive).
       corrections: optional `{slice: (K, 3) clicks (x, y, sign)}` (models with clicks).
       spacing: in-plane pixel size for the per-slice areas (as `Segmenter.segment`).
+      passes: segmentations per propagated slice (see the module doc).
       vanish_fraction: stop where the area falls below this share of the previous
         slice's (without an extent, the object's end).
 
@@ -152,6 +159,9 @@ def propagate(
       ValueError naming the problem (slice or extent out of range, bad clicks).
     """
     vol, start, extent = _check(vol, start, extent)
+    if passes not in (1, 2):
+        raise ValueError(f"passes must be 1 or 2, got {passes!r}")
+    opts = (passes, vanish_fraction)
     n = vol.shape[0]
     corrections = _check_corrections(corrections, n)
     labels = np.zeros(vol.shape[:3], bool)
@@ -160,12 +170,8 @@ def propagate(
     facts = {start: _fact(start, "clicks", o)}
     lo, hi = extent if extent is not None else (0, n - 1)
     stops = {
-        "below": _walk(
-            seg, vol, labels, facts, start, -1, lo, corrections, spacing, vanish_fraction
-        ),
-        "above": _walk(
-            seg, vol, labels, facts, start, +1, hi, corrections, spacing, vanish_fraction
-        ),
+        "below": _walk(seg, vol, labels, facts, start, -1, lo, corrections, spacing, opts),
+        "above": _walk(seg, vol, labels, facts, start, +1, hi, corrections, spacing, opts),
     }
     if extent is None:
         stops = {k: ("volume edge" if v == "extent" else v) for k, v in stops.items()}
@@ -173,7 +179,15 @@ def propagate(
 
 
 def repropagate(
-    seg, vol, result: VolumeResult, slice_index: int, clicks, *, spacing=None, vanish_fraction=0.15
+    seg,
+    vol,
+    result: VolumeResult,
+    slice_index: int,
+    clicks,
+    *,
+    spacing=None,
+    passes: int = 1,
+    vanish_fraction: float = 0.15,
 ) -> VolumeResult:
     """`result` with corrective `clicks` on `slice_index`: that slice is segmented again
     from its points and the clicks, and everything beyond it (away from the start slice)
@@ -194,6 +208,7 @@ def repropagate(
             extent=result.extent,
             corrections={slice_index: clicks},
             spacing=spacing,
+            passes=passes,
             vanish_fraction=vanish_fraction,
         )
     labels = result.labels.copy()
@@ -214,7 +229,7 @@ def repropagate(
     facts[slice_index] = _fact(slice_index, facts[slice_index]["source"], o)
     stops = dict(result.stops)
     stops[side] = _walk(
-        seg, vol, labels, facts, slice_index, step, limit, corr, spacing, vanish_fraction
+        seg, vol, labels, facts, slice_index, step, limit, corr, spacing, (passes, vanish_fraction)
     )
     if result.extent is None and stops[side] == "extent":
         stops[side] = "volume edge"

@@ -94,7 +94,7 @@ def test_gpu_benchmark_runs_on_cpu_with_a_tiny_model(tmp_path):
         "--sizes",
         "32",
         "--batch",
-        "2",
+        "1",  # one object: the batched inference is the single one, one compile less
         "--steps",
         "1",
         "--dtypes",
@@ -118,7 +118,7 @@ def test_gpu_benchmark_runs_on_cpu_with_a_tiny_model(tmp_path):
     ):
         assert row[key] > 0, key
     assert np.isfinite(row["loss"])
-    assert row["images_per_s"] == pytest.approx(2 / row["step_s"])
+    assert row["images_per_s"] == pytest.approx(1 / row["step_s"])
     # The printed row is the saved one.
     step_s, img_s, infer_ms, infer_obj_s = (float(v) for v in rows[0][3:7])
     assert step_s == pytest.approx(row["step_s"], abs=5e-5)
