@@ -120,15 +120,10 @@ def run_curves(seg, objects: list[dict], jitter: int = 0, seed: int = 0, max_cli
     for obj in objects:
         pts = real_benchmark.clicks(obj["mask"], jitter, rng)
         rec = click_curve(seg, obj, pts, max_clicks)
-        poly = targets.polygon_mask(seg_points(seg, obj, pts), obj["mask"].shape)
+        poly = targets.polygon_mask(pts, obj["mask"].shape)
         rec.update(baseline_dsc=_dice(poly, obj["mask"]), points=pts.tolist(), **_tags(obj))
         records.append(rec)
     return records
-
-
-def seg_points(seg, obj, pts):
-    """The points as the Segmenter uses them (checked, in order)."""
-    return seglib.check_points(pts, obj["mask"].shape)[0]
 
 
 def _tags(obj):
@@ -154,19 +149,19 @@ def jitter_robustness(seg, objects, jitters=JITTERS, seed: int = 0) -> dict:
 def slab_structures(objects: list[dict]) -> tuple[np.ndarray, list[int], dict]:
     """The real benchmark's test objects as a stack of slices and one mask stack per
     structure: `(images (S, H, W), slice numbers, {class: (S, H, W) bool})`."""
-    slice_of = {}
+    slice_of, number_of = {}, []
     for o in objects:
         m = re.search(r":(\d+)/\d+$", o["id"])
         if m is None:
             raise ValueError(f"object id {o['id']!r} names no slice")
-        slice_of.setdefault(int(m.group(1)), o["image"])
+        number_of.append(int(m.group(1)))
+        slice_of.setdefault(number_of[-1], o["image"])
     numbers = sorted(slice_of)
     if numbers != list(range(numbers[0], numbers[-1] + 1)):
         raise ValueError(f"the slices {numbers} are not consecutive")
     images = np.stack([slice_of[s] for s in numbers])
     structures = {}
-    for o in objects:
-        s = int(re.search(r":(\d+)/\d+$", o["id"]).group(1))
+    for o, s in zip(objects, number_of, strict=True):
         st = structures.setdefault(o["class"], np.zeros(images.shape, bool))
         st[numbers.index(s)] |= o["mask"]
     return images, numbers, structures
