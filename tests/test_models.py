@@ -541,12 +541,16 @@ def create_model_default_is_fast():
 @pytest.mark.parametrize("depth,output_stride", [(18, 8), (50, 16)])
 def test_fast_model_matches_reference(depth, output_stride, monkeypatch):
     """Custom-VJP 1x1 convolutions + fusion barriers + fused heads against the plain
-    formulation (nn.Conv, heads one by one): same variables; outputs (train and eval
-    mode) and gradients as close to a float64 evaluation as the plain float32 one.
+    formulation (nn.Conv, heads one by one): same variables; in float64 the same
+    outputs (train and eval mode) and gradients to rounding; in float32 the fast one
+    within its rounding of the float64 values.
 
     (Train-mode BatchNorm in the heads amplifies float32 rounding at these tiny
-    widths to 1e-5..1e-4 relative for BOTH formulations, hence float64 as the
-    arbiter; the fused heads sum more partial products, up to ~3x the plain error.)"""
+    widths to 1e-5..1e-4 relative, hence float64 as the arbiter. Measured float32
+    errors of the fast formulation without LLVM's optimisation passes, as the tests
+    compile: train outputs 1e-5 (ResNet-18) / 4e-4 (ResNet-50), eval outputs 1.4e-6,
+    gradients 8e-6 / 2.1e-3, each within 2x of the plain formulation's; the bounds
+    below leave 5x. A wrong formulation is off by O(1).)"""
     model = tiny_model(depth=depth, output_stride=output_stride, frozen_backbone_bn=True)
     x = jax.random.normal(jax.random.key(1), (2, 44, 36, 4))
     shapes = {}
@@ -566,6 +570,7 @@ def test_fast_model_matches_reference(depth, output_stride, monkeypatch):
     }
 
     def run(form, dtype="float32"):
+        """(train outputs, gradients, eval outputs), compiled as one program."""
         model = tiny_model(
             form,
             depth=depth,
@@ -581,21 +586,22 @@ def test_fast_model_matches_reference(depth, output_stride, monkeypatch):
             out, upd = model.apply({**v, "params": params}, xx, train=True, mutable=["batch_stats"])
             return sum(jnp.sum(out[k] * weights[k]) for k in HEADS), out
 
-        (_, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(v["params"])
-        return out, grads, jax.jit(model.apply)(v, xx)
+        def all_three(params):
+            (_, out), grads = jax.value_and_grad(loss, has_aux=True)(params)
+            return out, grads, model.apply({**v, "params": params}, xx)
+
+        return jax.tree_util.tree_map(np.asarray, jax.jit(all_three)(v["params"]))
 
     # float64 is no compute dtype of the schema; the arbiter adds it for this test only
     monkeypatch.setitem(dls._DTYPES, "float64", jnp.float64)
     with jax.enable_x64(True):
-        exact = jax.tree_util.tree_map(np.asarray, run(resnet.REFERENCE, "float64"))
-        exact_new = jax.tree_util.tree_map(np.asarray, run(resnet.FAST, "float64"))
+        exact = run(resnet.REFERENCE, "float64")
+        exact_new = run(resnet.FAST, "float64")
     # the same math: in float64 the two formulations agree to rounding
     assert _max_rel(exact, exact_new) < 1e-9
-    ref, new = run(resnet.REFERENCE), run(resnet.FAST)
-    for i, what in ((0, "train outputs"), (2, "eval outputs")):
-        err_ref, err_new = _max_rel(exact[i], ref[i]), _max_rel(exact[i], new[i])
-        assert err_new <= 4 * err_ref + 1e-5, (what, err_new, err_ref)
-    assert _max_rel(ref[2], new[2]) < 3e-5  # eval mode: directly
+    new = run(resnet.FAST)
+    assert _max_rel(exact[0], new[0]) < 2e-3  # train outputs
+    assert _max_rel(exact[2], new[2]) < 1e-5  # eval outputs
 
     # Gradients, as one vector: float32 rounding can move a head pre-activation across
     # ReLU's kink (train-mode BN centres them on 0), which changes a leaf's gradient at
@@ -605,13 +611,7 @@ def test_fast_model_matches_reference(depth, output_stride, monkeypatch):
         num = sum(float(np.sum((np.asarray(x) - np.asarray(y)) ** 2)) for x, y in zip(la, lb))
         return np.sqrt(num / sum(float(np.sum(np.asarray(x) ** 2)) for x in la))
 
-    # As for the outputs, the plain formulation's own float32 error is the yardstick: it
-    # depends on the compiler (ResNet-50 here: 1.1e-3 plain and 2.1e-3 fused without
-    # LLVM's optimisation passes, as the tests compile, vs < 1e-3 for both with them); a
-    # wrong formulation is off by O(1).
-    err_new, err_ref = global_rel(exact[1], new[1]), global_rel(exact[1], ref[1])
-    assert err_ref < 5e-3, err_ref
-    assert err_new <= 4 * err_ref + 1e-4, (err_new, err_ref)
+    assert global_rel(exact[1], new[1]) < 1e-2
 
 
 def test_psp_head_call_matches_fused_path(rng):

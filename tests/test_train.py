@@ -113,34 +113,6 @@ def test_train_checkpoint_resume_evaluate(tmp_path, data_dir):
     assert res["split"] == "validation" and len(res["records"]) >= 1
 
 
-def test_exact_resume_after_sigkill(tmp_path, data_dir):
-    steps = [
-        "--config.train.num_steps=6",
-        "--config.train.checkpoint_every=2",
-        "--config.train.keep_checkpoints=5",
-        "--config.data.augment=true",
-    ]
-    reference = tmp_path / "uninterrupted"
-    run_train(reference, data_dir, *steps)
-    killed = tmp_path / "killed"
-    proc = run_train(killed, data_dir, *steps, wait=False)
-    ck_dir = killed / "checkpoints"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if (ck_dir / "2" / "commit_success.txt").exists() or (ck_dir / "4").exists():
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "training finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    _, partial = final_params(killed)
-    run_train(killed, data_dir, *steps)
-    step_ref, p_ref = final_params(reference)
-    step_res, p_res = final_params(killed)
-    assert step_ref == step_res == 6
-    assert_trees_close(p_ref, p_res)
-
-
 def test_sigterm_saves_a_checkpoint(tmp_path, data_dir):
     workdir = tmp_path / "term"
     proc = run_train(
@@ -166,12 +138,17 @@ def test_sigterm_saves_a_checkpoint(tmp_path, data_dir):
     assert 2 <= step < 400
 
 
-# SGD at a small rate, no warm-up: parameter differences then stay proportional to
-# gradient differences. (Adam's normalised step magnifies rounding in near-zero
+# One set of arguments for the reference run, the data-parallel runs and the resumed
+# run. SGD at a small rate, no warm-up: parameter differences then stay proportional
+# to gradient differences. (Adam's normalised step magnifies rounding in near-zero
 # gradients, and the warm-up motion loss has gradients ~ 1/|M| where the predicted
 # motion is near zero, which turns reduction-order rounding into visible changes.)
+# Augmented: the random transforms must not depend on the device count or a restart.
 PARALLEL_ARGS = [
-    "--config.train.num_steps=3",
+    "--config.train.num_steps=6",
+    "--config.train.checkpoint_every=2",
+    "--config.train.keep_checkpoints=5",
+    "--config.data.augment=true",
     "--config.train.batch_size=4",
     "--config.train.log_every=1",
     "--config.eval.batch_size=4",
@@ -188,6 +165,31 @@ def one_device_run(tmp_path_factory, data_dir):
     out = run_train(workdir, data_dir, *PARALLEL_ARGS, devices=1)
     assert "devices: 1" in out
     return workdir, out
+
+
+def test_exact_resume_after_sigkill(tmp_path, data_dir, one_device_run):
+    """Killed after its first checkpoints and restarted, a run ends where the
+    uninterrupted one (`one_device_run`, the same arguments) ends: the same parameters,
+    the data iterator, the optimiser's momentum and the random state restored."""
+    killed = tmp_path / "killed"
+    proc = run_train(killed, data_dir, *PARALLEL_ARGS, wait=False, devices=1)
+    ck_dir = killed / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (ck_dir / "2" / "commit_success.txt").exists() or (ck_dir / "4").exists():
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step_partial, _ = final_params(killed)
+    assert step_partial < 6
+    out = run_train(killed, data_dir, *PARALLEL_ARGS, devices=1)
+    assert f"resumed from step {step_partial}" in out, out
+    step_ref, p_ref = final_params(one_device_run[0])
+    step_res, p_res = final_params(killed)
+    assert step_ref == step_res == 6
+    assert_trees_close(p_ref, p_res)
 
 
 def _losses(out):
@@ -228,7 +230,7 @@ def test_two_processes_of_two_devices_match_one_device(tmp_path, data_dir, one_d
         assert p.returncode == 0, o
     assert "devices: 4 (cpu), processes: 2" in outs[0], outs[0]
     one = one_device_run[1]
-    assert len(_losses(one)) == 3
+    assert len(_losses(one)) == 6
     np.testing.assert_allclose(_losses(one), _losses(outs[0]), rtol=1e-5)
     assert_trees_close(
         final_params(one_device_run[0])[1], final_params(workdir)[1], rtol=1e-4, atol=1e-5
