@@ -150,13 +150,13 @@ def _fmt_pt(p) -> str:
     return f"(x={float(p[0]):g}, y={float(p[1]):g})"
 
 
-def check_points(points, image_shape, *, obj: Any = 0, reorder: bool = False):
+def check_points(points, image_shape, *, obj: Any = 1, reorder: bool = False):
     """Validates (and with `reorder`, orders) the four extreme points of one object.
 
     Args:
       points: `(4, 2)` `(x, y)` pixel coordinates, order left, right, top, bottom.
       image_shape: `(H, W)` or `(H, W, C)`.
-      obj: how the object is named in error messages (its index or a name).
+      obj: how the object is named in error messages (its number from 1, or a name).
       reorder: the points are unordered: name them by their coordinates (left-most =
         left, ...) when that is unambiguous.
 
@@ -235,7 +235,7 @@ def _reorder(pts: np.ndarray, obj) -> np.ndarray:
     )
 
 
-def check_corrections(clicks, image_shape, *, obj: Any = 0) -> np.ndarray:
+def check_corrections(clicks, image_shape, *, obj: Any = 1) -> np.ndarray:
     """Validates one object's corrective clicks.
 
     Args:
@@ -537,7 +537,7 @@ class Segmenter:
                 f"object {obj}: this model takes no corrective clicks (it was trained "
                 "without click channels, clicks.enabled=False in its config): give only "
                 "the four extreme points, or use a model trained with clicks "
-                "(configs/interactive.py)"
+                "(configs/default.py:interactive)"
             )
         if len(clicks) > len(out):
             raise ValueError(
@@ -610,6 +610,10 @@ class Segmenter:
 
         Returns:
           Segmentation with one ObjectResult per object, in the order given.
+
+        Raises:
+          ValueError: bad points or clicks, naming the object as a person counts them
+            ("object 1" is the first; `ObjectResult.index` counts from 0).
         """
         t0 = time.perf_counter()
         img, facts = prepare_image(image, self.image_kinds)
@@ -629,18 +633,21 @@ class Segmenter:
             raise ValueError(f"{len(classes)} class names for {n} objects")
         sp = _as_spacing(spacing)
         checked = [
-            check_points(p, (h, w), obj=k, reorder=reorder) for k, p in enumerate(points_list)
+            check_points(p, (h, w), obj=k, reorder=reorder)
+            for k, p in enumerate(points_list, start=1)
         ]
         if corrections is None:
             corrections = [None] * n
         corrections = list(corrections)
         if len(corrections) != n:
             raise ValueError(f"corrective clicks for {len(corrections)} objects, {n} objects")
-        corrections = [check_corrections(c, (h, w), obj=k) for k, c in enumerate(corrections)]
+        corrections = [
+            check_corrections(c, (h, w), obj=k) for k, c in enumerate(corrections, start=1)
+        ]
         items = [self.preprocess(img, p) for p, _ in checked]
         crop_clicks = [
             self._crop_corrections(c, it["box"], k)
-            for k, (c, it) in enumerate(zip(corrections, items, strict=True))
+            for k, (c, it) in enumerate(zip(corrections, items, strict=True), start=1)
         ]
         size = _bucket(n, self.bucket_size)
         pad = [items[0]] * (size - n)

@@ -248,7 +248,7 @@ def test_grey_rgb_and_float_inputs_agree(segmenter, rng):
 def test_segment_rejects_bad_calls(segmenter):
     img = np.zeros((20, 20), np.uint8)
     good = [[2, 10], [17, 10], [10, 2], [10, 17]]
-    with pytest.raises(ValueError, match="object 1: point 3 \\(bottom\\)"):
+    with pytest.raises(ValueError, match="object 2: point 3 \\(bottom\\)"):
         segmenter.segment(img, [good, [[2, 10], [17, 10], [10, 2], [10, 25]]])
     with pytest.raises(ValueError, match="no objects"):
         segmenter.segment(img, [])
