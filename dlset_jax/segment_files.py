@@ -326,13 +326,10 @@ def run(req: Request) -> dict:
     t_read = time.perf_counter()
     seg = _get_segmenter(req)
     t_model = time.perf_counter()
-    corrected = [k for k, o in enumerate(objects, 1) if len(o["corrections"])]
-    if corrected and not seg.takes_corrections:
-        raise RequestError(
-            f"object {corrected[0]}: the model of {req.workdir} takes no corrective clicks "
-            "(trained without click channels): give only the four extreme points, or a "
-            "workdir trained with configs/default.py:interactive"
-        )
+    try:  # before any slice is segmented
+        seg.check_accepts([o["corrections"] for o in objects])
+    except ValueError as e:
+        raise RequestError(f"{e} (the model of {req.workdir})") from None
 
     stem = req.prefix or file_stem(req.image)
     intensity = inp.get("intensity")
@@ -345,6 +342,7 @@ def run(req: Request) -> dict:
             spacing=spacing,
             classes=[objects[k - 1]["class"] for k in ks],
             corrections=[objects[k - 1]["corrections"] for k in ks],
+            object_ids=ks,
         )
         intensity = intensity or res.intensity["intensity"]
         for k, o in zip(ks, res.objects, strict=True):

@@ -527,23 +527,37 @@ class Segmenter:
             return_trajectory=True,
         )
 
+    def check_accepts(self, corrections, object_ids=None) -> None:
+        """Raises ValueError naming the first object with corrective clicks when this
+        model takes none, or with more than it takes; `segment` calls it, callers that
+        want the refusal before any compute call it first.
+
+        Args:
+          corrections: one entry per object, None or a sequence of clicks.
+          object_ids: how the errors name each object (default 1, 2, ...).
+        """
+        corrections = list(corrections)
+        ids = range(1, len(corrections) + 1) if object_ids is None else list(object_ids)
+        for obj, c in zip(ids, corrections, strict=True):
+            k = 0 if c is None else len(c)
+            if k and not self.takes_corrections:
+                raise ValueError(
+                    f"object {obj}: this model takes no corrective clicks (it was trained "
+                    "without click channels, clicks.enabled=False in its config): give only "
+                    "the four extreme points, or use a model trained with clicks "
+                    "(configs/default.py:interactive)"
+                )
+            if k > self.max_corrections:
+                raise ValueError(
+                    f"object {obj}: {k} corrective clicks; this model takes at most "
+                    f"{self.max_corrections} per object (clicks.max_clicks)"
+                )
+
     def _crop_corrections(self, clicks, box, obj):
-        """Image-px clicks -> the crop's `(K, 3)` slots, and warnings."""
+        """Checked image-px clicks -> the crop's `(K, 3)` slots, and warnings."""
         out = np.zeros((int(self.config.clicks.max_clicks), 3), np.float32)
         if len(clicks) == 0:
             return out, []
-        if not self.takes_corrections:
-            raise ValueError(
-                f"object {obj}: this model takes no corrective clicks (it was trained "
-                "without click channels, clicks.enabled=False in its config): give only "
-                "the four extreme points, or use a model trained with clicks "
-                "(configs/default.py:interactive)"
-            )
-        if len(clicks) > len(out):
-            raise ValueError(
-                f"object {obj}: {len(clicks)} corrective clicks; this model takes at most "
-                f"{len(out)} per object (clicks.max_clicks)"
-            )
         crop = targets.points_to_crop(clicks[:, :2], box, self.resolution)
         r = self.resolution - 1
         warnings, k = [], 0
@@ -591,6 +605,7 @@ class Segmenter:
         return_network_outputs: bool = False,
         reorder: bool = False,
         corrections=None,
+        object_ids=None,
     ) -> Segmentation:
         """Segments the objects of one image from their four extreme points each.
 
@@ -607,13 +622,16 @@ class Segmenter:
           reorder: the points of each object are unordered (see `check_points`).
           corrections: one entry per object, None or `(K, 3)` corrective clicks
             `(x, y, sign)` image px (see the module doc); None for none at all.
+          object_ids: how errors name each object, e.g. the caller's own numbers when
+            it segments some of its objects per call (default 1, 2, ...).
 
         Returns:
           Segmentation with one ObjectResult per object, in the order given.
 
         Raises:
-          ValueError: bad points or clicks, naming the object as a person counts them
-            ("object 1" is the first; `ObjectResult.index` counts from 0).
+          ValueError: bad points or clicks, naming the object by `object_ids` or as a
+            person counts them ("object 1" is the first; `ObjectResult.index` counts
+            from 0).
         """
         t0 = time.perf_counter()
         img, facts = prepare_image(image, self.image_kinds)
@@ -631,10 +649,13 @@ class Segmenter:
         classes = list(classes)
         if len(classes) != n:
             raise ValueError(f"{len(classes)} class names for {n} objects")
+        ids = list(range(1, n + 1)) if object_ids is None else list(object_ids)
+        if len(ids) != n:
+            raise ValueError(f"{len(ids)} object ids for {n} objects")
         sp = _as_spacing(spacing)
         checked = [
             check_points(p, (h, w), obj=k, reorder=reorder)
-            for k, p in enumerate(points_list, start=1)
+            for k, p in zip(ids, points_list, strict=True)
         ]
         if corrections is None:
             corrections = [None] * n
@@ -642,12 +663,13 @@ class Segmenter:
         if len(corrections) != n:
             raise ValueError(f"corrective clicks for {len(corrections)} objects, {n} objects")
         corrections = [
-            check_corrections(c, (h, w), obj=k) for k, c in enumerate(corrections, start=1)
+            check_corrections(c, (h, w), obj=k) for k, c in zip(ids, corrections, strict=True)
         ]
+        self.check_accepts(corrections, ids)
         items = [self.preprocess(img, p) for p, _ in checked]
         crop_clicks = [
             self._crop_corrections(c, it["box"], k)
-            for k, (c, it) in enumerate(zip(corrections, items, strict=True), start=1)
+            for k, c, it in zip(ids, corrections, items, strict=True)
         ]
         size = _bucket(n, self.bucket_size)
         pad = [items[0]] * (size - n)

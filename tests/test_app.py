@@ -426,3 +426,10 @@ def test_corrections_reach_the_model_and_the_saved_annotation(click_seg, images)
         body = {"id": "a.png", "slice": 0, "points": POINTS, "corrections": bad}
         r = client.post("/api/segment", json=body)
         assert r.status_code == 400 and needle in r.json()["error"], r.text
+    # a save names the object by its place in the request, also for the model's checks
+    small = [[20, 30], [30, 30], [25, 25], [25, 35]]
+    before = tree(images)
+    objects = [obj(), obj(points=small, corrections=[[60, 60, 1]])]
+    r = client.post("/api/save", json={"id": "a.png", "revision": 1, "objects": objects})
+    assert r.status_code == 400 and "object 2: positive click 0" in r.json()["error"], r.text
+    assert tree(images) == before

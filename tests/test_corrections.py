@@ -257,6 +257,26 @@ def test_bad_corrections_get_one_clear_error(click_segmenter):
         seglib.Annotation(POINTS).undo()
 
 
+def test_errors_name_objects_by_the_callers_ids(click_segmenter):
+    # a caller that segments some of its objects per call (one slice of a volume, one
+    # object of the annotation tool) names them by its own numbers
+    seg = click_segmenter
+    small = [[20, 30], [30, 30], [25, 25], [25, 35]]
+    with pytest.raises(ValueError, match=r"^object 7: positive click 0 .* crop box"):
+        seg.segment(IMAGE, [POINTS, small], corrections=[None, [[60, 60, 1]]], object_ids=[3, 7])
+    with pytest.raises(ValueError, match=r"^object 3: corrective click 0 \(x=70"):
+        seg.segment(IMAGE, [POINTS, small], corrections=[[[70, 3, 1]], None], object_ids=[3, 7])
+    with pytest.raises(ValueError, match=r"^object 7: 25 corrective clicks"):
+        seg.segment(
+            IMAGE, [POINTS, small], corrections=[None, [[30, 30, 1]] * 25], object_ids=[3, 7]
+        )
+    swapped = [small[1], small[0], small[2], small[3]]
+    with pytest.raises(ValueError, match=r"^object 7: point 0 \(left\)"):
+        seg.segment(IMAGE, [POINTS, swapped], object_ids=[3, 7])
+    with pytest.raises(ValueError, match="1 object ids for 2 objects"):
+        seg.segment(IMAGE, [POINTS, small], object_ids=[3])
+
+
 def test_a_model_without_click_channels_refuses_corrections(random_model):
     _, config, variables = random_model
     seg = seglib.Segmenter(config, variables, bucket_size=1)
@@ -264,3 +284,7 @@ def test_a_model_without_click_channels_refuses_corrections(random_model):
     seg.segment(IMAGE, [POINTS], corrections=[None])  # no clicks: fine
     with pytest.raises(ValueError, match="takes no corrective clicks"):
         seg.refine(IMAGE, seglib.Annotation(POINTS).add(30, 30))
+    with pytest.raises(ValueError, match="^object 5: this model takes no corrective clicks"):
+        seg.segment(IMAGE, [POINTS, POINTS], corrections=[None, [[30, 30, 1]]], object_ids=[2, 5])
+    with pytest.raises(ValueError, match="^object 2: this model takes no corrective clicks"):
+        seg.check_accepts([[], [[30, 30, 1]]])  # the check callers run before any compute

@@ -511,7 +511,7 @@ def test_cli_corrections_need_a_model_that_takes_them(capsys, tmp_path, random_m
     code, _, err = _run_cli(
         capsys, "--workdir", random_model[0], "--image", img, "--points_file", c, "--out_dir", out
     )
-    _assert_one_line_error(code, err, "object 1: the model of", out)
+    _assert_one_line_error(code, err, "object 1: this model takes no corrective clicks", out)
     c.write_text("object,kind,x,y\n" + "\n".join(rows + ["o,positive,300,30"]) + "\n")
     code, _, err = _run_cli(
         capsys, "--workdir", random_model[0], "--image", img, "--points_file", c, "--out_dir", out

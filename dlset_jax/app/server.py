@@ -170,33 +170,30 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
         Image.fromarray(shown).save(buf, format="PNG", compress_level=1)
         return Response(buf.getvalue(), media_type="image/png")
 
-    def segment_slice(im, z, points_list, corrections_list):
+    def segment_slice(im, z, points_list, corrections_list, ids=None):
         frame = im.frame(z)
+        ids = list(range(1, len(points_list) + 1)) if ids is None else ids
         checked = []
-        for k, p in enumerate(points_list):
+        for k, p in zip(ids, points_list, strict=True):
             # clicked in any order: named by position, or taken as given (left, right,
             # top, bottom) where two points tie for an extreme
             try:
-                checked.append(seglib.check_points(p, frame.shape[:2], obj=k + 1, reorder=True)[0])
+                checked.append(seglib.check_points(p, frame.shape[:2], obj=k, reorder=True)[0])
             except ValueError as e:
                 try:
-                    checked.append(seglib.check_points(p, frame.shape[:2], obj=k + 1)[0])
+                    checked.append(seglib.check_points(p, frame.shape[:2], obj=k)[0])
                 except ValueError:
                     raise FolderError(str(e)) from None
-        for k, c in enumerate(corrections_list):
-            if len(c) and not seg.takes_corrections:
-                raise FolderError(
-                    f"object {k + 1}: this model takes no corrective clicks (trained "
-                    "without click channels); drag the four points instead"
-                )
-            try:
-                seglib.check_corrections(c, frame.shape[:2], obj=k + 1)
-            except ValueError as e:
-                raise FolderError(str(e)) from None
         with model_lock:
-            try:
-                return seg.segment(frame, checked, spacing=im.spacing, corrections=corrections_list)
-            except ValueError as e:  # the image contract (e.g. colour for a grey model)
+            try:  # corrective clicks (and the model's refusal of them), the image contract
+                return seg.segment(
+                    frame,
+                    checked,
+                    spacing=im.spacing,
+                    corrections=corrections_list,
+                    object_ids=ids,
+                )
+            except ValueError as e:
                 raise FolderError(str(e)) from None
 
     @app.post("/api/segment")
@@ -229,6 +226,7 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
                 z,
                 [objects[k]["points"] for k in ks],
                 [objects[k]["corrections"] for k in ks],
+                [k + 1 for k in ks],
             )
             for k, r in zip(ks, res.objects, strict=True):
                 masks[k] = r.mask
