@@ -6,7 +6,7 @@ and T1 textures, every label with random intensities, blur, noise and bias; see
 docs/data.md), grey and colour, objects from 8 px to the whole image. Crops and click
 jitter scale with the object; plain BCE on the evolved level set (the class-balanced
 BCE of eq. 6 pushes contours outwards); a cosine schedule over the whole run. Sized for
-a 2-core CPU (about 50 minutes with the data generation).
+a 2-core CPU (26 to 50 minutes with the data generation, by the machine; README).
 
     python train.py --config configs/default.py --workdir workdirs/default
 

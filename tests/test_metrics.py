@@ -409,3 +409,38 @@ def test_format_table_shape_and_units():
         "| DSC (%) | 96.50 ± 0.50 |",
         "| HD (px) | 7.00 ± 1.00 |",
     ]
+
+
+# --------------------------------------------------------------------------
+# edge strength at a contour
+# --------------------------------------------------------------------------
+def test_edge_strength_is_the_slope_on_a_ramp_and_peaks_on_a_step():
+    yy, xx = np.mgrid[:40, :50].astype(np.float64)
+    mask = np.zeros((40, 50), bool)
+    mask[10:30, 12:35] = True
+    # a linear ramp: the gradient magnitude is its slope wherever the kernel fits
+    ramp = 3.0 * xx + 4.0 * yy
+    assert M.edge_strength(ramp, mask) == pytest.approx(5.0, rel=0.03)
+    # a vertical step at column 25: the mask whose right side is the step scores
+    # highest; the same mask moved 3 px off the step scores far lower
+    step = np.where(xx >= 25, 100.0, 0.0)
+    on = np.zeros_like(mask)
+    on[5:35, 10:25] = True
+    off = np.roll(on, -3, axis=1)
+    assert M.edge_strength(step, on) > 3 * M.edge_strength(step, off)
+    assert math.isnan(M.edge_strength(step, np.zeros_like(mask)))
+    with pytest.raises(ValueError, match="same"):
+        M.edge_strength(step[:, :-1], on)
+
+
+def test_edge_strength_averages_both_sides_of_the_boundary():
+    rng = np.random.default_rng(0)
+    img = rng.random((30, 30)) * 255
+    mask = np.zeros((30, 30), bool)
+    mask[3:20, 0:17] = True  # touching the image border
+    mask[8:12, 6:10] = False  # a hole: its rim is boundary too
+    cross = ndimage.generate_binary_structure(2, 1)
+    inner = mask & ~ndimage.binary_erosion(mask, cross, border_value=0)
+    outer = ndimage.binary_dilation(mask, cross) & ~mask
+    grad = ndimage.gaussian_gradient_magnitude(img, 0.7)
+    assert M.edge_strength(img, mask) == pytest.approx(grad[inner | outer].mean(), rel=1e-12)

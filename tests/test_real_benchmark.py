@@ -31,6 +31,13 @@ def test_table_and_verdict_name_structures_below_the_polygon():
     assert "| a | 2 | 85.0 ± 5.0 | 75.0 ± 5.0 |" in table and "| **all** | 3 |" in table
     (line,) = real_benchmark.verdict(result)
     assert line.startswith("exact clicks: DSC 0.800") and line.endswith("polygon: b")
+    for r, (model, label) in zip(records, ((6.0, 5.0), (4.0, 5.0), (8.0, 2.0)), strict=True):
+        r.update(edge=model, edge_label=label, edge_polygon=1.0)
+    _, edges = real_benchmark.verdict(result)
+    assert edges.endswith(
+        "model 6.0, label 4.0, polygon 1.0; the model's contour lies on "
+        "stronger edges than the label's in 2 of 3 objects"
+    )
 
 
 @pytest.mark.skipif(not real_benchmark.available(), reason="mricron-data is not installed")
