@@ -39,7 +39,10 @@ object may get positive clicks (a missed part of the object) and negative clicks
 (`segment(..., corrections=...)`, or an `Annotation` and `refine`). The crop stays the
 one of the four points: a positive click outside it is an error (move the extreme
 points instead); a negative click outside it changes nothing (a warning). A model
-without click channels refuses corrections with a message that says so.
+without click channels refuses corrections with a message that says so
+(`check_accepts`, which callers can run before any compute). Errors name objects as a
+person counts them ("object 1" first), or by the caller's own numbers
+(`segment(..., object_ids=...)`) when it segments some of its objects per call.
 
 Memory grows with the objects, not with the image: each object keeps its level set and
 mask only inside its crop box (`ObjectResult.window`); `mask` / `phi` / `baseline_mask`
