@@ -153,6 +153,14 @@ def _fmt_pt(p) -> str:
     return f"(x={float(p[0]):g}, y={float(p[1]):g})"
 
 
+def _object_ids(object_ids, n: int) -> list:
+    """How errors name `n` objects: the caller's ids, or 1..n as a person counts."""
+    ids = list(range(1, n + 1)) if object_ids is None else list(object_ids)
+    if len(ids) != n:
+        raise ValueError(f"{len(ids)} object ids for {n} objects")
+    return ids
+
+
 def check_points(points, image_shape, *, obj: Any = 1, reorder: bool = False):
     """Validates (and with `reorder`, orders) the four extreme points of one object.
 
@@ -540,8 +548,7 @@ class Segmenter:
           object_ids: how the errors name each object (default 1, 2, ...).
         """
         corrections = list(corrections)
-        ids = range(1, len(corrections) + 1) if object_ids is None else list(object_ids)
-        for obj, c in zip(ids, corrections, strict=True):
+        for obj, c in zip(_object_ids(object_ids, len(corrections)), corrections, strict=True):
             k = 0 if c is None else len(c)
             if k and not self.takes_corrections:
                 raise ValueError(
@@ -652,9 +659,7 @@ class Segmenter:
         classes = list(classes)
         if len(classes) != n:
             raise ValueError(f"{len(classes)} class names for {n} objects")
-        ids = list(range(1, n + 1)) if object_ids is None else list(object_ids)
-        if len(ids) != n:
-            raise ValueError(f"{len(ids)} object ids for {n} objects")
+        ids = _object_ids(object_ids, n)
         sp = _as_spacing(spacing)
         checked = [
             check_points(p, (h, w), obj=k, reorder=reorder)

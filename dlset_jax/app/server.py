@@ -170,9 +170,8 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
         Image.fromarray(shown).save(buf, format="PNG", compress_level=1)
         return Response(buf.getvalue(), media_type="image/png")
 
-    def segment_slice(im, z, points_list, corrections_list, ids=None):
+    def segment_slice(im, z, points_list, corrections_list, ids):
         frame = im.frame(z)
-        ids = list(range(1, len(points_list) + 1)) if ids is None else ids
         checked = []
         for k, p in zip(ids, points_list, strict=True):
             # clicked in any order: named by position, or taken as given (left, right,
@@ -200,7 +199,7 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
     def segment(body: SegmentIn):
         t0 = time.perf_counter()
         im = folder.load(body.id)
-        out = segment_slice(im, body.slice, [body.points], [body.corrections]).objects[0]
+        out = segment_slice(im, body.slice, [body.points], [body.corrections], [1]).objects[0]
         return {
             "contours": _contours(out.phi_window, out.window, out.threshold),
             "area_px": out.area_px,
