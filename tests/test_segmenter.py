@@ -695,13 +695,20 @@ def test_cli_propagates_a_structure_through_the_volume(capsys, tmp_path, trained
     for z in (2, 3, 4):
         pred = res.labels[z]
         assert 2 * (pred & masks[z]).sum() / (pred.sum() + masks[z].sum()) > 0.7
-    # without an extent: on until the object vanishes
+    # without an extent: on until the object vanishes or the volume ends, as the library
+    # call does (where the tiny model loses the object on the noisy end slices depends
+    # on its weights, which differ between CPUs; the stop rule itself is test_volume's)
     code, _, err = _cli_in(capsys, trained_workdir, tmp_path / "v.nii.gz", tmp_path / "o2", *args)
     assert code == 0, err
     prop = json.loads((tmp_path / "o2" / "v_summary.json").read_text())["objects"][0]["propagation"]
-    assert prop["stops"]["below"].startswith("vanished") and prop["stops"]["above"].startswith(
-        "vanished"
-    )
+    res = volume.propagate(seg, np.stack(imgs), 3, targets.extreme_points(masks[3]))
+    assert prop["extent"] is None and prop["stops"] == res.stops
+    assert [f["slice"] for f in prop["slices"]] == [f["slice"] for f in res.slices]
+    for stop in res.stops.values():
+        assert stop == "volume edge" or stop.startswith("vanished"), stop
+    labels = np.asarray(nib.load(tmp_path / "o2" / "v_mask.nii.gz").dataobj)
+    for z in range(7):
+        np.testing.assert_array_equal(labels[..., z] > 0, np.rot90(res.labels[z], k=-1))
 
 
 def test_cli_propagation_input_errors(capsys, tmp_path, random_model, ellipse_png):
