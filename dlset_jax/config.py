@@ -43,6 +43,10 @@ def base_config() -> ml_collections.ConfigDict:
     # people click small objects within a pixel or two, large ones less precisely.
     c.data.pert = 5
     c.data.pert_fraction = 0.0  # 0 = the authors' fixed jitter
+    # Grey levels: a crop whose 1-99 % intensity range spans fewer than contrast_floor
+    # levels is stretched about its middle to that many (targets.stretch_contrast), so a
+    # CT soft-tissue organ or a dim frame is seen at a contrast the model knows.
+    c.data.contrast_floor = 0.0  # 0 = intensities as the image gives them (the authors')
     c.data.dt_max = 30.0  # SDT truncation, also the evolution's Dirac scale
     c.data.guidance = "heatmap+cm"  # "heatmap" = DELSE baseline, "heatmap+cm" = paper
     c.data.cm_variant = "paper"  # confidence map: "paper" (eq. 3) or "authors"
@@ -317,6 +321,10 @@ def validate(
         f"data.augment_scale must be (low, high), 0 < low <= high, got {tuple(d.augment_scale)}",
     )
     need(d.augment_rotation >= 0, f"data.augment_rotation must be >= 0, got {d.augment_rotation}")
+    need(
+        0 <= d.contrast_floor <= 255,
+        f"data.contrast_floor must be in [0, 255] grey levels, got {d.contrast_floor}",
+    )
     need(d.dt_max > 0, f"data.dt_max must be > 0, got {d.dt_max}")
     need(d.sigma > 0, f"data.sigma must be > 0, got {d.sigma}")
     need(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")

@@ -39,6 +39,7 @@ FROZEN_FIELDS = (
     "data.resolution",
     "data.relax",
     "data.relax_fraction",
+    "data.contrast_floor",
     "data.dt_max",
     "model.",
     "clicks.enabled",

@@ -600,6 +600,7 @@ class Segmenter:
             relax=int(d.relax),
             relax_fraction=float(d.relax_fraction),
             resolution=self.resolution,
+            contrast_floor=float(d.contrast_floor),
         )
 
     # ---- the call

@@ -32,6 +32,7 @@ __all__ = [
     "IMAGENET_STD",
     "extreme_points",
     "normalize_image",
+    "stretch_contrast",
     "crop_inputs",
     "scaled_margin",
     "box_window",
@@ -288,14 +289,76 @@ def scaled_margin(points, pixels: int, fraction: float) -> int:
     return int(max(int(pixels), round(float(fraction) * extent)))
 
 
+# The crop's intensity range: its 1st and 99th percentiles (a few outlier pixels, a
+# click marker, a bright vessel, do not count), over at most this many pixels of the box
+# (a strided sample: a large box's percentiles move by a fraction of a grey level).
+_RANGE_PERCENTILES = (1.0, 99.0)
+_RANGE_SAMPLES = 128 * 128
+# At most this gain: a flat box (a uniform background, 2-3 grey levels of noise or
+# quantisation) is not blown up into strong edges that are not there.
+_MAX_GAIN = 4.0
+
+
+def stretch_contrast(crop, image, box, floor: float) -> np.ndarray:
+    """Stretches a low-contrast crop so that its intensity range spans ``floor`` levels.
+
+    ``lo, hi`` = the 1st / 99th percentiles of the image pixels inside ``box`` (the
+    part of it inside the image). When ``hi - lo < floor`` the crop is scaled by
+    ``k = min(floor / (hi - lo), 4)`` about ``mid = (lo + hi) / 2``, and ``mid`` moved just far
+    enough to keep the stretched range inside [0, 255]; a crop with
+    a wider range is returned unchanged. The whole image's window (a CT mapped from
+    -1000 to +1000 HU, a dim ultrasound frame) then no longer decides how faint an
+    organ's edge looks to the network. One map for all channels (colour is kept).
+
+    Args:
+      crop: ``(R, R)`` or ``(R, R, C)`` float, grey levels of ``image`` (zero padding
+        outside it, which stays at 0 or below before the clip).
+      image: ``(H, W)`` or ``(H, W, C)`` values in [0, 255], the crop's source.
+      box: int ``(4,)`` ``(y0, x0, y1, x1)``, the crop's box in ``image`` px.
+      floor: grey levels in [0, 255]; 0 returns the crop unchanged.
+
+    Returns:
+      float32, the shape of ``crop``, values in [0, 255].
+    """
+    floor = float(floor)
+    if not 0 <= floor <= 255:
+        raise ValueError(f"stretch_contrast: floor must be in [0, 255] grey levels, got {floor}")
+    out = np.asarray(crop, np.float32)
+    if floor == 0:
+        return out
+    img = np.asarray(image)
+    y0, x0, y1, x1 = box_window(box, img.shape[:2])
+    if y1 <= y0 or x1 <= x0:
+        raise ValueError(
+            f"stretch_contrast: box {tuple(int(v) for v in box)} lies outside the image"
+        )
+    stride = max(1, int(np.ceil(np.sqrt((y1 - y0) * (x1 - x0) / _RANGE_SAMPLES))))
+    window = np.asarray(img[y0:y1:stride, x0:x1:stride], np.float32)
+    lo, hi = (float(v) for v in np.percentile(window, _RANGE_PERCENTILES))
+    if hi - lo >= floor:
+        return out
+    gain = min(floor / max(hi - lo, 1e-6), _MAX_GAIN)
+    mid = 0.5 * (lo + hi)
+    half = 0.5 * gain * (hi - lo)
+    centre = min(max(mid, half), 255.0 - half)
+    return np.clip(centre + (out - mid) * np.float32(gain), 0.0, 255.0).astype(np.float32)
+
+
 def crop_inputs(
-    image, points, *, relax: int, relax_fraction: float, resolution: int
+    image,
+    points,
+    *,
+    relax: int,
+    relax_fraction: float,
+    resolution: int,
+    contrast_floor: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """The network's view of one object: the crop around its four clicks.
 
     ``crop_box(points, margin)`` with ``margin = scaled_margin(points, relax,
     relax_fraction)`` -> ``crop_and_resize`` to ``resolution`` (bilinear, zero
-    padding outside the image) -> ``normalize_image``; the points in crop px. Training,
+    padding outside the image) -> :func:`stretch_contrast` -> ``normalize_image``; the
+    points in crop px. Training,
     evaluation and prediction all call this (the guidance channel is built from
     ``points`` on the device, ``inference.model_inputs``).
 
@@ -304,6 +367,7 @@ def crop_inputs(
       points: ``(4, 2)`` ``(x, y)`` image px, order left, right, top, bottom.
       relax, relax_fraction: crop margin (px, and fraction of the object's size);
       resolution: R.
+      contrast_floor: grey levels a low-contrast crop is stretched to (0 = off).
 
     Returns:
       dict: ``image`` ``(R, R, 3)`` float32 normalised, ``points`` ``(4, 2)`` float32
@@ -311,6 +375,7 @@ def crop_inputs(
     """
     box = crop_box(points, np.shape(image), relax=scaled_margin(points, relax, relax_fraction))
     crop = crop_and_resize(image, box, resolution, order=1)
+    crop = stretch_contrast(crop, image, box, contrast_floor)
     return {
         "image": normalize_image(crop),
         "points": points_to_crop(points, box, resolution),

@@ -87,6 +87,8 @@ def test_paper_configs_follow_the_paper():
         ("levelset.init_shift_per", "step", "levelset.init_shift_per must be one of"),
         ("optim.schedule", "linear", "optim.schedule must be one of"),
         ("data.relax_fraction", 2.0, "data.relax_fraction must be in"),
+        ("data.contrast_floor", -1.0, "data.contrast_floor must be in"),
+        ("data.contrast_floor", 300.0, "data.contrast_floor must be in"),
     ],
 )
 def test_bad_values_are_named(field, value, message):
@@ -100,10 +102,12 @@ def test_bad_values_are_named(field, value, message):
 def test_retired_field_of_a_saved_config_is_dropped_new_fields_get_defaults():
     saved = config_lib.base_config().to_dict()
     saved["levelset"]["impl"] = "auto"  # written by runs before the evolution kernel went
-    del saved["data"]["relax_fraction"]  # a field added since
+    del saved["data"]["relax_fraction"]  # fields added since
+    del saved["data"]["contrast_floor"]
     c = config_lib.from_saved(saved)
     config_lib.validate(c)
     assert "impl" not in c.levelset and c.data.relax_fraction == 0.0
+    assert c.data.contrast_floor == 0.0  # checkpoints trained before it see images as then
 
 
 def test_unknown_field_is_named():

@@ -151,18 +151,28 @@ def test_prepare_image_channels_and_intensities():
         seglib.prepare_image(np.full((8, 8), np.nan))
 
 
-def test_preprocess_is_the_pipelines_eval_preprocessing(segmenter, rng):
-    """Crop, normalisation and points equal `pipeline.process_object` (evaluation)."""
+@pytest.mark.parametrize("contrast", [1.0, 0.1])
+def test_preprocess_is_the_pipelines_eval_preprocessing(random_model, contrast):
+    """Crop, normalisation and points equal `pipeline.process_object` (evaluation),
+    also for a faint image, which the config's contrast floor stretches."""
     from dlset_jax.data import synthetic
 
     ex = synthetic.prostate_slice(synthetic.example_rng(0, "test", 0))
     image, mask = ex["image"], ex["masks"][0]
+    image = np.round(100 + contrast * (image.astype(np.float64) - 100)).astype(np.uint8)
+    _, config, variables = random_model
+    config = config.copy_and_resolve_references()
+    config.data.contrast_floor = 64.0  # configs/default.py's
+    segmenter = seglib.Segmenter(config, variables, bucket_size=4)
     ref = pipeline.process_object(image, mask, pipeline.CropOptions.from_config(segmenter.config))
     pts, _ = seglib.check_points(targets.extreme_points(mask), image.shape)
     got = segmenter.preprocess(seglib.prepare_image(image, ("grey",))[0], pts)
     np.testing.assert_array_equal(got["box"], ref["box"])
     np.testing.assert_array_equal(got["image"], ref["image"])
     np.testing.assert_allclose(got["points"], ref["points"])
+    res = config.data.resolution
+    plain = targets.normalize_image(targets.crop_and_resize(image, got["box"], res, order=1))
+    assert np.array_equal(got["image"], plain) == (contrast == 1.0)
 
 
 # ----------------------------------------------------------------- the API

@@ -424,6 +424,70 @@ def test_crop_inputs_is_the_crop_of_the_box(rng):
         np.testing.assert_array_equal(out["points"], T.points_to_crop(PTS, box, 32))
 
 
+def test_stretch_contrast_analytic():
+    """Two flat halves 100 / 110 (range 10): floor 30 -> gain 3 about the middle 105."""
+    img = np.full((40, 40), 100.0)
+    img[:, 20:] = 110.0
+    box = np.array([0, 0, 40, 40])
+    crop = T.crop_and_resize(img, box, 20, order=1)
+    out = T.stretch_contrast(crop, img, box, 30.0)
+    np.testing.assert_allclose(out, 105.0 + 3.0 * (crop - 105.0), atol=1e-4)
+    assert out.min() == pytest.approx(90.0) and out.max() == pytest.approx(120.0)
+    # the gain is capped at 4: floor 64 on a 10-level range gives 40 levels, not 64
+    out = T.stretch_contrast(crop, img, box, 64.0)
+    assert out.max() - out.min() == pytest.approx(40.0)
+    # a range at or above the floor, or floor 0: unchanged
+    np.testing.assert_array_equal(T.stretch_contrast(crop, img, box, 10.0), crop)
+    np.testing.assert_array_equal(T.stretch_contrast(crop, img, box, 0.0), crop)
+
+
+def test_stretch_contrast_stays_in_range_and_ignores_padding(rng):
+    """Near white the stretched range is moved down to fit; the zero padding of a box
+    that leaves the image neither enters the percentiles nor turns grey."""
+    img = np.clip(248 + rng.normal(0, 1.5, (50, 50, 3)), 0, 255)
+    box = np.array([-20, -20, 30, 30])  # its top-left part lies outside the image
+    crop = T.crop_and_resize(img, box, 32, order=1)
+    out = T.stretch_contrast(crop, img, box, 64.0)
+    assert out.dtype == np.float32 and out.shape == crop.shape
+    assert out.min() >= 0 and out.max() <= 255
+    inside = crop.min(-1) > 0
+    lo, hi = np.percentile(img[:30, :30], [1, 99])
+    gain = min(64.0 / (hi - lo), 4.0)
+    assert 3.0 < gain <= 4.0  # noise std 1.5: a range of about 7 levels
+    mid, half = (lo + hi) / 2, gain * (hi - lo) / 2
+    np.testing.assert_allclose(
+        out[inside], np.clip(255 - half + gain * (crop[inside] - mid), 0, 255), atol=1e-3
+    )
+    assert (out[~inside] == 0).all()
+    # one map for all channels: a colour difference scales, it is not equalised
+    unclipped = inside & (out.max(-1) < 255) & (out.min(-1) > 0)
+    assert unclipped.sum() > 100
+    np.testing.assert_allclose(
+        (out[..., 0] - out[..., 1])[unclipped],
+        gain * (crop[..., 0] - crop[..., 1])[unclipped],
+        atol=1e-3,
+    )
+
+
+def test_stretch_contrast_bad_input():
+    img = np.zeros((10, 10))
+    with pytest.raises(ValueError, match="floor must be in"):
+        T.stretch_contrast(img, img, [0, 0, 10, 10], 300.0)
+    with pytest.raises(ValueError, match="lies outside the image"):
+        T.stretch_contrast(img, img, [20, 20, 30, 30], 64.0)
+
+
+def test_crop_inputs_applies_the_contrast_floor(rng):
+    img = (120 + rng.integers(0, 6, (60, 80, 1))).astype(np.uint8)
+    out = T.crop_inputs(img, PTS, relax=10, relax_fraction=0.0, resolution=32, contrast_floor=64)
+    box = T.crop_box(PTS, img.shape, relax=10)
+    crop = T.crop_and_resize(img, box, 32, order=1)
+    np.testing.assert_array_equal(
+        out["image"], T.normalize_image(T.stretch_contrast(crop, img, box, 64))
+    )
+    assert not np.array_equal(out["image"], T.normalize_image(crop))
+
+
 def _object_share(image, points, relax, fraction, res=64):
     out = T.crop_inputs(image, points, relax=relax, relax_fraction=fraction, resolution=res)
     raw = out["image"][..., 0] * T.IMAGENET_STD[0] + T.IMAGENET_MEAN[0]

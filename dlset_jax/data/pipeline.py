@@ -15,7 +15,8 @@ Flow per object (docs/data.md, "Pipeline"):
    (``targets.extreme_points``).
 4. The crop box ``targets.crop_box(points, relax)``, resized to ``resolution`` (zero
    padding outside the image): image bilinear, mask nearest.
-5. ``targets.crop_inputs``: the image crop normalised (``/255``, grey replicated to 3
+5. ``targets.crop_inputs``: the image crop (a low-contrast one stretched to
+   ``data.contrast_floor`` grey levels) normalised (``/255``, grey replicated to 3
    channels, ImageNet mean/std) and the points in crop px; the guidance channel is
    built from those points on the device (``inference.model_inputs``), by the same
    function for training, evaluation and prediction.
@@ -260,7 +261,8 @@ class CropOptions:
     fraction of the object's longer side: ``targets.scaled_margin``); pert,
     pert_fraction: training jitter of the clicks, the same way; dt_max: SDT truncation
     (crop px); augment: random flip, scale in ``scale_range`` and rotation up to
-    ``max_rotation_deg`` in training.
+    ``max_rotation_deg`` in training; contrast_floor: grey levels
+    (``targets.stretch_contrast``, 0 = off).
     """
 
     resolution: int
@@ -273,6 +275,7 @@ class CropOptions:
     scale_range: tuple[float, float]
     max_rotation_deg: float
     flip: bool
+    contrast_floor: float = 0.0
 
     @classmethod
     def from_config(cls, config) -> CropOptions:
@@ -288,6 +291,7 @@ class CropOptions:
             scale_range=tuple(float(v) for v in d.augment_scale),
             max_rotation_deg=float(d.augment_rotation),
             flip=bool(d.augment_flip),
+            contrast_floor=float(d.contrast_floor),
         )
 
     def __post_init__(self):
@@ -346,7 +350,12 @@ def process_object(
         pert = targets.scaled_margin(corners, opts.pert, opts.pert_fraction)
     pts = targets.extreme_points(mask, rng, pert)
     inputs = targets.crop_inputs(
-        img, pts, relax=opts.relax, relax_fraction=opts.relax_fraction, resolution=opts.resolution
+        img,
+        pts,
+        relax=opts.relax,
+        relax_fraction=opts.relax_fraction,
+        resolution=opts.resolution,
+        contrast_floor=opts.contrast_floor,
     )
     box, r = inputs["box"], opts.resolution
     mcrop = targets.crop_and_resize(mask, box, r, order=0) > 0.5
