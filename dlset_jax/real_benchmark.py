@@ -56,6 +56,25 @@ def test_objects(data_dir: str, split: str = "test") -> list[dict]:
     return out
 
 
+def with_contrast(objects: list[dict], contrast: float) -> list[dict]:
+    """The objects on fainter (or stronger) copies of their slices: every grey level
+    moved to ``mean + contrast * (value - mean)`` of its slice, rounded, clipped to
+    [0, 255] (uint8, as such an image would be stored; 1 = unchanged).
+
+    A slice mapped to a wide window (a CT from -1000 to +1000 HU, an MR with a bright
+    fat rim) shows its organs at a fraction of this contrast: the model should find
+    the same edges there.
+    """
+    if not contrast > 0:
+        raise ValueError(f"with_contrast: contrast must be > 0, got {contrast}")
+    out = []
+    for obj in objects:
+        img = np.asarray(obj["image"], np.float64)
+        faint = np.clip(np.round(img.mean() + contrast * (img - img.mean())), 0, 255)
+        out.append({**obj, "image": faint.astype(np.uint8)})
+    return out
+
+
 def clicks(mask: np.ndarray, jitter: int, rng: np.random.Generator) -> np.ndarray:
     """Exact extreme points, each coordinate moved by an integer in [-jitter, jitter]."""
     pts = targets.extreme_points(mask)

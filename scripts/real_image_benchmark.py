@@ -1,10 +1,14 @@
 """The real-image benchmark of a trained workdir: Colin27 T1 + AAL deep grey test slabs.
 
     python scripts/real_image_benchmark.py --workdir workdirs/default [--data_dir data/tfds]
+    python scripts/real_image_benchmark.py --workdir workdirs/default --contrast 0.15
 
 Needs Debian's mricron-data (`apt-get install mricron-data`). Segments the 60 test
 objects through `Segmenter` from exact and +-2 px jittered clicks and writes
 `<workdir>/eval/real/{table.md,results.json,worst.png}` (see dlset_jax/real_benchmark.py).
+With `--contrast c` the slices' grey levels are first squeezed to c times their spread
+about the mean (`real_benchmark.with_contrast`; a CT or MR mapped to a wide window),
+written to `<workdir>/eval/real_contrast<c>/`.
 """
 
 import os
@@ -16,6 +20,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (holds checkpoints/).")
 flags.DEFINE_string("data_dir", "data/tfds", "Where the colin27_aal data set is built.")
 flags.DEFINE_string("out_dir", None, "Output directory (default: <workdir>/eval/real).")
+flags.DEFINE_float(
+    "contrast", 1.0, "Squeeze each slice's grey levels to this share of their spread."
+)
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -29,8 +36,12 @@ def main(argv):
         return 2
     seg = segmenter.Segmenter.from_workdir(FLAGS.workdir)
     objects = real_benchmark.test_objects(FLAGS.data_dir)
+    name = "real"
+    if FLAGS.contrast != 1.0:
+        objects = real_benchmark.with_contrast(objects, FLAGS.contrast)
+        name = f"real_contrast{FLAGS.contrast:g}"
     result = real_benchmark.run(seg, objects)
-    out = FLAGS.out_dir or os.path.join(FLAGS.workdir, "eval", "real")
+    out = FLAGS.out_dir or os.path.join(FLAGS.workdir, "eval", name)
     real_benchmark.write(result, out)
     real_benchmark.worst_cases_figure(seg, objects, result, os.path.join(out, "worst.png"))
     print(real_benchmark.table(result))

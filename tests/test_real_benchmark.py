@@ -52,3 +52,16 @@ def test_test_objects_are_the_aal_test_split(tmp_path):
         "Hippocampus",
     }
     assert all(o["image"].dtype == np.uint8 and o["mask"].any() for o in objs)
+
+
+def test_with_contrast_squeezes_about_the_slice_mean():
+    img = np.array([[0, 100], [200, 100]], np.uint8)  # mean 100
+    objs = [{"image": img, "mask": img > 150, "id": "a"}]
+    (faint,) = real_benchmark.with_contrast(objs, 0.15)
+    np.testing.assert_array_equal(faint["image"], [[85, 100], [115, 100]])
+    assert faint["image"].dtype == np.uint8 and faint["mask"] is objs[0]["mask"]
+    np.testing.assert_array_equal(real_benchmark.with_contrast(objs, 1.0)[0]["image"], img)
+    (strong,) = real_benchmark.with_contrast(objs, 3.0)  # clipped to [0, 255]
+    np.testing.assert_array_equal(strong["image"], [[0, 100], [255, 100]])
+    with pytest.raises(ValueError, match="contrast must be > 0"):
+        real_benchmark.with_contrast(objs, 0.0)
