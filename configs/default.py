@@ -4,9 +4,10 @@ Trained on the built-in domain-randomised set (`domain_random`, generated locall
 procedural shapes and, where Debian's mricron-data is installed, anatomical label maps
 and T1 textures, every label with random intensities, blur, noise and bias; see
 docs/data.md), grey and colour, objects from 8 px to the whole image. Crops and click
-jitter scale with the object; plain BCE on the evolved level set (the class-balanced
-BCE of eq. 6 pushes contours outwards); a cosine schedule over the whole run. Sized for
-a 2-core CPU (26 to 50 minutes with the data generation, by the machine; README).
+jitter scale with the object; faint crops are stretched to a contrast floor; plain BCE
+on the evolved level set (the class-balanced BCE of eq. 6 pushes contours outwards); a
+cosine schedule over the whole run. Sized for a 2-core CPU (25 to 50 minutes with the
+data generation, by the machine; README).
 
     python train.py --config configs/default.py --workdir workdirs/default
 
@@ -43,6 +44,9 @@ def get_config(variant="four_clicks"):
     # share of its crop; clicks jittered by up to 3% of its size (at least 1 px).
     c.data.update(relax=3, relax_fraction=0.2, pert=1, pert_fraction=0.03)
     c.data.update(augment_scale=(0.7, 1.4), augment_rotation=180.0)
+    # a crop spanning fewer than 64 grey levels is stretched to 64: a CT organ in a
+    # -1000..+1000 HU window looks as contrasted as the training images' objects
+    c.data.contrast_floor = 64.0
     c.loss.update(balanced=False, warmup_epochs=0.3)
     c.train.update(num_epochs=1, num_steps=3000, log_every=50, checkpoint_every=250)
     # the mask threshold chosen on the validation split of the same generator
