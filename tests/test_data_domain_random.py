@@ -129,6 +129,39 @@ def _solidity(m):
     return m.sum() / ConvexHull(corners).volume
 
 
+@pytest.mark.parametrize("looks", [1, 2, 4])
+def test_speckle_field_has_the_statistics_of_fully_developed_speckle(looks):
+    from scipy import special, stats
+
+    f = dr.speckle_field(np.random.default_rng(looks), (256, 256), looks, 1.0)
+    # intensity f**2 averages `looks` exponentials of mean 1: Gamma(looks, 1 / looks)
+    assert f.shape == (256, 256) and abs(np.mean(f**2) - 1) < 1e-9
+    mean = np.exp(special.gammaln(looks + 0.5) - special.gammaln(looks)) / np.sqrt(looks)
+    assert abs(f.mean() - mean) < 0.02
+    assert abs(f.std() / f.mean() - dr._speckle_cv(looks)) < 0.03
+    grains = f[::8, ::8].ravel() ** 2  # samples further apart than the correlation
+    assert stats.kstest(grains, stats.gamma(looks, scale=1 / looks).cdf).pvalue > 0.001
+    # the grain grows with the correlation length
+    corr = [
+        np.corrcoef(g[:, :-2].ravel(), g[:, 2:].ravel())[0, 1]
+        for g in (dr.speckle_field(np.random.default_rng(0), (128, 128), 1, c) for c in (0.5, 2))
+    ]
+    assert corr[0] < 0.2 < corr[1]
+    with pytest.raises(ValueError, match="looks must be >= 1"):
+        dr.speckle_field(np.random.default_rng(0), (8, 8), 0, 1.0)
+
+
+def test_speckled_examples(samples):
+    looks = np.array([e["meta"]["speckle_looks"] for e in samples])
+    speckled = [e for e in samples if e["meta"]["speckle_looks"]]
+    # a quarter of the grey synthetic images, none in colour or from the real source
+    assert 0.07 < np.mean(looks > 0) < 0.2 and set(looks) == {0, 1, 2, 3, 4}
+    assert all(not e["meta"]["rgb"] and e["meta"]["source"] != "real" for e in speckled)
+    # their objects stay findable: edge contrast spread like the others'
+    con = np.array([c for e in speckled for c in e["meta"]["contrast"]])
+    assert np.median(con) > 0.8 and (con > 2).sum() >= 5
+
+
 def test_distributions(samples):
     ext = np.array([max(x) for e in samples for x in e["meta"]["extent"]])
     rel = np.array(  # extent relative to the image side along the same axis

@@ -794,6 +794,14 @@ class DomainRandom(_SyntheticBase):
     ``metadata["atlases"]`` lists the atlases that were installed and used.
     """
 
+    # A new version whenever `domain_random.generate` draws different images, so that a
+    # data set built by an older generator is rebuilt rather than silently reused.
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Procedural, atlas and real sources.",
+        "1.1.0": "Ultrasound-like speckle in a quarter of the grey synthetic images.",
+    }
+
     BUILDER_CONFIGS = [
         DomainRandomConfig(
             name="default",

@@ -22,6 +22,9 @@ Sources of label maps (per example, chosen at random):
 * ``real``: a real T1 slice with its own label map on the same grid
   (:data:`REAL_PAIRS`); only labels whose edge is visible in the T1 are objects.
 
+A quarter of the grey synthetic images are multiplied by ultrasound-like speckle
+(:func:`speckle_field`).
+
 Without ``mricron-data`` (or with ``atlases=False``) only the procedural source
 is used.
 
@@ -63,6 +66,7 @@ __all__ = [
     "available_textures",
     "excluded_world_z",
     "generate",
+    "speckle_field",
 ]
 
 CLASSES = ("object",)
@@ -101,6 +105,7 @@ _COLIN27_AFFINE = np.array(
 SHAPE_KINDS = ("star", "concave", "ellipse", "polygon", "bar", "tube", "annulus")
 _SIDE_RANGE = (96, 160)  # px, multiples of 8
 _MIN_AREA = 30  # px, atlas objects
+_SPECKLE_SHARE = 0.25  # of the grey images; the real source has none
 _MIN_EXTENT = 8  # px, bounding-box extent of every object
 _LUMA = np.array([0.299, 0.587, 0.114])
 _EIGHT = np.ones((3, 3), bool)
@@ -249,6 +254,35 @@ def _smooth_noise(rng, h, w, cell: float) -> np.ndarray:
     f = _resize(g, (h, w), cubic=True)
     f -= f.mean()
     return f / (f.std() + 1e-8)
+
+
+def speckle_field(rng, shape, looks: int, corr: float) -> np.ndarray:
+    """Fully developed speckle: an amplitude field (H, W) with mean square 1.
+
+    Ultrasound (like OCT or radar) records the coherent sum of many scatterers per
+    resolution cell, so its image is the tissue's reflectivity times this field: the
+    magnitude of a complex Gaussian field (Rayleigh distributed, coefficient of
+    variation 0.52), correlated over ``corr`` px (Gaussian smoothing, standing for the
+    point spread function) and averaged in intensity over ``looks`` independent
+    realisations (compounding; the coefficient of variation falls about as
+    1 / sqrt(looks)).
+    """
+    h, w = shape
+    if looks < 1:
+        raise ValueError(f"speckle_field: looks must be >= 1, got {looks}")
+    intensity = np.zeros((h, w))
+    for _ in range(int(looks)):
+        re, im = (ndimage.gaussian_filter(rng.standard_normal((h, w)), corr) for _ in range(2))
+        intensity += re**2 + im**2
+    return np.sqrt(intensity / intensity.mean())
+
+
+def _speckle_cv(looks: int) -> float:
+    """Coefficient of variation of ``speckle_field``'s amplitude: sqrt(I), I ~ Gamma(L, 1/L)."""
+    from scipy.special import gammaln
+
+    mean = np.exp(gammaln(looks + 0.5) - gammaln(looks)) / np.sqrt(looks)
+    return float(np.sqrt(max(1.0 - mean**2, 0.0)) / mean)
 
 
 def _window(mask: np.ndarray, pad: int) -> tuple[slice, slice]:
@@ -681,14 +715,17 @@ def _bias(rng, h, w, strength) -> np.ndarray:
     return np.exp(strength * f / (np.abs(f).max() + 1e-8))
 
 
-def _degrade(rng, img, sigma_n, rician: bool):
-    """Bias field, blur / partial volume, noise, gamma; returns (h, w, C) uint8."""
+def _degrade(rng, img, sigma_n, rician: bool, speckle: tuple[int, float] | None = None):
+    """Bias field, blur, speckle ``(looks, corr px)`` if given, partial volume, noise,
+    gamma; returns (h, w, C) uint8."""
     h, w, c = img.shape
     if rng.uniform() < 0.8:
         img = img * _bias(rng, h, w, rng.uniform(0.1, 0.5))[..., None]
     blur = rng.uniform(0.0, 1.5)
     if blur > 0.3:
         img = ndimage.gaussian_filter(img, (blur, blur, 0))
+    if speckle is not None:  # one field for all channels, as one transducer sees it
+        img = img * speckle_field(rng, (h, w), *speckle)[..., None]
     f = rng.uniform(1.0, 3.0) if rng.uniform() < 0.5 else 1.0
     if f > 1.2:  # partial volume: acquire coarse, display fine
         small = (max(int(round(h / f)), 8), max(int(round(w / f)), 8))
@@ -866,7 +903,7 @@ def generate(
     ``texture`` (slice dicts with name, axis, slice, mni, world_z (lo, hi) mm, or
     None), ``rgb``, ``kinds`` / ``polarity`` / ``extent`` ((rows, cols) px) /
     ``area`` (px) / ``contrast`` / ``contrast_rgb`` / ``weak_edge`` per object,
-    ``noise_std`` (0-255 scale).
+    ``noise_std`` (0-255 scale), ``speckle_looks`` (0: no speckle).
     """
     rng = synthetic.example_rng(seed, split, index)
     h = int(rng.integers(_SIDE_RANGE[0] // 8, _SIDE_RANGE[1] // 8 + 1)) * 8
@@ -875,11 +912,17 @@ def generate(
     channels = 3 if rgb else 1
     sigma_n = _log_uniform(rng, 1.5, 14.0)
     rician = bool(not rgb and rng.uniform() < 0.4)
+    # Ultrasound-like speckle in a share of the synthetic images (grey only): the
+    # objects' contrast is then set against the speckle's grey-level spread at mid
+    # grey as well as the additive noise, so that their edges stay findable.
+    speckle = None
+    if not rgb and rng.uniform() < _SPECKLE_SHARE:
+        speckle = (int(rng.integers(1, 5)), float(rng.uniform(0.5, 2.0)))
     names = available_atlases(template_dir) if atlases else ()
     textures = available_textures(template_dir) if atlases else ()
     pairs = [a for a in names if REAL_PAIRS.get(a) in textures]
     u = rng.uniform()
-    meta = {"atlas": None, "texture": None, "rgb": rgb, "noise_std": sigma_n}
+    meta = {"atlas": None, "texture": None, "rgb": rgb, "noise_std": sigma_n, "speckle_looks": 0}
 
     img8 = None
     if pairs and u < 0.15:
@@ -893,8 +936,12 @@ def generate(
         texture = None
         if textures and rng.uniform() < 0.3:
             texture, meta["texture"] = _t1_texture(rng, template_dir, h, w)
-        img, weak = _render(rng, labels, n, masks, obj_labels, similar, channels, sigma_n, texture)
-        img8 = _degrade(rng, img, sigma_n, rician)
+        sigma_r = sigma_n
+        if speckle is not None:
+            sigma_r = float(np.hypot(sigma_n, 128.0 * _speckle_cv(speckle[0])))
+            meta["speckle_looks"] = speckle[0]
+        img, weak = _render(rng, labels, n, masks, obj_labels, similar, channels, sigma_r, texture)
+        img8 = _degrade(rng, img, sigma_n, rician, speckle)
         meta["weak_edge"] = weak
     else:
         meta["weak_edge"] = [0.0] * len(masks)
