@@ -16,11 +16,12 @@ built-in sets (`data/domain_random.py` excludes them).
 from __future__ import annotations
 
 import os
+import zlib
 
 import numpy as np
 
 from dlset_jax import files, metrics, targets
-from dlset_jax.data import pipeline
+from dlset_jax.data import domain_random, pipeline
 
 JITTERS = (0, 2)
 REPORT_KEYS = ("dsc", "baseline_dsc", "hd95", "rvd")
@@ -72,6 +73,32 @@ def with_contrast(objects: list[dict], contrast: float) -> list[dict]:
         img = np.asarray(obj["image"], np.float64)
         faint = np.clip(np.round(img.mean() + contrast * (img - img.mean())), 0, 255)
         out.append({**obj, "image": faint.astype(np.uint8)})
+    return out
+
+
+def with_speckle(objects: list[dict], looks: int, corr: float = 1.0, seed: int = 0) -> list[dict]:
+    """The objects on speckled copies of their slices: every grey level multiplied by
+    fully developed speckle (`domain_random.speckle_field`, ``looks`` looks, correlated
+    over ``corr`` px), rounded, clipped to [0, 255] (uint8).
+
+    An ultrasound image is its tissue's reflectivity times such a field: the model
+    should find the same edges through it. One field per slice, drawn from ``seed``
+    and the slice's id, so objects of a slice share it and every run sees the same.
+    """
+    if looks < 1:
+        raise ValueError(f"with_speckle: looks must be >= 1, got {looks}")
+    if not corr > 0:
+        raise ValueError(f"with_speckle: corr must be > 0 px, got {corr}")
+    fields = {}
+    out = []
+    for obj in objects:
+        img = np.asarray(obj["image"], np.float64)
+        key = obj["id"].rsplit("/", 1)[0]
+        if key not in fields:
+            rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
+            fields[key] = domain_random.speckle_field(rng, img.shape, looks, corr)
+        noisy = np.clip(np.round(img * fields[key]), 0, 255)
+        out.append({**obj, "image": noisy.astype(np.uint8)})
     return out
 
 

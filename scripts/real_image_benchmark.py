@@ -2,13 +2,16 @@
 
     python scripts/real_image_benchmark.py --workdir workdirs/default [--data_dir data/tfds]
     python scripts/real_image_benchmark.py --workdir workdirs/default --contrast 0.15
+    python scripts/real_image_benchmark.py --workdir workdirs/default --speckle 4
 
 Needs Debian's mricron-data (`apt-get install mricron-data`). Segments the 60 test
 objects through `Segmenter` from exact and +-2 px jittered clicks and writes
 `<workdir>/eval/real/{table.md,results.json,worst.png}` (see dlset_jax/real_benchmark.py).
 With `--contrast c` the slices' grey levels are first squeezed to c times their spread
 about the mean (`real_benchmark.with_contrast`; a CT or MR mapped to a wide window),
-written to `<workdir>/eval/real_contrast<c>/`.
+written to `<workdir>/eval/real_contrast<c>/`. With `--speckle L` they are multiplied by
+fully developed speckle of L looks (`real_benchmark.with_speckle`; what an ultrasound
+image is made of), written to `<workdir>/eval/real_speckle<L>/`.
 """
 
 import os
@@ -23,6 +26,7 @@ flags.DEFINE_string("out_dir", None, "Output directory (default: <workdir>/eval/
 flags.DEFINE_float(
     "contrast", 1.0, "Squeeze each slice's grey levels to this share of their spread."
 )
+flags.DEFINE_integer("speckle", 0, "Multiply each slice by speckle of this many looks (0: none).")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -40,6 +44,9 @@ def main(argv):
     if FLAGS.contrast != 1.0:
         objects = real_benchmark.with_contrast(objects, FLAGS.contrast)
         name = f"real_contrast{FLAGS.contrast:g}"
+    if FLAGS.speckle:
+        objects = real_benchmark.with_speckle(objects, FLAGS.speckle)
+        name = (name + "_" if name != "real" else "real_") + f"speckle{FLAGS.speckle}"
     result = real_benchmark.run(seg, objects)
     out = FLAGS.out_dir or os.path.join(FLAGS.workdir, "eval", name)
     real_benchmark.write(result, out)

@@ -65,3 +65,29 @@ def test_with_contrast_squeezes_about_the_slice_mean():
     np.testing.assert_array_equal(strong["image"], [[0, 100], [255, 100]])
     with pytest.raises(ValueError, match="contrast must be > 0"):
         real_benchmark.with_contrast(objs, 0.0)
+
+
+def test_with_speckle_multiplies_one_field_per_slice():
+    img = np.full((64, 64), 100, np.uint8)
+    other = np.full((64, 64), 50, np.uint8)
+    objs = [
+        {"image": img, "mask": img > 0, "id": "s1/0"},
+        {"image": img, "mask": img > 0, "id": "s1/1"},
+        {"image": other, "mask": other > 0, "id": "s2/0"},
+    ]
+    a, b, c = real_benchmark.with_speckle(objs, 1)
+    assert a["image"].dtype == np.uint8 and a["mask"] is objs[0]["mask"]
+    np.testing.assert_array_equal(a["image"], b["image"])  # one field per slice
+    f1 = a["image"] / 100.0
+    f2 = c["image"] / 50.0
+    assert not np.allclose(f1, f2, atol=0.05)  # another slice, another field
+    # single-look amplitude, mean square 1: mean ~0.886, coefficient of variation ~0.52
+    assert abs(np.mean(f1**2) - 1) < 0.05 and 0.45 < f1.std() / f1.mean() < 0.6
+    again = real_benchmark.with_speckle(objs, 1)
+    np.testing.assert_array_equal(again[2]["image"], c["image"])  # reproducible
+    four = real_benchmark.with_speckle(objs, 4)[0]["image"] / 100.0
+    assert four.std() / four.mean() < 0.7 * f1.std() / f1.mean()
+    with pytest.raises(ValueError, match="looks must be >= 1"):
+        real_benchmark.with_speckle(objs, 0)
+    with pytest.raises(ValueError, match="corr must be > 0"):
+        real_benchmark.with_speckle(objs, 1, corr=0.0)
