@@ -40,13 +40,14 @@ def main(argv):
         return 2
     seg = segmenter.Segmenter.from_workdir(FLAGS.workdir)
     objects = real_benchmark.test_objects(FLAGS.data_dir)
-    name = "real"
+    parts = ["real"]
     if FLAGS.contrast != 1.0:
         objects = real_benchmark.with_contrast(objects, FLAGS.contrast)
-        name = f"real_contrast{FLAGS.contrast:g}"
+        parts.append(f"contrast{FLAGS.contrast:g}")
     if FLAGS.speckle:
         objects = real_benchmark.with_speckle(objects, FLAGS.speckle)
-        name = (name + "_" if name != "real" else "real_") + f"speckle{FLAGS.speckle}"
+        parts.append(f"speckle{FLAGS.speckle}")
+    name = "_".join(parts)
     result = real_benchmark.run(seg, objects)
     out = FLAGS.out_dir or os.path.join(FLAGS.workdir, "eval", name)
     real_benchmark.write(result, out)

@@ -49,6 +49,7 @@ import os
 
 import numpy as np
 from scipy import ndimage
+from scipy.special import gammaln
 
 from dlset_jax.data import synthetic
 
@@ -279,8 +280,6 @@ def speckle_field(rng, shape, looks: int, corr: float) -> np.ndarray:
 
 def _speckle_cv(looks: int) -> float:
     """Coefficient of variation of ``speckle_field``'s amplitude: sqrt(I), I ~ Gamma(L, 1/L)."""
-    from scipy.special import gammaln
-
     mean = np.exp(gammaln(looks + 0.5) - gammaln(looks)) / np.sqrt(looks)
     return float(np.sqrt(max(1.0 - mean**2, 0.0)) / mean)
 
