@@ -53,7 +53,7 @@ def get_config(variant="four_clicks"):
     c.eval.sweep_thresholds = True
     c.eval.real_benchmark = True
     if variant == "interactive":
-        c.clicks.update(enabled=True, train_prob=0.8, train_rounds=5)
+        c.clicks.update(enabled=True, train_prob=0.8, train_rounds=5, honour_width=6.0)
         c.model.in_channels = 6
         c.train.init_from = "workdirs/default"
         c.optim.update(learning_rate=3e-4, warmup_fraction=0.05)

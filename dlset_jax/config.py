@@ -83,6 +83,13 @@ def base_config() -> ml_collections.ConfigDict:
     # gets 1..train_rounds rounds of "predict, click the deepest error".
     c.clicks.train_prob = 0.6
     c.clicks.train_rounds = 3
+    # The level set is shifted by a Gaussian bump of this standard deviation (crop px)
+    # at each click, so that the mask agrees with every click and the contour moves
+    # along the edge beside it (corrections.honour_clicks); 0 = the network's answer
+    # as it is (runs before 2026-12-05). The clicked point ends honour_margin px inside
+    # (positive) or outside (negative).
+    c.clicks.honour_width = 0.0
+    c.clicks.honour_margin = 3.0
 
     c.levelset = ml_collections.ConfigDict()
     c.levelset.steps = 5  # T, train and test (paper)
@@ -274,6 +281,8 @@ def validate(
     )
     need(k.max_clicks >= 1, f"clicks.max_clicks must be >= 1, got {k.max_clicks}")
     need(k.sigma > 0, f"clicks.sigma must be > 0, got {k.sigma}")
+    need(k.honour_width >= 0, f"clicks.honour_width must be >= 0, got {k.honour_width}")
+    need(k.honour_margin >= 0, f"clicks.honour_margin must be >= 0, got {k.honour_margin}")
     need(0 <= k.train_prob <= 1, f"clicks.train_prob must be in [0, 1], got {k.train_prob}")
     need(
         0 <= k.train_rounds <= k.max_clicks,

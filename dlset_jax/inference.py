@@ -6,6 +6,7 @@ step (`train_lib`), the evaluation (`evaluate`) and prediction (`segmenter`):
   `targets.crop_inputs` (host: crop around the clicks, normalise)
   -> `model_inputs` (device: image + guidance channel from the crop's points)
   -> the network -> `evolve` (T steps of `levelset.evolve` from phi0)
+  -> `honour_clicks` (with corrective clicks: the level set made to agree with them)
   -> `paste_back` (host: the crop's level set into the full image).
 
 `predict_crops` is the pure, jit-able middle part. Config fields read here:
@@ -96,8 +97,37 @@ def evolve(phi_init: jax.Array, outputs: dict, config, *, return_trajectory: boo
     )
 
 
+def honour_clicks(phi_t: jax.Array, clicks, config, threshold: float | None = None) -> jax.Array:
+    """`phi_t` made to agree with the corrective clicks (`corrections.honour_clicks`)
+    when the config asks for it (`clicks.enabled` and `clicks.honour_width > 0`).
+
+    Args:
+      phi_t: `(B, R, R, 1)` evolved level sets, crop px.
+      clicks: `(B, K, 3)` crop px, or None (no clicks: `phi_t` unchanged).
+      threshold: the mask threshold (default `levelset.threshold`).
+    """
+    k = config.clicks
+    if clicks is None or not k.enabled or not k.honour_width > 0:
+        return phi_t
+    return corrections.honour_clicks(
+        phi_t,
+        clicks,
+        width=float(k.honour_width),
+        margin=float(k.honour_margin),
+        threshold=float(config.levelset.threshold if threshold is None else threshold),
+    )
+
+
 def predict_crops(
-    variables, image, points, clicks=None, *, model, config, return_trajectory: bool = False
+    variables,
+    image,
+    points,
+    clicks=None,
+    *,
+    model,
+    config,
+    return_trajectory: bool = False,
+    threshold: float | None = None,
 ):
     """Network (eval mode) + evolution on crops. Pure; jit it.
 
@@ -105,10 +135,12 @@ def predict_crops(
       variables: `{"params", "batch_stats"}`.
       image: `(B, R, R, 3)` normalised crops; points: `(B, 4, 2)` crop px.
       clicks: `(B, K, 3)` corrective clicks in crop px, or None (see `model_inputs`).
+      threshold: the mask threshold the clicks are honoured against (`honour_clicks`).
 
     Returns:
-      the network's dict plus `phi_t` `(B, R, R, 1)` (and `trajectory`
-      `(T+1, B, R, R, 1)` when asked).
+      the network's dict plus `phi_t` `(B, R, R, 1)`, the evolved level set made to
+      agree with the clicks (and `trajectory` `(T+1, B, R, R, 1)`, the evolution
+      itself, when asked).
     """
     out = model.apply(variables, model_inputs(image, points, config, clicks), train=False)
     res = evolve(out["phi0"], out, config, return_trajectory=return_trajectory)
@@ -116,6 +148,7 @@ def predict_crops(
         out["phi_t"], out["trajectory"] = res
     else:
         out["phi_t"] = res
+    out["phi_t"] = honour_clicks(out["phi_t"], clicks, config, threshold)
     return out
 
 

@@ -65,6 +65,7 @@ import jax
 import numpy as np
 
 from dlset_jax import checkpoint, hostmem, inference, metrics, models, readers, targets
+from dlset_jax import config as config_lib
 
 __all__ = [
     "POINT_NAMES",
@@ -497,14 +498,26 @@ class Segmenter:
 
     @classmethod
     def from_workdir(
-        cls, workdir: str, step: int | None = None, threshold: float | None = None, **kwargs
+        cls,
+        workdir: str,
+        step: int | None = None,
+        threshold: float | None = None,
+        honour_width: float | None = None,
+        **kwargs,
     ) -> Segmenter:
         """A checkpoint of a training workdir (default: the latest) with its config and
-        the run's threshold (`checkpoint.load`), unless `threshold` is given."""
+        the run's threshold (`checkpoint.load`), unless `threshold` is given;
+        `honour_width` replaces the run's `clicks.honour_width` (how the answer is made
+        to agree with corrective clicks, an inference-time choice; 0 = off)."""
         run = checkpoint.load(workdir, step)
         source = run.threshold_source if threshold is None else "given"
+        config = run.config
+        if honour_width is not None:
+            config = config.copy_and_resolve_references()
+            config.clicks.honour_width = float(honour_width)
+            config_lib.validate(config)
         return cls(
-            run.config,
+            config,
             run.variables,
             step=run.step,
             workdir=workdir,
@@ -536,6 +549,7 @@ class Segmenter:
             model=self.model,
             config=self.config,
             return_trajectory=True,
+            threshold=self.threshold,
         )
 
     def check_accepts(self, corrections, object_ids=None) -> None:

@@ -102,13 +102,15 @@ def compute_losses(params, batch_stats, batch, rng, warmup, *, model, config):
 
     Warm-up (DELSE pretraining): evolve from the SDT target + shift and add the SDT
     regression and motion-direction losses. Afterwards: evolve from the predicted
-    `phi0` + shift. Both branches are one compiled function (`warmup` is traced).
+    `phi0` + shift. Both branches are one compiled function (`warmup` is traced). The
+    loss sees the level set the user would: made to agree with the batch's clicks.
 
     Returns `(total, (terms, new_batch_stats))`.
     """
+    clicks = batch.get("clicks")
     out, updates = model.apply(
         {"params": params, "batch_stats": batch_stats},
-        inference.model_inputs(batch["image"], batch["points"], config, batch.get("clicks")),
+        inference.model_inputs(batch["image"], batch["points"], config, clicks),
         train=True,
         mutable=["batch_stats"],
     )
@@ -118,7 +120,7 @@ def compute_losses(params, batch_stats, batch, rng, warmup, *, model, config):
         rng, (b, 1, 1, 1), minval=-ls_cfg.init_shift, maxval=ls_cfg.init_shift
     )
     phi_init = jnp.where(warmup, batch["sdt"], out["phi0"]) + shift
-    phi_t = inference.evolve(phi_init, out, config)
+    phi_t = inference.honour_clicks(inference.evolve(phi_init, out, config), clicks, config)
     terms = {
         "levelset": losses.levelset_output_loss(
             phi_t, batch["mask"], ls_cfg.epsilon, balanced=loss_cfg.balanced

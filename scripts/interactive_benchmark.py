@@ -1,7 +1,7 @@
 """The interactive benchmark of a workdir whose model takes corrective clicks.
 
     python scripts/interactive_benchmark.py --workdir workdirs/interactive \
-        [--synthetic_objects 200] [--data_dir data/tfds]
+        [--synthetic_objects 200] [--data_dir data/tfds] [--honour_width W --out_dir D]
 
 Synthetic: the first `--synthetic_objects` objects of the default data set's test split
 (domain_random). Real (where Debian's mricron-data is installed): the 60 Colin27 + AAL
@@ -21,6 +21,11 @@ flags.DEFINE_string("data_dir", "data/tfds", "Where the data sets are built.")
 flags.DEFINE_integer("synthetic_objects", 200, "Objects of the synthetic test split (0: none).")
 flags.DEFINE_string("synthetic_data", "domain_random", "The synthetic data set.")
 flags.DEFINE_string("out_dir", None, "Output directory (default: <workdir>/eval/interactive).")
+flags.DEFINE_float(
+    "honour_width",
+    None,
+    "Replaces the run's clicks.honour_width (0: the network's answer as it is).",
+)
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -49,7 +54,9 @@ def main(argv):
     from dlset_jax import interactive_benchmark as ib
     from dlset_jax import real_benchmark, segmenter
 
-    seg = segmenter.Segmenter.from_workdir(FLAGS.workdir, bucket_size=1)
+    seg = segmenter.Segmenter.from_workdir(
+        FLAGS.workdir, bucket_size=1, honour_width=FLAGS.honour_width
+    )
     if not seg.takes_corrections:
         print(
             f"interactive_benchmark: the model of {FLAGS.workdir} takes no corrective clicks "

@@ -94,11 +94,80 @@ def test_click_maps_are_gaussians_of_their_sign():
 # ----------------------------------------------------------------- training
 
 
+def honour_reference(phi, clicks, width, margin, threshold):
+    """`honour_clicks` of one crop in numpy: scipy's bilinear sample, bumps in order."""
+    out = np.array(phi, np.float64)
+    yy, xx = np.mgrid[: phi.shape[0], : phi.shape[1]]
+    for x, y, s in clicks:
+        if s == 0:
+            continue
+        at = ndimage.map_coordinates(out, [[y], [x]], order=1, mode="nearest")[0]
+        need = max(s * (at - threshold) + margin, 0.0)
+        out -= s * need * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * width**2))
+    return out
+
+
+def test_honour_clicks_is_the_sequential_bump_of_the_reference(rng):
+    yy, xx = np.mgrid[:24, :30]
+    phi = np.hypot(yy - 11.0, xx - 14.0) - 7.0  # a disc of radius 7 px
+    phi = np.stack([phi, phi + rng.normal(0, 0.5, phi.shape)])[..., None].astype(np.float32)
+    clicks = np.array(
+        [
+            [[22.5, 11.2, 1], [14.0, 11.0, -1], [3.0, 3.0, 0], [20.0, 12.0, 1]],
+            [[0.0, 0.0, -1], [29.0, 23.0, 1], [14.0, 11.0, 1], [0, 0, 0]],
+        ],
+        np.float32,
+    )
+    for width, margin, threshold in [(3.0, 1.0, 0.0), (6.0, 3.0, 2.5)]:
+        got = corrections.honour_clicks(
+            phi, clicks, width=width, margin=margin, threshold=threshold
+        )
+        assert got.shape == phi.shape
+        for b in range(2):
+            want = honour_reference(phi[b, ..., 0], clicks[b], width, margin, threshold)
+            np.testing.assert_allclose(got[b, ..., 0], want, atol=1e-4)
+
+
+def test_honoured_clicks_land_on_their_side_and_others_change_nothing():
+    yy, xx = np.mgrid[:32, :32]
+    phi = (np.hypot(yy - 16.0, xx - 16.0) - 8.0)[None, ..., None].astype(np.float32)
+    # positive 3 px outside the disc, negative at its centre, far apart
+    clicks = np.array([[[27.0, 16.0, 1], [16.0, 16.0, -1]]], np.float32)
+    got = np.asarray(corrections.honour_clicks(phi, clicks, width=2.0, margin=1.0, threshold=0.0))
+    assert got[0, 16, 27, 0] <= -1.0 + 1e-3 and got[0, 16, 16, 0] >= 1.0 - 1e-3
+    # the contour moved outwards around the positive click: the mask grew there only
+    grown = (got[0, ..., 0] <= 0) & ~(phi[0, ..., 0] <= 0)
+    assert grown[16, 25:28].all() and not grown[:, :20].any()
+    # clicks already inside (positive) or outside (negative) by the margin, and empty
+    # slots, leave the level set as it is
+    fine = np.array([[[16.0, 16.0, 1], [2.0, 2.0, -1], [5.0, 5.0, 0]]], np.float32)
+    same = corrections.honour_clicks(phi, fine, width=4.0, margin=2.0, threshold=0.0)
+    np.testing.assert_allclose(same, phi, atol=1e-6)
+    with pytest.raises(ValueError, match="width must be > 0"):
+        corrections.honour_clicks(phi, fine, width=0.0, margin=1.0, threshold=0.0)
+
+
+def test_gradients_flow_through_honoured_clicks():
+    yy, xx = np.mgrid[:16, :16]
+    phi = jnp.asarray((np.hypot(yy - 8.0, xx - 8.0) - 4.0)[None, ..., None], jnp.float32)
+    clicks = jnp.array([[[13.0, 8.0, 1]]])
+    f = lambda p: jnp.sum(
+        corrections.honour_clicks(p, clicks, width=2.0, margin=1.0, threshold=0.0) ** 2
+    )
+    g = jax.grad(f)(phi)
+    eps = 1e-2
+    d = jnp.zeros_like(phi).at[0, 8, 12, 0].set(eps)
+    numeric = (f(phi + d) - f(phi - d)) / (2 * eps)
+    np.testing.assert_allclose(g[0, 8, 12, 0], numeric, rtol=2e-2)
+
+
 def test_config_needs_click_channels():
     c = tiny_config(**{"clicks.enabled": True})
     with pytest.raises(config_lib.ConfigError, match="in_channels must be 6"):
         config_lib.validate(c)
     config_lib.validate(tiny_config(**CLICKS))
+    with pytest.raises(config_lib.ConfigError, match="honour_width must be >= 0"):
+        config_lib.validate(tiny_config(**CLICKS, **{"clicks.honour_width": -1.0}))
 
 
 @pytest.fixture(scope="module")
@@ -232,6 +301,24 @@ def test_corrections_change_the_mask_in_one_program(click_segmenter):
     # a positive click on a pixel the mask already covers is fine
     inside = np.argwhere(once.mask)[0]
     seg.refine(IMAGE, seglib.Annotation(POINTS).add(inside[1], inside[0]))
+
+
+def test_a_segmenter_that_honours_clicks_flips_the_clicked_pixels(click_model):
+    config, _, variables = click_model
+    config = config.copy_and_resolve_references()
+    config.clicks.honour_width = 3.0
+    seg = seglib.Segmenter(config, variables, bucket_size=2, threshold=0.5)
+    plain = seg.segment(IMAGE, [POINTS]).objects[0].mask
+    y0, x0, y1, x1 = seg.segment(IMAGE, [POINTS]).objects[0].window
+    box = np.zeros_like(plain)
+    box[y0:y1, x0:x1] = True
+    out_y, out_x = np.argwhere(box & ~plain)[len(np.argwhere(box & ~plain)) // 2]
+    ann = seglib.Annotation(POINTS).add(out_x, out_y)
+    first = seg.refine(IMAGE, ann).mask
+    assert first[out_y, out_x]
+    in_y, in_x = np.argwhere(first)[len(np.argwhere(first)) // 2]
+    second = seg.refine(IMAGE, ann.add(in_x, in_y, positive=False)).mask
+    assert not second[in_y, in_x]
 
 
 def test_bad_corrections_get_one_clear_error(click_segmenter):

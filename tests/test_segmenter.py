@@ -20,6 +20,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "configs"))
 
 import predict as cli  # noqa: E402  (the top-level predict.py)
+from dlset_jax import config as config_lib  # noqa: E402
 from dlset_jax import files, readers, targets  # noqa: E402
 from dlset_jax import segmenter as seglib  # noqa: E402
 from dlset_jax.data import pipeline  # noqa: E402
@@ -275,6 +276,11 @@ def test_from_workdir_and_mismatch(random_model, tmp_path):
     wd, config, variables = random_model
     seg = seglib.Segmenter.from_workdir(str(wd))
     assert seg.step == 1 and seg.resolution == RES
+    assert seg.config.clicks.honour_width == 0.0  # the run's (the schema's default)
+    wider = seglib.Segmenter.from_workdir(str(wd), honour_width=4.0)
+    assert wider.config.clicks.honour_width == 4.0 and seg.config.clicks.honour_width == 0.0
+    with pytest.raises(config_lib.ConfigError, match="honour_width must be >= 0"):
+        seglib.Segmenter.from_workdir(str(wd), honour_width=-1.0)
     with pytest.raises(FileNotFoundError, match="no checkpoint for step 7"):
         seglib.Segmenter.from_workdir(str(wd), step=7)
     with pytest.raises(FileNotFoundError, match="no checkpoints"):
