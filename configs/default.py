@@ -15,19 +15,18 @@ data generation, by the machine; README).
 clicks after the four points: it starts from that checkpoint (`train.init_from`; the
 input convolution widened with zero weights for the two click maps, so it starts as the
 four-click model) and trains on the same set with simulated corrections (iterative
-training: a share of the batches gets 1..3 rounds of "predict, click the deepest error",
-dlset_jax/corrections.py). About 25 more minutes per round on 2 cores:
+training: a share of the batches gets 1..5 rounds of "predict, click the deepest error",
+dlset_jax/corrections.py). About 17-25 more minutes per round on 2 cores:
 
     python train.py --config configs/default.py:interactive --workdir workdirs/interactive
 
-More rounds help the corrections (each round starts from the last one's checkpoint):
+After every interaction the level set is shifted locally so that the mask agrees with
+each click (`clicks.honour_width`, corrections.honour_clicks), in training as at test.
+The README's interactive checkpoint is one such round; a second one (each round starts
+from the last one's checkpoint) was not better (docs/history.md):
 
     python train.py --config configs/default.py:interactive --workdir workdirs/interactive2 \
         --config.train.init_from=workdirs/interactive
-
-The README's interactive checkpoint is three such rounds (round 1 with
-clicks.train_prob=0.6 and clicks.train_rounds=3, round 2 with 0.8 and 4, round 3 with
-the values below).
 """
 
 from dlset_jax.config import base_config, cpu_sized
