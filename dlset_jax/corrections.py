@@ -25,6 +25,7 @@ import math
 import chex
 import jax
 import jax.numpy as jnp
+import jax.scipy.ndimage
 import numpy as np
 
 __all__ = [
@@ -171,19 +172,6 @@ def next_click_host(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     return np.asarray(_choose(depth(gt & ~pred), depth(pred & ~gt), np), np.float32)
 
 
-def _bilinear(field, x, y):
-    """`field` `(H, W)` at the point `(x, y)` (px, clamped to the border), bilinear."""
-    h, w = field.shape
-    x = jnp.clip(x, 0.0, w - 1.0)
-    y = jnp.clip(y, 0.0, h - 1.0)
-    x0 = jnp.clip(jnp.floor(x), 0, w - 2).astype(jnp.int32)
-    y0 = jnp.clip(jnp.floor(y), 0, h - 2).astype(jnp.int32)
-    fx, fy = x - x0, y - y0
-    top = field[y0, x0] * (1 - fx) + field[y0, x0 + 1] * fx
-    bottom = field[y0 + 1, x0] * (1 - fx) + field[y0 + 1, x0 + 1] * fx
-    return top * (1 - fy) + bottom * fy
-
-
 def honour_clicks(phi, clicks, *, width: float, margin: float, threshold: float) -> jax.Array:
     """The level set shifted locally so that every corrective click is on its side.
 
@@ -223,7 +211,8 @@ def honour_clicks(phi, clicks, *, width: float, margin: float, threshold: float)
 
     def one(field, click):  # field (H, W), click (3,)
         x, y, s = click[0], click[1], click[2]
-        need = jnp.maximum(s * (_bilinear(field, x, y) - threshold) + margin, 0.0)
+        at = jax.scipy.ndimage.map_coordinates(field, [y[None], x[None]], order=1, mode="nearest")
+        need = jnp.maximum(s * (at[0] - threshold) + margin, 0.0)
         bump = jnp.exp(-((xs[None, :] - x) ** 2 + (ys[:, None] - y) ** 2) / (2.0 * width**2))
         return field - s * need * bump, None
 
