@@ -68,9 +68,13 @@ def start_points(ball, s):
     return targets.extreme_points(ball[s])
 
 
+# the mechanics below are checked on the oracle's exact answers, kept as they are
+EXACT = {"prior_weight": 0.0}
+
+
 def test_propagation_stops_where_the_object_vanishes():
     vol, ball = ball_volume()
-    res = volume.propagate(Oracle(), vol, 10, start_points(ball, 10))
+    res = volume.propagate(Oracle(), vol, 10, start_points(ball, 10), **EXACT)
     # the oracle is exact on every slice but the ball's poles, single pixels: there the
     # area collapses (1 px against the previous slice's 37), the object has ended
     want = ball.copy()
@@ -83,12 +87,12 @@ def test_propagation_stops_where_the_object_vanishes():
 
 def test_propagation_stops_at_the_extent_and_the_volume_edge():
     vol, ball = ball_volume()
-    res = volume.propagate(Oracle(), vol, 10, start_points(ball, 10), extent=(8, 12))
+    res = volume.propagate(Oracle(), vol, 10, start_points(ball, 10), extent=(8, 12), **EXACT)
     np.testing.assert_array_equal(res.labels[8:13], ball[8:13])
     assert not res.labels[:8].any() and not res.labels[13:].any()
     assert res.stops == {"below": "extent", "above": "extent"}
     vol, ball = ball_volume(n=12, centre=4)  # the ball reaches past slice 0
-    res = volume.propagate(Oracle(), vol, 4, start_points(ball, 4))
+    res = volume.propagate(Oracle(), vol, 4, start_points(ball, 4), **EXACT)
     assert res.stops == {"below": "volume edge", "above": "vanished at slice 11"}
     np.testing.assert_array_equal(res.labels[:11], ball[:11])
 
@@ -96,7 +100,7 @@ def test_propagation_stops_at_the_extent_and_the_volume_edge():
 def test_propagation_stops_when_the_area_collapses():
     vol, ball = ball_volume()
     vol[13] = 20  # the object disappears from slice 13 on (a dark slice)
-    res = volume.propagate(Oracle(), vol, 10, start_points(ball, 10))
+    res = volume.propagate(Oracle(), vol, 10, start_points(ball, 10), **EXACT)
     assert res.stops["above"] == "vanished at slice 13"
     assert not res.labels[13:].any()
 
@@ -104,12 +108,12 @@ def test_propagation_stops_when_the_area_collapses():
 def test_corrections_reach_their_slice_and_repropagate_beyond_it():
     vol, ball = ball_volume()
     oracle = Oracle()
-    res = volume.propagate(oracle, vol, 10, start_points(ball, 10), extent=(6, 14))
+    res = volume.propagate(oracle, vol, 10, start_points(ball, 10), extent=(6, 14), **EXACT)
     assert not res.labels[12, 28, 29]
     # a positive click on slice 12 outside the ball (inside the crop box)
     oracle.calls.clear()
     click = [[29, 28, 1]]
-    again = volume.repropagate(oracle, vol, res, 12, click)
+    again = volume.repropagate(oracle, vol, res, 12, click, **EXACT)
     assert again.labels[12, 27:30, 28:31].all()
     np.testing.assert_array_equal(again.labels[6:12], res.labels[6:12])  # kept
     np.testing.assert_array_equal(again.labels[13:15], res.labels[13:15])
@@ -120,17 +124,74 @@ def test_corrections_reach_their_slice_and_repropagate_beyond_it():
     assert again.slices[6]["corrections"] == [[29.0, 28.0, 1.0]]
     # the same clicks given up front
     direct = volume.propagate(
-        Oracle(), vol, 10, start_points(ball, 10), extent=(6, 14), corrections={12: click}
+        Oracle(), vol, 10, start_points(ball, 10), extent=(6, 14), corrections={12: click}, **EXACT
     )
     np.testing.assert_array_equal(direct.labels, again.labels)
     # two passes: each propagated slice twice, the click on the second
     oracle.calls.clear()
-    two = volume.repropagate(oracle, vol, res, 12, click, passes=2)
+    two = volume.repropagate(oracle, vol, res, 12, click, passes=2, **EXACT)
     assert len(oracle.calls) == 5 and not len(oracle.calls[3][2]) and len(oracle.calls[0][2])
     np.testing.assert_array_equal(two.labels, again.labels)
     # on the start slice both directions are redone
-    start = volume.repropagate(Oracle(), vol, res, 10, [[22, 24, -1]])
+    start = volume.repropagate(Oracle(), vol, res, 10, [[22, 24, -1]], **EXACT)
     assert not start.labels[10, 24, 22] and start.stops == res.stops
+
+
+def disc(radius, size=48, centre=(24.0, 23.0)):
+    y, x = np.mgrid[:size, :size]
+    return (y - centre[0]) ** 2 + (x - centre[1]) ** 2 <= radius**2
+
+
+def test_fuse_with_previous_moves_the_contour_part_of_the_way():
+    small, big = disc(6.0), disc(12.0)
+    # concentric discs: the fused contour is a disc of the weighted radius (analytic)
+    for w, r in ((0.25, 7.5), (0.5, 9.0), (0.75, 10.5)):
+        fused = volume.fuse_with_previous(small, big, w)
+        radius = np.sqrt(fused.sum() / np.pi)
+        assert abs(radius - r) < 0.35, (w, radius)
+        want = disc(r)
+        assert (fused != want).sum() <= 0.1 * want.sum()
+        # the same from the other side
+        assert abs(np.sqrt(volume.fuse_with_previous(big, small, 1 - w).sum() / np.pi) - r) < 0.35
+    np.testing.assert_array_equal(volume.fuse_with_previous(small, big, 0.0), small)
+    np.testing.assert_array_equal(volume.fuse_with_previous(small, big, 1.0), big)
+    # a mask is its own fusion (no half-pixel drift from slice to slice), also at the border
+    edge = disc(9.0, centre=(3.0, 44.0))
+    np.testing.assert_array_equal(volume.fuse_with_previous(edge, edge, 0.5), edge)
+    with pytest.raises(ValueError, match=r"prior_weight must be in \[0, 1\]"):
+        volume.fuse_with_previous(small, big, 1.5)
+    with pytest.raises(ValueError, match="2-D of one shape"):
+        volume.fuse_with_previous(small, big[:40], 0.5)
+
+
+def test_propagated_slices_are_smoothed_with_the_previous_answer():
+    vol, ball = ball_volume()
+    oracle = Oracle()
+    w = volume.PRIOR_WEIGHT
+    res = volume.propagate(oracle, vol, 10, start_points(ball, 10), extent=(6, 14))
+    np.testing.assert_array_equal(res.labels[10], ball[10])  # the clicked slice as answered
+    for s, prev in ((9, 10), (8, 9), (11, 10), (14, 13)):
+        np.testing.assert_array_equal(
+            res.labels[s], volume.fuse_with_previous(ball[s], ball[prev], w)
+        )
+        assert res.slices[s - 6]["area_px"] == res.labels[s].sum()
+    # the next clicks come from the oracle's own answer (ball[s -+ 1]), not from the
+    # smoothed mask
+    assert len(oracle.calls) == 9
+    for s, (image, pts, _) in zip((10, 9, 8, 7, 6, 11, 12, 13, 14), oracle.calls, strict=True):
+        assert np.array_equal(image, vol[s])
+        source = s if s == 10 else (s + 1 if s < 10 else s - 1)
+        np.testing.assert_array_equal(pts, start_points(ball, source))
+    # a slice with corrective clicks keeps the answer the clicks gave
+    click = [[29, 28, 1]]
+    corrected = volume.propagate(
+        Oracle(), vol, 10, start_points(ball, 10), extent=(6, 14), corrections={12: click}
+    )
+    want = ball[12].copy()
+    want[27:30, 28:31] = True
+    np.testing.assert_array_equal(corrected.labels[12], want)
+    with pytest.raises(ValueError, match=r"prior_weight must be in \[0, 1\]"):
+        volume.propagate(Oracle(), vol, 10, start_points(ball, 10), prior_weight=-0.1)
 
 
 def test_bad_volume_input_gets_one_clear_error():
