@@ -95,7 +95,36 @@ def test_procedural_only_without_atlases(tmp_path):
 # --------------------------------------------------------------------------
 def test_every_shape_kind_appears(samples):
     kinds = {k for e in samples for k in e["meta"]["kinds"]}
-    assert set(dr.SHAPE_KINDS) <= kinds
+    assert set(dr.OBJECT_KINDS) <= kinds
+
+
+def test_objects_made_of_parts_are_one_object_of_several_intensities():
+    # an organ with zones, a cavity or a core is ONE object: its parts lie inside its
+    # mask and show their own intensity (a model must not cut them out as holes)
+    steps, n = [], 0
+    for seed in range(80):
+        rng = np.random.default_rng(seed)
+        labels, n_labels, objects, similar, parts = dr._procedural_labels(rng, 128, 128)
+        masks, kept = dr._extract(labels, objects, 16, parts)
+        assert set(parts) <= {lab for lab, kind in objects if kind == "parts"}
+        img, _ = dr._render(
+            rng, labels, n_labels, masks, [lab for lab, _ in kept], similar, parts, 1, 2.0, None
+        )
+        for (lab, kind), m in zip(kept, masks, strict=True):
+            if kind != "parts":
+                continue
+            own = m & (labels == lab)
+            for p in parts[lab]:
+                inner = labels == p
+                if inner.sum() < 20 or own.sum() < 20:
+                    continue
+                n += 1
+                assert m[inner].mean() > 0.9  # the part is the object's (all but cut-off bits)
+                a, b = img[inner & m, 0], img[own, 0]
+                se = np.sqrt(a.var() / a.size + b.var() / b.size)
+                steps.append(abs(a.mean() - b.mean()) / max(se, 1e-6))
+    assert n >= 15
+    assert np.mean(np.array(steps) > 3) >= 0.8  # a visible step at the part's edge
 
 
 @needs_mricron

@@ -796,10 +796,11 @@ class DomainRandom(_SyntheticBase):
 
     # A new version whenever `domain_random.generate` draws different images, so that a
     # data set built by an older generator is rebuilt rather than silently reused.
-    VERSION = tfds.core.Version("1.1.0")
+    VERSION = tfds.core.Version("1.2.0")
     RELEASE_NOTES = {
         "1.0.0": "Procedural, atlas and real sources.",
         "1.1.0": "Ultrasound-like speckle in a quarter of the grey synthetic images.",
+        "1.2.0": "Procedural objects made of parts (inner regions of their own intensity).",
     }
 
     BUILDER_CONFIGS = [

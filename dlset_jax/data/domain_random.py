@@ -13,8 +13,10 @@ Sources of label maps (per example, chosen at random):
 * ``procedural``: random background partition, background structures and 1-4
   objects of interest: smooth and strongly concave Fourier stars, ellipses,
   sharp-cornered polygons, straight bars and curved tubes (3 px wide and up),
-  annuli (objects with a hole), some touching a neighbour of similar intensity;
-  then an elastic deformation.
+  annuli (objects with a hole), objects made of parts (an outer shape holding one
+  or two inner regions of their own intensity, all one object: a gland and its zones,
+  an organ and its cavity, a tumour and its core), some touching a neighbour of
+  similar intensity; then an elastic deformation.
 * ``atlas``: a 2-D slice of a label atlas of Debian's ``mricron-data``
   (:data:`LABEL_ATLASES`), randomly cropped, scaled, rotated and deformed;
   objects are the largest components of a few labels. Intensities are
@@ -63,6 +65,7 @@ __all__ = [
     "BENCHMARK_SLABS",
     "EXCLUSION_MARGIN_MM",
     "SHAPE_KINDS",
+    "OBJECT_KINDS",
     "available_atlases",
     "available_textures",
     "excluded_world_z",
@@ -104,6 +107,8 @@ _COLIN27_AFFINE = np.array(
 )
 
 SHAPE_KINDS = ("star", "concave", "ellipse", "polygon", "bar", "tube", "annulus")
+# objects of interest: the shapes, and objects made of parts (:func:`_parts`)
+OBJECT_KINDS = SHAPE_KINDS + ("parts",)
 _SIDE_RANGE = (96, 160)  # px, multiples of 8
 _MIN_AREA = 30  # px, atlas objects
 _SPECKLE_SHARE = 0.25  # of the grey images; the real source has none
@@ -427,6 +432,20 @@ def _annulus(rng, h, w, cy, cx, extent) -> np.ndarray:
     return outer & ~inner
 
 
+def _parts(rng, h, w, cy, cx, extent) -> tuple[np.ndarray, list[np.ndarray]]:
+    """An outer shape and one or two inner regions inside it (clipped to it; an inner
+    region may reach the outer edge): ``(outer mask, [part masks])``. The whole outer
+    shape is the object; each part gets its own label, so its own intensity."""
+    outer = _shape(rng, ("star", "concave", "ellipse")[int(rng.integers(3))], h, w, cy, cx, extent)
+    parts = []
+    for _ in range(int(rng.integers(1, 3))):
+        frac = rng.uniform(0.25, 0.7)
+        off = rng.uniform(-0.3, 0.3, 2) * extent * (1 - frac)
+        inner = _star(rng, h, w, cy + off[0], cx + off[1], extent * frac, concave=False)
+        parts.append(inner & outer)
+    return outer, parts
+
+
 def _shape(rng, kind, h, w, cy, cx, extent) -> np.ndarray:
     if kind in ("star", "concave"):
         return _star(rng, h, w, cy, cx, extent, concave=kind == "concave")
@@ -459,7 +478,8 @@ def _lookup(a: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
 
 
 def _procedural_labels(rng, h, w):
-    """Label map (h, w) int32, number of labels, objects [(label, kind)], similar-pairs."""
+    """Label map (h, w) int32, number of labels, objects [(label, kind)], similar-pairs,
+    parts {object label: part labels}."""
     side = min(h, w)
     n_bg = int(rng.integers(1, 5))
     if n_bg > 1:
@@ -476,10 +496,10 @@ def _procedural_labels(rng, h, w):
         m = _shape(rng, kind, h, w, rng.uniform(0, h), rng.uniform(0, w), ext)
         labels[m] = nxt
         nxt += 1
-    objects, similar = [], {}
+    objects, similar, parts = [], {}, {}
     for _ in range(int(rng.integers(1, 5))):
-        kind = SHAPE_KINDS[int(rng.integers(len(SHAPE_KINDS)))]
-        lo = {"annulus": 18.0, "tube": 14.0}.get(kind, float(_MIN_EXTENT))
+        kind = OBJECT_KINDS[int(rng.integers(len(OBJECT_KINDS)))]
+        lo = {"annulus": 18.0, "tube": 14.0, "parts": 18.0}.get(kind, float(_MIN_EXTENT))
         if rng.uniform() < 0.15:  # almost the whole image
             ext = rng.uniform(0.7, 0.97) * side
         else:
@@ -495,22 +515,31 @@ def _procedural_labels(rng, h, w):
             labels[m] = nxt
             similar[nxt + 1] = nxt
             nxt += 1
-        m = _shape(rng, kind, h, w, cy, cx, ext)
+        if kind == "parts":
+            m, inner = _parts(rng, h, w, cy, cx, ext)
+        else:
+            m, inner = _shape(rng, kind, h, w, cy, cx, ext), []
         labels[m] = nxt
         objects.append((nxt, kind))
+        lab = nxt
         nxt += 1
+        for p in inner:
+            labels[p] = nxt
+            parts.setdefault(lab, []).append(nxt)
+            nxt += 1
     amp = rng.uniform(0.0, 3.0) if rng.uniform() < 0.7 else 0.0
     if amp > 0:
         rows, cols = _elastic_coords(rng, h, w, amp)
         labels = _lookup(labels, rows, cols)
-    return labels, nxt, objects, similar
+    return labels, nxt, objects, similar, parts
 
 
-def _extract(labels, objects, min_area):
-    """Masks of the objects of interest that are valid (largest component each)."""
+def _extract(labels, objects, min_area, parts):
+    """Masks of the objects of interest that are valid (largest component each; an
+    object with parts is the union of its labels)."""
     masks, kept = [], []
     for lab, kind in objects:
-        m = labels == lab
+        m = np.isin(labels, [lab, *parts.get(lab, ())])
         if not m.any():
             continue
         m = _largest_component(m)
@@ -620,13 +649,14 @@ def _t1_texture(rng, template_dir, h, w):
 # --------------------------------------------------------------------------
 # Appearance
 # --------------------------------------------------------------------------
-def _render(rng, labels, n_labels, masks, obj_labels, similar, channels, sigma_n, texture):
+def _render(rng, labels, n_labels, masks, obj_labels, similar, parts, channels, sigma_n, texture):
     """SynthSeg-style image (h, w, C) float, roughly 0-255, before degradation.
 
     Each label gets a random mean (per channel), white-noise std and texture
     amplitudes; an object of interest gets its mean set against the mean of its
     3-px surroundings for a random contrast, in units of the noise and texture std
-    there (1-40, log-uniform); some edges fade over part of their length.
+    there (1-40, log-uniform), and each of its parts against the object's (1-20); some
+    edges fade over part of their length.
     Returns the image and, per object, the fraction of its edge faded out.
     """
     h, w = labels.shape
@@ -647,21 +677,9 @@ def _render(rng, labels, n_labels, masks, obj_labels, similar, channels, sigma_n
         ring_mu = mu[ring_labels].mean(0)
         sig = np.sqrt(sigma_n**2 + 0.5 * (var[ring_labels].mean() + var[lab]))
         delta = _log_uniform(rng, 1.0, 40.0) * sig
-        if channels == 3:
-            d = rng.normal(0, 1, 3)
-            if rng.uniform() < 0.25:  # colour edge without luminance edge
-                d -= (d @ _LUMA) / (_LUMA @ _LUMA) * _LUMA
-            elif rng.uniform() < 0.5:
-                d = 1.0 + rng.normal(0, 0.2, 3)
-            d /= np.abs(d).max() + 1e-8
-        else:
-            d = np.ones(1)
-        sign = 1.0 if rng.uniform() < 0.5 else -1.0
-        for s in (sign, -sign):
-            target = ring_mu + s * delta * d
-            if np.all((target > 3) & (target < 252)):
-                break
-        mu[lab] = np.clip(target, 3, 252)
+        mu[lab] = _step(rng, ring_mu, delta, channels)
+        for p in parts.get(lab, ()):
+            mu[p] = _step(rng, mu[lab], _log_uniform(rng, 1.0, 20.0) * sig, channels)
         if lab in similar:  # keep the touching neighbour similar to the object's final level
             mu[similar[lab]] = np.clip(mu[lab] + rng.normal(0, 0.5, channels) * sig, 3, 252)
     img = mu[labels] + (sd[labels] * rng.standard_normal((h, w)))[..., None]
@@ -674,6 +692,27 @@ def _render(rng, labels, n_labels, masks, obj_labels, similar, channels, sigma_n
     for m in masks:
         weak.append(_fade_edge(rng, img, m) if rng.uniform() < 0.35 else 0.0)
     return img, weak
+
+
+def _step(rng, level, delta, channels) -> np.ndarray:
+    """A mean ``delta`` away from ``level`` (C,), either polarity (the one that fits in
+    0-255 when only one does); in colour along a random direction, a quarter of them
+    with no luminance change."""
+    if channels == 3:
+        d = rng.normal(0, 1, 3)
+        if rng.uniform() < 0.25:  # colour edge without luminance edge
+            d -= (d @ _LUMA) / (_LUMA @ _LUMA) * _LUMA
+        elif rng.uniform() < 0.5:
+            d = 1.0 + rng.normal(0, 0.2, 3)
+        d /= np.abs(d).max() + 1e-8
+    else:
+        d = np.ones(1)
+    sign = 1.0 if rng.uniform() < 0.5 else -1.0
+    for s in (sign, -sign):
+        target = level + s * delta * d
+        if np.all((target > 3) & (target < 252)):
+            break
+    return np.clip(target, 3, 252)
 
 
 def _fade_edge(rng, img, mask) -> float:
@@ -798,10 +837,10 @@ def _smooth_object(labels: np.ndarray, mask: np.ndarray, lab: int, sigma: float)
 # Sources
 # --------------------------------------------------------------------------
 def _procedural(rng, h, w):
-    """Scene (labels, n labels, masks, object labels, kinds, similar, spacing)."""
+    """Scene (labels, n labels, masks, object labels, kinds, similar, parts, spacing)."""
     for _ in range(20):
-        labels, n, objects, similar = _procedural_labels(rng, h, w)
-        masks, kept = _extract(labels, objects, 16)
+        labels, n, objects, similar, parts = _procedural_labels(rng, h, w)
+        masks, kept = _extract(labels, objects, 16, parts)
         if masks:
             spacing = np.full(2, _log_uniform(rng, 0.2, 2.0), np.float32)
             return (
@@ -811,6 +850,7 @@ def _procedural(rng, h, w):
                 [lab for lab, _ in kept],
                 [k for _, k in kept],
                 similar,
+                parts,
                 spacing,
             )
     raise RuntimeError("procedural label maps kept failing")  # practically unreachable
@@ -882,7 +922,7 @@ def _atlas_scene(rng, template_dir, names, h, w, meta):
     meta["source"] = "atlas"
     meta["atlas"] = _slice_meta(vol, axis, index)
     masks = [m for _, m in found]
-    return labels, n, masks, [lab for lab, _ in found], ["atlas"] * len(masks), {}, spacing
+    return labels, n, masks, [lab for lab, _ in found], ["atlas"] * len(masks), {}, {}, spacing
 
 
 def generate(
@@ -931,7 +971,7 @@ def generate(
         if scene is None:
             scene = _procedural(rng, h, w)
             meta["source"] = "procedural"
-        labels, n, masks, obj_labels, kinds, similar, spacing = scene
+        labels, n, masks, obj_labels, kinds, similar, parts, spacing = scene
         texture = None
         if textures and rng.uniform() < 0.3:
             texture, meta["texture"] = _t1_texture(rng, template_dir, h, w)
@@ -939,7 +979,9 @@ def generate(
         if speckle is not None:
             sigma_r = float(np.hypot(sigma_n, 128.0 * _speckle_cv(speckle[0])))
             meta["speckle_looks"] = speckle[0]
-        img, weak = _render(rng, labels, n, masks, obj_labels, similar, channels, sigma_r, texture)
+        img, weak = _render(
+            rng, labels, n, masks, obj_labels, similar, parts, channels, sigma_r, texture
+        )
         img8 = _degrade(rng, img, sigma_n, rician, speckle)
         meta["weak_edge"] = weak
     else:
