@@ -118,8 +118,7 @@ def fuse_with_previous(answer, previous, weight: float) -> np.ndarray:
             f"fuse_with_previous: masks must be 2-D of one shape, got {answer.shape} and "
             f"{previous.shape}"
         )
-    if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"prior_weight must be in [0, 1], got {weight!r}")
+    _check_prior_weight(weight)
     if weight == 0.0 or not previous.any():
         return answer.copy()
     if weight == 1.0 or not answer.any():
@@ -132,6 +131,11 @@ def fuse_with_previous(answer, previous, weight: float) -> np.ndarray:
     out = np.zeros_like(answer)
     out[y0:y1, x0:x1] = fused <= 0
     return out
+
+
+def _check_prior_weight(weight) -> None:
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"prior_weight must be in [0, 1], got {weight!r}")
 
 
 def _signed_distance(mask):
@@ -231,8 +235,7 @@ def propagate(
     vol, start, extent = _check(vol, start, extent)
     if passes not in (1, 2):
         raise ValueError(f"passes must be 1 or 2, got {passes!r}")
-    if not 0.0 <= prior_weight <= 1.0:
-        raise ValueError(f"prior_weight must be in [0, 1], got {prior_weight!r}")
+    _check_prior_weight(prior_weight)  # before any slice is segmented
     opts = (passes, vanish_fraction, prior_weight)
     n = vol.shape[0]
     corrections = _check_corrections(corrections, n)
