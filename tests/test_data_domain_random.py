@@ -107,9 +107,9 @@ def test_objects_made_of_parts_are_one_object_of_several_intensities():
         labels, n_labels, objects, similar, parts = dr._procedural_labels(rng, 128, 128)
         masks, kept = dr._extract(labels, objects, 16, parts)
         assert set(parts) <= {lab for lab, kind in objects if kind == "parts"}
-        img, _ = dr._render(
-            rng, labels, n_labels, masks, [lab for lab, _ in kept], similar, parts, 1, 2.0, None
-        )
+        obj_labels, kinds = [lab for lab, _ in kept], [k for _, k in kept]
+        scene = dr._Scene(labels, n_labels, masks, obj_labels, kinds, None, similar, parts)
+        img, _ = dr._render(rng, scene, 1, 2.0, None)
         for (lab, kind), m in zip(kept, masks, strict=True):
             if kind != "parts":
                 continue

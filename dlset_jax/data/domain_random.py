@@ -649,7 +649,7 @@ def _t1_texture(rng, template_dir, h, w):
 # --------------------------------------------------------------------------
 # Appearance
 # --------------------------------------------------------------------------
-def _render(rng, labels, n_labels, masks, obj_labels, similar, parts, channels, sigma_n, texture):
+def _render(rng, scene: _Scene, channels, sigma_n, texture):
     """SynthSeg-style image (h, w, C) float, roughly 0-255, before degradation.
 
     Each label gets a random mean (per channel), white-noise std and texture
@@ -659,6 +659,8 @@ def _render(rng, labels, n_labels, masks, obj_labels, similar, parts, channels, 
     edges fade over part of their length.
     Returns the image and, per object, the fraction of its edge faded out.
     """
+    labels, n_labels, masks = scene.labels, scene.n_labels, scene.masks
+    obj_labels, similar, parts = scene.obj_labels, scene.similar, scene.parts
     h, w = labels.shape
     mu = rng.uniform(10, 245, (n_labels, channels))
     sd = rng.uniform(0, 12, n_labels) * (rng.uniform(size=n_labels) < 0.7)
@@ -836,23 +838,30 @@ def _smooth_object(labels: np.ndarray, mask: np.ndarray, lab: int, sigma: float)
 # --------------------------------------------------------------------------
 # Sources
 # --------------------------------------------------------------------------
-def _procedural(rng, h, w):
-    """Scene (labels, n labels, masks, object labels, kinds, similar, parts, spacing)."""
+@dataclasses.dataclass
+class _Scene:
+    """A label map and its objects of interest, before rendering: ``similar`` {label:
+    touching neighbour drawn at a similar level}, ``parts`` {object label: its part
+    labels} (both empty for atlas scenes)."""
+
+    labels: np.ndarray
+    n_labels: int
+    masks: list
+    obj_labels: list
+    kinds: list
+    spacing: np.ndarray
+    similar: dict
+    parts: dict
+
+
+def _procedural(rng, h, w) -> _Scene:
     for _ in range(20):
         labels, n, objects, similar, parts = _procedural_labels(rng, h, w)
         masks, kept = _extract(labels, objects, 16, parts)
         if masks:
             spacing = np.full(2, _log_uniform(rng, 0.2, 2.0), np.float32)
-            return (
-                labels,
-                n,
-                masks,
-                [lab for lab, _ in kept],
-                [k for _, k in kept],
-                similar,
-                parts,
-                spacing,
-            )
+            obj_labels, kinds = [lab for lab, _ in kept], [k for _, k in kept]
+            return _Scene(labels, n, masks, obj_labels, kinds, spacing, similar, parts)
     raise RuntimeError("procedural label maps kept failing")  # practically unreachable
 
 
@@ -908,7 +917,7 @@ def _smoothed_objects(labels, found, zoom):
 
 
 def _atlas_scene(rng, template_dir, names, h, w, meta):
-    """Scene from an atlas slice (see :func:`_procedural`), or None without objects."""
+    """The scene of an atlas slice, or None without objects."""
     got = _atlas_labels(rng, template_dir, names, h, w)
     if got is None:
         return None
@@ -922,7 +931,9 @@ def _atlas_scene(rng, template_dir, names, h, w, meta):
     meta["source"] = "atlas"
     meta["atlas"] = _slice_meta(vol, axis, index)
     masks = [m for _, m in found]
-    return labels, n, masks, [lab for lab, _ in found], ["atlas"] * len(masks), {}, {}, spacing
+    return _Scene(
+        labels, n, masks, [lab for lab, _ in found], ["atlas"] * len(masks), spacing, {}, {}
+    )
 
 
 def generate(
@@ -971,7 +982,7 @@ def generate(
         if scene is None:
             scene = _procedural(rng, h, w)
             meta["source"] = "procedural"
-        labels, n, masks, obj_labels, kinds, similar, parts, spacing = scene
+        masks, kinds, spacing = scene.masks, scene.kinds, scene.spacing
         texture = None
         if textures and rng.uniform() < 0.3:
             texture, meta["texture"] = _t1_texture(rng, template_dir, h, w)
@@ -979,9 +990,7 @@ def generate(
         if speckle is not None:
             sigma_r = float(np.hypot(sigma_n, 128.0 * _speckle_cv(speckle[0])))
             meta["speckle_looks"] = speckle[0]
-        img, weak = _render(
-            rng, labels, n, masks, obj_labels, similar, parts, channels, sigma_r, texture
-        )
+        img, weak = _render(rng, scene, channels, sigma_r, texture)
         img8 = _degrade(rng, img, sigma_n, rician, speckle)
         meta["weak_edge"] = weak
     else:
