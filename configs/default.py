@@ -39,6 +39,9 @@ def get_config(variant="four_clicks"):
         raise ValueError(f"default variant must be one of {VARIANTS}, got {variant!r}")
     c = cpu_sized(base_config())
     c.data.update(name="domain_random", image_kinds=("grey", "rgb"))
+    # a fifth of the training objects from the two task-shaped built-in sets (a gland in
+    # MR-like noise with fading edges; the optic disc and its diffuse cup)
+    c.data.update(extra_sets=("synthetic_prostate", "synthetic_fundus"), extra_share=0.2)
     # margin 20% of the object's size (at least 3 px): every object fills the same
     # share of its crop; clicks jittered by up to 3% of its size (at least 1 px).
     c.data.update(relax=3, relax_fraction=0.2, pert=1, pert_fraction=0.03)

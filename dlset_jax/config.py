@@ -32,6 +32,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.manual_dir = ""  # user-supplied raw data (REFUGE, volumes, own data)
     c.data.build = True  # build the data set if it is missing
     c.data.train_split = "train"
+    # More built-in data sets trained on beside data.name (their train_split), each an
+    # equal part of extra_share of the training objects (pipeline.mix_objects).
+    c.data.extra_sets = ()
+    c.data.extra_share = 0.0
     c.data.eval_split = "validation"
     c.data.test_split = "test"
     c.data.resolution = 128  # crop size fed to the network (px)
@@ -324,6 +328,16 @@ def validate(
     )
     for name in ("relax_fraction", "pert_fraction"):
         need(0 <= d[name] <= 1, f"data.{name} must be in [0, 1], got {d[name]}")
+    need(0 <= d.extra_share < 1, f"data.extra_share must be in [0, 1), got {d.extra_share}")
+    need(
+        bool(d.extra_sets) == (d.extra_share > 0),
+        f"data.extra_sets={tuple(d.extra_sets)} and data.extra_share={d.extra_share}: name "
+        "the extra sets and give them a share > 0, or neither",
+    )
+    need(
+        d.name not in tuple(d.extra_sets),
+        f"data.extra_sets must not repeat data.name ({d.name!r})",
+    )
     lo_s, hi_s = d.augment_scale
     need(
         0 < lo_s <= hi_s,

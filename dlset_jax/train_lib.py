@@ -254,18 +254,31 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def check_image_kinds(config, source) -> None:
-    """The data set's channels must agree with `data.image_kinds` (the model's contract)."""
-    channels = int(source.dataset_info.features["image"].shape[-1])
+def check_image_kinds(config, sources) -> None:
+    """The training sets' channels must agree with `data.image_kinds` (the model's
+    contract): grey sets only for ("grey",), some colour set for a kind "rgb"."""
+    sources = sources if isinstance(sources, (list, tuple)) else [sources]
+    channels = {int(s.dataset_info.features["image"].shape[-1]) for s in sources}
     kinds = tuple(config.data.image_kinds)
-    ok = kinds == ("grey",) if channels == 1 else "rgb" in kinds
+    ok = kinds == ("grey",) if channels == {1} else "rgb" in kinds
     if not ok:
+        names = ", ".join(repr(n) for n in (config.data.name, *config.data.extra_sets))
         raise config_lib.ConfigError(
-            f"data.image_kinds={kinds} does not match the data set {config.data.name!r}, "
-            f"whose images have {channels} channel(s): set data.image_kinds = "
-            + ("('grey',)" if channels == 1 else "('rgb',) or ('grey', 'rgb')")
+            f"data.image_kinds={kinds} does not match the training data ({names}), "
+            f"whose images have {' or '.join(str(c) for c in sorted(channels))} channel(s): "
+            "set data.image_kinds = "
+            + ("('grey',)" if channels == {1} else "('rgb',) or ('grey', 'rgb')")
             + " in the config"
         )
+
+
+def _with_data_set(config, name: str):
+    """`config` reading the built-in data set `name` ("set" or "set/builder_config")."""
+    c = config.copy_and_resolve_references()
+    base, _, builder_config = name.partition("/")
+    with c.unlocked():
+        c.data.update(name=base, builder_config=builder_config, extra_sets=(), extra_share=0.0)
+    return c
 
 
 def _total_steps(config, steps_per_epoch: int) -> int:
@@ -319,8 +332,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     # Data: each process reads its own shard of the objects.
     train_source = pipeline.load_split(config, config.data.train_split)
-    check_image_kinds(config, train_source)
+    extra_sources = pipeline.load_extra_splits(config, config.data.train_split)
+    check_image_kinds(config, [train_source, *extra_sources])
     objects = pipeline.ObjectSource(train_source)
+    if extra_sources:
+        extras = [pipeline.ObjectSource(s) for s in extra_sources]
+        objects = pipeline.mix_objects(objects, extras, config.data.extra_share)
     global_batch = config.train.batch_size
     local_batch = global_batch // jax.process_count()
     steps_per_epoch = max(1, len(objects) // global_batch)
@@ -440,6 +457,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     writer.scalars(total_steps, {f"test/{k}": v for k, v in result["scalars"].items()})
     writer.text("test results\n" + result["table"])
+    for name in config.data.extra_sets:  # what the extra training sets gave
+        extra = evaluate.run_evaluation(
+            _with_data_set(config, name),
+            state.variables(),
+            split=config.data.test_split,
+            model=model,
+            workdir=workdir,
+            threshold=threshold,
+            report_name=f"{name.partition('/')[0]}-{config.data.test_split}",
+        )
+        writer.text(f"{name} test results\n" + extra["table"])
     if config.eval.real_benchmark and is_main:
         real_image_benchmark(config, state.variables(), threshold, workdir, writer)
     writer.close()

@@ -90,6 +90,9 @@ def test_paper_configs_follow_the_paper():
         ("clicks.honour_margin", -1.0, "clicks.honour_margin must be >= 0"),
         ("data.contrast_floor", -1.0, "data.contrast_floor must be in"),
         ("data.contrast_floor", 300.0, "data.contrast_floor must be in"),
+        ("data.extra_share", 1.0, "data.extra_share must be in"),
+        ("data.extra_share", 0.0, "name the extra sets and give them a share > 0, or neither"),
+        ("data.extra_sets", ("domain_random",), "must not repeat data.name"),
     ],
 )
 def test_bad_values_are_named(field, value, message):

@@ -424,3 +424,37 @@ def test_load_split_reads_the_configured_data_set(data_dir, prostate_test):
     c.data.builder_config = ""  # the builder's default config: not built here
     with pytest.raises(FileNotFoundError, match="not built"):
         pipeline.load_split(c, "test")
+
+
+def test_mix_objects_holds_main_once_and_the_extras_as_their_share(data_dir, fundus):
+    c = config_lib.base_config()
+    c.data.update(
+        name="synthetic_fundus",
+        builder_config="tiny",
+        data_dir=str(data_dir),
+        extra_sets=("synthetic_prostate/tiny",),
+        extra_share=0.6,
+    )
+    (prostate,) = pipeline.load_extra_splits(c, "train")
+    main, extra = pipeline.ObjectSource(fundus), pipeline.ObjectSource(prostate)
+    mix = pipeline.mix_objects(main, [extra], 0.6)
+    n_extra = round(0.6 / 0.4 * len(main))  # 12 fundus objects -> 18 prostates
+    assert len(mix) == len(main) + n_extra and n_extra > len(extra)  # repeated cyclically
+    src, idx = mix.index[:, 0], mix.index[:, 1]
+    assert sorted(idx[src == 0].tolist()) == list(range(len(main)))
+    assert np.bincount(idx[src == 1]).tolist() == [
+        sum(1 for j in range(n_extra) if j % len(extra) == k) for k in range(len(extra))
+    ]
+    # element i is the named source's element
+    i = int(np.flatnonzero(src == 1)[len(extra) + 1])
+    assert mix[i]["id"] == extra[1]["id"] and np.array_equal(mix[i]["image"], extra[1]["image"])
+    # two extras share equally (odd counts: the first gets the one left over)
+    two = pipeline.mix_objects(main, [extra, extra], 0.5)
+    assert np.bincount(two.index[:, 0]).tolist() == [12, 6, 6]
+    assert len(pipeline.mix_objects(main, [extra], 0.0)) == len(main)
+    with pytest.raises(ValueError, match="extra_share must be in"):
+        pipeline.mix_objects(main, [extra], 1.0)
+    # the loader takes a mix: batches of both sets, grey ones replicated to RGB
+    it = pipeline.make_train_loader(mix, AUG, batch_size=6, seed=0)
+    batch = next(it)
+    assert batch["image"].shape == (6, OPTS.resolution, OPTS.resolution, 3)

@@ -113,6 +113,33 @@ def test_train_checkpoint_resume_evaluate(tmp_path, data_dir):
     assert res["split"] == "validation" and len(res["records"]) >= 1
 
 
+def test_extra_training_sets_are_mixed_in_and_reported(tmp_path, data_dir):
+    from dlset_jax import train_lib
+    from dlset_jax.data import pipeline
+
+    workdir = str(tmp_path / "mix")
+    config = tiny_config(
+        data_dir,
+        **{
+            "train.num_steps": 2,
+            "data.extra_sets": ("synthetic_fundus/tiny",),
+            "data.extra_share": 0.5,
+            "data.image_kinds": ("grey", "rgb"),
+        },
+    )
+    train_lib.train_and_evaluate(config, workdir)
+    # the extra set was built, and its test split scored with the run's threshold
+    fundus_test = pipeline.ObjectSource(
+        pipeline.load_source("synthetic_fundus/tiny", data_dir, "test")
+    )
+    with open(os.path.join(workdir, "eval", "synthetic_fundus-test", "results.json")) as f:
+        saved = json.load(f)
+    assert sorted(r["id"] for r in saved["records"]) == sorted(
+        fundus_test[i]["id"] for i in range(len(fundus_test))
+    )
+    assert os.path.isfile(os.path.join(workdir, "eval", "test", "table.md"))
+
+
 def test_sigterm_saves_a_checkpoint(tmp_path, data_dir):
     workdir = tmp_path / "term"
     proc = run_train(

@@ -143,3 +143,13 @@ def test_image_kinds_must_match_the_data_set():
     c.data.image_kinds = ("rgb",)
     with pytest.raises(config_lib.ConfigError, match="image_kinds"):
         train_lib.check_image_kinds(c, Src)
+
+    class Rgb(Src):
+        class dataset_info:  # noqa: N801
+            features = {"image": type("F", (), {"shape": (None, None, 3)})()}
+
+    c.data.image_kinds = ("grey",)  # a grey set mixed with a colour one needs "rgb"
+    with pytest.raises(config_lib.ConfigError, match="1 or 3 channel"):
+        train_lib.check_image_kinds(c, [Src, Rgb])
+    c.data.image_kinds = ("grey", "rgb")
+    train_lib.check_image_kinds(c, [Src, Rgb])

@@ -46,6 +46,9 @@ __all__ = [
     "TRAIN_KEYS",
     "EVAL_KEYS",
     "load_source",
+    "load_extra_splits",
+    "mix_objects",
+    "ObjectMix",
     "object_index",
     "ObjectSource",
     "make_train_loader",
@@ -134,6 +137,13 @@ def load_split(config, split: str):
     return load_source(name, d.data_dir, split, build=d.build, manual_dir=d.manual_dir or None)
 
 
+def load_extra_splits(config, split: str) -> list:
+    """``load_source`` for each of ``data.extra_sets`` (built-in sets trained on beside
+    ``data.name``; see ``mix_objects``)."""
+    d = config.data
+    return [load_source(n, d.data_dir, split, build=d.build) for n in d.extra_sets]
+
+
 def object_index(source) -> tuple[np.ndarray, dict]:
     """``(M, 2)`` int64 ``(record, object)`` pairs of every non-empty object, and counts.
 
@@ -189,6 +199,50 @@ class ObjectSource(grain.RandomAccessDataSource):
 
     def __repr__(self):
         return f"ObjectSource({self.source!r}, objects={len(self)})"
+
+
+class ObjectMix(grain.RandomAccessDataSource):
+    """Several object sources as one: element ``i`` is element ``index[i, 1]`` of
+    ``parts[index[i, 0]]``."""
+
+    def __init__(self, parts, index: np.ndarray):
+        self.parts = list(parts)
+        self.index = np.asarray(index, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i):
+        k, j = (int(v) for v in self.index[int(i)])
+        return self.parts[k][j]
+
+    def __repr__(self):
+        return f"ObjectMix({self.parts!r}, objects={len(self)})"
+
+
+def mix_objects(main, extras, share: float) -> ObjectMix:
+    """``main``'s objects once each, and each of ``extras``' repeated (cyclically) or cut
+    to an equal part of ``share`` of the result.
+
+    With ``share`` s and ``main`` of N objects the extras together give
+    ``round(s / (1 - s) * N)`` objects, so an epoch of the mix holds every object of
+    ``main`` once and is s extras; the loader shuffles the whole mix each epoch.
+
+    Args:
+      main: an ``ObjectSource`` (the data set the run is named after).
+      extras: ``ObjectSource``s, each non-empty.
+      share: in [0, 1).
+    """
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"data.extra_share must be in [0, 1), got {share!r}")
+    n_extra = round(share / (1.0 - share) * len(main))
+    rows = [np.stack([np.zeros(len(main), np.int64), np.arange(len(main))], 1)]
+    for k, src in enumerate(extras, start=1):
+        if len(src) == 0:
+            raise ValueError(f"data.extra_sets: {src!r} holds no object")
+        n = n_extra // len(extras) + (k <= n_extra % len(extras))
+        rows.append(np.stack([np.full(n, k, np.int64), np.arange(n) % len(src)], 1))
+    return ObjectMix([main, *extras], np.concatenate(rows))
 
 
 # --------------------------------------------------------------------------
@@ -445,7 +499,7 @@ def _ensure_absl_flags_parsed():
 
 
 def _objects(source, shard_index: int, shard_count: int):
-    objs = source if isinstance(source, ObjectSource) else ObjectSource(source)
+    objs = source if isinstance(source, (ObjectSource, ObjectMix)) else ObjectSource(source)
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
     ds = grain.MapDataset.source(objs)
