@@ -3,10 +3,11 @@
     python scripts/interactive_benchmark.py --workdir workdirs/interactive \
         [--synthetic_objects 200] [--data_dir data/tfds] [--honour_width W --out_dir D]
 
-Synthetic: the first `--synthetic_objects` objects of the default data set's test split
-(domain_random). Real (where Debian's mricron-data is installed): the 60 Colin27 + AAL
-deep grey test objects, the jitter table, and the 3-D table of their structures through
-the 8 test slices. Writes `<workdir>/eval/interactive/{table.md,results.json,curve.png}`
+Synthetic: the first `--synthetic_objects` objects of the test split of each of
+`--synthetic_data` (domain_random, the generalist's own generator; synthetic_prostate,
+the paper's task simulated, 80 glands). Real (where Debian's mricron-data is
+installed): the 60 Colin27 + AAL deep grey test objects, the jitter table, and the 3-D
+table of their structures through the 8 test slices. Writes `<workdir>/eval/interactive/{table.md,results.json,curve.png}`
 (see dlset_jax/interactive_benchmark.py) and prints the table.
 """
 
@@ -19,7 +20,11 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (holds checkpoints/).")
 flags.DEFINE_string("data_dir", "data/tfds", "Where the data sets are built.")
 flags.DEFINE_integer("synthetic_objects", 200, "Objects of the synthetic test split (0: none).")
-flags.DEFINE_string("synthetic_data", "domain_random", "The synthetic data set.")
+flags.DEFINE_list(
+    "synthetic_data",
+    ["domain_random", "synthetic_prostate"],
+    "The built-in data sets whose test split is scored (comma-separated).",
+)
 flags.DEFINE_string("out_dir", None, "Output directory (default: <workdir>/eval/interactive).")
 flags.DEFINE_float(
     "honour_width",
@@ -66,10 +71,9 @@ def main(argv):
         return 2
     result = {"sets": {}, "jitter": {}, "3d": []}
     if FLAGS.synthetic_objects > 0:
-        objs = synthetic_objects(FLAGS.synthetic_data, FLAGS.data_dir, FLAGS.synthetic_objects)
-        result["sets"][f"{FLAGS.synthetic_data} test"] = ib.summarize_curves(
-            ib.run_curves(seg, objs)
-        )
+        for name in FLAGS.synthetic_data:
+            objs = synthetic_objects(name, FLAGS.data_dir, FLAGS.synthetic_objects)
+            result["sets"][f"{name} test"] = ib.summarize_curves(ib.run_curves(seg, objs))
     if real_benchmark.available():
         objs = real_benchmark.test_objects(FLAGS.data_dir)
         result["sets"]["AAL deep grey test"] = ib.summarize_curves(ib.run_curves(seg, objs))
