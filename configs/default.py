@@ -3,7 +3,8 @@
 Trained on the built-in domain-randomised set (`domain_random`, generated locally:
 procedural shapes and, where Debian's mricron-data is installed, anatomical label maps
 and T1 textures, every label with random intensities, blur, noise, speckle and bias; see
-docs/data.md), grey and colour, objects from 8 px to the whole image. Crops and click
+docs/data.md), grey and colour, objects from 8 px to the whole image, with a fifth of
+the training objects from the simulated prostate MR and fundus sets. Crops and click
 jitter scale with the object; faint crops are stretched to a contrast floor; plain BCE
 on the evolved level set (the class-balanced BCE of eq. 6 pushes contours outwards); a
 cosine schedule over the whole run. Sized for a 2-core CPU (25 to 50 minutes with the

@@ -7,8 +7,9 @@ Synthetic: the first `--synthetic_objects` objects of the test split of each of
 `--synthetic_data` (domain_random, the generalist's own generator; synthetic_prostate,
 the paper's task simulated, 80 glands). Real (where Debian's mricron-data is
 installed): the 60 Colin27 + AAL deep grey test objects, the jitter table, and the 3-D
-table of their structures through the 8 test slices. Writes `<workdir>/eval/interactive/{table.md,results.json,curve.png}`
-(see dlset_jax/interactive_benchmark.py) and prints the table.
+table of their structures through the 8 test slices. Writes
+`<workdir>/eval/interactive/{table.md,results.json,curve.png}` (see
+dlset_jax/interactive_benchmark.py) and prints the table.
 """
 
 import os
