@@ -243,6 +243,12 @@ def apply_overrides(config, overrides: dict) -> ml_collections.ConfigDict:
     return config
 
 
+def other_set_report(name: str, split: str) -> str:
+    """The report folder (under `<workdir>/eval/`) of a data set other than the run's
+    own: beside its reports, not over them."""
+    return f"{name}-{split}"
+
+
 def evaluate_workdir(
     workdir: str, *, split: str = "test", step: int | None = None, overrides=None
 ) -> dict:
@@ -261,8 +267,8 @@ def evaluate_workdir(
         threshold = float(config.levelset.threshold)
     if overrides and overrides.get("eval.sweep_thresholds"):
         threshold = sweep_threshold(config, run.variables, model=model, workdir=workdir)
-    # another data set than the run's own: its reports go beside, not over, the run's
-    name = split if config.data.name == run.config.data.name else f"{config.data.name}-{split}"
+    own = config.data.name == run.config.data.name
+    name = split if own else other_set_report(config.data.name, split)
     return run_evaluation(
         config,
         run.variables,

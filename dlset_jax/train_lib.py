@@ -257,7 +257,6 @@ class _Preemption:
 def check_image_kinds(config, sources) -> None:
     """The training sets' channels must agree with `data.image_kinds` (the model's
     contract): grey sets only for ("grey",), some colour set for a kind "rgb"."""
-    sources = sources if isinstance(sources, (list, tuple)) else [sources]
     channels = {int(s.dataset_info.features["image"].shape[-1]) for s in sources}
     kinds = tuple(config.data.image_kinds)
     ok = kinds == ("grey",) if channels == {1} else "rgb" in kinds
@@ -270,15 +269,6 @@ def check_image_kinds(config, sources) -> None:
             + ("('grey',)" if channels == {1} else "('rgb',) or ('grey', 'rgb')")
             + " in the config"
         )
-
-
-def _with_data_set(config, name: str):
-    """`config` reading the built-in data set `name` ("set" or "set/builder_config")."""
-    c = config.copy_and_resolve_references()
-    base, _, builder_config = name.partition("/")
-    with c.unlocked():
-        c.data.update(name=base, builder_config=builder_config, extra_sets=(), extra_share=0.0)
-    return c
 
 
 def _total_steps(config, steps_per_epoch: int) -> int:
@@ -458,14 +448,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer.scalars(total_steps, {f"test/{k}": v for k, v in result["scalars"].items()})
     writer.text("test results\n" + result["table"])
     for name in config.data.extra_sets:  # what the extra training sets gave
+        base, _, builder_config = name.partition("/")
+        only = {
+            "name": base,
+            "builder_config": builder_config,
+            "extra_sets": (),
+            "extra_share": 0.0,
+        }
         extra = evaluate.run_evaluation(
-            _with_data_set(config, name),
+            evaluate.apply_overrides(config, {f"data.{k}": v for k, v in only.items()}),
             state.variables(),
             split=config.data.test_split,
             model=model,
             workdir=workdir,
             threshold=threshold,
-            report_name=f"{name.partition('/')[0]}-{config.data.test_split}",
+            report_name=evaluate.other_set_report(base, config.data.test_split),
         )
         writer.text(f"{name} test results\n" + extra["table"])
     if config.eval.real_benchmark and is_main:

@@ -139,10 +139,10 @@ def test_image_kinds_must_match_the_data_set():
             features = {"image": type("F", (), {"shape": (None, None, 1)})()}
 
     c = config_lib.base_config()
-    train_lib.check_image_kinds(c, Src)
+    train_lib.check_image_kinds(c, [Src])
     c.data.image_kinds = ("rgb",)
     with pytest.raises(config_lib.ConfigError, match="image_kinds"):
-        train_lib.check_image_kinds(c, Src)
+        train_lib.check_image_kinds(c, [Src])
 
     class Rgb(Src):
         class dataset_info:  # noqa: N801
