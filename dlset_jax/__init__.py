@@ -9,8 +9,8 @@ Layers (imports only run downwards, each layer uses only those below it):
   4. data/ (builders, generators, grain pipeline); inference (crops + clicks -> level sets)
   5. segmenter, volume, segment_files (clicks -> masks in an image, through a volume,
      in files)
-  6. train_lib, evaluate, real_benchmark, interactive_benchmark, reporting (loops,
-     scoring, logs);
+  6. train_lib, evaluate, real_benchmark, heldout, interactive_benchmark, reporting
+     (loops, scoring, logs);
      app/ (the browser annotation tool over segmenter and segment_files)
   7. train.py, eval.py, predict.py, python -m dlset_jax.app (thin entry points)
 """
