@@ -55,6 +55,7 @@ def get_config(variant="four_clicks"):
     # the mask threshold chosen on the validation split of the same generator
     c.eval.sweep_thresholds = True
     c.eval.real_benchmark = True
+    c.eval.heldout_dir = "data/heldout"  # scored where scripts/get_heldout_data.sh put them
     if variant == "interactive":
         c.clicks.update(enabled=True, train_prob=0.8, train_rounds=5, honour_width=6.0)
         c.model.in_channels = 6

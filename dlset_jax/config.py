@@ -158,6 +158,9 @@ def base_config() -> ml_collections.ConfigDict:
     # After training, also segment the Colin27 + AAL real-MR test objects through the
     # Segmenter (where Debian's mricron-data is installed; see real_benchmark.py).
     c.eval.real_benchmark = False
+    # After training, also score the held-out real images of other modalities found in
+    # this directory (scripts/get_heldout_data.sh; see heldout.py); "" or absent: none.
+    c.eval.heldout_dir = ""
 
     c.distributed = ml_collections.ConfigDict()
     c.distributed.initialize = False  # call jax.distributed.initialize() (multi-host)

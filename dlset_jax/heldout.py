@@ -28,6 +28,7 @@ import os
 import numpy as np
 from scipy import ndimage
 
+from dlset_jax import real_benchmark
 from dlset_jax.readers import DataError
 
 # what `scripts/get_heldout_data.sh` puts in the directory, by source
@@ -42,6 +43,30 @@ MIN_AREA = 30  # px: smaller pieces are label fragments, not objects to click
 def available(directory: str, source: str) -> bool:
     """Whether `directory` holds every file of `source`."""
     return all(os.path.exists(os.path.join(directory, f)) for f in FILES[source])
+
+
+def present(directory: str) -> list[str]:
+    """The sources whose files are all in `directory`."""
+    return [s for s in SOURCES if available(directory, s)]
+
+
+def benchmark(segmenter, directory: str, out_root: str, sources=None) -> str:
+    """Scores `segmenter` on each source (default: every one present) from exact and
+    +-2 px clicks (`real_benchmark.run`), writes `<out_root>/heldout_<source>/`
+    (`table.md`, `results.json`, `worst.png`) and returns the tables as text."""
+    text = []
+    for source in sources or present(directory):
+        objs = objects(directory, source)
+        result = real_benchmark.run(segmenter, objs)
+        out = os.path.join(out_root, f"heldout_{source}")
+        real_benchmark.write(result, out)
+        real_benchmark.worst_cases_figure(segmenter, objs, result, os.path.join(out, "worst.png"))
+        text.append(
+            f"held-out images: {source}\n"
+            + real_benchmark.table(result)
+            + "\n".join(real_benchmark.verdict(result))
+        )
+    return "\n\n".join(text)
 
 
 def objects(directory: str, source: str) -> list[dict]:

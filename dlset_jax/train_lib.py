@@ -277,12 +277,17 @@ def _total_steps(config, steps_per_epoch: int) -> int:
     return int(config.train.num_epochs * steps_per_epoch)
 
 
-def real_image_benchmark(config, variables, threshold, workdir, writer) -> None:
-    """The Colin27 + AAL real-MR test objects through the Segmenter (if installed)."""
-    from dlset_jax import real_benchmark, segmenter
+def real_image_benchmarks(config, variables, threshold, workdir, writer) -> None:
+    """Real images through the Segmenter: the Colin27 + AAL test objects (where
+    mricron-data is installed, `eval.real_benchmark`) and the held-out images of other
+    modalities (where `eval.heldout_dir` holds them)."""
+    from dlset_jax import heldout, real_benchmark, segmenter
 
-    if not real_benchmark.available():
+    aal = config.eval.real_benchmark and real_benchmark.available()
+    if config.eval.real_benchmark and not aal:
         writer.text("real-image benchmark skipped: Debian's mricron-data is not installed")
+    others = heldout.present(config.eval.heldout_dir) if config.eval.heldout_dir else []
+    if not (aal or others):
         return
     seg = segmenter.Segmenter(
         config,
@@ -291,16 +296,20 @@ def real_image_benchmark(config, variables, threshold, workdir, writer) -> None:
         threshold_source="the final test evaluation's",
         check=False,
     )
-    objects = real_benchmark.test_objects(config.data.data_dir)
-    result = real_benchmark.run(seg, objects)
-    out = os.path.join(workdir, "eval", "real")
-    real_benchmark.write(result, out)
-    real_benchmark.worst_cases_figure(seg, objects, result, os.path.join(out, "worst.png"))
-    writer.text(
-        "real-image benchmark (Colin27 + AAL deep grey test slabs, never trained on)\n"
-        + real_benchmark.table(result)
-        + "\n".join(real_benchmark.verdict(result))
-    )
+    if aal:
+        objects = real_benchmark.test_objects(config.data.data_dir)
+        result = real_benchmark.run(seg, objects)
+        out = os.path.join(workdir, "eval", "real")
+        real_benchmark.write(result, out)
+        real_benchmark.worst_cases_figure(seg, objects, result, os.path.join(out, "worst.png"))
+        writer.text(
+            "real-image benchmark (Colin27 + AAL deep grey test slabs, never trained on)\n"
+            + real_benchmark.table(result)
+            + "\n".join(real_benchmark.verdict(result))
+        )
+    if others:
+        out_root = os.path.join(workdir, "eval")
+        writer.text(heldout.benchmark(seg, config.eval.heldout_dir, out_root, others))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -465,7 +474,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             report_name=evaluate.other_set_report(base, config.data.test_split),
         )
         writer.text(f"{name} test results\n" + extra["table"])
-    if config.eval.real_benchmark and is_main:
-        real_image_benchmark(config, state.variables(), threshold, workdir, writer)
+    if is_main:
+        real_image_benchmarks(config, state.variables(), threshold, workdir, writer)
     writer.close()
     return result

@@ -26,9 +26,9 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    from dlset_jax import heldout, real_benchmark, segmenter
+    from dlset_jax import heldout, segmenter
 
-    sources = FLAGS.sources or [s for s in heldout.SOURCES if heldout.available(FLAGS.dir, s)]
+    sources = FLAGS.sources or heldout.present(FLAGS.dir)
     if not sources:
         print(
             f"heldout_benchmark: no held-out files in {FLAGS.dir}; run scripts/get_heldout_data.sh",
@@ -36,15 +36,8 @@ def main(argv):
         )
         return 2
     seg = segmenter.Segmenter.from_workdir(FLAGS.workdir)
-    for source in sources:
-        objects = heldout.objects(FLAGS.dir, source)
-        result = real_benchmark.run(seg, objects)
-        out = os.path.join(FLAGS.workdir, "eval", f"heldout_{source}")
-        real_benchmark.write(result, out)
-        real_benchmark.worst_cases_figure(seg, objects, result, os.path.join(out, "worst.png"))
-        print(f"## {source}\n")
-        print(real_benchmark.table(result))
-        print("\n".join(real_benchmark.verdict(result)) + "\n")
+    out_root = os.path.join(FLAGS.workdir, "eval")
+    print(heldout.benchmark(seg, FLAGS.dir, out_root, sources))
     return 0
 
 

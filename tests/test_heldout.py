@@ -85,3 +85,40 @@ def test_no_builder_reads_the_held_out_files():
     for path in pathlib.Path(data.__file__).parent.glob("*.py"):
         text = path.read_text()
         assert not any(n in text for n in names), path
+
+
+class _Writer:
+    def __init__(self):
+        self.texts = []
+
+    def text(self, t):
+        self.texts.append(t)
+
+
+def test_the_end_of_a_run_scores_the_held_out_images_it_finds(tmp_path, random_model):
+    # `make train` prints them where scripts/get_heldout_data.sh put them, and says
+    # nothing where they are absent
+    from dlset_jax import train_lib
+
+    _, config, variables = random_model
+    image = np.full((48, 48), 20, np.uint16)
+    inst = np.zeros((48, 48), np.uint16)
+    inst[10:22, 12:26] = 1
+    image[inst > 0] = 180
+    (tmp_path / "held").mkdir()
+    _write_nuclei(tmp_path / "held", image, inst)
+    config = config.copy_and_resolve_references()
+    config.eval.real_benchmark = False
+    for directory, expect in (("", []), (str(tmp_path / "none"), [])):
+        config.eval.heldout_dir = directory
+        writer = _Writer()
+        train_lib.real_image_benchmarks(config, variables, 0.0, str(tmp_path / "wd"), writer)
+        assert writer.texts == expect
+    config.eval.heldout_dir = str(tmp_path / "held")
+    writer = _Writer()
+    train_lib.real_image_benchmarks(config, variables, 0.0, str(tmp_path / "wd"), writer)
+    (text,) = writer.texts
+    assert text.startswith("held-out images: nuclei\n| structure | n |")
+    assert "| nucleus | 1 |" in text and "(1 objects)" in text
+    out = tmp_path / "wd" / "eval" / "heldout_nuclei"
+    assert {p.name for p in out.iterdir()} == {"table.md", "results.json", "worst.png"}
