@@ -7,7 +7,9 @@ Synthetic: the first `--synthetic_objects` objects of the test split of each of
 `--synthetic_data` (domain_random, the generalist's own generator; synthetic_prostate,
 the paper's task simulated, 80 glands). Real (where Debian's mricron-data is
 installed): the 60 Colin27 + AAL deep grey test objects, the jitter table, and the 3-D
-table of their structures through the 8 test slices. Writes
+table of their structures through the 8 test slices. Held-out real images of other
+modalities (where `scripts/get_heldout_data.sh` put them, `--heldout_dir`): the curve
+and NoC of every source of dlset_jax/heldout.py. Writes
 `<workdir>/eval/interactive/{table.md,results.json,curve.png}` (see
 dlset_jax/interactive_benchmark.py) and prints the table.
 """
@@ -25,6 +27,9 @@ flags.DEFINE_list(
     "synthetic_data",
     ["domain_random", "synthetic_prostate"],
     "The built-in data sets whose test split is scored (comma-separated).",
+)
+flags.DEFINE_string(
+    "heldout_dir", "data/heldout", "Held-out images (scripts/get_heldout_data.sh); absent: none."
 )
 flags.DEFINE_string("out_dir", None, "Output directory (default: <workdir>/eval/interactive).")
 flags.DEFINE_float(
@@ -57,8 +62,8 @@ def synthetic_objects(name, data_dir, n):
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
+    from dlset_jax import heldout, real_benchmark, segmenter
     from dlset_jax import interactive_benchmark as ib
-    from dlset_jax import real_benchmark, segmenter
 
     seg = segmenter.Segmenter.from_workdir(
         FLAGS.workdir, bucket_size=1, honour_width=FLAGS.honour_width
@@ -83,6 +88,9 @@ def main(argv):
         result["3d"] = ib.run_3d(seg, images, structures, spacing=objs[0]["spacing"])
     else:
         print("mricron-data is not installed: real-image parts skipped", file=sys.stderr)
+    for source in heldout.present(FLAGS.heldout_dir):
+        objs = heldout.objects(FLAGS.heldout_dir, source)
+        result["sets"][f"held-out {source}"] = ib.summarize_curves(ib.run_curves(seg, objs))
     out = FLAGS.out_dir or os.path.join(FLAGS.workdir, "eval", "interactive")
     ib.write(result, out)
     print(ib.table(result))
