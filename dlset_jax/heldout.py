@@ -7,7 +7,7 @@ downloaded at run time):
   * ``nuclei``: the 2-D fluorescence microscopy image of the 2018 Data Science Bowl and
     its hand-drawn instance masks (Caicedo et al., Nature Methods 2019), as bundled with
     `stardist` (``img2d.tif``, ``mask2d.tif``; 512 x 512, 125 nuclei). Faint, small
-    (median 440 px), touching, bright on dark. Spacing unknown: px.
+    (111 kept, median 457 px), touching, bright on dark. Spacing unknown: px.
   * ``mni152``: the ICBM 2009a symmetric T1 template (Fonov et al., NeuroImage 2011, an
     average of 152 brains, 1 mm) and its grey / white matter probability maps, as bundled
     with `nilearn`. Objects on every 4th axial slice: the deep CSF spaces, ventricles and
