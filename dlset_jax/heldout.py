@@ -29,7 +29,7 @@ import numpy as np
 from scipy import ndimage
 
 from dlset_jax import real_benchmark
-from dlset_jax.readers import DataError
+from dlset_jax.readers import DataError, intensity_to_uint8
 
 # what `scripts/get_heldout_data.sh` puts in the directory, by source
 FILES = {
@@ -40,9 +40,13 @@ SOURCES = tuple(FILES)
 MIN_AREA = 30  # px: smaller pieces are label fragments, not objects to click
 
 
+def _missing(directory: str, source: str) -> list[str]:
+    return [f for f in FILES[source] if not os.path.exists(os.path.join(directory, f))]
+
+
 def available(directory: str, source: str) -> bool:
     """Whether `directory` holds every file of `source`."""
-    return all(os.path.exists(os.path.join(directory, f)) for f in FILES[source])
+    return not _missing(directory, source)
 
 
 def present(directory: str) -> list[str]:
@@ -77,7 +81,7 @@ def objects(directory: str, source: str) -> list[dict]:
     """
     if source not in FILES:
         raise DataError(f"held-out source must be one of {SOURCES}, got {source!r}")
-    missing = [f for f in FILES[source] if not os.path.exists(os.path.join(directory, f))]
+    missing = _missing(directory, source)
     if missing:
         raise DataError(
             f"held-out source {source!r}: {', '.join(missing)} missing from {directory}; "
@@ -91,8 +95,7 @@ def _to_uint8(a: np.ndarray) -> np.ndarray:
     a = np.asarray(a, np.float64)
     if a.min() >= 0 and a.max() <= 255:  # already 8-bit grey levels (both sources)
         return np.round(a).astype(np.uint8)
-    lo, hi = np.percentile(a, (0.5, 99.5))
-    return np.round(np.clip((a - lo) / max(hi - lo, 1e-9), 0, 1) * 255).astype(np.uint8)
+    return intensity_to_uint8(a)
 
 
 def _nuclei(img_path: str, mask_path: str) -> list[dict]:
@@ -155,7 +158,7 @@ def _mni152(t1_path: str, gm_path: str, wm_path: str) -> list[dict]:
         # orientation does not matter to the scores)
         img = image8[:, :, z].T[::-1]
         g, w_ = gm[:, :, z].T[::-1] / scale, wm[:, :, z].T[::-1] / scale
-        brain = ndimage.binary_fill_holes(_largest(img > 0)) if (img > 0).any() else img > 0
+        brain = ndimage.binary_fill_holes(_largest(img > 0))
         if brain.sum() < 2000:  # the top and bottom of the brain: no ventricles
             continue
         inner = ndimage.binary_erosion(brain, iterations=8)
