@@ -110,6 +110,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Eq. 6 weighs object and background pixels by the other class's share (the
     # paper); False = plain BCE, which does not push the contour outwards.
     c.loss.balanced = True
+    # weight of a soft Dice term on H(phi_T) (per example, 0..1) beside the BCE; 0 = the
+    # paper's loss only
+    c.loss.dice_weight = 0.0
     c.loss.boundary = "eq8"  # "eq8" (paper), "active_contour" (authors' code), "none"
     # eq. 8 is normalised per pixel ("mean"); 0.01 * 256**2 reproduces the authors'
     # weight 0.01 on pixel sums at their 256x256 crops, independent of resolution.
@@ -376,6 +379,7 @@ def validate(
         f"loss.boundary_reduction must be 'sum' or 'mean', got {lo.boundary_reduction!r}",
     )
     need(lo.boundary_weight >= 0, f"loss.boundary_weight must be >= 0, got {lo.boundary_weight}")
+    need(lo.dice_weight >= 0, f"loss.dice_weight must be >= 0, got {lo.dice_weight}")
     need(lo.warmup_epochs >= 0, f"loss.warmup_epochs must be >= 0, got {lo.warmup_epochs}")
     need(o.name in OPTIMIZERS, f"optim.name must be one of {OPTIMIZERS}, got {o.name!r}")
     need(o.learning_rate > 0, f"optim.learning_rate must be > 0, got {o.learning_rate}")

@@ -57,6 +57,28 @@ def bce(prob: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.mean(nll)
 
 
+def soft_dice_loss(prob: jax.Array, labels: jax.Array) -> jax.Array:
+    """One minus the soft Dice coefficient, per example, averaged over the batch.
+
+    `1 - (2 sum(p y) + 1) / (sum(p) + sum(y) + 1)` over each example's pixels (the 1
+    keeps an empty mask and an empty prediction at loss 0). Unlike the per-pixel BCE it
+    scores every object by its own overlap, whatever its size in the crop, and it is
+    the evaluation metric itself.
+
+    Args:
+      prob: `(B, H, W, 1)` foreground probability in [0, 1].
+      labels: `(B, H, W, 1)` binary ground truth {0, 1} (float).
+
+    Returns:
+      Scalar in [0, 1] (dimensionless).
+    """
+    checks.check_rank("prob", prob, 4)
+    checks.check_same_shape(prob=prob, labels=labels)
+    inter = jnp.sum(prob * labels, axis=(1, 2, 3))
+    total = jnp.sum(prob, axis=(1, 2, 3)) + jnp.sum(labels, axis=(1, 2, 3))
+    return jnp.mean(1.0 - (2.0 * inter + 1.0) / (total + 1.0))
+
+
 def levelset_output_loss(
     phi_t: jax.Array, mask: jax.Array, epsilon: float = -1.0, balanced: bool = True
 ) -> jax.Array:

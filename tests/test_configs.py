@@ -88,6 +88,7 @@ def test_paper_configs_follow_the_paper():
         ("optim.schedule", "linear", "optim.schedule must be one of"),
         ("data.relax_fraction", 2.0, "data.relax_fraction must be in"),
         ("clicks.honour_margin", -1.0, "clicks.honour_margin must be >= 0"),
+        ("loss.dice_weight", -1.0, "loss.dice_weight must be >= 0"),
         ("data.contrast_floor", -1.0, "data.contrast_floor must be in"),
         ("data.contrast_floor", 300.0, "data.contrast_floor must be in"),
         ("data.extra_share", 1.0, "data.extra_share must be in"),

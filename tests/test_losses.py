@@ -116,6 +116,31 @@ def test_plain_bce_does_not_push_the_contour_outwards():
     assert cost(grown, False) > cost(shrunk, False)  # plain: growing errs on more pixels
 
 
+def test_soft_dice_matches_numpy_formula_and_scores_each_object_alike():
+    d = _random_case()
+    prob = np.asarray(ls.heaviside(d["phi"], EPSILON), np.float64)
+    y = np.asarray(d["mask"], np.float64)
+    ref = np.mean([1 - (2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1) for p, t in zip(prob, y)])
+    got = L.soft_dice_loss(jnp.asarray(prob, jnp.float32), d["mask"])
+    assert float(got) == pytest.approx(ref, rel=1e-5)
+    # Hard masks: loss = 1 - DSC (up to the +1), and an empty mask predicted empty is 0.
+    a = np.zeros((2, 20, 20, 1), np.float32)
+    a[0, 5:15, 5:15] = 1
+    b = np.zeros_like(a)
+    b[0, 5:15, 5:10] = 1  # half the square: DSC 2 * 50 / 150
+    got = L.soft_dice_loss(jnp.asarray(b), jnp.asarray(a))
+    assert float(got) == pytest.approx(((1 - 101 / 151) + 0.0) / 2, rel=1e-6)
+    # One pixel off costs a small object more than a large one (per-pixel BCE would not).
+    small, large = np.zeros((1, 40, 40, 1), np.float32), np.zeros((1, 40, 40, 1), np.float32)
+    small[0, 18:22, 18:22], large[0, 5:35, 5:35] = 1, 1
+
+    def grown(m):
+        return np.pad(m[0, 1:, :, 0], ((0, 1), (0, 0)))[None, ..., None] + m
+
+    cost = lambda m: float(L.soft_dice_loss(jnp.asarray(np.clip(grown(m), 0, 1)), jnp.asarray(m)))
+    assert cost(small) > 5 * cost(large)
+
+
 def test_boundary_loss_matches_numpy_formula_and_reductions():
     d = _random_case()
     logits, y = np.asarray(d["logits"], np.float64), np.asarray(d["onehot"], np.float64)
@@ -162,13 +187,14 @@ def test_motion_loss_is_pi_squared_for_opposite_fields():
     assert v == pytest.approx(float(np.arccos(-(1 - 1e-4))) ** 2, rel=1e-4)
 
 
-@pytest.mark.parametrize("name", ["bce", "plain_bce", "sdt", "motion", "boundary", "ac"])
+@pytest.mark.parametrize("name", ["bce", "plain_bce", "dice", "sdt", "motion", "boundary", "ac"])
 def test_finite_difference_gradients(name):
     d = _random_case(b=1, h=8, w=9)
     sdt = jnp.asarray(np.where(np.asarray(d["mask"]) > 0, -3.0, 3.0), jnp.float32)
     fn, x = {
         "bce": (lambda x: L.levelset_output_loss(x, d["mask"]), d["phi"]),
         "plain_bce": (lambda x: L.levelset_output_loss(x, d["mask"], balanced=False), d["phi"]),
+        "dice": (lambda x: L.soft_dice_loss(ls.heaviside(x, EPSILON), d["mask"]), d["phi"]),
         "sdt": (lambda x: L.sdt_loss(x, sdt), d["phi"]),
         "motion": (lambda x: L.motion_loss(x, d["direction"]), d["motion"]),
         "boundary": (lambda x: L.boundary_loss(x * 0.05, d["onehot"]), d["logits"]),
@@ -192,6 +218,10 @@ def test_bad_input_is_named():
         L.levelset_output_loss(d["phi"][:, :-1], d["mask"])
     with pytest.raises(ValueError, match="shapes must match"):
         L.motion_loss(d["motion"], d["direction"][..., :1])
+    with pytest.raises(ValueError, match="shapes must match"):
+        L.soft_dice_loss(d["mask"][..., :-1, :], d["mask"])
+    with pytest.raises(ValueError, match="rank 4"):
+        L.soft_dice_loss(d["mask"][0], d["mask"][0])
     with pytest.raises(ValueError, match="rank 4"):
         L.boundary_loss(d["logits"][0], d["onehot"][0])
     with pytest.raises(ValueError, match="reduction"):

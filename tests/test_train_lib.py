@@ -86,10 +86,11 @@ def _batch(b=2, r=32):
     }
 
 
-def _losses(warmup, shift_per="example"):
+def _losses(warmup, shift_per="example", dice_weight=0.0):
     c = config_lib.base_config()
     c.model = ml_collections.ConfigDict(tiny_model_config().to_dict())
     c.levelset.init_shift_per = shift_per
+    c.loss.dice_weight = dice_weight
     model = models.create_model(c.model)
     v = model.init_variables(jax.random.key(0), 32)
     fn = jax.jit(functools.partial(train_lib.compute_losses, model=model, config=c))
@@ -103,6 +104,18 @@ def test_warmup_switches_the_sdt_and_motion_terms_and_the_initial_level_set():
     assert float(off["sdt"]) == 0 and float(off["motion"]) == 0
     # warm-up evolves from the SDT (+ shift) instead of phi0: another level-set loss
     assert abs(float(on["levelset"]) - float(off["levelset"])) > 1e-3
+
+
+def test_dice_term_is_added_with_its_weight_and_nothing_else_changes():
+    total0, (plain, _) = _losses(False)
+    total1, (one, _) = _losses(False, dice_weight=1.0)
+    _, (three, _) = _losses(False, dice_weight=3.0)
+    assert "dice" not in plain
+    assert 0.0 < float(one["dice"]) < 1.0  # 1 - soft DSC of the evolved level set
+    assert float(three["dice"]) == pytest.approx(3 * float(one["dice"]), rel=1e-5)
+    for k in plain:
+        assert float(one[k]) == pytest.approx(float(plain[k]), rel=1e-5)
+    assert float(total1) == pytest.approx(float(total0) + float(one["dice"]), rel=1e-5)
 
 
 def test_phi0_shift_per_example_or_per_batch():
