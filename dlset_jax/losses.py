@@ -97,6 +97,17 @@ def levelset_output_loss(
     return 100.0 * loss(heaviside(phi_t, epsilon), mask)
 
 
+def levelset_dice_loss(phi_t: jax.Array, mask: jax.Array, epsilon: float = -1.0) -> jax.Array:
+    """`soft_dice_loss` of `H(phi_T)`: the optional Dice term (`loss.dice_weight`).
+
+    Args:
+      phi_t: `(B, H, W, 1)` evolved level set (pixels, negative inside).
+      mask: `(B, H, W, 1)` ground-truth mask {0, 1}.
+      epsilon: Heaviside width; negative so that H -> 1 inside.
+    """
+    return soft_dice_loss(heaviside(phi_t, epsilon), mask)
+
+
 def sdt_loss(phi0: jax.Array, sdt: jax.Array) -> jax.Array:
     """Mean squared error between the predicted initial level set and the truncated SDT.
 

@@ -23,17 +23,7 @@ import optax
 
 from dlset_jax import checkpoint as ckpt_lib
 from dlset_jax import config as config_lib
-from dlset_jax import (
-    corrections,
-    evaluate,
-    hostmem,
-    inference,
-    levelset,
-    losses,
-    models,
-    parallel,
-    reporting,
-)
+from dlset_jax import corrections, evaluate, hostmem, inference, losses, models, parallel, reporting
 from dlset_jax.data import pipeline
 
 
@@ -137,8 +127,8 @@ def compute_losses(params, batch_stats, batch, rng, warmup, *, model, config):
         )
     }
     if loss_cfg.dice_weight > 0:
-        terms["dice"] = loss_cfg.dice_weight * losses.soft_dice_loss(
-            levelset.heaviside(phi_t, ls_cfg.epsilon), batch["mask"]
+        terms["dice"] = loss_cfg.dice_weight * losses.levelset_dice_loss(
+            phi_t, batch["mask"], ls_cfg.epsilon
         )
     onehot = jnp.concatenate([batch["mask"], 1.0 - batch["mask"]], axis=-1)
     if loss_cfg.boundary == "eq8":
