@@ -76,10 +76,35 @@ def with_contrast(objects: list[dict], contrast: float) -> list[dict]:
     return out
 
 
-def with_speckle(objects: list[dict], looks: int, corr: float = 1.0, seed: int = 0) -> list[dict]:
+def bmode_display(x: np.ndarray, dynamic_range_db: float, level: float) -> np.ndarray:
+    """A B-mode display of an amplitude image: ``x`` (any shape, >= 0) log-compressed
+    into [0, 1], its median shown at ``level`` and ``dynamic_range_db`` spanning the
+    whole grey scale: ``clip(level + 20 log10(x / median) / DR, 0, 1)``.
+
+    Ultrasound scanners show the envelope's logarithm, so speckle, a multiplicative
+    field, becomes an additive one of constant spread (5.6 dB for one look) and dark
+    tissue is lifted; the gain puts typical tissue at mid grey.
+    """
+    if not dynamic_range_db > 0:
+        raise ValueError(f"bmode_display: dynamic_range_db must be > 0, got {dynamic_range_db}")
+    x = np.asarray(x, np.float64)
+    med = max(float(np.median(x)), 1e-6)
+    db = 20.0 * np.log10(np.maximum(x, med * 1e-6) / med)
+    return np.clip(float(level) + db / float(dynamic_range_db), 0.0, 1.0)
+
+
+def with_speckle(
+    objects: list[dict],
+    looks: int,
+    corr: float = 1.0,
+    seed: int = 0,
+    display_db: float | None = None,
+) -> list[dict]:
     """The objects on speckled copies of their slices: every grey level multiplied by
     fully developed speckle (`domain_random.speckle_field`, ``looks`` looks, correlated
-    over ``corr`` px), rounded, clipped to [0, 255] (uint8).
+    over ``corr`` px), rounded, clipped to [0, 255] (uint8). With ``display_db`` the
+    speckled slice is shown as a scanner shows it instead: log-compressed over that many
+    dB, its median at mid grey (`bmode_display`).
 
     An ultrasound image is its tissue's reflectivity times such a field: the model
     should find the same edges through it. One field per slice, drawn from ``seed``
@@ -89,16 +114,20 @@ def with_speckle(objects: list[dict], looks: int, corr: float = 1.0, seed: int =
         raise ValueError(f"with_speckle: looks must be >= 1, got {looks}")
     if not corr > 0:
         raise ValueError(f"with_speckle: corr must be > 0 px, got {corr}")
-    fields = {}
+    if display_db is not None and not display_db > 0:
+        raise ValueError(f"with_speckle: display_db must be > 0 dB, got {display_db}")
+    shown = {}
     out = []
     for obj in objects:
-        img = np.asarray(obj["image"], np.float64)
         key = obj["id"].rsplit("/", 1)[0]
-        if key not in fields:
+        if key not in shown:
+            img = np.asarray(obj["image"], np.float64)
             rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
-            fields[key] = domain_random.speckle_field(rng, img.shape, looks, corr)
-        noisy = np.clip(np.round(img * fields[key]), 0, 255)
-        out.append({**obj, "image": noisy.astype(np.uint8)})
+            amp = img * domain_random.speckle_field(rng, img.shape, looks, corr)
+            if display_db is not None:
+                amp = 255.0 * bmode_display(amp, display_db, 0.5)
+            shown[key] = np.clip(np.round(amp), 0, 255).astype(np.uint8)
+        out.append({**obj, "image": shown[key]})
     return out
 
 

@@ -3,6 +3,7 @@
     python scripts/real_image_benchmark.py --workdir workdirs/default [--data_dir data/tfds]
     python scripts/real_image_benchmark.py --workdir workdirs/default --contrast 0.15
     python scripts/real_image_benchmark.py --workdir workdirs/default --speckle 4
+    python scripts/real_image_benchmark.py --workdir workdirs/default --speckle 1 --grain 2 --bmode 40
 
 Needs Debian's mricron-data (`apt-get install mricron-data`). Segments the 60 test
 objects through `Segmenter` from exact and +-2 px jittered clicks and writes
@@ -11,7 +12,9 @@ With `--contrast c` the slices' grey levels are first squeezed to c times their 
 about the mean (`real_benchmark.with_contrast`; a CT or MR mapped to a wide window),
 written to `<workdir>/eval/real_contrast<c>/`. With `--speckle L` they are multiplied by
 fully developed speckle of L looks (`real_benchmark.with_speckle`; what an ultrasound
-image is made of), written to `<workdir>/eval/real_speckle<L>/`.
+image is made of), written to `<workdir>/eval/real_speckle<L>/`; `--grain G` sets the
+speckle's correlation length (px, default 1) and `--bmode D` shows the speckled slice
+log-compressed over D dB as a scanner does (`eval/real_speckle<L>_grain<G>_bmode<D>/`).
 """
 
 import os
@@ -27,6 +30,10 @@ flags.DEFINE_float(
     "contrast", 1.0, "Squeeze each slice's grey levels to this share of their spread."
 )
 flags.DEFINE_integer("speckle", 0, "Multiply each slice by speckle of this many looks (0: none).")
+flags.DEFINE_float("grain", 1.0, "The speckle's correlation length (px).")
+flags.DEFINE_float(
+    "bmode", 0.0, "Show the speckled slice log-compressed over this many dB (0: no)."
+)
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -45,8 +52,17 @@ def main(argv):
         objects = real_benchmark.with_contrast(objects, FLAGS.contrast)
         parts.append(f"contrast{FLAGS.contrast:g}")
     if FLAGS.speckle:
-        objects = real_benchmark.with_speckle(objects, FLAGS.speckle)
+        objects = real_benchmark.with_speckle(
+            objects, FLAGS.speckle, FLAGS.grain, display_db=FLAGS.bmode or None
+        )
         parts.append(f"speckle{FLAGS.speckle}")
+        if FLAGS.grain != 1.0:
+            parts.append(f"grain{FLAGS.grain:g}")
+        if FLAGS.bmode:
+            parts.append(f"bmode{FLAGS.bmode:g}")
+    elif FLAGS.grain != 1.0 or FLAGS.bmode:
+        print("real_image_benchmark: --grain and --bmode need --speckle", file=sys.stderr)
+        return 2
     name = "_".join(parts)
     result = real_benchmark.run(seg, objects)
     out = FLAGS.out_dir or os.path.join(FLAGS.workdir, "eval", name)

@@ -91,3 +91,35 @@ def test_with_speckle_multiplies_one_field_per_slice():
         real_benchmark.with_speckle(objs, 0)
     with pytest.raises(ValueError, match="corr must be > 0"):
         real_benchmark.with_speckle(objs, 1, corr=0.0)
+
+
+def test_bmode_display_is_the_log_compressed_amplitude():
+    x = np.array([1.0, 10.0, 100.0, 1000.0, 0.0, 3.0])
+    med = np.median(x)
+    want = np.clip(0.5 + 20 * np.log10(np.maximum(x, 1e-6 * med) / med) / 40.0, 0, 1)
+    np.testing.assert_allclose(real_benchmark.bmode_display(x, 40.0, 0.5), want, atol=1e-12)
+    # the median at the level; a decade of amplitude (20 dB) is half of a 40 dB range
+    np.testing.assert_allclose(
+        real_benchmark.bmode_display(np.array([0.4, 4.0, 40.0]), 40.0, 0.3), [0.0, 0.3, 0.8]
+    )
+    with pytest.raises(ValueError, match="dynamic_range_db must be > 0"):
+        real_benchmark.bmode_display(x, 0.0, 0.5)
+
+
+def test_with_speckle_as_a_bmode_display():
+    # two halves of a slice whose reflectivity differs tenfold (20 dB)
+    img = np.full((64, 128), 20, np.uint8)
+    img[:, 64:] = 200
+    objs = [{"image": img, "mask": img > 100, "id": "s1/0"}]
+    raw = real_benchmark.with_speckle(objs, 1)[0]["image"].astype(float)
+    (shown,) = real_benchmark.with_speckle(objs, 1, display_db=40.0)
+    d = shown["image"].astype(float) / 255
+    assert shown["image"].dtype == np.uint8 and shown["mask"] is objs[0]["mask"]
+    # the same field, log-compressed: the median at mid grey, 20 dB = half the range
+    assert abs(np.median(d) - 0.5) < 0.02
+    assert d[:, 64:].mean() - d[:, :64].mean() == pytest.approx(0.5, abs=0.03)
+    # the raw speckle's spread grows with the reflectivity, the display's does not
+    assert raw[:, 64:].std() > 5 * raw[:, :64].std()
+    assert 0.8 < d[:, 64:].std() / d[:, :64].std() < 1.25
+    with pytest.raises(ValueError, match="display_db must be > 0"):
+        real_benchmark.with_speckle(objs, 1, display_db=0.0)
