@@ -97,13 +97,13 @@ def levelset_output_loss(
     return 100.0 * loss(heaviside(phi_t, epsilon), mask)
 
 
-def levelset_dice_loss(phi_t: jax.Array, mask: jax.Array, epsilon: float = -1.0) -> jax.Array:
+def levelset_dice_loss(phi_t: jax.Array, mask: jax.Array, epsilon: float) -> jax.Array:
     """`soft_dice_loss` of `H(phi_T)`: the optional Dice term (`loss.dice_weight`).
 
     Args:
       phi_t: `(B, H, W, 1)` evolved level set (pixels, negative inside).
       mask: `(B, H, W, 1)` ground-truth mask {0, 1}.
-      epsilon: Heaviside width; negative so that H -> 1 inside.
+      epsilon: Heaviside width (`levelset.epsilon`; negative so that H -> 1 inside).
     """
     return soft_dice_loss(heaviside(phi_t, epsilon), mask)
 
