@@ -54,6 +54,13 @@ flags.DEFINE_boolean(
     "propagate", False, "NIfTI: each object through the volume from its slice (3-D)."
 )
 flags.DEFINE_string("extent", None, "FIRST,LAST slice of the --points objects (--propagate).")
+flags.DEFINE_enum(
+    "nonfinite",
+    "error",
+    ["error", "min"],
+    "NaN/inf intensities: refuse (error), or read them as the file's lowest finite "
+    "intensity (min: SPM writes NaN outside the brain).",
+)
 flags.mark_flags_as_required(["workdir", "image", "out_dir"])
 
 PROG = "predict.py"
@@ -88,6 +95,7 @@ def main(argv) -> int:
         bucket_size=FLAGS.bucket_size,
         propagate=FLAGS.propagate,
         extent=FLAGS.extent,
+        nonfinite=FLAGS.nonfinite,
     )
     try:
         summary = segment_files.run(req)

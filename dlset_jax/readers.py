@@ -21,6 +21,8 @@ __all__ = [
     "DataError",
     "IMAGE_SUFFIXES",
     "VOLUME_SUFFIXES",
+    "NONFINITE",
+    "fill_nonfinite",
     "read_image",
     "read_mask",
     "read_volume",
@@ -52,19 +54,47 @@ def strip_suffix(name: str, suffixes: Sequence[str]) -> str | None:
     return None
 
 
-def _check_finite(arr: np.ndarray, path) -> None:
-    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
-        n = int((~np.isfinite(arr)).sum())
-        raise DataError(f"{path}: {n} NaN/inf intensities")
+NONFINITE = ("error", "min")
 
 
-def read_image(path, *, channels: int | None = None, page: int | None = None) -> np.ndarray:
+def fill_nonfinite(arr: np.ndarray, path, nonfinite: str = "error") -> tuple[np.ndarray, int]:
+    """The intensities with their NaN / inf voxels handled; returns ``(array, count)``.
+
+    ``nonfinite="error"`` raises :class:`DataError` naming how many there are and the
+    first one's index; ``"min"`` reads them as the lowest finite intensity of the file
+    (what SPM's NaN outside the brain means: background). Integer arrays pass unchanged.
+    """
+    if nonfinite not in NONFINITE:
+        raise ValueError(f"nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
+    if not np.issubdtype(arr.dtype, np.floating):
+        return arr, 0
+    bad = ~np.isfinite(arr)
+    n = int(bad.sum())
+    if n == 0:
+        return arr, 0
+    if n == arr.size:
+        raise DataError(f"{path}: no finite intensity at all ({n} NaN/inf values)")
+    if nonfinite == "error":
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise DataError(
+            f"{path}: {n} NaN/inf intensities of {arr.size} (the first at index {first}); "
+            "if they mark background (SPM writes NaN outside the brain), predict.py and the "
+            "annotation tool read them as the lowest finite intensity with --nonfinite=min"
+        )
+    return np.where(bad, arr[~bad].min(), arr).astype(arr.dtype, copy=False), n
+
+
+def read_image(
+    path, *, channels: int | None = None, page: int | None = None, nonfinite: str = "error"
+) -> np.ndarray:
     """Read a 2-D image as ``(H, W, C)``: uint8 kept, other types returned as float32.
 
     ``channels``: 1 (converted to grey), 3 (converted to RGB) or None (kept:
     grey -> C=1, RGB -> 3; an alpha channel the file declares is dropped).
     ``page``: which page of a multi-page file (TIFF); a multi-page file without
     ``page`` is an error (which page was meant cannot be guessed).
+    ``nonfinite``: what NaN / inf intensities mean (:func:`fill_nonfinite`), or
+    ``"keep"`` to return them (the caller calls :func:`fill_nonfinite` for the count).
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -96,7 +126,8 @@ def read_image(path, *, channels: int | None = None, page: int | None = None) ->
         raise DataError(f"{path}: expected a 2-D image, got array of shape {arr.shape}")
     if arr.dtype != np.uint8:
         arr = arr.astype(np.float32)
-        _check_finite(arr, path)
+        if nonfinite != "keep":
+            arr, _ = fill_nonfinite(arr, path, nonfinite)
     return arr
 
 
@@ -113,11 +144,12 @@ def read_mask(path) -> np.ndarray:
     return out
 
 
-def read_volume(path) -> tuple[np.ndarray, tuple[float, ...]]:
+def read_volume(path, *, nonfinite: str = "error") -> tuple[np.ndarray, tuple[float, ...]]:
     """Read a volume (NIfTI via nibabel; NRRD/MHA/MHD via SimpleITK when installed).
 
     Returns ``(array, voxel_size)`` in the file's array order (NIfTI: i, j, k),
-    voxel sizes in mm. NaN/inf intensities raise :class:`DataError`.
+    voxel sizes in mm. NaN/inf intensities raise :class:`DataError` unless
+    ``nonfinite`` says otherwise (as in :func:`read_image`).
     """
     path = os.fspath(path)
     low = path.lower()
@@ -148,7 +180,8 @@ def read_volume(path) -> tuple[np.ndarray, tuple[float, ...]]:
         raise DataError(f"{path}: unknown volume format (expected one of {VOLUME_SUFFIXES})")
     if arr.ndim < 3:
         raise DataError(f"{path}: expected a 3-D volume, got shape {arr.shape}")
-    _check_finite(arr, path)
+    if nonfinite != "keep":
+        arr, _ = fill_nonfinite(arr, path, nonfinite)
     return arr, zooms
 
 

@@ -16,7 +16,9 @@ Outputs in `out_dir` (PREFIX = `prefix` or the input's name), written all or not
                           the input's affine and header; slices without points are 0)
   PREFIX_overlay.png      contours and clicks (PREFIX_overlay_sliceNNN.png per slice)
   PREFIX_summary.json     boxes, areas (mm^2 where the pixel spacing is known), the
-                          threshold and where it came from, the intensity mapping,
+                          threshold and where it came from, the intensity mapping
+                          (and how many NaN / inf intensities `nonfinite="min"` read as
+                          the lowest finite one),
                           warnings about the clicks, timings, and with `ground_truth`
                           the metrics of eval.py
 With `ground_truth` (a mask / label map image, or a label volume for NIfTI input), the
@@ -73,6 +75,7 @@ class Request:
     bucket_size: int = 8
     propagate: bool = False
     extent: str | None = None
+    nonfinite: str = "error"
 
 
 def input_kind(path: str) -> str:
@@ -103,19 +106,34 @@ def file_stem(path: str) -> str:
     return readers.strip_suffix(name, VOLUME_SUFFIXES + IMAGE_SUFFIXES + DICOM_SUFFIXES) or name
 
 
-def read_input(path: str, kind: str, *, page=None, channel: int = 0, axis: int = 2, rot90=True):
+def read_input(
+    path: str,
+    kind: str,
+    *,
+    page=None,
+    channel: int = 0,
+    axis: int = 2,
+    rot90=True,
+    nonfinite: str = "error",
+):
     """One input file -> dict(kind, spacing, and `image` (2-D input) or `n_frames` with
     the frames (`frame(inp, index)`); NIfTI also volume, shape, affine, header).
+    `nonfinite`: what NaN / inf intensities mean (`readers.fill_nonfinite`); how many
+    were read otherwise is `nonfinite_filled`.
 
     Volumes are mapped to uint8 once for the whole volume (as the training volumes).
     """
+    if nonfinite not in readers.NONFINITE:
+        raise RequestError(f"--nonfinite must be one of {readers.NONFINITE}, got {nonfinite!r}")
     if kind == "image":
-        img = readers.read_image(path, page=page)
-        return {"kind": kind, "image": img, "spacing": None}
+        img, n = readers.fill_nonfinite(
+            readers.read_image(path, page=page, nonfinite="keep"), path, nonfinite
+        )
+        return {"kind": kind, "image": img, "spacing": None, "nonfinite_filled": n}
     if kind == "nifti":
         import nibabel as nib
 
-        vol, zooms = readers.read_volume(path)
+        vol, zooms = readers.read_volume(path, nonfinite="keep")
         nii = nib.load(path)
         if vol.ndim == 4:
             if not 0 <= channel < vol.shape[3]:
@@ -128,9 +146,11 @@ def read_input(path: str, kind: str, *, page=None, channel: int = 0, axis: int =
             raise RequestError(f"{path}: expected a 3-D volume, got shape {vol.shape}")
         if axis not in (0, 1, 2):
             raise RequestError(f"--axis must be 0, 1 or 2, got {axis}")
+        vol, n = readers.fill_nonfinite(vol, path, nonfinite)
         vol8 = vol if vol.dtype == np.uint8 else readers.intensity_to_uint8(vol)
         return {
             "kind": kind,
+            "nonfinite_filled": n,
             "intensity": None
             if vol.dtype == np.uint8
             else "clipped at the 0.5 / 99.5 percentiles of the whole volume",
@@ -279,7 +299,13 @@ def run(req: Request) -> dict:
     if req.propagate and kind != "nifti":
         raise RequestError(f"--propagate needs a NIfTI volume, got a {kind} input")
     inp = read_input(
-        req.image, kind, page=req.page, channel=req.channel, axis=req.axis, rot90=req.rot90
+        req.image,
+        kind,
+        page=req.page,
+        channel=req.channel,
+        axis=req.axis,
+        rot90=req.rot90,
+        nonfinite=req.nonfinite,
     )
     spacing = inp["spacing"]
     if req.spacing:
@@ -388,6 +414,7 @@ def run(req: Request) -> dict:
         "threshold": seg.threshold,
         "threshold_source": seg.threshold_source,
         "intensity": intensity,
+        "nonfinite_read_as_min": int(inp.get("nonfinite_filled", 0)),
         "spacing_mm": None if spacing is None else [float(v) for v in spacing],
         "objects": [per_object[k] for k in sorted(per_object)],
         "timings": {

@@ -332,6 +332,22 @@ def test_volumes_have_slices_and_save_as_nifti_with_the_affine(seg, tmp_path):
     assert lab[..., 1].max() == 1
 
 
+def test_nan_background_is_refused_unless_the_tool_reads_it_as_the_minimum(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    vol = np.stack([ellipse_image(np.random.default_rng(4))[0]] * 2, axis=2).astype(np.float32)
+    vol[:3] = np.nan  # SPM's background
+    root = tmp_path / "vols"
+    root.mkdir()
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), root / "spm.nii")
+    with pytest.raises(folder_lib.FolderError, match="NaN/inf intensities") as e:
+        folder_lib.ImageFolder(str(root), max_pixels=10**6).load("spm.nii")
+    assert e.value.status == 422 and str(root) not in str(e.value)
+    loaded = folder_lib.ImageFolder(str(root), max_pixels=10**6, nonfinite="min").load("spm.nii")
+    assert loaded.n_slices == 2 and loaded.source["nonfinite_filled"] == int(np.isnan(vol).sum())
+    with pytest.raises(folder_lib.FolderError, match="nonfinite must be one of"):
+        folder_lib.ImageFolder(str(root), max_pixels=10**6, nonfinite="zero")
+
+
 def test_dicom_saves_a_dicom_seg_that_references_the_source(seg, tmp_path):
     pydicom = pytest.importorskip("pydicom")
     hd = pytest.importorskip("highdicom")

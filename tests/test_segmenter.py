@@ -797,3 +797,59 @@ def test_cli_late_failure_leaves_no_files(capsys, tmp_path, trained_workdir, ell
         capsys, trained_workdir, img, out, "--points", pts, "--ground_truth", empty
     )
     _assert_one_line_error(code, err, "no ground truth for object 1", out)
+
+
+# ------------------------------------------------------- NaN / inf intensities
+
+
+def test_fill_nonfinite_reads_them_as_the_lowest_finite_intensity():
+    arr = np.array([[3.0, np.nan], [-np.inf, 7.5]], np.float32)
+    filled, n = readers.fill_nonfinite(arr, "f.nii", "min")
+    np.testing.assert_array_equal(filled, [[3.0, 3.0], [3.0, 7.5]])
+    assert n == 2 and filled.dtype == np.float32
+    assert np.isnan(arr[0, 1])  # the input is not changed
+    with pytest.raises(readers.DataError, match=r"f.nii: 2 NaN/inf .* index \(0, 1\).*min"):
+        readers.fill_nonfinite(arr, "f.nii")
+    with pytest.raises(readers.DataError, match="no finite intensity"):
+        readers.fill_nonfinite(np.full((2, 2), np.nan), "g.nii", "min")
+    ints = np.arange(4).reshape(2, 2)
+    assert readers.fill_nonfinite(ints, "h.png", "min") == (ints, 0)
+    with pytest.raises(ValueError, match="nonfinite must be one of"):
+        readers.fill_nonfinite(arr, "f.nii", "zero")
+
+
+def test_cli_nan_background_refused_then_read_as_the_minimum(capsys, tmp_path, random_model):
+    """A volume with NaN outside the anatomy (as SPM writes it): one clear error by
+    default; with --nonfinite min the same masks as the volume with the NaN replaced by
+    its lowest value by hand, and the summary counts them."""
+    import nibabel as nib
+
+    vol, _, masks = _volume(np.random.default_rng(3), n=2)
+    vol = vol.astype(np.float32) * 3.5 + 100.0
+    nan_vol = vol.copy()
+    nan_vol[:4] = np.nan  # a band of rows on every slice, away from the objects
+    nib.save(nib.Nifti1Image(nan_vol, np.eye(4)), tmp_path / "spm.nii")
+    by_hand = np.where(np.isnan(nan_vol), np.nanmin(nan_vol), nan_vol)
+    nib.save(nib.Nifti1Image(by_hand, np.eye(4)), tmp_path / "hand.nii")
+    pts = " ".join(f"{x:g},{y:g}" for x, y in targets.extreme_points(masks[1]))
+    args = ("--slice", 1, "--points", pts)
+    out = tmp_path / "out"
+    code, _, err = _cli_in(capsys, random_model[0], tmp_path / "spm.nii", out, *args)
+    n = int(np.isnan(nan_vol).sum())
+    _assert_one_line_error(code, err, f"{n} NaN/inf intensities", out)
+    assert "--nonfinite=min" in err
+    code, _, err = _cli_in(
+        capsys, random_model[0], tmp_path / "spm.nii", out, *args, "--nonfinite", "min"
+    )
+    assert code == 0, err
+    code, _, err = _cli_in(capsys, random_model[0], tmp_path / "hand.nii", tmp_path / "o2", *args)
+    assert code == 0, err
+    got = np.asarray(nib.load(out / "spm_mask.nii").dataobj)
+    np.testing.assert_array_equal(
+        got, np.asarray(nib.load(tmp_path / "o2" / "hand_mask.nii").dataobj)
+    )
+    assert json.loads((out / "spm_summary.json").read_text())["nonfinite_read_as_min"] == n
+    assert (
+        json.loads((tmp_path / "o2" / "hand_summary.json").read_text())["nonfinite_read_as_min"]
+        == 0
+    )

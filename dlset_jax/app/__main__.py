@@ -25,6 +25,9 @@ flags.DEFINE_integer("port", 8765, "Port (0: a free one).")
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 flags.DEFINE_integer("max_pixels", 100_000_000, "Largest image or volume read, in pixels.")
 flags.DEFINE_integer("max_upload_mb", 256, "Largest upload, in MiB.")
+flags.DEFINE_enum(
+    "nonfinite", "error", ["error", "min"], "NaN/inf intensities: refuse, or read as the lowest."
+)
 flags.mark_flags_as_required(["workdir", "images"])
 
 
@@ -37,7 +40,9 @@ def main(argv) -> int:
     from dlset_jax.app import folder, server
 
     try:
-        images = folder.ImageFolder(FLAGS.images, max_pixels=FLAGS.max_pixels)
+        images = folder.ImageFolder(
+            FLAGS.images, max_pixels=FLAGS.max_pixels, nonfinite=FLAGS.nonfinite
+        )
         seg = segmenter.Segmenter.from_workdir(FLAGS.workdir, FLAGS.step)
     except (folder.FolderError, checkpoint.CheckpointMismatchError, FileNotFoundError) as e:
         print(f"python -m dlset_jax.app: {e}", file=sys.stderr)

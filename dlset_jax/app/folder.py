@@ -75,14 +75,20 @@ class ImageFolder:
       root: the folder (must exist).
       max_pixels: largest image (or volume: all voxels) the tool reads, in pixels.
       cache_size: how many read images are kept in memory.
+      nonfinite: what NaN / inf intensities mean (`readers.fill_nonfinite`).
     """
 
-    def __init__(self, root: str, *, max_pixels: int, cache_size: int = 4):
+    def __init__(
+        self, root: str, *, max_pixels: int, cache_size: int = 4, nonfinite: str = "error"
+    ):
         real = os.path.realpath(root)
         if not os.path.isdir(real):
             raise FolderError(f"{root}: not a folder")
         self.root = real
         self.max_pixels = int(max_pixels)
+        if nonfinite not in readers.NONFINITE:
+            raise FolderError(f"--nonfinite must be one of {readers.NONFINITE}, got {nonfinite!r}")
+        self.nonfinite = nonfinite
         self._cache: collections.OrderedDict[str, Loaded] = collections.OrderedDict()
         self._cache_size = int(cache_size)
         self._lock = threading.Lock()  # the cache
@@ -152,7 +158,9 @@ class ImageFolder:
         kind = segment_files.input_kind(path)
         self._check_size(image_id, path, kind)
         try:
-            inp = segment_files.read_input(path, kind, page=0 if kind == "image" else None)
+            inp = segment_files.read_input(
+                path, kind, page=0 if kind == "image" else None, nonfinite=self.nonfinite
+            )
         except (readers.DataError, segment_files.RequestError) as e:
             raise FolderError(f"{image_id}: {e}".replace(path, image_id), 422) from None
         if "n_frames" in inp:
