@@ -12,6 +12,9 @@
     # a whole structure from four clicks on one slice (and its first and last slice)
     python predict.py --workdir workdirs/default --image case.nii.gz --slice 12 \
         --points "31,60 97,58 62,24 66,95" --propagate --extent 8,17 --out_dir out/
+    # ... or from a folder holding one DICOM series (NIfTI label volume out)
+    python predict.py --workdir workdirs/default --image series_folder/ --slice 12 \
+        --points "31,60 97,58 62,24 66,95" --propagate --extent 8,17 --out_dir out/
 
 Points files, one object per line: CSV with a header naming the columns x1,y1,x2,y2,
 x3,y3,x4,y4 (left, right, top, bottom) and optionally class, slice, label; or JSON
@@ -33,7 +36,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (holds checkpoints/).")
-flags.DEFINE_string("image", None, "Image (PNG/JPEG/TIFF/BMP), NIfTI volume or DICOM file.")
+flags.DEFINE_string(
+    "image", None, "Image (PNG/JPEG/TIFF/BMP), NIfTI volume, DICOM file or DICOM series folder."
+)
 flags.DEFINE_string("out_dir", None, "Output directory (created).")
 flags.DEFINE_multi_string("points", [], 'One object\'s four clicks "x,y x,y x,y x,y" (LRTB).')
 flags.DEFINE_multi_string("class", [], "Class name of the --points object at the same position.")

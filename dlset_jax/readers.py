@@ -27,6 +27,7 @@ __all__ = [
     "read_mask",
     "read_volume",
     "read_dicom",
+    "read_dicom_series",
     "volume_slice",
     "slice_spacing",
     "parse_points",
@@ -309,9 +310,8 @@ def read_dicom(path: str) -> dict:
     if not is_rgb and window is not None:
         # The file's own display window: the mapping its modality intends, the same
         # for every slice of a series (a per-slice percentile stretch is not).
-        lo, hi = window
-        arr = np.clip(np.round((arr - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
-        intensity = f"DICOM window [{lo:g}, {hi:g}]"
+        arr = _windowed(arr, window)
+        intensity = f"DICOM window [{window[0]:g}, {window[1]:g}]"
     if frames > 1:
         vol8 = arr if arr.dtype == np.uint8 else intensity_to_uint8(arr)
         intensity = intensity or "clipped at the 0.5 / 99.5 percentiles of all frames"
@@ -323,6 +323,153 @@ def read_dicom(path: str) -> dict:
             "intensity": intensity,
         }
     return {"kind": "dicom", "image": arr, "spacing": spacing, "intensity": intensity}
+
+
+def _windowed(arr: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """uint8 of `arr` mapped linearly from the window [low, high] to [0, 255], clipped."""
+    lo, hi = window
+    return np.clip(np.round((arr - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+
+
+def _series_files(folder: str):
+    """(path, dataset) of the DICOM images in `folder` (not its subfolders), by file name;
+    files that are not DICOM, hidden files and DICOM objects without pixels are left out."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    out = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name.startswith(".") or not os.path.isfile(path):
+            continue
+        try:
+            ds = pydicom.dcmread(path)
+        except (InvalidDicomError, OSError):
+            continue  # a README, a thumbnail: not part of the series
+        if "PixelData" in ds:
+            out.append((path, ds))
+    return out
+
+
+def read_dicom_series(folder: str, *, nonfinite: str = "error") -> dict:
+    """A folder holding one DICOM series, one file per slice, as a volume.
+
+    The slices are ordered by their position along the slice normal (the cross product
+    of ImageOrientationPatient's row and column directions), not by file name or
+    InstanceNumber. The array is in NIfTI's order as dcm2niix writes it: `volume[i, j, k]`
+    is column i, row `Rows - 1 - j` of slice k, and `affine` maps (i, j, k) to RAS mm
+    (DICOM's LPS with x and y negated), so that `volume_slice(volume, 2, k, rot90=True)`
+    is slice k as a DICOM viewer shows it.
+
+    Returns dict: `volume` (Columns, Rows, K) float32 (RescaleSlope / Intercept applied
+    per file, MONOCHROME1 inverted) or uint8 (the first file's display window, the same
+    for every slice), `affine` (4, 4), `zooms` (column, row, slice spacing mm),
+    `intensity` (the window, or None), `files` (the file of each slice, in order).
+
+    Raises:
+      DataError naming the folder or the file: no DICOM image, more than one series,
+      multi-frame or colour files, missing or differing geometry, two slices at one
+      position, unevenly spaced slices (a gantry tilt or a gap: convert with dcm2niix).
+    """
+    try:
+        import pydicom  # noqa: F401
+    except ImportError as e:
+        raise DataError(f"{folder}: reading DICOM needs pydicom (pip install pydicom)") from e
+    items = _series_files(folder)
+    if not items:
+        raise DataError(f"{folder}: no DICOM image in this folder")
+    series = {str(getattr(ds, "SeriesInstanceUID", "")) for _, ds in items}
+    if len(series) > 1:
+        raise DataError(
+            f"{folder}: files of {len(series)} series (SeriesInstanceUID); give a folder "
+            "holding one series"
+        )
+    first_path, first = items[0]
+    rows, cols = int(first.Rows), int(first.Columns)
+    geometry = []
+    for path, ds in items:
+        if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+            raise DataError(f"{path}: a multi-frame file inside a series folder; give the file")
+        if int(getattr(ds, "SamplesPerPixel", 1) or 1) != 1:
+            raise DataError(f"{path}: a colour image; a series is read as grey slices")
+        if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
+            raise DataError(
+                f"{path}: {ds.Rows} x {ds.Columns} pixels, {first_path}: {rows} x {cols}"
+            )
+        try:
+            iop = np.array([float(v) for v in ds.ImageOrientationPatient], np.float64)
+            ipp = np.array([float(v) for v in ds.ImagePositionPatient], np.float64)
+            sp = np.array([float(v) for v in ds.PixelSpacing], np.float64)
+            assert iop.shape == (6,) and ipp.shape == (3,) and sp.shape == (2,)
+        except (AttributeError, TypeError, ValueError, AssertionError):
+            raise DataError(
+                f"{path}: no slice geometry (ImageOrientationPatient, ImagePositionPatient, "
+                "PixelSpacing); a series needs it to order and place its slices"
+            ) from None
+        geometry.append((iop, ipp, sp))
+    iop0, _, sp0 = geometry[0]
+    for (path, _), (iop, _, sp) in zip(items, geometry, strict=True):
+        if not (np.allclose(iop, iop0, atol=1e-4) and np.allclose(sp, sp0, rtol=1e-4)):
+            raise DataError(
+                f"{path}: orientation or pixel spacing differs from {first_path}'s "
+                "(a localizer or a reformat in the same series?)"
+            )
+    row_dir, col_dir = iop0[:3], iop0[3:]
+    normal = np.cross(row_dir, col_dir)
+    depth = np.array([float(ipp @ normal) for _, ipp, _ in geometry])
+    order = np.argsort(depth, kind="stable")
+    depth = depth[order]
+    gaps = np.diff(depth)
+    if len(gaps) and gaps.min() < 1e-3:
+        k = int(np.argmin(gaps))
+        a, b = items[order[k]][0], items[order[k + 1]][0]
+        raise DataError(f"{folder}: {a} and {b} lie at the same position")
+    if len(gaps) and (gaps.max() - gaps.min()) > max(0.01 * gaps.mean(), 1e-3):
+        raise DataError(
+            f"{folder}: slices unevenly spaced ({gaps.min():g} to {gaps.max():g} mm apart): "
+            "a gap or a gantry tilt; convert the series with dcm2niix and give the NIfTI"
+        )
+    ipps = np.stack([geometry[i][1] for i in order])
+    if len(order) > 1:
+        step = (ipps[-1] - ipps[0]) / (len(order) - 1)
+    else:
+        step = normal * float(getattr(first, "SliceThickness", 1.0) or 1.0)
+    row_mm, col_mm = sp0  # PixelSpacing: between rows, between columns
+    lps = np.eye(4)
+    lps[:3, 0] = col_mm * row_dir  # i: along a row, to the next column
+    lps[:3, 1] = -row_mm * col_dir  # j: up the rows (row Rows - 1 - j)
+    lps[:3, 2] = step
+    lps[:3, 3] = ipps[0] + (rows - 1) * row_mm * col_dir
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+    slices = []
+    for i in order:
+        path, ds = items[i]
+        try:
+            pix = np.asarray(ds.pixel_array, np.float32)
+        except Exception as e:  # pydicom raises many types for bad or compressed files
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise DataError(f"{path}: cannot read DICOM pixels ({type(e).__name__}: {msg})") from e
+        pix = pix * float(getattr(ds, "RescaleSlope", 1) or 1) + float(
+            getattr(ds, "RescaleIntercept", 0) or 0
+        )
+        slices.append(pix[::-1].T)
+    vol, _ = fill_nonfinite(np.stack(slices, axis=-1), folder, nonfinite)
+    window = _dicom_window(first)
+    inverted = str(getattr(first, "PhotometricInterpretation", "")).upper() == "MONOCHROME1"
+    intensity = None
+    if window is not None:
+        vol = _windowed(vol, window)
+        vol = 255 - vol if inverted else vol
+        intensity = f"DICOM window [{window[0]:g}, {window[1]:g}] (the series' first file)"
+    elif inverted:  # MONOCHROME1: low values are bright; one inversion for the volume
+        vol = vol.max() - vol
+    return {
+        "volume": vol,
+        "affine": affine,
+        "zooms": (float(col_mm), float(row_mm), float(np.linalg.norm(step))),
+        "intensity": intensity,
+        "files": [os.path.basename(items[i][0]) for i in order],
+    }
 
 
 def _dicom_window(ds):

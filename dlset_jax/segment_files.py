@@ -5,7 +5,9 @@ command line stays a thin absl entry point and the behaviour is testable in-proc
 
 Inputs: PNG/JPEG/TIFF/BMP (`page` for multi-page TIFF), NIfTI volumes (a slice index
 per object, along `axis`, rotated by 90 degrees like the training data unless
-`rot90=False`) and DICOM (a file's own display window where it has one). Points files:
+`rot90=False`), DICOM (a file's own display window where it has one) and a folder of
+one DICOM series (`readers.read_dicom_series`: read as a volume in NIfTI's order, the
+slices counted along the slice normal). Points files:
 see `readers.read_points_file` (four extreme points per object, and corrective clicks
 for a model that takes them).
 
@@ -13,7 +15,8 @@ Outputs in `out_dir` (PREFIX = `prefix` or the input's name), written all or not
 (`files.atomic_write_files`):
   PREFIX_mask.png         label map: 0 background, object k (1..N, given order) = k
                           (PREFIX_mask.nii[.gz] for NIfTI input: the label volume, with
-                          the input's affine and header; slices without points are 0)
+                          the input's affine and header, a DICOM series' own affine;
+                          slices without points are 0)
   PREFIX_overlay.png      contours and clicks (PREFIX_overlay_sliceNNN.png per slice)
   PREFIX_summary.json     boxes, areas (mm^2 where the pixel spacing is known), the
                           threshold and where it came from, the intensity mapping
@@ -44,6 +47,7 @@ from dlset_jax.files import atomic_write_files
 VOLUME_SUFFIXES = (".nii.gz", ".nii")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 DICOM_SUFFIXES = (".dcm", ".dicom")
+VOLUME_KINDS = ("nifti", "dicom_series")  # read as volumes, written as NIfTI label volumes
 _SEGMENTERS: dict = {}  # (workdir, step, bucket, threshold, mtime) -> Segmenter (in-process reuse)
 
 
@@ -79,7 +83,10 @@ class Request:
 
 
 def input_kind(path: str) -> str:
-    """'image', 'nifti' or 'dicom' from the name (DICOM also from its preamble)."""
+    """'image', 'nifti' or 'dicom' from the name (DICOM also from its preamble);
+    'dicom_series' for a folder (one DICOM series, a file per slice)."""
+    if os.path.isdir(path):
+        return "dicom_series"
     low = path.lower()
     if low.endswith(VOLUME_SUFFIXES):
         return "nifti"
@@ -96,13 +103,13 @@ def input_kind(path: str) -> str:
         return "dicom"
     raise RequestError(
         f"{path}: unknown input format (expected an image {IMAGE_SUFFIXES}, a NIfTI "
-        f"volume {VOLUME_SUFFIXES} or a DICOM file)"
+        f"volume {VOLUME_SUFFIXES}, a DICOM file or a folder of one DICOM series)"
     )
 
 
 def file_stem(path: str) -> str:
-    """The file name without its image / volume / DICOM suffix."""
-    name = os.path.basename(path)
+    """The file name without its image / volume / DICOM suffix (a folder: its name)."""
+    name = os.path.basename(os.path.normpath(path))
     return readers.strip_suffix(name, VOLUME_SUFFIXES + IMAGE_SUFFIXES + DICOM_SUFFIXES) or name
 
 
@@ -134,36 +141,58 @@ def read_input(
         import nibabel as nib
 
         vol, zooms = readers.read_volume(path, nonfinite="keep")
-        nii = nib.load(path)
-        if vol.ndim == 4:
-            if not 0 <= channel < vol.shape[3]:
-                raise RequestError(
-                    f"{path}: --channel {channel} out of range for a 4-D volume of "
-                    f"shape {vol.shape}"
-                )
-            vol = vol[..., channel]
-        elif vol.ndim != 3:
-            raise RequestError(f"{path}: expected a 3-D volume, got shape {vol.shape}")
-        if axis not in (0, 1, 2):
-            raise RequestError(f"--axis must be 0, 1 or 2, got {axis}")
         vol, n = readers.fill_nonfinite(vol, path, nonfinite)
-        vol8 = vol if vol.dtype == np.uint8 else readers.intensity_to_uint8(vol)
-        return {
-            "kind": kind,
-            "nonfinite_filled": n,
-            "intensity": None
-            if vol.dtype == np.uint8
-            else "clipped at the 0.5 / 99.5 percentiles of the whole volume",
-            "volume": vol8,
-            "shape": vol.shape,
-            "affine": nii.affine,
-            "header": nii.header,
-            "n_frames": vol.shape[axis],
-            "axis": axis,
-            "rot90": rot90,
-            "spacing": readers.slice_spacing(zooms[:3], axis, rot90),
-        }
+        nii = nib.load(path)
+        return _volume_input(
+            path, kind, vol, zooms, nii.affine, nii.header, None, n, channel, axis, rot90
+        )
+    if kind == "dicom_series":
+        series = readers.read_dicom_series(path, nonfinite=nonfinite)
+        inp = _volume_input(
+            path,
+            kind,
+            series["volume"],
+            series["zooms"],
+            series["affine"],
+            None,
+            series["intensity"],
+            0,
+            channel,
+            axis,
+            rot90,
+        )
+        return dict(inp, files=series["files"])
     return readers.read_dicom(path)
+
+
+def _volume_input(path, kind, vol, zooms, affine, header, intensity, filled, channel, axis, rot90):
+    """The dict of `read_input` for a volume (NIfTI, or a DICOM series in NIfTI's order)."""
+    if vol.ndim == 4:
+        if not 0 <= channel < vol.shape[3]:
+            raise RequestError(
+                f"{path}: --channel {channel} out of range for a 4-D volume of shape {vol.shape}"
+            )
+        vol = vol[..., channel]
+    elif vol.ndim != 3:
+        raise RequestError(f"{path}: expected a 3-D volume, got shape {vol.shape}")
+    if axis not in (0, 1, 2):
+        raise RequestError(f"--axis must be 0, 1 or 2, got {axis}")
+    vol8 = vol if vol.dtype == np.uint8 else readers.intensity_to_uint8(vol)
+    if intensity is None and vol.dtype != np.uint8:
+        intensity = "clipped at the 0.5 / 99.5 percentiles of the whole volume"
+    return {
+        "kind": kind,
+        "nonfinite_filled": filled,
+        "intensity": intensity,
+        "volume": vol8,
+        "shape": vol.shape,
+        "affine": affine,
+        "header": header,
+        "n_frames": vol.shape[axis],
+        "axis": axis,
+        "rot90": rot90,
+        "spacing": readers.slice_spacing(zooms[:3], axis, rot90),
+    }
 
 
 def label_volume(inp, slice_maps: dict, dtype) -> np.ndarray:
@@ -177,7 +206,7 @@ def label_volume(inp, slice_maps: dict, dtype) -> np.ndarray:
 
 def frame(inp, index):
     """Frame `index` of a volume or multi-frame DICOM read by `read_input`."""
-    if inp["kind"] == "nifti":
+    if inp["kind"] in VOLUME_KINDS:
         return readers.volume_slice(inp["volume"], inp["axis"], index, inp["rot90"])
     return inp["frames"][index]
 
@@ -189,7 +218,7 @@ def read_ground_truth(path: str, inp: dict, req):
         lab, _ = readers.read_volume(path)
         if lab.ndim == 4 and lab.shape[3] == 1:
             lab = lab[..., 0]
-        if inp["kind"] != "nifti" or lab.shape != inp["shape"][:3]:
+        if inp["kind"] not in VOLUME_KINDS or lab.shape != inp["shape"][:3]:
             raise RequestError(
                 f"{path}: ground-truth volume of shape {lab.shape} does not match the "
                 f"input {inp.get('shape', 'image')}"
@@ -239,14 +268,15 @@ def png_bytes(arr) -> bytes:
 
 
 def nifti_bytes(labels, affine, header, gz: bool) -> bytes:
-    """A label volume as NIfTI file contents with the source's affine and header."""
+    """A label volume as NIfTI file contents with the source's affine and header (a new
+    header, scanner-anatomical codes, for a source that had none: a DICOM series)."""
     import nibabel as nib
 
-    hdr = header.copy()
+    hdr = header.copy() if header is not None else nib.Nifti1Header()
     hdr.set_data_dtype(labels.dtype)
     img = nib.Nifti1Image(labels, affine, header=hdr)
-    img.set_qform(affine, code=int(header["qform_code"]) or 1)
-    img.set_sform(affine, code=int(header["sform_code"]) or 1)
+    img.set_qform(affine, code=int(hdr["qform_code"]) or 1)
+    img.set_sform(affine, code=int(hdr["sform_code"]) or 1)
     img.header["scl_slope"], img.header["scl_inter"] = 1.0, 0.0
     data = img.to_bytes()
     return gzip.compress(data, mtime=0) if gz else data
@@ -281,7 +311,7 @@ def run(req: Request) -> dict:
     if req.classes and len(req.classes) != len(req.points):
         raise RequestError(f"{len(req.classes)} --class names for {len(req.points)} --points")
     kind = input_kind(req.image)
-    if not os.path.isfile(req.image):
+    if kind != "dicom_series" and not os.path.isfile(req.image):
         raise RequestError(f"{req.image}: no such file")
     objects = [
         {
@@ -296,8 +326,10 @@ def run(req: Request) -> dict:
     ]
     if req.points_file:
         objects += readers.read_points_file(req.points_file)
-    if req.propagate and kind != "nifti":
-        raise RequestError(f"--propagate needs a NIfTI volume, got a {kind} input")
+    if req.propagate and kind not in VOLUME_KINDS:
+        raise RequestError(
+            f"--propagate needs a volume (NIfTI, a DICOM series folder), got a {kind} input"
+        )
     inp = read_input(
         req.image,
         kind,
@@ -392,17 +424,17 @@ def run(req: Request) -> dict:
                 metrics.append(dict(rec, **({"slice": i} if i is not None else {})))
         name = f"{stem}_overlay.png" if i is None else f"{stem}_overlay_slice{i:03d}.png"
         files[name] = png_bytes(segmenter.overlay_image(frames[i], res))
-        if kind != "nifti":
+        if kind not in VOLUME_KINDS:
             files[f"{stem}_mask.png"] = png_bytes(res.label_map())
         else:
             slices[-1]["label_map"] = res.label_map(np.uint8 if len(objects) < 256 else np.uint16)
-    if kind == "nifti":
+    if kind in VOLUME_KINDS:
         dtype = np.uint8 if len(objects) < 256 else np.uint16
         maps = {s["slice"]: s.pop("label_map") for s in slices}
         if req.propagate:
             maps = _propagate(seg, inp, objects, spacing, per_object, maps, dtype)
         labels = label_volume(inp, maps, dtype)
-        gz = req.image.lower().endswith(".gz")
+        gz = kind == "dicom_series" or req.image.lower().endswith(".gz")
         files[f"{stem}_mask.nii" + (".gz" if gz else "")] = nifti_bytes(
             labels, inp["affine"], inp["header"], gz
         )
@@ -416,6 +448,7 @@ def run(req: Request) -> dict:
         "intensity": intensity,
         "nonfinite_read_as_min": int(inp.get("nonfinite_filled", 0)),
         "spacing_mm": None if spacing is None else [float(v) for v in spacing],
+        **({"slice_files": inp["files"]} if "files" in inp else {}),
         "objects": [per_object[k] for k in sorted(per_object)],
         "timings": {
             "read_s": t_read - t_start,

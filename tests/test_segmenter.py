@@ -733,7 +733,12 @@ def test_cli_propagation_input_errors(capsys, tmp_path, random_model, ellipse_pn
     img, pts, _ = ellipse_png
     out = tmp_path / "out"
     code, _, err = _cli_in(capsys, random_model[0], img, out, "--points", pts, "--propagate")
-    _assert_one_line_error(code, err, "--propagate needs a NIfTI volume, got a image input", out)
+    _assert_one_line_error(
+        code,
+        err,
+        "--propagate needs a volume (NIfTI, a DICOM series folder), got a image input",
+        out,
+    )
     vol = np.zeros((64, 64, 5), np.uint8)
     nib.save(nib.Nifti1Image(vol, np.eye(4)), tmp_path / "v.nii.gz")
     base = ("--points", pts, "--slice", "2")

@@ -1,0 +1,180 @@
+"""A folder of one DICOM series as a volume: `readers.read_dicom_series` and `predict.py`.
+
+The slices' order and the affine are checked against DICOM's own equation for a pixel's
+patient position (PS3.3 C.7.6.2.1.1), computed here from the tags each file carries.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from tiny_models import ellipse_image
+
+import predict as cli
+from dlset_jax import readers, segment_files, targets
+
+pydicom = pytest.importorskip("pydicom")
+nib = pytest.importorskip("nibabel")
+
+ROW_MM, COL_MM, STEP_MM = 0.7, 0.6, 2.5
+
+
+def _rotation(a, b):
+    ca, sa, cb, sb = np.cos(a), np.sin(a), np.cos(b), np.sin(b)
+    rz = np.array([[ca, -sa, 0], [sa, ca, 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, cb, -sb], [0, sb, cb]])
+    return rz @ rx
+
+
+def _slice_file(path, pix, ipp, iop, instance, series_uid, window=True, **extra):
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.SeriesInstanceUID, ds.InstanceNumber = "MR", series_uid, instance
+    ds.Rows, ds.Columns = pix.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelSpacing = [ROW_MM, COL_MM]
+    ds.ImageOrientationPatient = [float(v) for v in iop]
+    ds.ImagePositionPatient = [float(v) for v in ipp]
+    ds.SliceThickness = STEP_MM
+    ds.RescaleSlope, ds.RescaleIntercept = 2, -100
+    if window:  # maps the rescaled values (stored * 2 - 100) exactly back to pix
+        ds.WindowCenter, ds.WindowWidth = (-100 + 255 * 32 - 100) / 2, 255 * 32
+    for k, v in extra.items():
+        setattr(ds, k, v)
+    ds.PixelData = (pix.astype(np.uint16) * 16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def write_series(folder, n=5, seed=0, window=True):
+    """`n` oblique slices of ellipses written in an order unrelated to their position:
+    file names shuffled, InstanceNumber counting the other way. Returns (slices' pixels
+    in position order, their masks, the IOP, the first slice's position)."""
+    from pydicom.uid import generate_uid
+
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rot = _rotation(0.4, 0.3)
+    iop = np.concatenate([rot[:, 0], rot[:, 1]])
+    normal = np.cross(rot[:, 0], rot[:, 1])
+    origin = np.array([-40.0, 25.0, 12.0])
+    pix, masks = zip(*(ellipse_image(rng) for _ in range(n)))
+    uid = generate_uid()
+    names = rng.permutation(n)
+    for k in range(n):
+        ipp = origin + k * STEP_MM * normal
+        _slice_file(folder / f"IM{names[k]:04d}", pix[k], ipp, iop, n - k, uid, window)
+    (folder / "README.txt").write_text("not DICOM: left out\n")
+    return np.stack(pix), np.stack(masks), iop, origin
+
+
+def test_slices_in_position_order_and_the_affine_is_dicoms_geometry(tmp_path):
+    pix, _, iop, origin = write_series(tmp_path / "s")
+    got = readers.read_dicom_series(str(tmp_path / "s"))
+    vol, aff = got["volume"], got["affine"]
+    n, rows, cols = pix.shape
+    assert vol.shape == (cols, rows, n) and vol.dtype == np.uint8
+    for k in range(n):  # slice k as a viewer shows it, with the training data's rotation
+        np.testing.assert_array_equal(readers.volume_slice(vol, 2, k, rot90=True), pix[k])
+    assert got["zooms"] == pytest.approx((COL_MM, ROW_MM, STEP_MM))
+    assert got["intensity"].startswith("DICOM window")
+    assert sorted(got["files"]) == [f"IM{i:04d}" for i in range(n)]
+    normal = np.cross(iop[:3], iop[3:])
+    rng = np.random.default_rng(1)
+    for _ in range(20):  # voxel (i, j, k) is column c = i, row r = rows - 1 - j of slice k
+        c, r, k = rng.integers(0, cols), rng.integers(0, rows), rng.integers(0, n)
+        lps = origin + k * STEP_MM * normal + c * COL_MM * iop[:3] + r * ROW_MM * iop[3:]
+        ras = aff @ np.array([c, rows - 1 - r, k, 1.0])
+        np.testing.assert_allclose(ras[:3], lps * [-1, -1, 1], atol=1e-6)
+
+
+def test_without_a_window_the_rescaled_values_are_kept(tmp_path):
+    pix, _, _, _ = write_series(tmp_path / "s", n=3, window=False)
+    got = readers.read_dicom_series(str(tmp_path / "s"))
+    assert got["volume"].dtype == np.float32 and got["intensity"] is None
+    np.testing.assert_allclose(
+        readers.volume_slice(got["volume"], 2, 1, rot90=True), pix[1] * 32.0 - 100
+    )
+
+
+def _break(folder, name, **tags):
+    ds = pydicom.dcmread(folder / name)
+    for k, v in tags.items():
+        if v is None:
+            delattr(ds, k)
+        else:
+            setattr(ds, k, v)
+    ds.save_as(folder / name)
+
+
+@pytest.mark.parametrize(
+    "damage, needle",
+    [
+        ({"SeriesInstanceUID": "1.2.3"}, "files of 2 series"),
+        ({"ImagePositionPatient": None}, "no slice geometry"),
+        ({"PixelSpacing": [0.9, 0.9]}, "orientation or pixel spacing differs"),
+        ("same_position", "lie at the same position"),
+        ("gap", "unevenly spaced"),
+    ],
+)
+def test_a_bad_series_is_refused_naming_what_and_where(tmp_path, damage, needle):
+    folder = tmp_path / "s"
+    write_series(folder, n=4)
+    name = "IM0002"
+    if damage == "same_position":
+        other = pydicom.dcmread(folder / "IM0001")
+        damage = {"ImagePositionPatient": list(other.ImagePositionPatient)}
+    elif damage == "gap":
+        ds = pydicom.dcmread(folder / name)
+        iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+        shift = np.cross(iop[:3], iop[3:]) * 0.8  # moved along the normal, not onto another
+        damage = {"ImagePositionPatient": list(np.array(ds.ImagePositionPatient) + shift)}
+    _break(folder, name, **damage)
+    with pytest.raises(readers.DataError, match=needle):
+        readers.read_dicom_series(str(folder))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(readers.DataError, match="no DICOM image"):
+        readers.read_dicom_series(str(empty))
+
+
+def test_predict_propagates_through_a_series_folder(capsys, tmp_path, random_model):
+    """Four clicks on slice 2 of a series folder: a NIfTI label volume whose voxels lie
+    where the series' pixels lie (its affine the series'), the clicked slice's mask the
+    one the library gives on that slice's pixels, a slice column in the summary."""
+    folder = tmp_path / "series"
+    pix, masks, _, _ = write_series(folder)
+    pts = targets.extreme_points(masks[2])
+    out = tmp_path / "out"
+    argv = ["--workdir", random_model[0], "--image", folder, "--out_dir", out, "--slice", "2"]
+    argv += ["--points", " ".join(f"{x:g},{y:g}" for x, y in pts)]
+    code = cli.run_cli([str(a) for a in argv + ["--propagate", "--extent", "1,3"]])
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == [
+        "series_mask.nii.gz",
+        "series_overlay_slice002.png",
+        "series_summary.json",
+    ]
+    got = nib.load(out / "series_mask.nii.gz")
+    series = readers.read_dicom_series(str(folder))
+    np.testing.assert_allclose(got.affine, series["affine"], atol=1e-5)
+    labels = np.asarray(got.dataobj)
+    assert labels.shape == series["volume"].shape
+    assert not labels[..., [0, 4]].any()  # outside the extent
+    seg = segment_files._get_segmenter(segment_files.Request(random_model[0], "", ""))
+    want = seg.segment(pix[2], [pts]).objects[0].mask
+    np.testing.assert_array_equal(readers.volume_slice(labels, 2, 2, rot90=True) > 0, want)
+    summary = json.loads((out / "series_summary.json").read_text())
+    assert summary["kind"] == "dicom_series" and len(summary["slice_files"]) == 5
+    assert summary["spacing_mm"] == pytest.approx([ROW_MM, COL_MM])
+    assert summary["objects"][0]["propagation"]["extent"] == [1, 3]
