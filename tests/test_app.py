@@ -17,9 +17,10 @@ import threading
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_models import dicom_file, ellipse_image
+from tiny_models import dicom_file, dicom_series, ellipse_image
 
 from dlset_jax import segmenter as seglib
+from dlset_jax import targets
 from dlset_jax.app import folder as folder_lib
 from dlset_jax.app import server
 
@@ -346,6 +347,43 @@ def test_nan_background_is_refused_unless_the_tool_reads_it_as_the_minimum(tmp_p
     assert loaded.n_slices == 2 and loaded.source["nonfinite_filled"] == int(np.isnan(vol).sum())
     with pytest.raises(folder_lib.FolderError, match="nonfinite must be one of"):
         folder_lib.ImageFolder(str(root), max_pixels=10**6, nonfinite="zero")
+
+
+def test_a_dicom_series_folder_is_one_volume_saved_as_nifti_beside_it(seg, tmp_path):
+    nib = pytest.importorskip("nibabel")
+    from dlset_jax import readers
+
+    root = tmp_path / "scans"
+    root.mkdir()
+    pix, masks, _, _ = dicom_series(root / "case1", n=4, readme=False)
+    dicom_series(root / "mixed", n=2, seed=1)  # a README inside: its files are not one volume
+    dicom_series(tmp_path / "outside", n=2, readme=False)
+    (root / "linked").mkdir()
+    for name in os.listdir(tmp_path / "outside"):  # links out of the folder: not served
+        os.symlink(tmp_path / "outside" / name, root / "linked" / name)
+    images = folder_lib.ImageFolder(str(root), max_pixels=10**6)
+    listed = {d["id"]: d["kind"] for d in images.list()}
+    assert listed["case1"] == "dicom_series"
+    assert not any(i.startswith("case1/") for i in listed)  # its slices are not images
+    assert "mixed" not in listed and not any(i.startswith("linked") for i in listed)
+    for bad in ("mixed", "linked"):
+        with pytest.raises(folder_lib.FolderError):
+            images.resolve(bad)
+    c = TestClient(server.create_app(seg, images, max_upload_bytes=1))
+    meta = c.get("/api/image", params={"id": "case1"}).json()
+    assert meta["n_slices"] == 4
+    pts = [[float(x), float(y)] for x, y in targets.extreme_points(masks[2])]
+    r = c.post("/api/save", json={"id": "case1", "revision": 0, "objects": [obj(points=pts, z=2)]})
+    assert r.status_code == 200, r.text
+    assert r.json()["files"] == ["case1.annotation.json", "case1.labels.nii.gz"]
+    out = nib.load(root / "case1.labels.nii.gz")
+    series = readers.read_dicom_series(str(root / "case1"))
+    np.testing.assert_allclose(out.affine, series["affine"], atol=1e-5)
+    lab = np.asarray(out.dataobj)
+    want = seg.segment(pix[2], [np.array(pts)]).objects[0].mask
+    np.testing.assert_array_equal(readers.volume_slice(lab, 2, 2, rot90=True) > 0, want)
+    assert not lab[..., [0, 1, 3]].any()
+    assert {d["id"]: d["annotated"] for d in images.list()}["case1"]
 
 
 def test_dicom_saves_a_dicom_seg_that_references_the_source(seg, tmp_path):

@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 import pytest
-from tiny_models import ellipse_image
+from tiny_models import COL_MM, ROW_MM, STEP_MM, dicom_series
 
 import predict as cli
 from dlset_jax import readers, segment_files, targets
@@ -18,67 +18,9 @@ from dlset_jax import readers, segment_files, targets
 pydicom = pytest.importorskip("pydicom")
 nib = pytest.importorskip("nibabel")
 
-ROW_MM, COL_MM, STEP_MM = 0.7, 0.6, 2.5
-
-
-def _rotation(a, b):
-    ca, sa, cb, sb = np.cos(a), np.sin(a), np.cos(b), np.sin(b)
-    rz = np.array([[ca, -sa, 0], [sa, ca, 0], [0, 0, 1]])
-    rx = np.array([[1, 0, 0], [0, cb, -sb], [0, sb, cb]])
-    return rz @ rx
-
-
-def _slice_file(path, pix, ipp, iop, instance, series_uid, window=True, **extra):
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.SeriesInstanceUID, ds.InstanceNumber = "MR", series_uid, instance
-    ds.Rows, ds.Columns = pix.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelSpacing = [ROW_MM, COL_MM]
-    ds.ImageOrientationPatient = [float(v) for v in iop]
-    ds.ImagePositionPatient = [float(v) for v in ipp]
-    ds.SliceThickness = STEP_MM
-    ds.RescaleSlope, ds.RescaleIntercept = 2, -100
-    if window:  # maps the rescaled values (stored * 2 - 100) exactly back to pix
-        ds.WindowCenter, ds.WindowWidth = (-100 + 255 * 32 - 100) / 2, 255 * 32
-    for k, v in extra.items():
-        setattr(ds, k, v)
-    ds.PixelData = (pix.astype(np.uint16) * 16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-
-
-def write_series(folder, n=5, seed=0, window=True):
-    """`n` oblique slices of ellipses written in an order unrelated to their position:
-    file names shuffled, InstanceNumber counting the other way. Returns (slices' pixels
-    in position order, their masks, the IOP, the first slice's position)."""
-    from pydicom.uid import generate_uid
-
-    folder.mkdir(exist_ok=True)
-    rng = np.random.default_rng(seed)
-    rot = _rotation(0.4, 0.3)
-    iop = np.concatenate([rot[:, 0], rot[:, 1]])
-    normal = np.cross(rot[:, 0], rot[:, 1])
-    origin = np.array([-40.0, 25.0, 12.0])
-    pix, masks = zip(*(ellipse_image(rng) for _ in range(n)))
-    uid = generate_uid()
-    names = rng.permutation(n)
-    for k in range(n):
-        ipp = origin + k * STEP_MM * normal
-        _slice_file(folder / f"IM{names[k]:04d}", pix[k], ipp, iop, n - k, uid, window)
-    (folder / "README.txt").write_text("not DICOM: left out\n")
-    return np.stack(pix), np.stack(masks), iop, origin
-
 
 def test_slices_in_position_order_and_the_affine_is_dicoms_geometry(tmp_path):
-    pix, _, iop, origin = write_series(tmp_path / "s")
+    pix, _, iop, origin = dicom_series(tmp_path / "s")
     got = readers.read_dicom_series(str(tmp_path / "s"))
     vol, aff = got["volume"], got["affine"]
     n, rows, cols = pix.shape
@@ -98,7 +40,7 @@ def test_slices_in_position_order_and_the_affine_is_dicoms_geometry(tmp_path):
 
 
 def test_without_a_window_the_rescaled_values_are_kept(tmp_path):
-    pix, _, _, _ = write_series(tmp_path / "s", n=3, window=False)
+    pix, _, _, _ = dicom_series(tmp_path / "s", n=3, window=False)
     got = readers.read_dicom_series(str(tmp_path / "s"))
     assert got["volume"].dtype == np.float32 and got["intensity"] is None
     np.testing.assert_allclose(
@@ -128,7 +70,7 @@ def _break(folder, name, **tags):
 )
 def test_a_bad_series_is_refused_naming_what_and_where(tmp_path, damage, needle):
     folder = tmp_path / "s"
-    write_series(folder, n=4)
+    dicom_series(folder, n=4)
     name = "IM0002"
     if damage == "same_position":
         other = pydicom.dcmread(folder / "IM0001")
@@ -152,7 +94,7 @@ def test_predict_propagates_through_a_series_folder(capsys, tmp_path, random_mod
     where the series' pixels lie (its affine the series'), the clicked slice's mask the
     one the library gives on that slice's pixels, a slice column in the summary."""
     folder = tmp_path / "series"
-    pix, masks, _, _ = write_series(folder)
+    pix, masks, _, _ = dicom_series(folder)
     pts = targets.extreme_points(masks[2])
     out = tmp_path / "out"
     argv = ["--workdir", random_model[0], "--image", folder, "--out_dir", out, "--slice", "2"]

@@ -157,3 +157,63 @@ def dicom_file(path, img, window=True, study=True):
     ds.PixelData = (img.astype(np.uint16) * 16).tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+ROW_MM, COL_MM, STEP_MM = 0.7, 0.6, 2.5  # the series of `dicom_series`
+
+
+def _rotation(a, b):
+    ca, sa, cb, sb = np.cos(a), np.sin(a), np.cos(b), np.sin(b)
+    rz = np.array([[ca, -sa, 0], [sa, ca, 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, cb, -sb], [0, sb, cb]])
+    return rz @ rx
+
+
+def _slice_file(path, pix, ipp, iop, instance, series_uid, window=True, **extra):
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.SeriesInstanceUID, ds.InstanceNumber = "MR", series_uid, instance
+    ds.Rows, ds.Columns = pix.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelSpacing = [ROW_MM, COL_MM]
+    ds.ImageOrientationPatient = [float(v) for v in iop]
+    ds.ImagePositionPatient = [float(v) for v in ipp]
+    ds.SliceThickness = STEP_MM
+    ds.RescaleSlope, ds.RescaleIntercept = 2, -100
+    if window:  # maps the rescaled values (stored * 2 - 100) exactly back to pix
+        ds.WindowCenter, ds.WindowWidth = (-100 + 255 * 32 - 100) / 2, 255 * 32
+    for k, v in extra.items():
+        setattr(ds, k, v)
+    ds.PixelData = (pix.astype(np.uint16) * 16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def dicom_series(folder, n=5, seed=0, window=True, readme=True):
+    """`n` oblique slices of ellipses written in an order unrelated to their position:
+    file names shuffled, InstanceNumber counting the other way. Returns (slices' pixels
+    in position order, their masks, the IOP, the first slice's position)."""
+    from pydicom.uid import generate_uid
+
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rot = _rotation(0.4, 0.3)
+    iop = np.concatenate([rot[:, 0], rot[:, 1]])
+    normal = np.cross(rot[:, 0], rot[:, 1])
+    origin = np.array([-40.0, 25.0, 12.0])
+    pix, masks = zip(*(ellipse_image(rng) for _ in range(n)))
+    uid = generate_uid()
+    names = rng.permutation(n)
+    for k in range(n):
+        ipp = origin + k * STEP_MM * normal
+        _slice_file(folder / f"IM{names[k]:04d}", pix[k], ipp, iop, n - k, uid, window)
+    if readme:
+        (folder / "README.txt").write_text("not DICOM: left out\n")
+    return np.stack(pix), np.stack(masks), iop, origin

@@ -3,7 +3,10 @@
 Everything the server reads or writes goes through an `ImageFolder`, which holds the
 one rule of the tool's file access: an image id is a path relative to the folder, and
 it must stay inside it after every symbolic link is resolved. Hidden names (a leading
-dot: also the temporary files of an atomic write) are neither listed nor served.
+dot: also the temporary files of an atomic write) are neither listed nor served. A
+subfolder holding nothing but the DICOM files of one series (at least two, by the
+"DICM" preamble or a DICOM suffix, none a link out of the folder) is one volume, listed
+and served by the subfolder's id instead of its files.
 
 Saved beside an image `NAME.EXT` (all files of one save written together, atomically,
 `files.atomic_write_files`):
@@ -12,7 +15,9 @@ Saved beside an image `NAME.EXT` (all files of one save written together, atomic
   NAME.seg.dcm          DICOM input: a DICOM Segmentation (highdicom) referencing the
                         source image, one segment per label name
   NAME.labels.nii.gz    NIfTI volumes: the label volume with the source's affine and
-                        header (slices without objects are 0)
+                        header (slices without objects are 0); a DICOM series folder
+                        NAME/: the same beside the folder, with the series' affine
+                        (`readers.read_dicom_series`)
   NAME.annotation.json  the clicks of every object (label name, colour, slice, the four
                         points), the label table, the checkpoint and threshold used, and
                         a revision number that the next save must quote
@@ -52,7 +57,7 @@ class Loaded:
     """
 
     image_id: str
-    kind: str  # "image" | "nifti" | "dicom"
+    kind: str  # "image" | "nifti" | "dicom" | "dicom_series"
     frames: np.ndarray
     spacing: tuple[float, float] | None
     intensity: str | None
@@ -97,7 +102,8 @@ class ImageFolder:
     # ---- paths
 
     def resolve(self, image_id: str) -> str:
-        """The absolute path of `image_id`, refused unless it is a file inside the root."""
+        """The absolute path of `image_id`, refused unless it is a file (or a DICOM series
+        folder) inside the root."""
         if not isinstance(image_id, str) or not image_id or "\x00" in image_id:
             raise FolderError("no image id given")
         parts = image_id.replace("\\", "/").split("/")
@@ -108,6 +114,8 @@ class ImageFolder:
         path = os.path.realpath(os.path.join(self.root, *parts))
         if os.path.commonpath([path, self.root]) != self.root:
             raise FolderError(f"image id {image_id!r}: a link that leaves the image folder", 403)
+        if os.path.isdir(path) and path != self.root and self._series_files(path):
+            return path
         if not os.path.isfile(path):
             raise FolderError(f"unknown image {image_id!r}", 404)
         if not path.lower().endswith(INPUT_SUFFIXES) or path.lower().endswith(LABEL_SUFFIXES):
@@ -119,6 +127,11 @@ class ImageFolder:
         out = []
         for dirpath, dirnames, filenames in os.walk(self.root):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            if dirpath != self.root and self._series_files(dirpath):
+                rel = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
+                annotated = os.path.exists(self.annotation_path(dirpath))
+                out.append({"id": rel, "kind": "dicom_series", "annotated": annotated})
+                continue  # its files are slices of that volume, not images of their own
             for name in sorted(filenames):
                 low = name.lower()
                 if name.startswith(".") or not low.endswith(INPUT_SUFFIXES):
@@ -138,6 +151,28 @@ class ImageFolder:
                     }
                 )
         return out
+
+    def _series_files(self, folder: str) -> list[str]:
+        """The files of `folder` if it holds one DICOM series (module doc), else []."""
+        try:
+            names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
+        except OSError:
+            return []
+        out = []
+        for name in names:
+            path = os.path.join(folder, name)
+            real = os.path.realpath(path)
+            if not os.path.isfile(real) or os.path.commonpath([real, self.root]) != self.root:
+                return []  # a subfolder, or a link out of the image folder
+            if not name.lower().endswith(segment_files.DICOM_SUFFIXES):
+                try:
+                    with open(real, "rb") as f:
+                        if f.read(132)[128:132] != b"DICM":
+                            return []
+                except OSError:
+                    return []
+            out.append(path)
+        return out if len(out) >= 2 else []
 
     # ---- reading
 
@@ -261,7 +296,7 @@ class ImageFolder:
                 labels[o["slice"]][m] = label_of[o["label"]]
             stem = segment_files.file_stem(path)
             out = {}
-            if loaded.kind == "nifti":
+            if loaded.kind in segment_files.VOLUME_KINDS:
                 src = loaded.source
                 vol = segment_files.label_volume(src, dict(enumerate(labels)), dtype)
                 out[stem + ".labels.nii.gz"] = segment_files.nifti_bytes(
