@@ -21,7 +21,9 @@ x3,y3,x4,y4 (left, right, top, bottom) and optionally class, slice, label; or JS
 (a list of {"points": [[x, y] x 4], "class", "slice", "label", "corrections"}). Or one
 click per line, CSV with the columns object,kind,x,y (kind: extreme, four per object
 in the order left, right, top, bottom; positive / negative: corrective clicks, for a
-model trained with them) and optionally slice, class, label, first_slice, last_slice. What is written, and
+model trained with them) and optionally slice, class, label, first_slice, last_slice; with
+--propagate a corrective click may name another slice than its object's four points (it
+acts where the propagation reaches that slice). What is written, and
 how inputs are read: `dlset_jax/segment_files.py`. Errors are one line on stderr and
 exit status 1; nothing is written unless everything succeeded.
 """

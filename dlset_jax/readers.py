@@ -561,6 +561,7 @@ def _click_row(points, row, path, n, corrections=None) -> dict:
         "slice": _opt_int(row.get("slice"), path, n, "slice"),
         "label": _opt_int(row.get("label"), path, n, "label"),
         "corrections": np.zeros((0, 3)) if corrections is None else corrections,
+        "corrections_on": {},  # corrective clicks on other slices (click CSVs)
         "extent": _opt_extent(row, path, n),
     }
 
@@ -651,7 +652,9 @@ def _points_from_csv(text, path):
 def _clicks_from_csv(reader, fields, path):
     """One click per line: object, kind (extreme / positive / negative), x, y, and
     optional slice, class, label. An object's four extreme points come in the order
-    left, right, top, bottom; its corrective clicks in the order they were made."""
+    left, right, top, bottom; its corrective clicks in the order they were made. A
+    corrective click may lie on another slice of a volume than the four points (its own
+    slice, or empty for theirs): `corrections_on` {slice: (K, 3)}, for propagation."""
     missing = [c for c in ("object", "kind", "x", "y") if c not in fields]
     if missing:
         raise DataError(
@@ -674,8 +677,19 @@ def _clicks_from_csv(reader, fields, path):
             raise DataError(f"{path}: line {n}: x and y must be numbers") from None
         if not row["object"]:
             raise DataError(f"{path}: line {n}: the object column is empty")
-        o = objs.setdefault(row["object"], {"row": row, "line": n, "extreme": [], "corr": []})
-        for key in ("slice", "label", "class", "first_slice", "last_slice"):
+        o = objs.setdefault(
+            row["object"], {"row": row, "line": n, "extreme": [], "corr": [], "at": None}
+        )
+        own = row.get("slice", "")
+        if kind == "extreme":  # the four points fix the object's slice
+            if o["at"] is not None and own != o["at"][0]:
+                raise DataError(
+                    f"{path}: line {n}: object {row['object']!r} has its extreme points on "
+                    f"slice {own!r} here and {o['at'][0]!r} on line {o['at'][1]}: the four "
+                    "points of one object share its slice"
+                )
+            o["at"] = (own, n)
+        for key in ("label", "class", "first_slice", "last_slice"):
             if row.get(key, "") != o["row"].get(key, ""):
                 raise DataError(
                     f"{path}: line {n}: object {row['object']!r} has {key} "
@@ -685,7 +699,8 @@ def _clicks_from_csv(reader, fields, path):
         if kind == "extreme":
             o["extreme"].append((x, y))
         else:
-            o["corr"].append((x, y, 1.0 if kind == "positive" else -1.0))
+            sign = 1.0 if kind == "positive" else -1.0
+            o["corr"].append((x, y, sign, _opt_int(own, path, n, "slice")))
     out = []
     for name, o in objs.items():
         if len(o["extreme"]) != 4:
@@ -693,8 +708,13 @@ def _clicks_from_csv(reader, fields, path):
                 f"{path}: object {name!r} has {len(o['extreme'])} extreme points; it needs "
                 "four (left, right, top, bottom)"
             )
-        corr = np.asarray(o["corr"], np.float64).reshape(-1, 3)
-        out.append(
-            _click_row(np.asarray(o["extreme"], np.float64), o["row"], path, o["line"], corr)
-        )
+        row = dict(o["row"], slice=o["at"][0])
+        obj = _click_row(np.asarray(o["extreme"], np.float64), row, path, o["line"])
+        by_slice: dict = {}
+        for x, y, sign, z in o["corr"]:
+            z = obj["slice"] if z is None else z
+            by_slice.setdefault(z, []).append((x, y, sign))
+        obj["corrections"] = np.asarray(by_slice.pop(obj["slice"], []), np.float64).reshape(-1, 3)
+        obj["corrections_on"] = {z: np.asarray(c, np.float64) for z, c in sorted(by_slice.items())}
+        out.append(obj)
     return _nonempty(out, path)

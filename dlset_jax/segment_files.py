@@ -320,6 +320,7 @@ def run(req: Request) -> dict:
             "slice": req.slice,
             "label": None,
             "corrections": np.zeros((0, 3)),
+            "corrections_on": {},
             "extent": _parse_extent(req.extent),
         }
         for i, t in enumerate(req.points)
@@ -380,12 +381,15 @@ def run(req: Request) -> dict:
             except ValueError as e:
                 where = f" (slice {i})" if i is not None else ""
                 raise RequestError(f"{e}{where}") from None
+            _check_corrections_on(objects[k - 1], k, i, inp, req.propagate)
     gt_of = read_ground_truth(req.ground_truth, inp, req) if req.ground_truth else None
     t_read = time.perf_counter()
     seg = _get_segmenter(req)
     t_model = time.perf_counter()
     try:  # before any slice is segmented
         seg.check_accepts([o["corrections"] for o in objects])
+        for o in objects:
+            seg.check_accepts(list(o["corrections_on"].values()))
     except ValueError as e:
         raise RequestError(f"{e} (the model of {req.workdir})") from None
 
@@ -496,6 +500,34 @@ def _check_extent(extent, start, inp, propagate):
         )
 
 
+def _check_corrections_on(obj, k, start, inp, propagate):
+    """Corrective clicks of object `k` on slices other than its four points' (`start`):
+    only in a volume, with --propagate (they act where propagation reaches their slice),
+    inside the volume, its frames and the object's extent."""
+    for z, clicks in obj["corrections_on"].items():
+        if start is None or "n_frames" not in inp:
+            raise RequestError(f"object {k}: a corrective click on slice {z} of a 2-D image")
+        if not propagate:
+            raise RequestError(
+                f"object {k}: corrective clicks on slice {z}, its four points on slice "
+                f"{start}: clicks on another slice act through propagation; give --propagate"
+            )
+        if not 0 <= z < inp["n_frames"]:
+            raise RequestError(
+                f"object {k}: corrective click on slice {z}, out of range "
+                f"(0..{inp['n_frames'] - 1})"
+            )
+        ext = obj["extent"]
+        if ext is not None and not ext[0] <= z <= ext[1]:
+            raise RequestError(
+                f"object {k}: corrective click on slice {z}, outside its extent {tuple(ext)}"
+            )
+        try:
+            segmenter.check_corrections(clicks, frame(inp, z).shape, obj=k)
+        except ValueError as e:
+            raise RequestError(f"{e} (slice {z})") from None
+
+
 def _propagate(seg, inp, objects, spacing, per_object, maps, dtype):
     """Each object through the volume from its slice (`volume.propagate`); returns the
     per-slice label maps with the propagated objects painted in order."""
@@ -504,14 +536,16 @@ def _propagate(seg, inp, objects, spacing, per_object, maps, dtype):
     stack = np.stack([frame(inp, i) for i in range(inp["n_frames"])])
     maps = dict(maps)
     for k, obj in enumerate(objects, 1):
-        corr = {obj["slice"]: obj["corrections"]} if len(obj["corrections"]) else None
+        corr = dict(obj["corrections_on"])
+        if len(obj["corrections"]):
+            corr[obj["slice"]] = obj["corrections"]
         res = volume.propagate(
             seg,
             stack,
             obj["slice"],
             obj["points"],
             extent=obj["extent"],
-            corrections=corr,
+            corrections=corr or None,
             spacing=spacing,
         )
         per_object[k]["propagation"] = {

@@ -492,6 +492,18 @@ def test_read_click_files_with_a_kind_column(tmp_path):
     assert a["points"].tolist() == [[1, 5], [9, 5], [5, 1], [5, 9]] and a["slice"] == 2
     assert a["class"] == "cup" and a["corrections"].tolist() == [[4, 4, 1], [8, 8, -1]]
     assert b["slice"] == 3 and b["class"] is None and b["corrections"].shape == (0, 3)
+    assert a["corrections_on"] == {} and b["corrections_on"] == {}
+    c.write_text(  # corrective clicks on other slices of a volume, for propagation
+        "object,kind,x,y,slice\n"
+        "a,positive,6,6,4\na,extreme,1,5,2\na,extreme,9,5,2\na,extreme,5,1,2\n"
+        "a,extreme,5,9,2\na,negative,3,3,\na,negative,7,7,1\na,positive,2,2,4\n"
+    )
+    (a,) = readers.read_points_file(str(c))
+    assert a["slice"] == 2 and a["corrections"].tolist() == [[3, 3, -1]]
+    assert {z: v.tolist() for z, v in a["corrections_on"].items()} == {
+        1: [[7, 7, -1]],
+        4: [[6, 6, 1], [2, 2, 1]],
+    }
     j = tmp_path / "p.json"
     pts = a["points"].tolist()
     j.write_text(
@@ -754,6 +766,81 @@ def test_cli_propagation_input_errors(capsys, tmp_path, random_model, ellipse_pn
         capsys, random_model[0], tmp_path / "v.nii.gz", out, *base, "--propagate", "--extent", "x"
     )
     _assert_one_line_error(code, err, "--extent must be FIRST,LAST", out)
+
+
+@pytest.fixture(scope="module")
+def click_workdir(tmp_path_factory):
+    """A randomly initialised tiny model with the two click channels, as a workdir."""
+    import jax
+
+    from dlset_jax import models
+
+    config = tiny_config(**{"clicks.enabled": True, "model.in_channels": 6})
+    model = models.create_model(config.model)
+    variables = jax.tree.map(np.asarray, model.init_variables(jax.random.key(4), RES))
+    wd = tmp_path_factory.mktemp("click_wd")
+    save_checkpoint(wd, config, variables)
+    return wd
+
+
+def test_cli_corrective_clicks_on_other_slices_act_through_propagation(
+    capsys, tmp_path, click_workdir
+):
+    """Clicks on slices 1 and 3 of an object clicked on slice 2: the label volume is
+    the library's propagation given those clicks on those slices; refused without
+    --propagate, outside the object's extent, outside the volume."""
+    import nibabel as nib
+
+    from dlset_jax import volume
+
+    vol, _, masks = _volume(np.random.default_rng(8), n=5)
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), tmp_path / "v.nii")
+    pts = targets.extreme_points(masks[2])
+    c = tmp_path / "clicks.csv"
+
+    def write(extent, clicks):
+        rows = [f"o,extreme,{x:g},{y:g},2" for x, y in pts]
+        rows += [f"o,{kind},{x},{y},{z}" for kind, x, y, z in clicks]
+        head = "object,kind,x,y,slice"
+        if extent is not None:  # the object's first and last slice
+            rows = [f"{r},{extent[0]},{extent[1]}" for r in rows]
+            head += ",first_slice,last_slice"
+        c.write_text(head + "\n" + "\n".join(rows) + "\n")
+
+    clicks = [("positive", 30, 31, 3), ("negative", 5, 6, 1), ("negative", 60, 60, 3)]
+    write((1, 3), clicks)
+    out = tmp_path / "out"
+    code, _, err = _cli_in(
+        capsys, click_workdir, tmp_path / "v.nii", out, "--points_file", c, "--propagate"
+    )
+    assert code == 0, err
+    labels = np.asarray(nib.load(out / "v_mask.nii").dataobj)
+    seg = seglib.Segmenter.from_workdir(str(click_workdir))
+    stack = np.stack([np.rot90(vol[..., z]) for z in range(5)])
+    corr = {3: np.array([[30, 31, 1], [60, 60, -1]], float), 1: np.array([[5, 6, -1]], float)}
+    want = volume.propagate(seg, stack, 2, pts, extent=(1, 3), corrections=corr).labels
+    for z in range(5):
+        np.testing.assert_array_equal(np.rot90(labels[..., z]) > 0, want[z])
+    assert not labels[..., [0, 4]].any()
+    summ = json.loads((out / "v_summary.json").read_text())
+    per_slice = {f["slice"]: f for f in summ["objects"][0]["propagation"]["slices"]}
+    assert len(per_slice[3]["corrections"]) == 2 and len(per_slice[1]["corrections"]) == 1
+    o2 = tmp_path / "o2"
+    for extent, more, flags_, needle in (
+        (None, clicks, (), "give --propagate"),
+        (
+            (2, 3),
+            clicks,
+            ("--propagate",),
+            "corrective click on slice 1, outside its extent (2, 3)",
+        ),
+        ((0, 4), [("positive", 3, 3, 9)], ("--propagate",), "slice 9, out of range (0..4)"),
+    ):
+        write(extent, more)
+        code, _, err = _cli_in(
+            capsys, click_workdir, tmp_path / "v.nii", o2, "--points_file", c, *flags_
+        )
+        _assert_one_line_error(code, err, needle, o2)
 
 
 def test_read_dicom_applies_its_window_or_says_it_stretched(tmp_path):
