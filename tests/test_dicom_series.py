@@ -1,7 +1,8 @@
 """A folder of one DICOM series as a volume: `readers.read_dicom_series` and `predict.py`.
 
 The slices' order and the affine are checked against DICOM's own equation for a pixel's
-patient position (PS3.3 C.7.6.2.1.1), computed here from the tags each file carries.
+patient position (PS3.3 C.7.6.2.1.1), computed here from the tags each file carries, and
+against nibabel's DICOM wrapper.
 """
 
 from __future__ import annotations
@@ -37,6 +38,20 @@ def test_slices_in_position_order_and_the_affine_is_dicoms_geometry(tmp_path):
         lps = origin + k * STEP_MM * normal + c * COL_MM * iop[:3] + r * ROW_MM * iop[3:]
         ras = aff @ np.array([c, rows - 1 - r, k, 1.0])
         np.testing.assert_allclose(ras[:3], lps * [-1, -1, 1], atol=1e-6)
+    # and against nibabel's DICOM wrapper (its voxel axes: row, column) on each file
+    import warnings
+
+    from nibabel.nicom import dicomwrappers
+
+    for k, name in enumerate(got["files"]):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "highly experimental"; its affine is what we use
+            nib_lps = dicomwrappers.wrapper_from_file(str(tmp_path / "s" / name)).affine
+        for c, r in ((0, 0), (cols - 1, 3), (7, rows - 1)):
+            ras = aff @ np.array([c, rows - 1 - r, k, 1.0])
+            np.testing.assert_allclose(
+                ras[:3], (nib_lps @ [r, c, 0, 1])[:3] * [-1, -1, 1], atol=1e-5
+            )
 
 
 def test_without_a_window_the_rescaled_values_are_kept(tmp_path):
