@@ -41,11 +41,13 @@ def test_slices_in_position_order_and_the_affine_is_dicoms_geometry(tmp_path):
     # and against nibabel's DICOM wrapper (its voxel axes: row, column) on each file
     import warnings
 
-    from nibabel.nicom import dicomwrappers
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "highly experimental": its affine is all we use
+        from nibabel.nicom import dicomwrappers
 
     for k, name in enumerate(got["files"]):
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "highly experimental"; its affine is what we use
+            warnings.simplefilter("ignore")
             nib_lps = dicomwrappers.wrapper_from_file(str(tmp_path / "s" / name)).affine
         for c, r in ((0, 0), (cols - 1, 3), (7, rows - 1)):
             ras = aff @ np.array([c, rows - 1 - r, k, 1.0])
