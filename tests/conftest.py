@@ -88,7 +88,7 @@ def override(config, **overrides):
 
 
 # The tiny models shared by the segmenter, CLI and app tests (session fixtures).
-from tiny_models import random_model, trained_workdir  # noqa: E402, F401
+from tiny_models import random_click_model, random_model, trained_workdir  # noqa: E402, F401
 
 # Tests that share an expensive fixture run in the same xdist worker (`make test`
 # runs two with --dist loadgroup), so that the fixture is built once, not per worker.

@@ -436,18 +436,8 @@ def test_corrections_are_refused_by_a_model_without_click_channels(client, image
 
 
 @pytest.fixture(scope="module")
-def click_seg(tmp_path_factory):
-    import jax
-    from tiny_models import RES, save_checkpoint, tiny_config
-
-    from dlset_jax import models
-
-    config = tiny_config(**{"clicks.enabled": True, "model.in_channels": 6})
-    model = models.create_model(config.model)
-    variables = jax.tree.map(np.asarray, model.init_variables(jax.random.key(2), RES))
-    wd = tmp_path_factory.mktemp("click_wd")
-    save_checkpoint(wd, config, variables)
-    return seglib.Segmenter.from_workdir(str(wd), bucket_size=2)
+def click_seg(random_click_model):
+    return seglib.Segmenter.from_workdir(str(random_click_model), bucket_size=2)
 
 
 def test_corrections_reach_the_model_and_the_saved_annotation(click_seg, images):

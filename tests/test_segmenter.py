@@ -768,23 +768,8 @@ def test_cli_propagation_input_errors(capsys, tmp_path, random_model, ellipse_pn
     _assert_one_line_error(code, err, "--extent must be FIRST,LAST", out)
 
 
-@pytest.fixture(scope="module")
-def click_workdir(tmp_path_factory):
-    """A randomly initialised tiny model with the two click channels, as a workdir."""
-    import jax
-
-    from dlset_jax import models
-
-    config = tiny_config(**{"clicks.enabled": True, "model.in_channels": 6})
-    model = models.create_model(config.model)
-    variables = jax.tree.map(np.asarray, model.init_variables(jax.random.key(4), RES))
-    wd = tmp_path_factory.mktemp("click_wd")
-    save_checkpoint(wd, config, variables)
-    return wd
-
-
 def test_cli_corrective_clicks_on_other_slices_act_through_propagation(
-    capsys, tmp_path, click_workdir
+    capsys, tmp_path, random_click_model
 ):
     """Clicks on slices 1 and 3 of an object clicked on slice 2: the label volume is
     the library's propagation given those clicks on those slices; refused without
@@ -811,11 +796,11 @@ def test_cli_corrective_clicks_on_other_slices_act_through_propagation(
     write((1, 3), clicks)
     out = tmp_path / "out"
     code, _, err = _cli_in(
-        capsys, click_workdir, tmp_path / "v.nii", out, "--points_file", c, "--propagate"
+        capsys, random_click_model, tmp_path / "v.nii", out, "--points_file", c, "--propagate"
     )
     assert code == 0, err
     labels = np.asarray(nib.load(out / "v_mask.nii").dataobj)
-    seg = seglib.Segmenter.from_workdir(str(click_workdir))
+    seg = seglib.Segmenter.from_workdir(str(random_click_model))
     stack = np.stack([np.rot90(vol[..., z]) for z in range(5)])
     corr = {3: np.array([[30, 31, 1], [60, 60, -1]], float), 1: np.array([[5, 6, -1]], float)}
     want = volume.propagate(seg, stack, 2, pts, extent=(1, 3), corrections=corr).labels
@@ -838,7 +823,7 @@ def test_cli_corrective_clicks_on_other_slices_act_through_propagation(
     ):
         write(extent, more)
         code, _, err = _cli_in(
-            capsys, click_workdir, tmp_path / "v.nii", o2, "--points_file", c, *flags_
+            capsys, random_click_model, tmp_path / "v.nii", o2, "--points_file", c, *flags_
         )
         _assert_one_line_error(code, err, needle, o2)
 

@@ -87,6 +87,21 @@ def random_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def random_click_model(tmp_path_factory):
+    """The workdir of a randomly initialised tiny model with the two click channels."""
+    import jax
+
+    from dlset_jax import models
+
+    config = tiny_config(**{"clicks.enabled": True, "model.in_channels": 6})
+    model = models.create_model(config.model)
+    variables = jax.tree.map(np.asarray, model.init_variables(jax.random.key(2), RES))
+    wd = tmp_path_factory.mktemp("click_wd")
+    save_checkpoint(wd, config, variables)
+    return wd
+
+
+@pytest.fixture(scope="session")
 def trained_workdir(tmp_path_factory):
     """A tiny model trained on ellipses (see the module doc); returns its workdir (slow)."""
     from dlset_jax import train_lib
