@@ -347,6 +347,8 @@ def test_nan_background_is_refused_unless_the_tool_reads_it_as_the_minimum(tmp_p
     assert loaded.n_slices == 2 and loaded.source["nonfinite_filled"] == int(np.isnan(vol).sum())
     with pytest.raises(folder_lib.FolderError, match="nonfinite must be one of"):
         folder_lib.ImageFolder(str(root), max_pixels=10**6, nonfinite="zero")
+    with pytest.raises(folder_lib.FolderError, match="8192 pixels, more than"):  # its header
+        folder_lib.ImageFolder(str(root), max_pixels=8000).load("spm.nii")
 
 
 def test_a_dicom_series_folder_is_one_volume_saved_as_nifti_beside_it(seg, tmp_path):
@@ -384,6 +386,10 @@ def test_a_dicom_series_folder_is_one_volume_saved_as_nifti_beside_it(seg, tmp_p
     np.testing.assert_array_equal(readers.volume_slice(lab, 2, 2, rot90=True) > 0, want)
     assert not lab[..., [0, 1, 3]].any()
     assert {d["id"]: d["annotated"] for d in images.list()}["case1"]
+    small = folder_lib.ImageFolder(str(root), max_pixels=64 * 64 * 3)  # the series has 4 slices
+    with pytest.raises(folder_lib.FolderError, match="16384 pixels, more than") as e:
+        small.load("case1")
+    assert e.value.status == 413
 
 
 def test_dicom_saves_a_dicom_seg_that_references_the_source(seg, tmp_path):

@@ -225,15 +225,27 @@ class ImageFolder:
         return Loaded(image_id, kind, shown, inp.get("spacing"), intensity, inp)
 
     def _check_size(self, image_id: str, path: str, kind: str) -> None:
-        """Refuses images over the pixel limit before decoding them (where the header says)."""
-        if kind != "image":
-            return
-        from PIL import Image, UnidentifiedImageError
-
+        """Refuses images over the pixel limit before decoding them, from their headers
+        (2-D images, NIfTI volumes, DICOM series; a DICOM file is checked once read)."""
         try:
-            with Image.open(path) as im:
-                n = im.size[0] * im.size[1]
-        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
+            if kind == "image":
+                from PIL import Image
+
+                with Image.open(path) as im:
+                    n = im.size[0] * im.size[1]
+            elif kind == "nifti":
+                import nibabel as nib
+
+                n = int(np.prod(nib.load(path).shape[:3]))
+            elif kind == "dicom_series":
+                import pydicom
+
+                members = self._series_files(path)
+                ds = pydicom.dcmread(members[0], stop_before_pixels=True)
+                n = int(ds.Rows) * int(ds.Columns) * len(members)
+            else:
+                return
+        except Exception as e:  # PIL, nibabel and pydicom raise many types for bad files
             raise FolderError(f"{image_id}: cannot read image ({e})", 422) from None
         if n > self.max_pixels:
             raise FolderError(
