@@ -289,18 +289,15 @@ def read_dicom(path: str) -> dict:
         raise DataError(f"{path}: reading DICOM needs pydicom (pip install pydicom)") from e
     try:
         ds = pydicom.dcmread(path)
-        arr = ds.pixel_array
-    except Exception as e:  # pydicom raises many types for bad or compressed files
+    except Exception as e:  # pydicom raises many types for bad files
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(f"{path}: cannot read DICOM pixels ({type(e).__name__}: {msg})") from e
-    arr = np.asarray(arr)
+    arr = _pixels(ds, path)
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     is_rgb = arr.shape[-1] == 3 and photometric not in ("MONOCHROME1", "MONOCHROME2")
     if not is_rgb:
-        arr = arr.astype(np.float32) * float(getattr(ds, "RescaleSlope", 1) or 1) + float(
-            getattr(ds, "RescaleIntercept", 0) or 0
-        )
+        arr = _rescaled(ds, arr)
         if photometric == "MONOCHROME1":
             arr = arr.max() - arr
     sp = getattr(ds, "PixelSpacing", None) or getattr(ds, "ImagerPixelSpacing", None)
@@ -323,6 +320,21 @@ def read_dicom(path: str) -> dict:
             "intensity": intensity,
         }
     return {"kind": "dicom", "image": arr, "spacing": spacing, "intensity": intensity}
+
+
+def _pixels(ds, path) -> np.ndarray:
+    """The stored pixel values of a DICOM dataset; DataError naming the file if undecodable."""
+    try:
+        return np.asarray(ds.pixel_array)
+    except Exception as e:  # pydicom raises many types for bad or compressed files
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{path}: cannot read DICOM pixels ({type(e).__name__}: {msg})") from e
+
+
+def _rescaled(ds, arr: np.ndarray) -> np.ndarray:
+    """float32 modality values: stored values times RescaleSlope plus RescaleIntercept."""
+    slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+    return arr.astype(np.float32) * slope + float(getattr(ds, "RescaleIntercept", 0) or 0)
 
 
 def _windowed(arr: np.ndarray, window: tuple[float, float]) -> np.ndarray:
@@ -444,15 +456,7 @@ def read_dicom_series(folder: str, *, nonfinite: str = "error") -> dict:
     slices = []
     for i in order:
         path, ds = items[i]
-        try:
-            pix = np.asarray(ds.pixel_array, np.float32)
-        except Exception as e:  # pydicom raises many types for bad or compressed files
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise DataError(f"{path}: cannot read DICOM pixels ({type(e).__name__}: {msg})") from e
-        pix = pix * float(getattr(ds, "RescaleSlope", 1) or 1) + float(
-            getattr(ds, "RescaleIntercept", 0) or 0
-        )
-        slices.append(pix[::-1].T)
+        slices.append(_rescaled(ds, _pixels(ds, path))[::-1].T)
     vol, _ = fill_nonfinite(np.stack(slices, axis=-1), folder, nonfinite)
     window = _dicom_window(first)
     inverted = str(getattr(first, "PhotometricInterpretation", "")).upper() == "MONOCHROME1"
