@@ -387,9 +387,12 @@ def run(req: Request) -> dict:
     seg = _get_segmenter(req)
     t_model = time.perf_counter()
     try:  # before any slice is segmented
-        seg.check_accepts([o["corrections"] for o in objects])
-        for o in objects:
-            seg.check_accepts(list(o["corrections_on"].values()))
+        per_slice = [  # every object's clicks on each of its slices, named by the object
+            (k, c)
+            for k, o in enumerate(objects, 1)
+            for c in (o["corrections"], *o["corrections_on"].values())
+        ]
+        seg.check_accepts([c for _, c in per_slice], [k for k, _ in per_slice])
     except ValueError as e:
         raise RequestError(f"{e} (the model of {req.workdir})") from None
 

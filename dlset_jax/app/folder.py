@@ -98,6 +98,9 @@ class ImageFolder:
         self._cache_size = int(cache_size)
         self._lock = threading.Lock()  # the cache
         self._save_locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
+        # folder -> (its mtime, its series files): resolve() runs on every request, and
+        # deciding whether a folder is a series opens each of its files
+        self._series: dict[str, tuple[int, list[str]]] = {}
 
     # ---- paths
 
@@ -153,7 +156,18 @@ class ImageFolder:
         return out
 
     def _series_files(self, folder: str) -> list[str]:
-        """The files of `folder` if it holds one DICOM series (module doc), else []."""
+        """The files of `folder` if it holds one DICOM series (module doc), else [];
+        decided again only when the folder's entries change (its mtime)."""
+        try:
+            mtime = os.stat(folder).st_mtime_ns
+        except OSError:
+            return []
+        cached = self._series.get(folder)
+        if cached is None or cached[0] != mtime:
+            cached = self._series[folder] = (mtime, self._find_series_files(folder))
+        return cached[1]
+
+    def _find_series_files(self, folder: str) -> list[str]:
         try:
             names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
         except OSError:
