@@ -36,7 +36,7 @@ import dataclasses
 import numpy as np
 from scipy import ndimage
 
-from dlset_jax import targets
+from dlset_jax import segmenter, targets
 
 __all__ = ["VolumeResult", "fuse_with_previous", "propagate", "repropagate"]
 
@@ -84,14 +84,29 @@ def _check(vol, start, extent):
     return vol, int(start), extent
 
 
-def _check_corrections(corrections, n):
+def _check_corrections(seg, corrections, vol, extent):
+    """Every slice's corrective clicks checked before any slice is segmented: the slice
+    in the volume and inside the extent (propagation never reaches one outside), the
+    clicks inside the image, and the model taking them."""
+    n = vol.shape[0]
     out = {}
     for s, c in (corrections or {}).items():
         if not (isinstance(s, (int, np.integer)) and 0 <= s < n):
             raise ValueError(
                 f"corrective clicks for slice {s!r}: out of range, the volume has slices 0..{n - 1}"
             )
-        out[int(s)] = c
+        if extent is not None and not extent[0] <= s <= extent[1]:
+            raise ValueError(
+                f"corrective clicks for slice {s}: outside the extent {extent}, where "
+                "propagation never reaches"
+            )
+        try:
+            c = segmenter.check_corrections(c, vol.shape[1:3])
+        except ValueError as e:
+            raise ValueError(f"slice {s}: {e}") from None
+        if len(c):  # a slice given no clicks is propagated like any other
+            out[int(s)] = c
+    seg.check_accepts(list(out.values()))
     return out
 
 
@@ -238,7 +253,7 @@ def propagate(
     _check_prior_weight(prior_weight)  # before any slice is segmented
     opts = (passes, vanish_fraction, prior_weight)
     n = vol.shape[0]
-    corrections = _check_corrections(corrections, n)
+    corrections = _check_corrections(seg, corrections, vol, extent)
     labels = np.zeros(vol.shape[:3], bool)
     mask, o = _segment(seg, vol[start], points, corrections.get(start), spacing)
     labels[start] = mask

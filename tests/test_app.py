@@ -483,3 +483,128 @@ def test_corrections_reach_the_model_and_the_saved_annotation(click_seg, images)
     r = client.post("/api/save", json={"id": "a.png", "revision": 1, "objects": objects})
     assert r.status_code == 400 and "object 2: positive click 0" in r.json()["error"], r.text
     assert tree(images) == before
+
+
+# ----------------------------------------------------------------- 3-D objects
+
+
+def test_mask_contours_enclose_exactly_the_mask():
+    """Every pixel centre inside the outline is a mask pixel and the other way round
+    (matplotlib's point-in-polygon test), holes and separate parts included."""
+    from matplotlib.path import Path
+
+    mask = ellipse_image(np.random.default_rng(2))[1]
+    mask[30:33, 28:31] = False  # a hole
+    mask[2:5, 2:6] = True  # a second part
+    yy, xx = np.mgrid[:64, :64]
+    centres = np.stack([xx.ravel(), yy.ravel()], 1)
+    inside = np.zeros(64 * 64, bool)
+    for line in server._mask_contours(mask):
+        inside ^= Path(np.asarray(line)).contains_points(centres)
+    np.testing.assert_array_equal(inside.reshape(64, 64), mask)
+    assert server._mask_contours(np.zeros((8, 8), bool)) == []
+
+
+def propagated(z=2, extent=(1, 3), corrections_on=None, **kw):
+    out = {**obj(points=kw.pop("points", POINTS), z=z, **kw), "propagate": True}
+    out["extent"] = None if extent is None else list(extent)
+    out["corrections_on"] = corrections_on or {}
+    return out
+
+
+@pytest.fixture
+def volume_folder(tmp_path):
+    """A NIfTI volume of five ellipses (its slices, as the tool shows them, are
+    `np.rot90(vol[..., z])`: the images themselves) and a 2-D image beside it."""
+    nib = pytest.importorskip("nibabel")
+    rng = np.random.default_rng(5)
+    imgs = [ellipse_image(rng, center=(32, 30), axes=(9 + 2 * z, 7 + z))[0] for z in range(5)]
+    vol = np.stack([np.rot90(im, -1) for im in imgs], axis=2).astype(np.int16)
+    root = tmp_path / "vols"
+    root.mkdir()
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), root / "v.nii")
+    (root / "flat.png").write_bytes(png(imgs[0]))
+    return root
+
+
+def test_an_object_propagated_through_a_volume_is_saved_on_every_slice_it_reaches(
+    click_seg, volume_folder
+):
+    nib = pytest.importorskip("nibabel")
+    from dlset_jax import volume
+
+    images = folder_lib.ImageFolder(str(volume_folder), max_pixels=10**6)
+    c = TestClient(server.create_app(click_seg, images, max_upload_bytes=1))
+    frames = images.load("v.nii").frames
+    on = {"3": [[30, 31, 1], [60, 60, -1]], "1": [[5, 6, -1]]}  # JSON keys are strings
+    own = [[31, 30, 1]]
+    body = {"id": "v.nii", **propagated(corrections=own, corrections_on=on)}
+    r = c.post("/api/segment", json=body)
+    assert r.status_code == 200, r.text
+    corr = {2: own, **{int(z): v for z, v in on.items()}}
+    want = volume.propagate(
+        click_seg, frames, 2, np.asarray(POINTS), extent=(1, 3), corrections=corr
+    )
+    out = r.json()
+    assert [s["slice"] for s in out["slices"]] == [f["slice"] for f in want.slices]
+    for s in out["slices"]:
+        assert s["area_px"] == want.labels[s["slice"]].sum() > 0
+    assert out["stops"] == want.stops and out["area_px"] == want.labels[2].sum()
+    r = c.post(
+        "/api/save",
+        json={
+            "id": "v.nii",
+            "revision": 0,
+            "objects": [propagated(corrections=own, corrections_on=on)],
+        },
+    )
+    assert r.status_code == 200, r.text
+    lab = np.asarray(nib.load(volume_folder / "v.labels.nii.gz").dataobj)
+    for z in range(5):
+        np.testing.assert_array_equal(np.rot90(lab[..., z]) > 0, want.labels[z])
+    assert [f["slice"] for f in want.slices] == [1, 2, 3]  # the extent, every slice
+    assert not lab[..., [0, 4]].any()
+    saved = c.get("/api/image", params={"id": "v.nii"}).json()["annotation"]["objects"][0]
+    assert saved["propagate"] and saved["extent"] == [1, 3] and saved["corrections_on"] == on
+
+
+@pytest.mark.parametrize(
+    "image_id,bad,needle",
+    [
+        ("flat.png", propagated(z=0, extent=None), "propagation needs a volume"),
+        ("v.nii", {**propagated(), "propagate": False}, "act through propagation"),
+        ("v.nii", propagated(extent=(3, 4)), "lies outside the extent (3, 4)"),
+        ("v.nii", propagated(extent=(1, 7)), "extent (1, 7)"),
+        ("v.nii", propagated(corrections_on={"4": [[3, 3, 1]]}), "slice 4: outside the extent"),
+        ("v.nii", propagated(corrections_on={"2": [[3, 3, 1]]}), 'go in "corrections"'),
+        ("v.nii", propagated(corrections_on={"9": [[3, 3, 1]]}), "slice 9"),
+        ("v.nii", propagated(corrections_on={"3": [[3, 99, 1]]}), "outside the image"),
+    ],
+)
+def test_bad_3d_objects_are_refused_and_write_nothing(
+    click_seg, volume_folder, image_id, bad, needle
+):
+    images = folder_lib.ImageFolder(str(volume_folder), max_pixels=10**6)
+    c = TestClient(server.create_app(click_seg, images, max_upload_bytes=1))
+    before = tree(volume_folder)
+    r = c.post("/api/segment", json={"id": image_id, **bad})
+    assert r.status_code == 400 and needle in r.json()["error"], r.text
+    r = c.post("/api/save", json={"id": image_id, "revision": 0, "objects": [bad]})
+    assert r.status_code == 400 and needle in r.json()["error"], r.text
+    assert tree(volume_folder) == before
+
+
+def test_clicks_on_other_slices_are_refused_by_a_model_without_click_channels(seg, volume_folder):
+    images = folder_lib.ImageFolder(str(volume_folder), max_pixels=10**6)
+    c = TestClient(server.create_app(seg, images, max_upload_bytes=1))
+    before = tree(volume_folder)
+    bad = propagated(corrections_on={"3": [[30, 31, 1]]})
+    for path, body in (
+        ("/api/segment", {"id": "v.nii", **bad}),
+        ("/api/save", {"id": "v.nii", "revision": 0, "objects": [propagated(), bad]}),
+    ):
+        r = c.post(path, json=body)
+        assert r.status_code == 400 and "takes no corrective clicks" in r.json()["error"], r.text
+    assert tree(volume_folder) == before
+    r = c.post("/api/segment", json={"id": "v.nii", **propagated(extent=None)})
+    assert r.status_code == 200 and r.json()["stops"], r.text

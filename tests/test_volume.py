@@ -60,6 +60,9 @@ class Oracle:
         obj = _Obj(mask, pts, clicks, [], (y0, x0, y1, x1))
         return seglib.Segmentation([obj], (h, w), None, 0.0, "oracle", {}, {})
 
+    def check_accepts(self, corrections, object_ids=None):
+        pass  # the oracle obeys any number of clicks
+
     def refine(self, image, ann, spacing=None):
         return self.segment(image, [ann.points], spacing, corrections=[ann.corrections]).objects[0]
 
@@ -207,6 +210,12 @@ def test_bad_volume_input_gets_one_clear_error():
         volume.propagate(Oracle(), vol, 10, pts, extent=(3, 30))
     with pytest.raises(ValueError, match="slice 40: out of range"):
         volume.propagate(Oracle(), vol, 10, pts, corrections={40: [[1, 1, 1]]})
+    oracle = Oracle()  # clicks that propagation would never reach, or outside the image:
+    with pytest.raises(ValueError, match=r"slice 15: outside the extent \(8, 12\)"):
+        volume.propagate(oracle, vol, 10, pts, extent=(8, 12), corrections={15: [[1, 1, 1]]})
+    with pytest.raises(ValueError, match="slice 12: object 1: corrective click"):
+        volume.propagate(oracle, vol, 10, pts, corrections={12: [[100, 1, 1]]})
+    assert not oracle.calls  # refused before any slice was segmented
     with pytest.raises(ValueError, match=r"volume must be \(S, H, W\)"):
         volume.propagate(Oracle(), vol[0], 0, pts)
     with pytest.raises(ValueError, match="lies outside the image"):

@@ -19,8 +19,10 @@ Saved beside an image `NAME.EXT` (all files of one save written together, atomic
                         NAME/: the same beside the folder, with the series' affine
                         (`readers.read_dicom_series`)
   NAME.annotation.json  the clicks of every object (label name, colour, slice, the four
-                        points), the label table, the checkpoint and threshold used, and
-                        a revision number that the next save must quote
+                        points, corrective clicks; for an object propagated through a
+                        volume its extent and the clicks on other slices), the label
+                        table, the checkpoint and threshold used, and a revision number
+                        that the next save must quote
 """
 
 from __future__ import annotations
@@ -293,9 +295,10 @@ class ImageFolder:
         Args:
           revision: the revision the client loaded (0: none saved); a different saved
             revision means another tab saved in between: 409, nothing written.
-          objects: per object {"label", "color", "slice", "points", "corrections"}
-            (JSON-ready).
-          masks: per object the (H, W) bool mask of its slice.
+          objects: per object {"label", "color", "slice", "points", "corrections",
+            "propagate", "extent", "corrections_on"} (JSON-ready).
+          masks: per object {slice: (H, W) bool mask} (its own slice, or every slice
+            a propagated object reaches).
           extra: more JSON facts to store (checkpoint, threshold).
 
         Returns: {"revision", "files"} of what was written.
@@ -316,10 +319,11 @@ class ImageFolder:
             dtype = np.uint8 if len(names) < 256 else np.uint16
             shape = loaded.frames.shape[:3]
             labels = np.zeros(shape, dtype)
-            for o, m in zip(objects, masks, strict=True):
+            for o, by_slice in zip(objects, masks, strict=True):
                 # painted in order: a later object wins where two overlap (an inner
                 # structure given after the outer one)
-                labels[o["slice"]][m] = label_of[o["label"]]
+                for z, m in by_slice.items():
+                    labels[z][m] = label_of[o["label"]]
             stem = segment_files.file_stem(path)
             out = {}
             if loaded.kind in segment_files.VOLUME_KINDS:

@@ -13,11 +13,17 @@ Endpoints (JSON unless said; every error is `{"error": message}` with its status
                              [[x, y, sign]]} (left, right, top, bottom; pixel centres at
                              integers; corrective clicks +1 / -1 for a model that takes
                              them) -> the zero contour (polylines in image pixels),
-                             area, warnings, milliseconds
+                             area, warnings, milliseconds. In a volume, with
+                             "propagate": true (and optionally "extent": [first, last],
+                             "corrections_on": {slice: [[x, y, sign]]}) the object is
+                             followed through the slices (`volume.propagate`) and
+                             "slices" lists each slice it reaches: contours, area,
+                             source ("clicks" / "propagated"); "stops" says why it ended
   POST /api/save             {"id", "revision", "objects": [{"label", "color", "slice",
-                             "points", "corrections"}]} -> every object segmented again
-                             from its clicks and written with its label map
-                             (`ImageFolder.save`)
+                             "points", "corrections", "propagate", "extent",
+                             "corrections_on"}]} -> every object segmented again from its
+                             clicks (propagated ones through the volume) and written with
+                             its label map (`ImageFolder.save`)
   POST /api/upload           multipart `file` -> stored as uploads/NAME (never over a file)
 
 Statuses: 400 bad input (clicks, JSON, slice), 403 a path outside the folder or a
@@ -33,6 +39,7 @@ import time
 
 import numpy as np
 
+from dlset_jax import segment_files
 from dlset_jax import segmenter as seglib
 from dlset_jax.app.folder import FolderError, ImageFolder
 
@@ -40,6 +47,7 @@ STATIC = os.path.join(os.path.dirname(__file__), "static")
 MAX_JSON_BYTES = 1 << 20
 MAX_OBJECTS = 256
 MAX_CORRECTIONS = 64  # per object in a request; the model's own limit is checked after
+MAX_CLICKED_SLICES = 64  # slices with corrective clicks, per propagated object
 
 
 def _contours(phi_window: np.ndarray, window, threshold: float) -> list[list[list[float]]]:
@@ -53,6 +61,17 @@ def _contours(phi_window: np.ndarray, window, threshold: float) -> list[list[lis
     return [[[float(x + x0), float(y + y0)] for x, y in line] for line in lines if len(line) > 2]
 
 
+def _mask_contours(mask: np.ndarray) -> list[list[list[float]]]:
+    """The outline of a bool `(H, W)` mask, halfway between inside and outside pixel
+    centres, as `_contours` polylines (an empty mask: none)."""
+    ys, xs = np.nonzero(mask)
+    if not len(ys):
+        return []
+    y0, x0 = ys.min(), xs.min()
+    window = mask[y0 : ys.max() + 1, x0 : xs.max() + 1]
+    return _contours(np.where(window, -0.5, 0.5), (y0, x0), 0.0)
+
+
 def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: int):
     """The FastAPI application (run it with uvicorn; `__main__` does)."""
     from typing import Annotated
@@ -63,18 +82,24 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
     from fastapi.staticfiles import StaticFiles
     from pydantic import BaseModel, Field
 
-    class SegmentIn(BaseModel):
-        id: str
+    class Clicks(BaseModel):  # one object's clicks
         slice: int = 0
         points: list[list[float]]
         corrections: list[list[float]] = Field(default=[], max_length=MAX_CORRECTIONS)
+        # through the volume from `slice` (volume.propagate): optionally its first and
+        # last slice, and corrective clicks on other slices, by slice number
+        propagate: bool = False
+        extent: list[int] | None = Field(default=None, min_length=2, max_length=2)
+        corrections_on: dict[int, list[list[float]]] = Field(
+            default={}, max_length=MAX_CLICKED_SLICES
+        )
 
-    class ObjectIn(BaseModel):
+    class SegmentIn(Clicks):
+        id: str
+
+    class ObjectIn(Clicks):
         label: str = Field(min_length=1, max_length=64)
         color: str = Field(pattern=r"^#[0-9a-fA-F]{6}$")
-        slice: int = 0
-        points: list[list[float]]
-        corrections: list[list[float]] = Field(default=[], max_length=MAX_CORRECTIONS)
 
     class SaveIn(BaseModel):
         id: str
@@ -170,19 +195,20 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
         Image.fromarray(shown).save(buf, format="PNG", compress_level=1)
         return Response(buf.getvalue(), media_type="image/png")
 
+    def checked_points(frame, points, k):
+        # clicked in any order: named by position, or taken as given (left, right, top,
+        # bottom) where two points tie for an extreme
+        try:
+            return seglib.check_points(points, frame.shape[:2], obj=k, reorder=True)[0]
+        except ValueError as e:
+            try:
+                return seglib.check_points(points, frame.shape[:2], obj=k)[0]
+            except ValueError:
+                raise FolderError(str(e)) from None
+
     def segment_slice(im, z, points_list, corrections_list, ids):
         frame = im.frame(z)
-        checked = []
-        for k, p in zip(ids, points_list, strict=True):
-            # clicked in any order: named by position, or taken as given (left, right,
-            # top, bottom) where two points tie for an extreme
-            try:
-                checked.append(seglib.check_points(p, frame.shape[:2], obj=k, reorder=True)[0])
-            except ValueError as e:
-                try:
-                    checked.append(seglib.check_points(p, frame.shape[:2], obj=k)[0])
-                except ValueError:
-                    raise FolderError(str(e)) from None
+        checked = [checked_points(frame, p, k) for k, p in zip(ids, points_list, strict=True)]
         with model_lock:
             try:  # corrective clicks (and the model's refusal of them), the image contract
                 return seg.segment(
@@ -195,10 +221,73 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
             except ValueError as e:
                 raise FolderError(str(e)) from None
 
+    def propagate(im, obj, k):
+        """Object `k` (a `Clicks` dict) through the volume: `volume.propagate`'s result."""
+        from dlset_jax import volume
+
+        if im.kind not in segment_files.VOLUME_KINDS:
+            raise FolderError(
+                f"object {k}: propagation needs a volume, {im.image_id} is a {im.kind}"
+            )
+        if not 0 <= obj["slice"] < im.n_slices:
+            raise FolderError(
+                f"object {k}: slice {obj['slice']} out of range (0..{im.n_slices - 1})"
+            )
+        points = checked_points(im.frame(obj["slice"]), obj["points"], k)
+        corrections = {int(z): c for z, c in obj["corrections_on"].items() if c}
+        if obj["slice"] in corrections:
+            raise FolderError(
+                f'object {k}: clicks on its own slice {obj["slice"]} go in "corrections"'
+            )
+        if obj["corrections"]:
+            corrections[obj["slice"]] = obj["corrections"]
+        with model_lock:
+            try:  # extent, clicks on any slice and the model's refusal, before any compute
+                return volume.propagate(
+                    seg,
+                    im.frames,
+                    obj["slice"],
+                    points,
+                    extent=obj["extent"],
+                    corrections=corrections,
+                    spacing=im.spacing,
+                )
+            except ValueError as e:
+                raise FolderError(f"object {k}: {e}") from None
+
+    def check_flat(obj, k):
+        if not obj["propagate"] and (obj["extent"] is not None or obj["corrections_on"]):
+            raise FolderError(
+                f"object {k}: an extent and clicks on other slices act through propagation: "
+                'set "propagate": true'
+            )
+
     @app.post("/api/segment")
     def segment(body: SegmentIn):
         t0 = time.perf_counter()
         im = folder.load(body.id)
+        obj = body.model_dump()
+        check_flat(obj, 1)
+        if obj["propagate"]:
+            res = propagate(im, obj, 1)
+            slices = [
+                {
+                    "slice": f["slice"],
+                    "source": f["source"],
+                    "contours": _mask_contours(res.labels[f["slice"]]),
+                    "area_px": f["area_px"],
+                }
+                for f in res.slices
+            ]
+            start = next(f for f in res.slices if f["slice"] == res.start)
+            return {
+                "contours": next(s["contours"] for s in slices if s["slice"] == res.start),
+                "area_px": start["area_px"],
+                "warnings": start["warnings"],
+                "slices": slices,
+                "stops": res.stops,
+                "ms": 1e3 * (time.perf_counter() - t0),
+            }
         out = segment_slice(im, body.slice, [body.points], [body.corrections], [1]).objects[0]
         return {
             "contours": _contours(out.phi_window, out.window, out.threshold),
@@ -211,14 +300,29 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
     def save(body: SaveIn):
         im = folder.load(body.id)
         objects = [o.model_dump() for o in body.objects]
-        masks = [None] * len(objects)
+        masks = [None] * len(objects)  # per object {slice: (H, W) mask}
         by_slice: dict[int, list[int]] = {}
         for k, o in enumerate(objects):
+            check_flat(o, k + 1)
             if not 0 <= o["slice"] < im.n_slices:
                 raise FolderError(
                     f"object {k + 1}: slice {o['slice']} out of range (0..{im.n_slices - 1})"
                 )
-            by_slice.setdefault(o["slice"], []).append(k)
+            if not o["propagate"]:
+                by_slice.setdefault(o["slice"], []).append(k)
+        for k, o in enumerate(objects):  # every refusal before the slow part
+            if o["propagate"]:
+                checked_points(im.frame(o["slice"]), o["points"], k + 1)
+        per_slice = [o["corrections"] for o in objects] + [
+            c for o in objects for c in o["corrections_on"].values()
+        ]
+        ids = [k + 1 for k in range(len(objects))] + [
+            k + 1 for k, o in enumerate(objects) for _ in o["corrections_on"]
+        ]
+        try:
+            seg.check_accepts(per_slice, ids)
+        except ValueError as e:
+            raise FolderError(str(e)) from None
         for z, ks in by_slice.items():
             res = segment_slice(
                 im,
@@ -228,7 +332,11 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
                 [k + 1 for k in ks],
             )
             for k, r in zip(ks, res.objects, strict=True):
-                masks[k] = r.mask
+                masks[k] = {z: r.mask}
+        for k, o in enumerate(objects):
+            if o["propagate"]:
+                res = propagate(im, o, k + 1)
+                masks[k] = {f["slice"]: res.labels[f["slice"]] for f in res.slices}
         extra = {
             "checkpoint": {"workdir": seg.workdir, "step": seg.step},
             "threshold": seg.threshold,
