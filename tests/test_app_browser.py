@@ -2,10 +2,13 @@
 chromium-driver through selenium; `.ci/run` installs them).
 
 The server runs on a free localhost port with the tiny model trained on ellipses
-(`tiny_models.trained_workdir`) and a generated ellipse image. The test clicks the four
-extreme points on the canvas, waits for the contour, saves, checks the saved label map
-against the truth (DSC above the four-point polygon's), and reopens the image to see
-the saved object again. Skipped, with the reason, only where no browser is installed.
+(`tiny_models.trained_workdir`), a generated ellipse image and a NIfTI volume of
+ellipses. The first test clicks the four extreme points on the canvas, waits for the
+contour, saves, checks the saved label map against the truth (DSC above the four-point
+polygon's), and reopens the image to see the saved object again; the second follows an
+object through the volume between a first and a last slice named with the buttons and
+checks the saved label volume against `volume.propagate` on the same clicks. Skipped,
+with the reason, only where no browser is installed.
 """
 
 from __future__ import annotations
@@ -33,6 +36,11 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 
 
+# five slices of one ellipse growing upwards (image, mask per slice)
+_rng = np.random.default_rng(8)
+VOLUME = [ellipse_image(_rng, center=(32, 30), axes=(8 + 2 * z, 6 + z)) for z in range(5)]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -41,16 +49,19 @@ def free_port() -> int:
 
 @pytest.fixture
 def served(trained_workdir, tmp_path):
-    """(url, image folder, truth mask) of a running server; stopped afterwards."""
+    """(url, image folder, truth mask, segmenter, folder) of a running server; stopped
+    afterwards. The folder holds ellipse.png and v.nii (slice z shown as VOLUME[z])."""
     uvicorn = pytest.importorskip("uvicorn")
+    nib = pytest.importorskip("nibabel")
     root = tmp_path / "images"
     root.mkdir()
     img, mask = ellipse_image(np.random.default_rng(7), 64, 64, center=(31, 33), axes=(17, 11))
     Image.fromarray(img).save(root / "ellipse.png")
+    stack = np.stack([np.rot90(im, -1) for im, _ in VOLUME], axis=2).astype(np.int16)
+    nib.save(nib.Nifti1Image(stack, np.eye(4)), root / "v.nii")
     seg = seglib.Segmenter.from_workdir(str(trained_workdir), bucket_size=1)
-    app = server.create_app(
-        seg, folder_lib.ImageFolder(str(root), max_pixels=10**6), max_upload_bytes=1 << 20
-    )
+    images = folder_lib.ImageFolder(str(root), max_pixels=10**6)
+    app = server.create_app(seg, images, max_upload_bytes=1 << 20)
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
@@ -60,7 +71,7 @@ def served(trained_workdir, tmp_path):
             break
         time.sleep(0.05)
     assert srv.started, "the server did not start"
-    yield f"http://127.0.0.1:{port}/", root, mask
+    yield f"http://127.0.0.1:{port}/", root, mask, seg, images
     srv.should_exit = True
     thread.join(timeout=10)
 
@@ -125,7 +136,7 @@ def click_pixel(driver, x, y):
 
 
 def test_four_clicks_contour_save_and_reopen(served, browser, tmp_path):
-    url, root, mask = served
+    url, root, mask, _, _ = served
     open_image(browser, url, "ellipse.png")
     points = targets.extreme_points(mask)  # (4, 2) x, y: left, right, top, bottom
     order = [2, 1, 3, 0]  # clicked in another order than the model's: the page sorts them
@@ -160,3 +171,71 @@ def test_four_clicks_contour_save_and_reopen(served, browser, tmp_path):
     shot = os.environ.get("DLSET_APP_SCREENSHOT")
     if shot:  # scripts can keep the page's picture (the README's)
         browser.save_screenshot(shot)
+
+
+def show_slice(driver, z):
+    driver.execute_script(
+        "const s = document.getElementById('slice'); s.value = arguments[0];"
+        "s.dispatchEvent(new Event('input'));",
+        z,
+    )
+    canvas = driver.find_element("id", "canvas")
+    wait_for(driver, lambda d: d.find_element("id", "slice-value").text == str(z), f"slice {z}")
+    return canvas
+
+
+def wait_idle(driver, what):
+    canvas = driver.find_element("id", "canvas")
+    wait_for(driver, lambda d: canvas.get_attribute("data-busy") == "0", what)
+
+
+def test_an_object_followed_through_a_volume_between_named_slices(served, browser):
+    nib = pytest.importorskip("nibabel")
+    from dlset_jax import volume
+
+    url, root, _, seg, images = served
+    open_image(browser, url, "v.nii")  # opens on the middle slice, 2
+    points = targets.extreme_points(VOLUME[2][1])
+    for p in points:
+        click_pixel(browser, *p)
+    canvas = browser.find_element("id", "canvas")
+    wait_for(browser, lambda d: canvas.get_attribute("data-contours") == "1", "the contour")
+    show_slice(browser, 1)  # the object stays current: name its first slice here
+    browser.find_element("id", "first-slice").click()
+    wait_idle(browser, "the propagation")
+    assert "(1..4)" in browser.find_element("id", "status").text  # up to where it vanishes
+    show_slice(browser, 3)
+    browser.find_element("id", "last-slice").click()
+    wait_idle(browser, "the propagation")
+    assert "3 slices (1..3)" in browser.find_element("id", "status").text
+    assert canvas.get_attribute("data-drawn") == "1"  # its outline on this slice
+    assert show_slice(browser, 4).get_attribute("data-drawn") == "0"  # beyond the last one
+    items = browser.find_elements("css selector", "#objects li")
+    assert len(items) == 1 and "3-D, slices 1..3 (given 1..3)" in items[0].text
+    # this model takes no corrective clicks: the page says so and sends nothing
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    show_slice(browser, 3)
+    ActionChains(browser).key_down(Keys.SHIFT).perform()
+    click_pixel(browser, 30, 32)
+    ActionChains(browser).key_up(Keys.SHIFT).perform()
+    assert "takes no corrective clicks" in browser.find_element("id", "status").text
+
+    browser.find_element("id", "save").click()
+    wait_for(
+        browser, lambda d: "saved (revision 1)" in d.find_element("id", "status").text, "the save"
+    )
+    lab = np.asarray(nib.load(root / "v.labels.nii.gz").dataobj)
+    want = volume.propagate(seg, images.load("v.nii").frames, 2, points, extent=(1, 3)).labels
+    for z in range(5):
+        np.testing.assert_array_equal(np.rot90(lab[..., z]) > 0, want[z])
+    assert want[1:4].any(axis=(1, 2)).all() and not lab[..., [0, 4]].any()
+    saved = json.loads((root / "v.annotation.json").read_text())["objects"][0]
+    assert saved["propagate"] and saved["extent"] == [1, 3] and saved["slice"] == 2
+
+    open_image(browser, url, "v.nii")  # reopened on its clicked slice, followed again
+    wait_idle(browser, "the saved object")
+    assert show_slice(browser, 1).get_attribute("data-drawn") == "1"
+    items = browser.find_elements("css selector", "#objects li")
+    assert "3-D, slices 1..3" in items[0].text

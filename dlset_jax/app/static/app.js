@@ -1,6 +1,6 @@
 // The annotation page: open an image, click four points per object, see the contour,
 // correct it (Shift+click: part of the object, Alt+click: background; models trained
-// with corrective clicks), save. Everything goes through the local server's /api (dlset_jax/app/server.py).
+// with corrective clicks), in a volume follow it through the slices (3-D), save. Everything goes through the local server's /api (dlset_jax/app/server.py).
 "use strict";
 
 const PALETTE = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4",
@@ -44,6 +44,11 @@ const postJSON = (path, body) => api(path, {
   method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
 }).then((r) => r.json());
 
+// What the server needs of an object (and what undo and the saved annotation keep).
+const clicksOf = ({ label, color, slice, points, corrections, propagate, extent, corrections_on }) =>
+  ({ label, color, slice, points, corrections, propagate, extent, corrections_on });
+const blank = () => ({ corrections: [], propagate: false, extent: null, corrections_on: {} });
+
 function colorFor(label) {
   const labels = [...new Set(state.objects.map((o) => o.label))];
   const i = labels.indexOf(label);
@@ -82,7 +87,7 @@ async function openImage(id) {
   $("slice").value = state.z;
   $("slice-value").textContent = state.z;
   if (meta.annotation) {
-    state.objects = meta.annotation.objects.map((o) => ({ corrections: [], ...o, contours: null }));
+    state.objects = meta.annotation.objects.map((o) => ({ ...blank(), ...o, contours: null, volume: null }));
     state.z = state.objects.length ? state.objects[0].slice : state.z;
     $("slice").value = state.z;
     $("slice-value").textContent = state.z;
@@ -110,18 +115,25 @@ async function segment(obj) {
   if (obj.points.length !== 4) return;
   obj.pending = true;
   state.busy += 1;
+  canvas.dataset.busy = state.busy;
+  if (obj.propagate) status("following the object through the slices ...");
   redraw();
   try {
-    const out = await postJSON("/api/segment", {
-      id: state.image.id, slice: obj.slice, points: obj.points, corrections: obj.corrections,
-    });
+    const { label, color, ...clicks } = clicksOf(obj);
+    const out = await postJSON("/api/segment", { id: state.image.id, ...clicks });
     obj.contours = out.contours;
     obj.area = out.area_px;
     obj.error = null;
+    obj.volume = out.slices ? Object.fromEntries(out.slices.map((s) => [s.slice, s])) : null;
     const warn = out.warnings.length ? ` (${out.warnings.join("; ")})` : "";
-    status(`contour ready: ${out.area_px} px in ${Math.round(out.ms)} ms${warn}`);
+    if (out.slices) {
+      const zs = out.slices.map((s) => s.slice);
+      status(`${zs.length} slices (${zs[0]}..${zs[zs.length - 1]}) in ${Math.round(out.ms)} ms; ` +
+             `ended below: ${out.stops.below}, above: ${out.stops.above}${warn}`);
+    } else status(`contour ready: ${out.area_px} px in ${Math.round(out.ms)} ms${warn}`);
   } catch (e) {
     obj.contours = null;
+    obj.volume = null;
     obj.error = e.message;
     status(e.message, true);
   } finally {
@@ -134,14 +146,13 @@ async function segment(obj) {
 }
 
 function snapshot() {
-  state.history.push(JSON.stringify(state.objects.map(({ label, color, slice, points, corrections }) =>
-    ({ label, color, slice, points, corrections }))));
+  state.history.push(JSON.stringify(state.objects.map(clicksOf)));
   if (state.history.length > 200) state.history.shift();
 }
 
 function undo() {
   if (!state.history.length) return status("nothing to undo");
-  state.objects = JSON.parse(state.history.pop()).map((o) => ({ ...o, contours: null }));
+  state.objects = JSON.parse(state.history.pop()).map((o) => ({ ...o, contours: null, volume: null }));
   state.current = -1;
   Promise.all(state.objects.map((o) => segment(o))).then(() => status("undone"));
   renderObjects();
@@ -151,7 +162,8 @@ function undo() {
 function newObject() {
   snapshot();
   const label = $("label").value.trim() || "object";
-  state.objects.push({ label, color: colorFor(label), slice: state.z, points: [], corrections: [], contours: null });
+  state.objects.push({ ...blank(), label, color: colorFor(label), slice: state.z, points: [],
+                       contours: null, volume: null });
   state.current = state.objects.length - 1;
   renderObjects();
 }
@@ -163,8 +175,7 @@ async function save() {
   try {
     const out = await postJSON("/api/save", {
       id: state.image.id, revision: state.revision,
-      objects: done.map(({ label, color, slice, points, corrections }) =>
-        ({ label, color, slice, points, corrections })),
+      objects: done.map(clicksOf),
     });
     state.revision = out.revision;
     status(`saved (revision ${out.revision}): ${out.files.join(", ")}`);
@@ -199,11 +210,18 @@ function redraw() {
   if (!state.bitmap || !state.image) return;
   ctx.imageSmoothingEnabled = false;
   ctx.drawImage(state.bitmap, view.ox, view.oy, state.image.width * view.scale, state.image.height * view.scale);
+  let drawn = 0;
   state.objects.forEach((o, k) => {
-    if (o.slice !== state.z) return;
+    const own = o.slice === state.z;
+    // a 3-D object's propagated outline on the other slices it reaches (dashed)
+    const there = own ? null : o.volume && o.volume[state.z];
+    if (!own && !there) return;
+    const lines = own ? o.contours || [] : there.contours;
+    if (lines.length) drawn += 1;
     ctx.strokeStyle = o.color;
     ctx.lineWidth = 2;
-    for (const line of o.contours || []) {
+    ctx.setLineDash(own ? [] : [6, 4]);
+    for (const line of lines) {
       ctx.beginPath();
       line.forEach(([x, y], i) => {
         const [cx, cy] = toCanvas(x, y);
@@ -212,7 +230,8 @@ function redraw() {
       ctx.closePath();
       ctx.stroke();
     }
-    o.points.forEach(([x, y], i) => {
+    ctx.setLineDash([]);
+    if (own) o.points.forEach(([x, y], i) => {
       const [cx, cy] = toCanvas(x, y);
       ctx.fillStyle = o.color;
       ctx.beginPath();
@@ -223,7 +242,7 @@ function redraw() {
       ctx.fillText(String(i + 1), cx + 6, cy - 6);
     });
     // corrective clicks: + part of the object (green), - background (red)
-    o.corrections.forEach(([x, y, sign]) => {
+    (own ? o.corrections : o.corrections_on[state.z] || []).forEach(([x, y, sign]) => {
       const [cx, cy] = toCanvas(x, y);
       ctx.strokeStyle = sign > 0 ? "#3f3" : "#f33";
       ctx.lineWidth = 3;
@@ -234,6 +253,7 @@ function redraw() {
     });
   });
   canvas.dataset.contours = state.objects.filter((o) => o.contours && o.contours.length).length;
+  canvas.dataset.drawn = drawn;  // outlines on the slice shown (read by the browser test)
 }
 
 function renderObjects() {
@@ -245,14 +265,23 @@ function renderObjects() {
     sw.className = "swatch";
     sw.style.background = o.color;
     li.appendChild(sw);
+    const nCorr = o.corrections.length + Object.values(o.corrections_on).reduce((n, c) => n + c.length, 0);
+    const zs = o.volume ? Object.keys(o.volume).map(Number) : [];
     const what = o.error ? `error: ${o.error}` : o.pending ? "segmenting ..." :
       o.points.length < 4 ? `${o.points.length}/4 points` :
-      `${o.area ?? "?"} px` + (o.corrections.length ? `, ${o.corrections.length} corrections` : "");
+      (zs.length ? `3-D, slices ${Math.min(...zs)}..${Math.max(...zs)}` +
+                   (o.extent ? ` (given ${o.extent[0]}..${o.extent[1]})` : "")
+                 : `${o.area ?? "?"} px`) + (nCorr ? `, ${nCorr} corrections` : "");
     li.appendChild(document.createTextNode(`${o.label}` + (state.image.n_slices > 1 ? ` (slice ${o.slice})` : "") + `: ${what} `));
+    if (k === state.current) li.classList.add("current");
     const del = document.createElement("button");
     del.textContent = "x";
     del.title = "delete this object";
-    del.onclick = () => { snapshot(); state.objects.splice(k, 1); state.current = -1; renderObjects(); redraw(); };
+    del.onclick = (ev) => {
+      ev.stopPropagation();
+      snapshot(); state.objects.splice(k, 1); state.current = -1; renderObjects(); redraw();
+    };
+    li.onclick = () => { state.current = k; renderObjects(); redraw(); };  // select it
     li.appendChild(del);
     ol.appendChild(li);
   });
@@ -281,18 +310,28 @@ canvas.addEventListener("mousedown", (ev) => {
   if (!state.image) return;
   const [cx, cy] = eventPos(ev);
   const h = hit(cx, cy);
-  if (h) { snapshot(); state.drag = { obj: h[0], pt: h[1], moved: false }; return; }
+  if (h) {
+    snapshot();
+    state.drag = { obj: h[0], pt: h[1], moved: false };
+    state.current = h[0];
+    renderObjects();
+    return;
+  }
   const [x, y] = toImage(cx, cy).map(Math.round);
   if (x < 0 || y < 0 || x >= state.image.width || y >= state.image.height) {
     return status("click inside the image", true);
   }
   let o = state.objects[state.current];
-  if ((ev.shiftKey || ev.altKey) && o && o.points.length === 4 && o.slice === state.z) {
+  const reaches = o && o.points.length === 4 && (o.slice === state.z || (o.volume && o.volume[state.z]));
+  if ((ev.shiftKey || ev.altKey) && reaches) {
     if (!state.info.model.takes_corrections) {
       return status("this model takes no corrective clicks: drag the four points instead", true);
     }
     snapshot();
-    o.corrections.push([x, y, ev.shiftKey ? 1 : -1]);
+    const click = [x, y, ev.shiftKey ? 1 : -1];
+    // on a propagated slice: propagation runs again from there (volume.propagate)
+    if (o.slice === state.z) o.corrections.push(click);
+    else (o.corrections_on[state.z] = o.corrections_on[state.z] || []).push(click);
     renderObjects();
     redraw();
     return segment(o);
@@ -326,12 +365,58 @@ window.addEventListener("mouseup", () => {
 // ---- controls
 
 $("new-object").onclick = () => { newObject(); status("new object: click its four extreme points"); };
+
+// ---- 3-D: the current object followed through the volume, optionally between a first
+// and a last slice the user names
+
+function currentComplete() {
+  const o = state.objects[state.current];
+  if (!o || o.points.length !== 4) {
+    status("click an object's four points first (or drag one to select it)", true);
+    return null;
+  }
+  return o;
+}
+
+function toggle3d() {
+  const o = currentComplete();
+  if (!o) return;
+  snapshot();
+  o.propagate = !o.propagate;
+  if (!o.propagate) { o.extent = null; o.corrections_on = {}; o.volume = null; }
+  renderObjects();
+  segment(o);
+}
+
+function setExtent(end) {
+  const o = currentComplete();
+  if (!o) return;
+  const z = state.z, last = state.image.n_slices - 1;
+  const [lo, hi] = o.extent || [0, last];
+  if ((end === 0 && z > o.slice) || (end === 1 && z < o.slice)) {
+    return status(`the ${end ? "last" : "first"} slice must lie ${end ? "at or above" : "at or below"} ` +
+                  `the clicked slice ${o.slice}`, true);
+  }
+  snapshot();
+  o.propagate = true;
+  o.extent = end === 0 ? [z, hi] : [lo, z];
+  for (const s of Object.keys(o.corrections_on)) {  // clicks beyond the new extent go
+    if (s < o.extent[0] || s > o.extent[1]) delete o.corrections_on[s];
+  }
+  renderObjects();
+  segment(o);
+}
+
+$("propagate").onclick = toggle3d;
+$("first-slice").onclick = () => setExtent(0);
+$("last-slice").onclick = () => setExtent(1);
 $("undo").onclick = undo;
 $("save").onclick = save;
 $("slice").oninput = (ev) => {
   state.z = Number(ev.target.value);
   $("slice-value").textContent = state.z;
-  state.current = -1;
+  // the current object stays current: the 3-D buttons and clicks on this slice act on it
+  renderObjects();
   loadSlice().catch((e) => status(e.message, true));
 };
 for (const id of ["win-lo", "win-hi"]) {
@@ -357,6 +442,7 @@ window.addEventListener("keydown", (ev) => {
   if ((ev.ctrlKey || ev.metaKey) && ev.key === "z") { ev.preventDefault(); undo(); }
   else if ((ev.ctrlKey || ev.metaKey) && ev.key === "s") { ev.preventDefault(); save(); }
   else if (ev.key === "n") newObject();
+  else if (ev.key === "p" && state.image && state.image.n_slices > 1) toggle3d();
 });
 window.addEventListener("resize", redraw);
 
