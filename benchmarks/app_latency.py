@@ -9,7 +9,10 @@ HTTP (localhost only):
      (what the page sends after the fourth click): p50 / p95 / max in ms, the server's
      own time for the same calls, and the first (compiling) call apart;
   2. load: `--clients` threads x `--requests` calls at once: p50 / p95, requests per
-     second and the number of errors (must be 0).
+     second and the number of errors (must be 0);
+  3. 3-D: `--volume_requests` calls that follow an ellipsoid through a generated
+     256 x 256 x 48 NIfTI volume from four clicks on its middle slice (what the page's
+     3-D button sends): the slices reached, p50 / p95 per request and per slice.
 Without `--workdir`, a randomly initialised CPU-default model (the same network and
 evolution: the latency does not depend on the weights).
 """
@@ -54,6 +57,23 @@ def make_image(root: str, rng) -> list[list[list[float]]]:
     return clicks
 
 
+def make_volume(root: str, rng) -> tuple[int, list[list[float]]]:
+    """A 256 x 256 x 48 NIfTI volume holding a noisy bright ellipsoid over about 36
+    slices; returns its middle slice (as the tool numbers them) and that slice's exact
+    extreme points in the tool's view (`np.rot90` of each NIfTI slice)."""
+    import nibabel as nib
+
+    from dlset_jax import targets
+
+    z, y, x = np.mgrid[:48, :256, :256]
+    ball = ((z - 24) / 18) ** 2 + ((y - 120) / 40) ** 2 + ((x - 140) / 28) ** 2 <= 1
+    vol = rng.normal(60, 10, ball.shape) + 110 * ball
+    # stored (x, y, z): the tool shows np.rot90 of vol[..., k]
+    stored = np.stack([np.rot90(vol[k], -1) for k in range(48)], axis=2).astype(np.int16)
+    nib.save(nib.Nifti1Image(stored, np.eye(4)), os.path.join(root, "bench.nii"))
+    return 24, targets.extreme_points(ball[24]).tolist()
+
+
 def post(url: str, body: dict) -> dict:
     req = urllib.request.Request(
         url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
@@ -67,6 +87,7 @@ def main(argv=None) -> None:
     p.add_argument("--workdir", default=None)
     p.add_argument("--requests", type=int, default=50)
     p.add_argument("--clients", type=int, default=4)
+    p.add_argument("--volume_requests", type=int, default=5)
     a = p.parse_args(argv)
 
     import jax
@@ -87,6 +108,7 @@ def main(argv=None) -> None:
         what = "randomly initialised CPU-default model"
     root = tempfile.mkdtemp(prefix="dlset_app_bench_")
     clicks = make_image(root, np.random.default_rng(0))
+    mid, vol_clicks = make_volume(root, np.random.default_rng(1))
     app = server.create_app(seg, folder.ImageFolder(root, max_pixels=10**7), max_upload_bytes=1)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -131,6 +153,18 @@ def main(argv=None) -> None:
         f"load, {a.clients} clients x {a.requests} requests: {percentiles(lat)}, "
         f"{n / wall:.1f} requests/s, errors {len(errors)}"
         + (f" (first: {errors[0]})" if errors else "")
+    )
+
+    body = {"id": "bench.nii", "slice": mid, "points": vol_clicks, "propagate": True}
+    post(url, body)  # compiles nothing new; reads the volume once
+    t3d, n = [], 0
+    for _ in range(a.volume_requests):
+        t0 = time.perf_counter()
+        n = len(post(url, body)["slices"])
+        t3d.append(1e3 * (time.perf_counter() - t0))
+    print(
+        f"3-D, {a.volume_requests} requests of {n} slices each: {percentiles(t3d)} per "
+        f"request, {np.median(t3d) / n:.0f} ms per slice (median)"
     )
     srv.should_exit = True
 
