@@ -575,6 +575,7 @@ def test_an_object_propagated_through_a_volume_is_saved_on_every_slice_it_reache
         ("v.nii", {**propagated(), "propagate": False}, "act through propagation"),
         ("v.nii", propagated(extent=(3, 4)), "lies outside the extent (3, 4)"),
         ("v.nii", propagated(extent=(1, 7)), "extent (1, 7)"),
+        ("v.nii", propagated(extent=(3, None)), "lies outside the extent (3, None)"),
         ("v.nii", propagated(corrections_on={"4": [[3, 3, 1]]}), "slice 4: outside the extent"),
         ("v.nii", propagated(corrections_on={"2": [[3, 3, 1]]}), 'go in "corrections"'),
         ("v.nii", propagated(corrections_on={"9": [[3, 3, 1]]}), "slice 9"),

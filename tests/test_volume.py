@@ -88,6 +88,66 @@ def test_propagation_stops_where_the_object_vanishes():
     assert res.stops == {"below": "vanished at slice 3", "above": "vanished at slice 17"}
 
 
+class Blob(Oracle):
+    """A network that answers the same mask wherever it is clicked (as a real one answers
+    a blob near its clicks past the end of a structure)."""
+
+    def __init__(self, mask):
+        super().__init__()
+        self.mask = mask
+
+    def segment(self, image, points_list, spacing=None, classes=None, *, corrections=None):
+        out = super().segment(image, points_list, spacing, classes, corrections=corrections)
+        out.objects[0].mask = self.mask.copy()
+        return out
+
+
+def test_without_a_named_end_propagation_stops_where_the_inside_looks_like_the_surroundings():
+    vol, ball = ball_volume()  # ball 220, background 20, slices 3..17
+    blob = ball[10]
+    # the share of the blob the ball still fills on slice s is its appearance there:
+    # (mean inside - 20) / (220 - 20)
+    share = {s: (ball[s] & blob).sum() / blob.sum() for s in range(21)}
+    floor = volume.APPEARANCE_FLOOR
+    above = next(s for s in range(11, 21) if share[s] < floor)
+    below = next(s for s in range(9, -1, -1) if share[s] < floor)
+    assert 0 < below < 10 < above < 20  # the blob's area never falls: only this rule acts
+    res = volume.propagate(Blob(blob), vol, 10, start_points(ball, 10))
+    assert [f["slice"] for f in res.slices] == list(range(below + 1, above))
+    assert res.stops["below"].startswith(f"vanished at slice {below} (its inside looks like")
+    assert res.stops["above"].startswith(f"vanished at slice {above} (its inside")
+    for s in range(below + 1, above):
+        np.testing.assert_array_equal(res.labels[s], blob)
+    assert not res.labels[: below + 1].any() and not res.labels[above:].any()
+    # a named end is the user's word: that side runs to it; the rule switched off: the
+    # blob runs to the volume's edge
+    res = volume.propagate(Blob(blob), vol, 10, start_points(ball, 10), extent=(None, 18))
+    assert res.stops["above"] == "extent" and res.labels[18].any() and not res.labels[19].any()
+    assert res.stops["below"].startswith(f"vanished at slice {below}")
+    res = volume.propagate(Blob(blob), vol, 10, start_points(ball, 10), appearance_floor=0.0)
+    assert res.stops == {"below": "volume edge", "above": "volume edge"}
+    with pytest.raises(ValueError, match=r"appearance_floor must be in \[0, 1\)"):
+        volume.propagate(Blob(blob), vol, 10, start_points(ball, 10), appearance_floor=1.0)
+
+
+def test_appearance_is_the_inside_between_the_reference_surroundings_and_inside():
+    mask = np.zeros((20, 20), bool)
+    mask[6:14, 6:14] = True
+    img = np.where(mask, 100.0, 40.0)
+    img[mask.nonzero()[0][:8], mask.nonzero()[1][:8]] = 180.0  # 8 of 64 pixels brighter
+    inside, ring = volume.inside_and_ring(img, mask)
+    assert inside == pytest.approx((56 * 100 + 8 * 180) / 64) and ring == 40.0
+    ref = (140.0, 40.0)
+    assert volume.appearance(img, mask, ref) == pytest.approx((inside - 40) / 100)
+    # a dark object on a bright background: the same share
+    assert volume.appearance(255 - img, mask, (255 - 140.0, 255 - 40.0)) == pytest.approx(
+        (inside - 40) / 100
+    )
+    rgb = np.stack([img, img, img], -1)  # colour: the channels' mean
+    assert volume.appearance(rgb, mask, ref) == pytest.approx((inside - 40) / 100)
+    assert volume.appearance(img, mask, (40.0, 40.0)) == 1.0  # no contrast to compare
+
+
 def test_propagation_stops_at_the_extent_and_the_volume_edge():
     vol, ball = ball_volume()
     res = volume.propagate(Oracle(), vol, 10, start_points(ball, 10), extent=(8, 12), **EXACT)

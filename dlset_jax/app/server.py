@@ -15,6 +15,7 @@ Endpoints (JSON unless said; every error is `{"error": message}` with its status
                              them) -> the zero contour (polylines in image pixels),
                              area, warnings, milliseconds. In a volume, with
                              "propagate": true (and optionally "extent": [first, last],
+                             either null where not named,
                              "corrections_on": {slice: [[x, y, sign]]}) the object is
                              followed through the slices (`volume.propagate`) and
                              "slices" lists each slice it reaches: contours, area,
@@ -89,7 +90,7 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
         # through the volume from `slice` (volume.propagate): optionally its first and
         # last slice, and corrective clicks on other slices, by slice number
         propagate: bool = False
-        extent: list[int] | None = Field(default=None, min_length=2, max_length=2)
+        extent: list[int | None] | None = Field(default=None, min_length=2, max_length=2)
         corrections_on: dict[int, list[list[float]]] = Field(
             default={}, max_length=MAX_CLICKED_SLICES
         )

@@ -270,7 +270,7 @@ function renderObjects() {
     const what = o.error ? `error: ${o.error}` : o.pending ? "segmenting ..." :
       o.points.length < 4 ? `${o.points.length}/4 points` :
       (zs.length ? `3-D, slices ${Math.min(...zs)}..${Math.max(...zs)}` +
-                   (o.extent ? ` (given ${o.extent[0]}..${o.extent[1]})` : "")
+                   (o.extent ? ` (given ${o.extent[0] ?? "..."}..${o.extent[1] ?? "..."})` : "")
                  : `${o.area ?? "?"} px`) + (nCorr ? `, ${nCorr} corrections` : "");
     li.appendChild(document.createTextNode(`${o.label}` + (state.image.n_slices > 1 ? ` (slice ${o.slice})` : "") + `: ${what} `));
     if (k === state.current) li.classList.add("current");
@@ -391,8 +391,8 @@ function toggle3d() {
 function setExtent(end) {
   const o = currentComplete();
   if (!o) return;
-  const z = state.z, last = state.image.n_slices - 1;
-  const [lo, hi] = o.extent || [0, last];
+  const z = state.z;
+  const [lo, hi] = o.extent || [null, null];  // an end not named: the object's own end
   if ((end === 0 && z > o.slice) || (end === 1 && z < o.slice)) {
     return status(`the ${end ? "last" : "first"} slice must lie ${end ? "at or above" : "at or below"} ` +
                   `the clicked slice ${o.slice}`, true);
@@ -401,7 +401,9 @@ function setExtent(end) {
   o.propagate = true;
   o.extent = end === 0 ? [z, hi] : [lo, z];
   for (const s of Object.keys(o.corrections_on)) {  // clicks beyond the new extent go
-    if (s < o.extent[0] || s > o.extent[1]) delete o.corrections_on[s];
+    if ((o.extent[0] !== null && s < o.extent[0]) || (o.extent[1] !== null && s > o.extent[1])) {
+      delete o.corrections_on[s];
+    }
   }
   renderObjects();
   segment(o);
