@@ -60,7 +60,12 @@ flags.DEFINE_integer("bucket_size", 8, "Batch bucket size (objects).")
 flags.DEFINE_boolean(
     "propagate", False, "NIfTI: each object through the volume from its slice (3-D)."
 )
-flags.DEFINE_string("extent", None, "FIRST,LAST slice of the --points objects (--propagate).")
+flags.DEFINE_string(
+    "extent",
+    None,
+    "FIRST,LAST slice of the --points objects (--propagate); leave one empty (8, or ,17) "
+    "to end that side where the structure does.",
+)
 flags.DEFINE_enum(
     "nonfinite",
     "error",

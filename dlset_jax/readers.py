@@ -571,12 +571,11 @@ def _click_row(points, row, path, n, corrections=None) -> dict:
 
 
 def _opt_extent(row, path, n):
-    """`(first_slice, last_slice)` of a structure in a volume, or None."""
+    """`(first_slice, last_slice)` of a structure in a volume (either None where not
+    given: that side ends where the structure does), or None."""
     first = _opt_int(row.get("first_slice"), path, n, "first_slice")
     last = _opt_int(row.get("last_slice"), path, n, "last_slice")
-    if (first is None) != (last is None):
-        raise DataError(f"{path}: object {n}: give both first_slice and last_slice, or neither")
-    return None if first is None else (first, last)
+    return None if first is None and last is None else (first, last)
 
 
 def _json_corrections(value, path, n) -> np.ndarray:

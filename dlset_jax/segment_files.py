@@ -479,12 +479,17 @@ def run(req: Request) -> dict:
 
 
 def _parse_extent(text):
+    """`--extent FIRST,LAST`; either may be left empty (`8,` or `,17`: that side ends
+    where the structure does)."""
     if not text:
         return None
     try:
-        first, last = (int(v) for v in text.split(","))
-    except ValueError:
-        raise RequestError(f"--extent must be FIRST,LAST slice numbers, got {text!r}") from None
+        first, last = (int(v) if v.strip() else None for v in text.split(","))
+        assert first is not None or last is not None
+    except (ValueError, AssertionError):
+        raise RequestError(
+            f"--extent must be FIRST,LAST slice numbers (either may be empty), got {text!r}"
+        ) from None
     return first, last
 
 
@@ -496,7 +501,8 @@ def _check_extent(extent, start, inp, propagate):
             "an extent (first_slice / last_slice, --extent) is given without --propagate"
         )
     first, last = extent
-    if not 0 <= first <= start <= last < inp["n_frames"]:
+    lo, hi = (0 if first is None else first), (inp["n_frames"] - 1 if last is None else last)
+    if not 0 <= lo <= start <= hi < inp["n_frames"]:
         raise RequestError(
             f"extent ({first}, {last}) must hold the clicked slice {start} and lie in "
             f"0..{inp['n_frames'] - 1}"
@@ -520,8 +526,8 @@ def _check_corrections_on(obj, k, start, inp, propagate):
                 f"object {k}: corrective click on slice {z}, out of range "
                 f"(0..{inp['n_frames'] - 1})"
             )
-        ext = obj["extent"]
-        if ext is not None and not ext[0] <= z <= ext[1]:
+        ext = obj["extent"] or (None, None)
+        if not (ext[0] is None or ext[0] <= z) or not (ext[1] is None or z <= ext[1]):
             raise RequestError(
                 f"object {k}: corrective click on slice {z}, outside its extent {tuple(ext)}"
             )

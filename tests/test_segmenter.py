@@ -737,6 +737,21 @@ def test_cli_propagates_a_structure_through_the_volume(capsys, tmp_path, trained
     labels = np.asarray(nib.load(tmp_path / "o2" / "v_mask.nii.gz").dataobj)
     for z in range(7):
         np.testing.assert_array_equal(labels[..., z] > 0, np.rot90(res.labels[z], k=-1))
+    # one end named (`2,`): that side stops there, the other where the object ends
+    o3 = tmp_path / "o3"
+    code, _, err = _cli_in(
+        capsys, trained_workdir, tmp_path / "v.nii.gz", o3, *args, "--extent", "2,"
+    )
+    assert code == 0, err
+    prop = json.loads((o3 / "v_summary.json").read_text())["objects"][0]["propagation"]
+    res = volume.propagate(
+        seg, np.stack(imgs), 3, targets.extreme_points(masks[3]), extent=(2, None)
+    )
+    assert prop["extent"] == [2, None] and prop["stops"]["below"] == "extent"
+    assert prop["stops"] == res.stops
+    labels = np.asarray(nib.load(o3 / "v_mask.nii.gz").dataobj)
+    for z in range(7):
+        np.testing.assert_array_equal(labels[..., z] > 0, np.rot90(res.labels[z], k=-1))
 
 
 def test_cli_propagation_input_errors(capsys, tmp_path, random_model, ellipse_png):
@@ -766,6 +781,14 @@ def test_cli_propagation_input_errors(capsys, tmp_path, random_model, ellipse_pn
         capsys, random_model[0], tmp_path / "v.nii.gz", out, *base, "--propagate", "--extent", "x"
     )
     _assert_one_line_error(code, err, "--extent must be FIRST,LAST", out)
+    code, _, err = _cli_in(
+        capsys, random_model[0], tmp_path / "v.nii.gz", out, *base, "--propagate", "--extent", ","
+    )
+    _assert_one_line_error(code, err, "--extent must be FIRST,LAST", out)
+    code, _, err = _cli_in(
+        capsys, random_model[0], tmp_path / "v.nii.gz", out, *base, "--propagate", "--extent", "3,"
+    )
+    _assert_one_line_error(code, err, "extent (3, None) must hold the clicked slice 2", out)
 
 
 def test_cli_corrective_clicks_on_other_slices_act_through_propagation(
