@@ -24,9 +24,10 @@ vanishes: the mask is empty, its four points fall within one pixel, or its area 
 below `vanish_fraction` of the previous slice's; and, on a side whose end the user did
 not name, where the inside of the kept mask looks like the clicked slice's surroundings
 (`appearance` below `appearance_floor`): past the end of a structure the network still
-answers a blob near its clicks, so the area alone does not tell that it has ended. Corrective clicks on any slice (`corrections={slice: clicks}`) are
-used when propagation reaches that slice, so they re-propagate everything beyond it
-(`repropagate` re-runs only that part of an earlier result).
+answers a blob near its clicks, so the area alone does not tell that it has ended.
+Corrective clicks on any slice (`corrections={slice: clicks}`) are used when
+propagation reaches that slice, so they re-propagate everything beyond it (`repropagate`
+re-runs only that part of an earlier result).
 
 Slices are along axis 0 of `vol` (`(S, H, W)` grey or `(S, H, W, 3)`); the caller
 chooses the axis (`segment_files.read_input` for files).
@@ -41,7 +42,14 @@ from scipy import ndimage
 
 from dlset_jax import segmenter, targets
 
-__all__ = ["VolumeResult", "fuse_with_previous", "propagate", "repropagate"]
+__all__ = [
+    "VolumeResult",
+    "appearance",
+    "fuse_with_previous",
+    "inside_and_ring",
+    "propagate",
+    "repropagate",
+]
 
 # The propagation's defaults, written once (`propagate`, `repropagate`).
 PASSES = 1
@@ -159,7 +167,7 @@ def fuse_with_previous(answer, previous, weight: float) -> np.ndarray:
             f"fuse_with_previous: masks must be 2-D of one shape, got {answer.shape} and "
             f"{previous.shape}"
         )
-    _check_prior_weight(weight)
+    _check_weights(weight)
     if weight == 0.0 or not previous.any():
         return answer.copy()
     if weight == 1.0 or not answer.any():
@@ -174,7 +182,7 @@ def fuse_with_previous(answer, previous, weight: float) -> np.ndarray:
     return out
 
 
-def _check_prior_weight(weight, floor=0.0) -> None:
+def _check_weights(weight, floor=0.0) -> None:
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"prior_weight must be in [0, 1], got {weight!r}")
     if not 0.0 <= floor < 1.0:
@@ -316,7 +324,7 @@ def propagate(
     vol, start, extent = _check(vol, start, extent)
     if passes not in (1, 2):
         raise ValueError(f"passes must be 1 or 2, got {passes!r}")
-    _check_prior_weight(prior_weight, appearance_floor)  # before any slice is segmented
+    _check_weights(prior_weight, appearance_floor)  # before any slice is segmented
     n = vol.shape[0]
     corrections = _check_corrections(seg, corrections, vol, extent)
     labels = np.zeros(vol.shape[:3], bool)
@@ -350,7 +358,7 @@ def repropagate(
     from its points and the clicks, and everything beyond it (away from the start slice)
     re-propagated; the slices between the start and it are kept."""
     vol = np.asarray(vol)
-    _check_prior_weight(prior_weight, appearance_floor)
+    _check_weights(prior_weight, appearance_floor)
     facts = {f["slice"]: f for f in result.slices}
     if slice_index not in facts:
         raise ValueError(
