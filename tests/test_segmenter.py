@@ -769,26 +769,15 @@ def test_cli_propagation_input_errors(capsys, tmp_path, random_model, ellipse_pn
     vol = np.zeros((64, 64, 5), np.uint8)
     nib.save(nib.Nifti1Image(vol, np.eye(4)), tmp_path / "v.nii.gz")
     base = ("--points", pts, "--slice", "2")
-    code, _, err = _cli_in(
-        capsys, random_model[0], tmp_path / "v.nii.gz", out, *base, "--extent", "1,3"
-    )
-    _assert_one_line_error(code, err, "without --propagate", out)
-    code, _, err = _cli_in(
-        capsys, random_model[0], tmp_path / "v.nii.gz", out, *base, "--propagate", "--extent", "3,4"
-    )
-    _assert_one_line_error(code, err, "extent (3, 4) must hold the clicked slice 2", out)
-    code, _, err = _cli_in(
-        capsys, random_model[0], tmp_path / "v.nii.gz", out, *base, "--propagate", "--extent", "x"
-    )
-    _assert_one_line_error(code, err, "--extent must be FIRST,LAST", out)
-    code, _, err = _cli_in(
-        capsys, random_model[0], tmp_path / "v.nii.gz", out, *base, "--propagate", "--extent", ","
-    )
-    _assert_one_line_error(code, err, "--extent must be FIRST,LAST", out)
-    code, _, err = _cli_in(
-        capsys, random_model[0], tmp_path / "v.nii.gz", out, *base, "--propagate", "--extent", "3,"
-    )
-    _assert_one_line_error(code, err, "extent (3, None) must hold the clicked slice 2", out)
+    for flags_, needle in (
+        (("--extent", "1,3"), "without --propagate"),
+        (("--propagate", "--extent", "3,4"), "extent (3, 4) must hold the clicked slice 2"),
+        (("--propagate", "--extent", "x"), "--extent must be FIRST,LAST"),
+        (("--propagate", "--extent", ","), "--extent must be FIRST,LAST"),
+        (("--propagate", "--extent", "3,"), "extent (3, None) must hold the clicked slice 2"),
+    ):
+        code, _, err = _cli_in(capsys, random_model[0], tmp_path / "v.nii.gz", out, *base, *flags_)
+        _assert_one_line_error(code, err, needle, out)
 
 
 def test_cli_corrective_clicks_on_other_slices_act_through_propagation(
