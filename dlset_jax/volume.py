@@ -122,13 +122,13 @@ def _check_corrections(seg, corrections, vol, extent):
     in the volume and inside the extent (propagation never reaches one outside), the
     clicks inside the image, and the model taking them."""
     n = vol.shape[0]
+    first, last = _limits(extent, n)
     out = {}
     for s, c in (corrections or {}).items():
         if not (isinstance(s, (int, np.integer)) and 0 <= s < n):
             raise ValueError(
                 f"corrective clicks for slice {s!r}: out of range, the volume has slices 0..{n - 1}"
             )
-        first, last = _limits(extent, n)
         if not first <= s <= last:
             raise ValueError(
                 f"corrective clicks for slice {s}: outside the extent {extent}, where "
@@ -193,7 +193,14 @@ def inside_and_ring(image, mask, ring: int = APPEARANCE_RING) -> tuple[float, fl
     """Mean intensity inside `mask` and in the `ring` px around it (grey levels; a
     colour image's channels averaged). `image` `(H, W)` or `(H, W, C)`, `mask` `(H, W)`
     bool, not empty."""
-    grey = np.asarray(image, np.float64)
+    # only the mask's box grown by the ring can hold either: the rest of the slice is
+    # not read (this runs on every propagated slice)
+    ys, xs = np.nonzero(mask)
+    box = np.s_[
+        max(ys.min() - ring, 0) : ys.max() + ring + 1, max(xs.min() - ring, 0) : xs.max() + ring + 1
+    ]
+    mask = np.asarray(mask)[box]
+    grey = np.asarray(image)[box].astype(np.float64)
     grey = grey.mean(-1) if grey.ndim == 3 else grey
     around = ndimage.binary_dilation(mask, iterations=ring) & ~mask
     return float(grey[mask].mean()), float(grey[around].mean()) if around.any() else np.nan
