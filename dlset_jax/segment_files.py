@@ -526,8 +526,9 @@ def _check_corrections_on(obj, k, start, inp, propagate):
                 f"object {k}: corrective click on slice {z}, out of range "
                 f"(0..{inp['n_frames'] - 1})"
             )
-        ext = obj["extent"] or (None, None)
-        if not (ext[0] is None or ext[0] <= z) or not (ext[1] is None or z <= ext[1]):
+        ext = obj["extent"]
+        first, last = ext or (None, None)
+        if (first is not None and z < first) or (last is not None and z > last):
             raise RequestError(
                 f"object {k}: corrective click on slice {z}, outside its extent {tuple(ext)}"
             )

@@ -230,11 +230,7 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
             raise FolderError(
                 f"object {k}: propagation needs a volume, {im.image_id} is a {im.kind}"
             )
-        if not 0 <= obj["slice"] < im.n_slices:
-            raise FolderError(
-                f"object {k}: slice {obj['slice']} out of range (0..{im.n_slices - 1})"
-            )
-        points = checked_points(im.frame(obj["slice"]), obj["points"], k)
+        points = checked_points(im.frame(obj["slice"]), obj["points"], k)  # frame: the range
         corrections = {int(z): c for z, c in obj["corrections_on"].items() if c}
         if obj["slice"] in corrections:
             raise FolderError(
