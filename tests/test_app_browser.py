@@ -173,6 +173,71 @@ def test_four_clicks_contour_save_and_reopen(served, browser, tmp_path):
         browser.save_screenshot(shot)
 
 
+def view_at(driver):
+    return driver.execute_script("return Object.assign({}, window.dlset.view)")
+
+
+def test_zoom_and_pan_keep_clicks_on_their_pixels(served, browser):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+    from selenium.webdriver.common.actions.mouse_button import MouseButton
+    from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
+    from selenium.webdriver.common.keys import Keys
+
+    url, _, mask, _, _ = served
+    open_image(browser, url, "ellipse.png")
+    canvas = browser.find_element("id", "canvas")
+    size = canvas.size
+    fit = view_at(browser)
+    assert fit["zoom"] == 1
+
+    def under(v, mx, my):  # the image point (x, y) under canvas point (mx, my)
+        return ((mx - v["ox"]) / v["scale"] - 0.5, (my - v["oy"]) / v["scale"] - 0.5)
+
+    # two wheel notches towards the screen at a point off the centre: 1.25 x 1.25 the
+    # fitting scale, and the image point under the pointer stays under it
+    off = (-60, 40)  # from the canvas centre, canvas px
+    mx, my = size["width"] / 2 + off[0], size["height"] / 2 + off[1]
+    before = under(fit, mx, my)
+    for _ in range(2):
+        ActionChains(browser).scroll_from_origin(
+            ScrollOrigin.from_element(canvas, *off), 0, -120
+        ).perform()
+    zoomed = view_at(browser)
+    assert zoomed["scale"] == pytest.approx(fit["scale"] * 1.25**2)
+    np.testing.assert_allclose(under(zoomed, mx, my), before, atol=0.6 / zoomed["scale"])
+
+    # a right-button drag and a drag with Space held pan by the pointer's travel
+    ab = ActionBuilder(browser)
+    ab.pointer_action.move_to(canvas, 0, 0).pointer_down(MouseButton.RIGHT).move_by(
+        30, -20
+    ).pointer_up(MouseButton.RIGHT)
+    ab.perform()
+    panned = view_at(browser)
+    assert (panned["ox"] - zoomed["ox"], panned["oy"] - zoomed["oy"]) == pytest.approx((30, -20))
+    ActionChains(browser).key_down(Keys.SPACE).move_to_element(
+        canvas
+    ).click_and_hold().move_by_offset(-50, 10).release().key_up(Keys.SPACE).perform()
+    panned2 = view_at(browser)
+    assert (panned2["ox"] - panned["ox"], panned2["oy"] - panned["oy"]) == pytest.approx((-50, 10))
+    assert browser.execute_script("return window.dlset.state.objects.length") == 0  # no clicks
+
+    # the four extreme points clicked on the zoomed, panned view land on their pixels
+    points = targets.extreme_points(mask)
+    for x, y in points:
+        cx = panned2["ox"] + (x + 0.5) * panned2["scale"]
+        cy = panned2["oy"] + (y + 0.5) * panned2["scale"]
+        assert 0 < cx < size["width"] and 0 < cy < size["height"], "point out of sight"
+        click_pixel(browser, x, y)
+    wait_for(browser, lambda d: canvas.get_attribute("data-contours") == "1", "the contour")
+    clicked = browser.execute_script("return window.dlset.state.objects[0].points")
+    assert sorted(map(tuple, clicked)) == sorted(map(tuple, points.tolist()))
+
+    ActionChains(browser).send_keys("0").perform()  # the whole image again
+    assert view_at(browser)["scale"] == pytest.approx(fit["scale"])
+    assert view_at(browser)["ox"] == pytest.approx(fit["ox"])
+
+
 def show_slice(driver, z):
     driver.execute_script(
         "const s = document.getElementById('slice'); s.value = arguments[0];"
@@ -180,7 +245,7 @@ def show_slice(driver, z):
         z,
     )
     canvas = driver.find_element("id", "canvas")
-    wait_for(driver, lambda d: d.find_element("id", "slice-value").text == str(z), f"slice {z}")
+    wait_for(driver, lambda d: canvas.get_attribute("data-shown") == str(z), f"slice {z}")
     return canvas
 
 
@@ -210,12 +275,15 @@ def test_an_object_followed_through_a_volume_between_named_slices(served, browse
     assert "3 slices (1..3)" in browser.find_element("id", "status").text
     assert canvas.get_attribute("data-drawn") == "1"  # its outline on this slice
     assert show_slice(browser, 4).get_attribute("data-drawn") == "0"  # beyond the last one
-    items = browser.find_elements("css selector", "#objects li")
-    assert len(items) == 1 and "3-D, slices 1..3 (given 1..3)" in items[0].text
-    # this model takes no corrective clicks: the page says so and sends nothing
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
 
+    ActionChains(browser).send_keys(Keys.ARROW_DOWN).perform()  # a slice down
+    wait_for(browser, lambda d: canvas.get_attribute("data-shown") == "3", "slice 3")
+    assert canvas.get_attribute("data-drawn") == "1"
+    items = browser.find_elements("css selector", "#objects li")
+    assert len(items) == 1 and "3-D, slices 1..3 (given 1..3)" in items[0].text
+    # this model takes no corrective clicks: the page says so and sends nothing
     show_slice(browser, 3)
     ActionChains(browser).key_down(Keys.SHIFT).perform()
     click_pixel(browser, 30, 32)

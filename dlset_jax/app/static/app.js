@@ -6,13 +6,17 @@
 const PALETTE = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4",
                  "#42d4f4", "#f032e6", "#bfef45", "#fabed4", "#469990", "#dcbeff"];
 const HIT_RADIUS = 8;  // canvas px: a click this close to a point grabs it
+const MAX_PX = 64;  // canvas px per image pixel at the deepest zoom
+const ZOOM_STEP = 1.25;  // per wheel notch or +/- key
 
 const state = {
   info: null, image: null, z: 0, objects: [], current: -1, revision: 0,
-  history: [], bitmap: null, drag: null, busy: 0,
+  history: [], bitmap: null, drag: null, pan: null, space: false, busy: 0,
 };
-// Where the image lies on the canvas (read by the browser test to click on pixels).
-const view = { scale: 1, ox: 0, oy: 0 };
+// Where the image lies on the canvas (read by the browser test to click on pixels):
+// `zoom` times the scale that fits the whole image, centred on image point (cx, cy)
+// (null: the image's centre).
+const view = { scale: 1, ox: 0, oy: 0, zoom: 1, cx: null, cy: null };
 window.dlset = { state, view };
 
 const $ = (id) => document.getElementById(id);
@@ -81,6 +85,7 @@ async function openImage(id) {
   state.objects = [];
   state.current = -1;
   state.history = [];
+  Object.assign(view, { zoom: 1, cx: null, cy: null });
   state.revision = meta.annotation ? meta.annotation.revision : 0;
   $("volume-controls").hidden = meta.n_slices < 2;
   $("slice").max = meta.n_slices - 1;
@@ -102,10 +107,12 @@ async function openImage(id) {
 }
 
 async function loadSlice() {
-  const lo = $("win-lo").value, hi = $("win-hi").value;
-  const url = `/api/slice?id=${encodeURIComponent(state.image.id)}&z=${state.z}&lo=${lo}&hi=${hi}`;
+  const z = state.z, lo = $("win-lo").value, hi = $("win-hi").value;
+  const url = `/api/slice?id=${encodeURIComponent(state.image.id)}&z=${z}&lo=${lo}&hi=${hi}`;
   const blob = await (await api(url)).blob();
+  if (z !== state.z) return;  // the slider moved on meanwhile: that slice's answer will come
   state.bitmap = await createImageBitmap(blob);
+  canvas.dataset.shown = z;  // the slice on the canvas (read by the browser test)
   redraw();
 }
 
@@ -194,9 +201,31 @@ function layout() {
   canvas.height = Math.max(1, Math.round(r.height));
   if (!state.image) return;
   const { width, height } = state.image;
-  view.scale = Math.min(canvas.width / width, canvas.height / height, 16);
-  view.ox = (canvas.width - width * view.scale) / 2;
-  view.oy = (canvas.height - height * view.scale) / 2;
+  const fit = Math.min(canvas.width / width, canvas.height / height, 16);
+  view.zoom = Math.min(Math.max(view.zoom, 1), Math.max(1, MAX_PX / fit));
+  view.scale = fit * view.zoom;
+  // the centre stays on the image, so some of it is always in sight
+  view.cx = Math.min(Math.max(view.cx ?? (width - 1) / 2, -0.5), width - 0.5);
+  view.cy = Math.min(Math.max(view.cy ?? (height - 1) / 2, -0.5), height - 0.5);
+  view.ox = canvas.width / 2 - (view.cx + 0.5) * view.scale;
+  view.oy = canvas.height / 2 - (view.cy + 0.5) * view.scale;
+}
+
+// Zoom by `factor`, keeping the image point under canvas point (mx, my) where it is.
+function zoomAt(factor, mx, my) {
+  if (!state.image) return;
+  layout();
+  const [x, y] = toImage(mx, my);
+  view.zoom *= factor;
+  layout();  // clamps the zoom: the scale it gives is the one to keep (x, y) under
+  view.cx = x + (canvas.width / 2 - mx) / view.scale;
+  view.cy = y + (canvas.height / 2 - my) / view.scale;
+  redraw();
+}
+
+function zoomFit() {
+  Object.assign(view, { zoom: 1, cx: null, cy: null });
+  redraw();
 }
 
 // image pixel (x, y), centres at integers <-> canvas px
@@ -309,6 +338,12 @@ function eventPos(ev) {
 canvas.addEventListener("mousedown", (ev) => {
   if (!state.image) return;
   const [cx, cy] = eventPos(ev);
+  if (ev.button === 1 || ev.button === 2 || (ev.button === 0 && state.space)) {
+    ev.preventDefault();  // the middle button's autoscroll
+    state.pan = { mx: cx, my: cy, cx: view.cx, cy: view.cy };
+    return;
+  }
+  if (ev.button !== 0) return;
   const h = hit(cx, cy);
   if (h) {
     snapshot();
@@ -344,6 +379,12 @@ canvas.addEventListener("mousedown", (ev) => {
 });
 
 canvas.addEventListener("mousemove", (ev) => {
+  if (state.pan) {
+    const [mx, my] = eventPos(ev);
+    view.cx = state.pan.cx - (mx - state.pan.mx) / view.scale;
+    view.cy = state.pan.cy - (my - state.pan.my) / view.scale;
+    return redraw();
+  }
   if (!state.drag) return;
   const [cx, cy] = eventPos(ev);
   const [x, y] = toImage(cx, cy).map(Math.round);
@@ -355,12 +396,20 @@ canvas.addEventListener("mousemove", (ev) => {
 });
 
 window.addEventListener("mouseup", () => {
+  state.pan = null;
   if (!state.drag) return;
   const { obj, moved } = state.drag;
   state.drag = null;
   if (!moved) state.history.pop();
   else segment(state.objects[obj]);
 });
+
+canvas.addEventListener("wheel", (ev) => {
+  ev.preventDefault();  // the page itself does not scroll under the image
+  const [mx, my] = eventPos(ev);
+  zoomAt(ev.deltaY < 0 ? ZOOM_STEP : 1 / ZOOM_STEP, mx, my);
+}, { passive: false });
+canvas.addEventListener("contextmenu", (ev) => ev.preventDefault());  // right-drag pans
 
 // ---- controls
 
@@ -414,13 +463,15 @@ $("first-slice").onclick = () => setExtent(0);
 $("last-slice").onclick = () => setExtent(1);
 $("undo").onclick = undo;
 $("save").onclick = save;
-$("slice").oninput = (ev) => {
-  state.z = Number(ev.target.value);
+function showSlice(z) {
+  state.z = z;
+  $("slice").value = z;
   $("slice-value").textContent = state.z;
   // the current object stays current: the 3-D buttons and clicks on this slice act on it
   renderObjects();
   loadSlice().catch((e) => status(e.message, true));
-};
+}
+$("slice").oninput = (ev) => showSlice(Number(ev.target.value));
 for (const id of ["win-lo", "win-hi"]) {
   $(id).onchange = () => {
     if (Number($("win-hi").value) <= Number($("win-lo").value)) return status("window: high must be above low", true);
@@ -445,6 +496,24 @@ window.addEventListener("keydown", (ev) => {
   else if ((ev.ctrlKey || ev.metaKey) && ev.key === "s") { ev.preventDefault(); save(); }
   else if (ev.key === "n") newObject();
   else if (ev.key === "p" && state.image && state.image.n_slices > 1) toggle3d();
+  else if (ev.key === " ") {  // held: the main button pans
+    ev.preventDefault();
+    if (document.activeElement && document.activeElement.tagName === "BUTTON") document.activeElement.blur();
+    state.space = true;
+    canvas.style.cursor = "grab";
+  }
+  else if (!state.image) return;
+  else if (ev.key === "+" || ev.key === "=") zoomAt(ZOOM_STEP, canvas.width / 2, canvas.height / 2);
+  else if (ev.key === "-") zoomAt(1 / ZOOM_STEP, canvas.width / 2, canvas.height / 2);
+  else if (ev.key === "0") zoomFit();
+  else if ((ev.key === "ArrowUp" || ev.key === "ArrowDown") && state.image.n_slices > 1) {
+    ev.preventDefault();
+    const z = state.z + (ev.key === "ArrowUp" ? 1 : -1);
+    if (z >= 0 && z < state.image.n_slices) showSlice(z);
+  }
+});
+window.addEventListener("keyup", (ev) => {
+  if (ev.key === " ") { state.space = false; canvas.style.cursor = ""; }
 });
 window.addEventListener("resize", redraw);
 
