@@ -28,6 +28,7 @@ __all__ = [
     "read_volume",
     "read_dicom",
     "read_dicom_series",
+    "slice_view",
     "volume_slice",
     "slice_spacing",
     "parse_points",
@@ -273,8 +274,14 @@ def objects_from_label_map(
 
 def volume_slice(vol, axis, index, rot90):
     """Slice `index` along `axis` as the training data's builder shows it."""
+    return np.ascontiguousarray(slice_view(vol, axis, index, rot90))
+
+
+def slice_view(vol, axis, index, rot90):
+    """`volume_slice` as a view of `vol`: writing to it writes the volume (label maps
+    painted back in the volume's own orientation)."""
     s = np.moveaxis(vol, axis, 0)[index]
-    return np.ascontiguousarray(np.rot90(s) if rot90 else s)
+    return np.rot90(s) if rot90 else s
 
 
 def slice_spacing(zooms, axis, rot90):

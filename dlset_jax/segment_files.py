@@ -198,10 +198,10 @@ def _volume_input(path, kind, vol, zooms, affine, header, intensity, filled, cha
 def label_volume(inp, slice_maps: dict, dtype) -> np.ndarray:
     """The label volume, in the NIfTI's array order, of `{slice index: (H, W) labels}`
     given in the orientation of `frame` (undoes its axis move and rotation)."""
-    moved = np.zeros(np.moveaxis(np.zeros(inp["shape"][:3], bool), inp["axis"], 0).shape, dtype)
+    vol = np.zeros(inp["shape"][:3], dtype)
     for z, lm in slice_maps.items():
-        moved[z] = np.rot90(lm, k=-1) if inp["rot90"] else lm
-    return np.moveaxis(moved, 0, inp["axis"])
+        readers.slice_view(vol, inp["axis"], z, inp["rot90"])[...] = lm
+    return vol
 
 
 def frame(inp, index):

@@ -609,3 +609,90 @@ def test_clicks_on_other_slices_are_refused_by_a_model_without_click_channels(se
     assert tree(volume_folder) == before
     r = c.post("/api/segment", json={"id": "v.nii", **propagated(extent=None)})
     assert r.status_code == 200 and r.json()["stops"], r.text
+
+
+@pytest.fixture
+def ellipsoid_folder(tmp_path):
+    """A uint8 NIfTI volume (X, Y, Z) = (40, 48, 36) of a noisy ellipsoid (uint8: the
+    tool shows its values as they are) and a 2-D image beside it."""
+    nib = pytest.importorskip("nibabel")
+    rng = np.random.default_rng(3)
+    x, y, z = np.meshgrid(*(np.arange(n) for n in (40, 48, 36)), indexing="ij")
+    inside = ((x - 19) / 12) ** 2 + ((y - 25) / 16) ** 2 + ((z - 17) / 10) ** 2 <= 1
+    vol = np.clip(60 + 120 * inside + rng.normal(0, 10, inside.shape), 0, 255).astype(np.uint8)
+    root = tmp_path / "ellipsoid"
+    root.mkdir()
+    nib.save(nib.Nifti1Image(vol, np.diag([0.8, 1.0, 2.5, 1.0])), root / "e.nii")
+    (root / "flat.png").write_bytes(png(vol[..., 17]))
+    return root, vol, inside
+
+
+def test_a_volume_is_annotated_along_any_axis_and_saved_in_the_files_orientation(
+    seg, ellipsoid_folder
+):
+    nib = pytest.importorskip("nibabel")
+    root, vol, inside = ellipsoid_folder
+    c = TestClient(
+        server.create_app(
+            seg, folder_lib.ImageFolder(str(root), max_pixels=10**6), max_upload_bytes=1
+        )
+    )
+
+    def cut(a, z):  # slice z along axis a, turned as the tool shows it (indexing by hand)
+        return lambda arr: np.rot90(arr[(slice(None),) * a + (z,)])
+
+    zs = {0: 19, 1: 25, 2: 17}  # the ellipsoid's middle along each axis
+    objects, masks = [], []
+    for a, z in zs.items():
+        meta = c.get("/api/image", params={"id": "e.nii", "axis": a}).json()
+        frame = cut(a, z)(vol)
+        assert meta["volume_shape"] == [40, 48, 36] and meta["n_slices"] == vol.shape[a]
+        assert (meta["height"], meta["width"]) == frame.shape
+        r = c.get("/api/slice", params={"id": "e.nii", "axis": a, "z": z})
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(r.content))), frame)
+        points = targets.extreme_points(cut(a, z)(inside)).tolist()
+        want = seg.segment(frame, [points]).objects[0].mask
+        r = c.post("/api/segment", json={"id": "e.nii", "axis": a, "slice": z, "points": points})
+        assert r.status_code == 200 and r.json()["area_px"] == want.sum() > 0, r.text
+        objects.append({**obj(label=f"along{a}", points=points, z=z), "axis": a})
+        masks.append(want)
+
+    # and one object followed through slices 23..27 along axis 1
+    from dlset_jax import volume
+
+    points = targets.extreme_points(cut(1, 25)(inside))
+    frames = np.stack([cut(1, y)(vol) for y in range(vol.shape[1])])
+    followed = volume.propagate(seg, frames, 25, points, extent=(23, 27)).labels
+    objects.append({**propagated(z=25, extent=(23, 27), points=points.tolist()), "axis": 1})
+    r = c.post("/api/save", json={"id": "e.nii", "revision": 0, "objects": objects})
+    assert r.status_code == 200, r.text
+    expected = np.zeros(vol.shape, np.uint8)  # painted in order: the later object wins
+    planes = [(a, z, m, a + 1) for (a, z), m in zip(zs.items(), masks, strict=True)]
+    planes += [(1, y, followed[y], 4) for y in range(23, 28)]  # label 4: "disc"
+    for a, z, m, value in planes:
+        target = expected[(slice(None),) * a + (z,)]  # a view of the plane
+        target[np.rot90(m, -1)] = value
+    assert all(followed[y].any() for y in range(23, 28)) and not followed[:23].any()
+    lab = np.asarray(nib.load(root / "e.labels.nii.gz").dataobj)
+    np.testing.assert_array_equal(lab, expected)
+    saved = c.get("/api/image", params={"id": "e.nii", "axis": 0}).json()["annotation"]
+    assert [o["axis"] for o in saved["objects"]] == [0, 1, 2, 1]
+
+    for path, params, needle in [
+        ("/api/image", {"id": "e.nii", "axis": 3}, "axis must be 0, 1 or 2"),
+        ("/api/image", {"id": "flat.png", "axis": 0}, "sliced along axis 2 only"),
+        ("/api/slice", {"id": "e.nii", "axis": 1, "z": 48}, "slice 48 out of range (0..47)"),
+    ]:
+        r = c.get(path, params=params)
+        assert r.status_code == 400 and needle in r.json()["error"], r.text
+    before = tree(root)
+    bad = {**obj(points=POINTS), "axis": 1, "slice": 30}  # x = 50 is outside a 36-wide slice
+    for path, body in [
+        ("/api/segment", {"id": "e.nii", **bad}),
+        ("/api/save", {"id": "e.nii", "revision": 1, "objects": [bad]}),
+    ]:
+        r = c.post(path, json=body)
+        assert r.status_code == 400 and "outside the image" in r.json()["error"], r.text
+    r = c.post("/api/segment", json={"id": "e.nii", **bad, "axis": 4})
+    assert r.status_code == 400 and "axis" in r.json()["error"], r.text
+    assert tree(root) == before

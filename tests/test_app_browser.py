@@ -40,6 +40,13 @@ CHROMEDRIVER = shutil.which("chromedriver")
 _rng = np.random.default_rng(8)
 VOLUME = [ellipse_image(_rng, center=(32, 30), axes=(8 + 2 * z, 6 + z)) for z in range(5)]
 
+# an ellipsoid in a volume of 2.5 mm slices (array axes x, y, z), uint8 as shown
+_x, _y, _z = np.meshgrid(np.arange(40), np.arange(48), np.arange(16), indexing="ij")
+ELLIPSOID = ((_x - 19) / 12) ** 2 + ((_y - 25) / 16) ** 2 + ((_z - 8) / 5) ** 2 <= 1
+ELLIPSOID_IMAGE = np.clip(
+    70 + 110 * ELLIPSOID + np.random.default_rng(9).normal(0, 8, ELLIPSOID.shape), 0, 255
+).astype(np.uint8)
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -59,6 +66,7 @@ def served(trained_workdir, tmp_path):
     Image.fromarray(img).save(root / "ellipse.png")
     stack = np.stack([np.rot90(im, -1) for im, _ in VOLUME], axis=2).astype(np.int16)
     nib.save(nib.Nifti1Image(stack, np.eye(4)), root / "v.nii")
+    nib.save(nib.Nifti1Image(ELLIPSOID_IMAGE, np.diag([1.0, 1.0, 2.5, 1.0])), root / "e.nii")
     seg = seglib.Segmenter.from_workdir(str(trained_workdir), bucket_size=1)
     images = folder_lib.ImageFolder(str(root), max_pixels=10**6)
     app = server.create_app(seg, images, max_upload_bytes=1 << 20)
@@ -128,7 +136,7 @@ def click_pixel(driver, x, y):
     canvas = driver.find_element("id", "canvas")
     view = driver.execute_script("return window.dlset.view")
     cx = view["ox"] + (x + 0.5) * view["scale"]
-    cy = view["oy"] + (y + 0.5) * view["scale"]
+    cy = view["oy"] + (y + 0.5) * view["scale"] * view["aspect"]
     size = canvas.size  # offsets are from the element's centre
     ActionChains(driver).move_to_element_with_offset(
         canvas, int(round(cx - size["width"] / 2)), int(round(cy - size["height"] / 2))
@@ -307,3 +315,56 @@ def test_an_object_followed_through_a_volume_between_named_slices(served, browse
     assert show_slice(browser, 1).get_attribute("data-drawn") == "1"
     items = browser.find_elements("css selector", "#objects li")
     assert "3-D, slices 1..3" in items[0].text
+
+
+def test_a_volume_sliced_along_another_axis_with_its_true_pixel_shape(served, browser):
+    nib = pytest.importorskip("nibabel")
+    from selenium.webdriver.support.ui import Select
+
+    url, root, _, seg, _ = served
+    open_image(browser, url, "e.nii")
+    canvas = browser.find_element("id", "canvas")
+    assert view_at(browser)["aspect"] == 1  # axis 2: 1 x 1 mm pixels
+    Select(browser.find_element("id", "axis")).select_by_value("0")
+    wait_for(
+        browser,
+        lambda d: (
+            (canvas.get_attribute("data-axis"), canvas.get_attribute("data-shown")) == ("0", "20")
+        ),
+        "the middle slice along axis 0",
+    )
+    # rows are the 2.5 mm slices, columns 1 mm: drawn 2.5 times as tall as wide
+    assert view_at(browser)["aspect"] == pytest.approx(2.5)
+    frame = np.rot90(ELLIPSOID_IMAGE[20])  # (z, y) turned as the tool shows it: (16, 48)
+    truth = np.rot90(ELLIPSOID[20])
+    points = targets.extreme_points(truth)
+    for p in points:
+        click_pixel(browser, *p)
+    wait_for(browser, lambda d: canvas.get_attribute("data-contours") == "1", "the contour")
+    items = browser.find_elements("css selector", "#objects li")
+    assert "(axis 0, slice 20)" in items[0].text
+    clicked = browser.execute_script("return window.dlset.state.objects[0].points")
+    assert sorted(map(tuple, clicked)) == sorted(map(tuple, points.tolist()))
+
+    browser.find_element("id", "save").click()
+    wait_for(
+        browser, lambda d: "saved (revision 1)" in d.find_element("id", "status").text, "the save"
+    )
+    lab = np.asarray(nib.load(root / "e.labels.nii.gz").dataobj)
+    want = seg.segment(frame, [points]).objects[0].mask
+    assert want.any() and not lab[:20].any() and not lab[21:].any()
+    np.testing.assert_array_equal(lab[20] > 0, np.rot90(want, -1))  # the plane x = 20
+
+    # along axis 2 the object is not drawn; picking it in the list shows its axis again
+    Select(browser.find_element("id", "axis")).select_by_value("2")
+    wait_for(browser, lambda d: canvas.get_attribute("data-axis") == "2", "axis 2")
+    assert canvas.get_attribute("data-drawn") == "0"
+    browser.find_elements("css selector", "#objects li")[0].click()
+    wait_for(
+        browser,
+        lambda d: (
+            (canvas.get_attribute("data-axis"), canvas.get_attribute("data-shown")) == ("0", "20")
+        ),
+        "the object's axis and slice",
+    )
+    assert canvas.get_attribute("data-drawn") == "1"

@@ -15,7 +15,8 @@ Saved beside an image `NAME.EXT` (all files of one save written together, atomic
   NAME.seg.dcm          DICOM input: a DICOM Segmentation (highdicom) referencing the
                         source image, one segment per label name
   NAME.labels.nii.gz    NIfTI volumes: the label volume with the source's affine and
-                        header (slices without objects are 0); a DICOM series folder
+                        header (slices without objects are 0; each object painted
+                        through the axis it was annotated along); a DICOM series folder
                         NAME/: the same beside the folder, with the series' affine
                         (`readers.read_dicom_series`)
   NAME.annotation.json  the clicks of every object (label name, colour, slice, the four
@@ -52,14 +53,18 @@ class FolderError(ValueError):
 
 @dataclasses.dataclass
 class Loaded:
-    """One image or volume, read and mapped to the model's 0..255 input once.
+    """One image, or one volume sliced along one axis, read and mapped to the model's
+    0..255 input once.
 
     `frames`: (S, H, W) or (S, H, W, 3) uint8 (S = 1 for a 2-D image); what the model is
-    given and what the page shows (window / level is applied on these values).
+    given and what the page shows (window / level is applied on these values). A volume's
+    slices are along array `axis` of the file (`segment_files.read_input`); other
+    inputs have axis 2 only.
     """
 
     image_id: str
     kind: str  # "image" | "nifti" | "dicom" | "dicom_series"
+    axis: int
     frames: np.ndarray
     spacing: tuple[float, float] | None
     intensity: str | None
@@ -192,25 +197,35 @@ class ImageFolder:
 
     # ---- reading
 
-    def load(self, image_id: str) -> Loaded:
+    def load(self, image_id: str, axis: int = 2) -> Loaded:
+        """`image_id` read (or from the cache); a volume sliced along `axis`."""
         path = self.resolve(image_id)
+        key = (image_id, axis)
         with self._lock:
-            if image_id in self._cache:
-                self._cache.move_to_end(image_id)
-                return self._cache[image_id]
-        loaded = self._read(image_id, path)
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        loaded = self._read(image_id, path, axis)
         with self._lock:
-            self._cache[image_id] = loaded
+            self._cache[key] = loaded
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return loaded
 
-    def _read(self, image_id: str, path: str) -> Loaded:
+    def _read(self, image_id: str, path: str, axis: int = 2) -> Loaded:
         kind = segment_files.input_kind(path)
+        if axis not in (0, 1, 2):
+            raise FolderError(f"axis must be 0, 1 or 2, got {axis}")
+        if axis != 2 and kind not in segment_files.VOLUME_KINDS:
+            raise FolderError(f"{image_id}: a {kind} is sliced along axis 2 only, not {axis}")
         self._check_size(image_id, path, kind)
         try:
             inp = segment_files.read_input(
-                path, kind, page=0 if kind == "image" else None, nonfinite=self.nonfinite
+                path,
+                kind,
+                page=0 if kind == "image" else None,
+                axis=axis,
+                nonfinite=self.nonfinite,
             )
         except (readers.DataError, segment_files.RequestError) as e:
             raise FolderError(f"{image_id}: {e}".replace(path, image_id), 422) from None
@@ -238,7 +253,7 @@ class ImageFolder:
         intensity = inp.get("intensity") or prepared[0][1]["intensity"]
         if shown.ndim == 4 and shown.shape[-1] == 1:
             shown = shown[..., 0]
-        return Loaded(image_id, kind, shown, inp.get("spacing"), intensity, inp)
+        return Loaded(image_id, kind, axis, shown, inp.get("spacing"), intensity, inp)
 
     def _check_size(self, image_id: str, path: str, kind: str) -> None:
         """Refuses images over the pixel limit before decoding them, from their headers
@@ -295,10 +310,10 @@ class ImageFolder:
         Args:
           revision: the revision the client loaded (0: none saved); a different saved
             revision means another tab saved in between: 409, nothing written.
-          objects: per object {"label", "color", "slice", "points", "corrections",
-            "propagate", "extent", "corrections_on"} (JSON-ready).
+          objects: per object {"label", "color", "axis", "slice", "points",
+            "corrections", "propagate", "extent", "corrections_on"} (JSON-ready).
           masks: per object {slice: (H, W) bool mask} (its own slice, or every slice
-            a propagated object reaches).
+            a propagated object reaches), slices along the object's axis.
           extra: more JSON facts to store (checkpoint, threshold).
 
         Returns: {"revision", "files"} of what was written.
@@ -317,20 +332,27 @@ class ImageFolder:
             names = list(dict.fromkeys(o["label"] for o in objects))
             label_of = {n: i + 1 for i, n in enumerate(names)}
             dtype = np.uint8 if len(names) < 256 else np.uint16
-            shape = loaded.frames.shape[:3]
-            labels = np.zeros(shape, dtype)
+            is_volume = loaded.kind in segment_files.VOLUME_KINDS
+            # a volume's labels in the file's own array order, other inputs' per frame
+            labels = np.zeros(
+                loaded.source["shape"][:3] if is_volume else loaded.frames.shape[:3], dtype
+            )
             for o, by_slice in zip(objects, masks, strict=True):
                 # painted in order: a later object wins where two overlap (an inner
                 # structure given after the outer one)
+                inp = self.load(image_id, o["axis"]).source if is_volume else None
                 for z, m in by_slice.items():
-                    labels[z][m] = label_of[o["label"]]
+                    if is_volume:
+                        view = readers.slice_view(labels, inp["axis"], z, inp["rot90"])
+                    else:
+                        view = labels[z]
+                    view[m] = label_of[o["label"]]
             stem = segment_files.file_stem(path)
             out = {}
-            if loaded.kind in segment_files.VOLUME_KINDS:
+            if is_volume:
                 src = loaded.source
-                vol = segment_files.label_volume(src, dict(enumerate(labels)), dtype)
                 out[stem + ".labels.nii.gz"] = segment_files.nifti_bytes(
-                    vol, src["affine"], src["header"], gz=True
+                    labels, src["affine"], src["header"], gz=True
                 )
             elif loaded.kind == "dicom":
                 out[stem + ".seg.dcm"] = dicom_seg_bytes(path, labels, names)

@@ -5,11 +5,13 @@ Endpoints (JSON unless said; every error is `{"error": message}` with its status
   GET  /api/info             the model (checkpoint, step, threshold, image kinds,
                              whether it takes corrective clicks) and the limits
   GET  /api/images           the images, volumes and DICOM files of the folder
-  GET  /api/image?id=        one image: size, slices, spacing, intensity mapping and
-                             its saved annotation (or null)
-  GET  /api/slice?id=&z=&lo=&hi=   one slice as PNG, window [lo, hi] of the 0..255
-                             values the model is given (default 0, 255)
-  POST /api/segment          {"id", "slice", "points": [[x, y] x 4], "corrections":
+  GET  /api/image?id=&axis= one image: size, slices, spacing, intensity mapping and
+                             its saved annotation (or null); a volume sliced along
+                             array axis 0, 1 or 2 of the file (default 2; other
+                             inputs: 2 only), with the volume's shape
+  GET  /api/slice?id=&z=&axis=&lo=&hi=   one slice as PNG, window [lo, hi] of the
+                             0..255 values the model is given (default 0, 255)
+  POST /api/segment          {"id", "axis", "slice", "points": [[x, y] x 4], "corrections":
                              [[x, y, sign]]} (left, right, top, bottom; pixel centres at
                              integers; corrective clicks +1 / -1 for a model that takes
                              them) -> the zero contour (polylines in image pixels),
@@ -20,7 +22,7 @@ Endpoints (JSON unless said; every error is `{"error": message}` with its status
                              followed through the slices (`volume.propagate`) and
                              "slices" lists each slice it reaches: contours, area,
                              source ("clicks" / "propagated"); "stops" says why it ended
-  POST /api/save             {"id", "revision", "objects": [{"label", "color", "slice",
+  POST /api/save             {"id", "revision", "objects": [{"label", "color", "axis", "slice",
                              "points", "corrections", "propagate", "extent",
                              "corrections_on"}]} -> every object segmented again from its
                              clicks (propagated ones through the volume) and written with
@@ -84,6 +86,7 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
     from pydantic import BaseModel, Field
 
     class Clicks(BaseModel):  # one object's clicks
+        axis: int = Field(default=2, ge=0, le=2)  # a volume's slicing axis
         slice: int = 0
         points: list[list[float]]
         corrections: list[list[float]] = Field(default=[], max_length=MAX_CORRECTIONS)
@@ -165,11 +168,14 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
         return {"images": folder.list()}
 
     @app.get("/api/image")
-    def image(id: str):
-        im = folder.load(id)
+    def image(id: str, axis: Annotated[int, Query()] = 2):
+        im = folder.load(id, axis)
+        shape = im.source.get("shape") if im.kind in segment_files.VOLUME_KINDS else None
         return {
             "id": id,
             "kind": im.kind,
+            "axis": axis,
+            "volume_shape": None if shape is None else [int(n) for n in shape[:3]],
             "height": int(im.frames.shape[1]),
             "width": int(im.frames.shape[2]),
             "n_slices": im.n_slices,
@@ -183,6 +189,7 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
     def slice_png(
         id: str,
         z: Annotated[int, Query()] = 0,
+        axis: Annotated[int, Query()] = 2,
         lo: Annotated[float, Query(ge=0, le=255)] = 0.0,
         hi: Annotated[float, Query(ge=0, le=255)] = 255.0,
     ):
@@ -190,7 +197,7 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
             raise FolderError(f"window: hi ({hi:g}) must be above lo ({lo:g})")
         from PIL import Image
 
-        f = folder.load(id).frame(z).astype(np.float32)
+        f = folder.load(id, axis).frame(z).astype(np.float32)
         shown = np.clip(np.round((f - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
         buf = io.BytesIO()
         Image.fromarray(shown).save(buf, format="PNG", compress_level=1)
@@ -262,7 +269,7 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
     @app.post("/api/segment")
     def segment(body: SegmentIn):
         t0 = time.perf_counter()
-        im = folder.load(body.id)
+        im = folder.load(body.id, body.axis)
         obj = body.model_dump()
         check_flat(obj, 1)
         if obj["propagate"]:
@@ -295,21 +302,20 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
 
     @app.post("/api/save")
     def save(body: SaveIn):
-        im = folder.load(body.id)
         objects = [o.model_dump() for o in body.objects]
+        ims = {a: folder.load(body.id, a) for a in sorted({2} | {o["axis"] for o in objects})}
         masks = [None] * len(objects)  # per object {slice: (H, W) mask}
-        by_slice: dict[int, list[int]] = {}
+        by_slice: dict[tuple[int, int], list[int]] = {}  # (axis, slice) -> objects
         for k, o in enumerate(objects):
             check_flat(o, k + 1)
-            if not 0 <= o["slice"] < im.n_slices:
-                raise FolderError(
-                    f"object {k + 1}: slice {o['slice']} out of range (0..{im.n_slices - 1})"
-                )
+            n = ims[o["axis"]].n_slices
+            if not 0 <= o["slice"] < n:
+                raise FolderError(f"object {k + 1}: slice {o['slice']} out of range (0..{n - 1})")
             if not o["propagate"]:
-                by_slice.setdefault(o["slice"], []).append(k)
+                by_slice.setdefault((o["axis"], o["slice"]), []).append(k)
         for k, o in enumerate(objects):  # every refusal before the slow part
             if o["propagate"]:
-                checked_points(im.frame(o["slice"]), o["points"], k + 1)
+                checked_points(ims[o["axis"]].frame(o["slice"]), o["points"], k + 1)
         per_slice = [o["corrections"] for o in objects] + [
             c for o in objects for c in o["corrections_on"].values()
         ]
@@ -320,9 +326,9 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
             seg.check_accepts(per_slice, ids)
         except ValueError as e:
             raise FolderError(str(e)) from None
-        for z, ks in by_slice.items():
+        for (axis, z), ks in by_slice.items():
             res = segment_slice(
-                im,
+                ims[axis],
                 z,
                 [objects[k]["points"] for k in ks],
                 [objects[k]["corrections"] for k in ks],
@@ -332,7 +338,7 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
                 masks[k] = {z: r.mask}
         for k, o in enumerate(objects):
             if o["propagate"]:
-                res = propagate(im, o, k + 1)
+                res = propagate(ims[o["axis"]], o, k + 1)
                 masks[k] = {f["slice"]: res.labels[f["slice"]] for f in res.slices}
         extra = {
             "checkpoint": {"workdir": seg.workdir, "step": seg.step},

@@ -10,13 +10,14 @@ const MAX_PX = 64;  // canvas px per image pixel at the deepest zoom
 const ZOOM_STEP = 1.25;  // per wheel notch or +/- key
 
 const state = {
-  info: null, image: null, z: 0, objects: [], current: -1, revision: 0,
+  info: null, image: null, axis: 2, z: 0, objects: [], current: -1, revision: 0,
   history: [], bitmap: null, drag: null, pan: null, space: false, busy: 0,
 };
 // Where the image lies on the canvas (read by the browser test to click on pixels):
 // `zoom` times the scale that fits the whole image, centred on image point (cx, cy)
-// (null: the image's centre).
-const view = { scale: 1, ox: 0, oy: 0, zoom: 1, cx: null, cy: null };
+// (null: the image's centre); `scale` canvas px per pixel across, `scale * aspect` down
+// (a volume's pixels are as tall as its row spacing against its column spacing).
+const view = { scale: 1, aspect: 1, ox: 0, oy: 0, zoom: 1, cx: null, cy: null };
 window.dlset = { state, view };
 
 const $ = (id) => document.getElementById(id);
@@ -49,9 +50,11 @@ const postJSON = (path, body) => api(path, {
 }).then((r) => r.json());
 
 // What the server needs of an object (and what undo and the saved annotation keep).
-const clicksOf = ({ label, color, slice, points, corrections, propagate, extent, corrections_on }) =>
-  ({ label, color, slice, points, corrections, propagate, extent, corrections_on });
-const blank = () => ({ corrections: [], propagate: false, extent: null, corrections_on: {} });
+const clicksOf = ({ label, color, axis, slice, points, corrections, propagate, extent, corrections_on }) =>
+  ({ label, color, axis, slice, points, corrections, propagate, extent, corrections_on });
+const blank = () => ({ axis: 2, corrections: [], propagate: false, extent: null, corrections_on: {} });
+// on the slice shown: drawn, clickable, correctable there
+const onView = (o) => o.axis === state.axis && o.slice === state.z;
 
 function colorFor(label) {
   const labels = [...new Set(state.objects.map((o) => o.label))];
@@ -77,27 +80,47 @@ async function loadImages() {
   if (!list.length) status("No images in the folder: upload one.");
 }
 
-async function openImage(id) {
-  status(`opening ${id} ...`);
-  const meta = await (await api(`/api/image?id=${encodeURIComponent(id)}`)).json();
+const imageMeta = async (id, axis) =>
+  (await api(`/api/image?id=${encodeURIComponent(id)}&axis=${axis}`)).json();
+
+// Shows the image sliced along `axis` (a volume's array axis; 2-D images: 2) at slice z
+// (null: the middle one), the whole of it in view.
+async function showAxis(meta, z) {
   state.image = meta;
-  state.z = Math.floor(meta.n_slices / 2);
-  state.objects = [];
-  state.current = -1;
-  state.history = [];
+  state.axis = meta.axis;
+  state.z = z ?? Math.floor(meta.n_slices / 2);
+  const sp = meta.spacing;
+  view.aspect = sp && sp[0] > 0 && sp[1] > 0 ? Math.min(Math.max(sp[0] / sp[1], 0.05), 20) : 1;
   Object.assign(view, { zoom: 1, cx: null, cy: null });
-  state.revision = meta.annotation ? meta.annotation.revision : 0;
   $("volume-controls").hidden = meta.n_slices < 2;
+  $("axis-choice").hidden = !meta.volume_shape;
+  if (meta.volume_shape) {
+    $("axis").innerHTML = meta.volume_shape.map((n, a) =>
+      `<option value="${a}">axis ${a} (${n} slices)</option>`).join("");
+    $("axis").value = state.axis;
+  }
   $("slice").max = meta.n_slices - 1;
   $("slice").value = state.z;
   $("slice-value").textContent = state.z;
-  if (meta.annotation) {
-    state.objects = meta.annotation.objects.map((o) => ({ ...blank(), ...o, contours: null, volume: null }));
-    state.z = state.objects.length ? state.objects[0].slice : state.z;
-    $("slice").value = state.z;
-    $("slice-value").textContent = state.z;
-  }
+  renderObjects();
   await loadSlice();
+}
+
+async function openImage(id) {
+  status(`opening ${id} ...`);
+  let meta = await imageMeta(id, 2);
+  state.objects = [];
+  state.current = -1;
+  state.history = [];
+  state.revision = meta.annotation ? meta.annotation.revision : 0;
+  let z = null;
+  if (meta.annotation) {  // opened where its first object was clicked
+    state.objects = meta.annotation.objects.map((o) => ({ ...blank(), ...o, contours: null, volume: null }));
+    const first = state.objects[0];
+    if (first && first.axis !== 2) meta = await imageMeta(id, first.axis);
+    if (first) z = first.slice;
+  }
+  await showAxis(meta, z);
   await loadImages();
   await Promise.all(state.objects.map((o) => segment(o)));
   status(`${id}: ${meta.width} x ${meta.height}` + (meta.n_slices > 1 ? ` x ${meta.n_slices} slices` : "") +
@@ -108,11 +131,14 @@ async function openImage(id) {
 
 async function loadSlice() {
   const z = state.z, lo = $("win-lo").value, hi = $("win-hi").value;
-  const url = `/api/slice?id=${encodeURIComponent(state.image.id)}&z=${z}&lo=${lo}&hi=${hi}`;
+  const axis = state.axis;
+  const url = `/api/slice?id=${encodeURIComponent(state.image.id)}&axis=${axis}&z=${z}&lo=${lo}&hi=${hi}`;
   const blob = await (await api(url)).blob();
-  if (z !== state.z) return;  // the slider moved on meanwhile: that slice's answer will come
+  // the slider or the axis moved on meanwhile: that slice's answer will come
+  if (z !== state.z || axis !== state.axis) return;
   state.bitmap = await createImageBitmap(blob);
   canvas.dataset.shown = z;  // the slice on the canvas (read by the browser test)
+  canvas.dataset.axis = axis;
   redraw();
 }
 
@@ -169,8 +195,8 @@ function undo() {
 function newObject() {
   snapshot();
   const label = $("label").value.trim() || "object";
-  state.objects.push({ ...blank(), label, color: colorFor(label), slice: state.z, points: [],
-                       contours: null, volume: null });
+  state.objects.push({ ...blank(), label, color: colorFor(label), axis: state.axis, slice: state.z,
+                       points: [], contours: null, volume: null });
   state.current = state.objects.length - 1;
   renderObjects();
 }
@@ -201,14 +227,14 @@ function layout() {
   canvas.height = Math.max(1, Math.round(r.height));
   if (!state.image) return;
   const { width, height } = state.image;
-  const fit = Math.min(canvas.width / width, canvas.height / height, 16);
+  const fit = Math.min(canvas.width / width, canvas.height / (height * view.aspect), 16);
   view.zoom = Math.min(Math.max(view.zoom, 1), Math.max(1, MAX_PX / fit));
   view.scale = fit * view.zoom;
   // the centre stays on the image, so some of it is always in sight
   view.cx = Math.min(Math.max(view.cx ?? (width - 1) / 2, -0.5), width - 0.5);
   view.cy = Math.min(Math.max(view.cy ?? (height - 1) / 2, -0.5), height - 0.5);
   view.ox = canvas.width / 2 - (view.cx + 0.5) * view.scale;
-  view.oy = canvas.height / 2 - (view.cy + 0.5) * view.scale;
+  view.oy = canvas.height / 2 - (view.cy + 0.5) * view.scale * view.aspect;
 }
 
 // Zoom by `factor`, keeping the image point under canvas point (mx, my) where it is.
@@ -219,7 +245,7 @@ function zoomAt(factor, mx, my) {
   view.zoom *= factor;
   layout();  // clamps the zoom: the scale it gives is the one to keep (x, y) under
   view.cx = x + (canvas.width / 2 - mx) / view.scale;
-  view.cy = y + (canvas.height / 2 - my) / view.scale;
+  view.cy = y + (canvas.height / 2 - my) / (view.scale * view.aspect);
   redraw();
 }
 
@@ -229,8 +255,8 @@ function zoomFit() {
 }
 
 // image pixel (x, y), centres at integers <-> canvas px
-const toCanvas = (x, y) => [view.ox + (x + 0.5) * view.scale, view.oy + (y + 0.5) * view.scale];
-const toImage = (cx, cy) => [(cx - view.ox) / view.scale - 0.5, (cy - view.oy) / view.scale - 0.5];
+const toCanvas = (x, y) => [view.ox + (x + 0.5) * view.scale, view.oy + (y + 0.5) * view.scale * view.aspect];
+const toImage = (cx, cy) => [(cx - view.ox) / view.scale - 0.5, (cy - view.oy) / (view.scale * view.aspect) - 0.5];
 
 function redraw() {
   layout();
@@ -238,9 +264,11 @@ function redraw() {
   ctx.fillRect(0, 0, canvas.width, canvas.height);
   if (!state.bitmap || !state.image) return;
   ctx.imageSmoothingEnabled = false;
-  ctx.drawImage(state.bitmap, view.ox, view.oy, state.image.width * view.scale, state.image.height * view.scale);
+  ctx.drawImage(state.bitmap, view.ox, view.oy, state.image.width * view.scale,
+                state.image.height * view.scale * view.aspect);
   let drawn = 0;
   state.objects.forEach((o, k) => {
+    if (o.axis !== state.axis) return;  // annotated along another axis
     const own = o.slice === state.z;
     // a 3-D object's propagated outline on the other slices it reaches (dashed)
     const there = own ? null : o.volume && o.volume[state.z];
@@ -301,7 +329,9 @@ function renderObjects() {
       (zs.length ? `3-D, slices ${Math.min(...zs)}..${Math.max(...zs)}` +
                    (o.extent ? ` (given ${o.extent[0] ?? "..."}..${o.extent[1] ?? "..."})` : "")
                  : `${o.area ?? "?"} px`) + (nCorr ? `, ${nCorr} corrections` : "");
-    li.appendChild(document.createTextNode(`${o.label}` + (state.image.n_slices > 1 ? ` (slice ${o.slice})` : "") + `: ${what} `));
+    const where = state.image.volume_shape ? ` (axis ${o.axis}, slice ${o.slice})` :
+      state.image.n_slices > 1 ? ` (slice ${o.slice})` : "";
+    li.appendChild(document.createTextNode(`${o.label}${where}: ${what} `));
     if (k === state.current) li.classList.add("current");
     const del = document.createElement("button");
     del.textContent = "x";
@@ -310,7 +340,15 @@ function renderObjects() {
       ev.stopPropagation();
       snapshot(); state.objects.splice(k, 1); state.current = -1; renderObjects(); redraw();
     };
-    li.onclick = () => { state.current = k; renderObjects(); redraw(); };  // select it
+    li.onclick = () => {  // select it; one annotated along another axis: shown there
+      state.current = k;
+      renderObjects();
+      redraw();
+      if (o.axis !== state.axis) {
+        imageMeta(state.image.id, o.axis).then((meta) => showAxis(meta, o.slice))
+          .catch((e) => status(e.message, true));
+      }
+    };
     li.appendChild(del);
     ol.appendChild(li);
   });
@@ -321,7 +359,7 @@ function renderObjects() {
 function hit(cx, cy) {
   for (let k = state.objects.length - 1; k >= 0; k--) {
     const o = state.objects[k];
-    if (o.slice !== state.z) continue;
+    if (!onView(o)) continue;
     for (let i = 0; i < o.points.length; i++) {
       const [px, py] = toCanvas(...o.points[i]);
       if (Math.hypot(px - cx, py - cy) <= HIT_RADIUS) return [k, i];
@@ -357,7 +395,8 @@ canvas.addEventListener("mousedown", (ev) => {
     return status("click inside the image", true);
   }
   let o = state.objects[state.current];
-  const reaches = o && o.points.length === 4 && (o.slice === state.z || (o.volume && o.volume[state.z]));
+  const reaches = o && o.points.length === 4 && o.axis === state.axis &&
+    (o.slice === state.z || (o.volume && o.volume[state.z]));
   if ((ev.shiftKey || ev.altKey) && reaches) {
     if (!state.info.model.takes_corrections) {
       return status("this model takes no corrective clicks: drag the four points instead", true);
@@ -371,7 +410,7 @@ canvas.addEventListener("mousedown", (ev) => {
     redraw();
     return segment(o);
   }
-  if (!o || o.points.length === 4 || o.slice !== state.z) { newObject(); o = state.objects[state.current]; } else snapshot();
+  if (!o || o.points.length === 4 || !onView(o)) { newObject(); o = state.objects[state.current]; } else snapshot();
   o.points.push([x, y]);
   renderObjects();
   redraw();
@@ -382,7 +421,7 @@ canvas.addEventListener("mousemove", (ev) => {
   if (state.pan) {
     const [mx, my] = eventPos(ev);
     view.cx = state.pan.cx - (mx - state.pan.mx) / view.scale;
-    view.cy = state.pan.cy - (my - state.pan.my) / view.scale;
+    view.cy = state.pan.cy - (my - state.pan.my) / (view.scale * view.aspect);
     return redraw();
   }
   if (!state.drag) return;
@@ -441,6 +480,7 @@ function setExtent(end) {
   const o = currentComplete();
   if (!o) return;
   const z = state.z;
+  if (o.axis !== state.axis) return status(`the object was clicked along axis ${o.axis}: show that axis`, true);
   const [lo, hi] = o.extent || [null, null];  // an end not named: the object's own end
   if ((end === 0 && z > o.slice) || (end === 1 && z < o.slice)) {
     return status(`the ${end ? "last" : "first"} slice must lie ${end ? "at or above" : "at or below"} ` +
@@ -472,6 +512,12 @@ function showSlice(z) {
   loadSlice().catch((e) => status(e.message, true));
 }
 $("slice").oninput = (ev) => showSlice(Number(ev.target.value));
+$("axis").onchange = (ev) => {
+  imageMeta(state.image.id, Number(ev.target.value)).then((meta) => showAxis(meta, null))
+    .then(() => status(`${state.image.n_slices} slices along axis ${state.axis}, ` +
+                       `each ${state.image.width} x ${state.image.height}`))
+    .catch((e) => status(e.message, true));
+};
 for (const id of ["win-lo", "win-hi"]) {
   $(id).onchange = () => {
     if (Number($("win-hi").value) <= Number($("win-lo").value)) return status("window: high must be above low", true);
