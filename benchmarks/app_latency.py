@@ -12,7 +12,9 @@ HTTP (localhost only):
      second and the number of errors (must be 0);
   3. 3-D: `--volume_requests` calls that follow an ellipsoid through a generated
      256 x 256 x 48 NIfTI volume from four clicks on its middle slice (what the page's
-     3-D button sends): the slices reached, p50 / p95 per request and per slice.
+     3-D button sends): the slices reached, p50 / p95 per request and per slice;
+  4. clicks during 3-D: `--requests` 2-D calls (as in 1) while another client keeps
+     asking for the 3-D walk of 3: how long a click waits behind someone's 3-D request.
 Without `--workdir`, a randomly initialised CPU-default model (the same network and
 evolution: the latency does not depend on the weights).
 """
@@ -166,6 +168,27 @@ def main(argv=None) -> None:
         f"3-D, {a.volume_requests} requests of {n} slices each: {percentiles(t3d)} per "
         f"request, {np.median(t3d) / n:.0f} ms per slice (median)"
     )
+
+    walking = threading.Event()
+    stop = threading.Event()
+
+    def walker() -> int:
+        walks = 0
+        while not stop.is_set():
+            walking.set()
+            post(url, body)
+            walks += 1
+        return walks
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        walks = pool.submit(walker)
+        walking.wait()
+        during = [call(k)[0] for k in range(a.requests)]
+        stop.set()
+        print(
+            f"clicks during 3-D walks, {a.requests} requests: {percentiles(during)} "
+            f"({walks.result()} walks of {n} slices meanwhile)"
+        )
     srv.should_exit = True
 
 

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -696,3 +697,42 @@ def test_a_volume_is_annotated_along_any_axis_and_saved_in_the_files_orientation
     r = c.post("/api/segment", json={"id": "e.nii", **bad, "axis": 4})
     assert r.status_code == 400 and "axis" in r.json()["error"], r.text
     assert tree(root) == before
+
+
+def test_model_calls_take_turns_one_at_a_time_in_the_order_asked():
+    class Slow:  # a segmenter whose calls wait for `go`, recording who ran when
+        takes_corrections = False
+
+        def __init__(self):
+            self.go, self.log, self.running = threading.Event(), [], 0
+
+        def segment(self, name):
+            self.running += 1
+            assert self.running == 1, "two model calls at once"
+            self.log.append(name)
+            if name == "first":
+                self.go.wait(10)
+            self.running -= 1
+            return name
+
+    slow = Slow()
+    turns = server.TakingTurns(slow)
+    assert turns.takes_corrections is False  # the rest is the segmenter's own
+    threads = [threading.Thread(target=turns.segment, args=("first",))]
+
+    def until(condition):
+        deadline = time.monotonic() + 10
+        while not condition():
+            assert time.monotonic() < deadline, "timed out"
+            time.sleep(0.001)
+
+    threads[0].start()
+    until(lambda: slow.log)  # "first" holds the model
+    for k, name in enumerate(["b", "c", "d"]):
+        threads.append(threading.Thread(target=turns.segment, args=(name,)))
+        threads[-1].start()
+        until(lambda k=k: turns._next == k + 2)  # its ticket taken before the next asks
+    slow.go.set()
+    for t in threads:
+        t.join(10)
+    assert slow.log == ["first", "b", "c", "d"]

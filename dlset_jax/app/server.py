@@ -75,6 +75,34 @@ def _mask_contours(mask: np.ndarray) -> list[list[list[float]]]:
     return _contours(np.where(window, -0.5, 0.5), (y0, x0), 0.0)
 
 
+class TakingTurns:
+    """The one model, shared by the requests one model call at a time, in the order the
+    calls asked (a ticket lock: Python's own lock lets the thread that just released it
+    take it again first). A 3-D request takes its turn per slice, so a click on another
+    image waits for one slice, not for the whole walk."""
+
+    def __init__(self, seg: seglib.Segmenter):
+        self._seg = seg
+        self._cond = threading.Condition()
+        self._next = 0  # the next ticket to hand out
+        self._serving = 0  # the ticket whose turn it is
+
+    def __getattr__(self, name):  # everything but `segment` is the segmenter's own
+        return getattr(self._seg, name)
+
+    def segment(self, *args, **kwargs):
+        with self._cond:
+            ticket = self._next
+            self._next += 1
+            self._cond.wait_for(lambda: self._serving == ticket)
+        try:
+            return self._seg.segment(*args, **kwargs)
+        finally:
+            with self._cond:
+                self._serving += 1
+                self._cond.notify_all()
+
+
 def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: int):
     """The FastAPI application (run it with uvicorn; `__main__` does)."""
     from typing import Annotated
@@ -111,7 +139,7 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
         objects: list[ObjectIn] = Field(max_length=MAX_OBJECTS)
 
     app = FastAPI(title="dlset_jax annotation", docs_url=None, redoc_url=None)
-    model_lock = threading.Lock()  # one model: requests take turns on the CPU
+    model = TakingTurns(seg)  # requests take turns on the CPU, per model call
 
     def error(message: str, status: int) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
@@ -217,17 +245,16 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
     def segment_slice(im, z, points_list, corrections_list, ids):
         frame = im.frame(z)
         checked = [checked_points(frame, p, k) for k, p in zip(ids, points_list, strict=True)]
-        with model_lock:
-            try:  # corrective clicks (and the model's refusal of them), the image contract
-                return seg.segment(
-                    frame,
-                    checked,
-                    spacing=im.spacing,
-                    corrections=corrections_list,
-                    object_ids=ids,
-                )
-            except ValueError as e:
-                raise FolderError(str(e)) from None
+        try:  # corrective clicks (and the model's refusal of them), the image contract
+            return model.segment(
+                frame,
+                checked,
+                spacing=im.spacing,
+                corrections=corrections_list,
+                object_ids=ids,
+            )
+        except ValueError as e:
+            raise FolderError(str(e)) from None
 
     def propagate(im, obj, k):
         """Object `k` (a `Clicks` dict) through the volume: `volume.propagate`'s result."""
@@ -245,19 +272,18 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
             )
         if obj["corrections"]:
             corrections[obj["slice"]] = obj["corrections"]
-        with model_lock:
-            try:  # extent, clicks on any slice and the model's refusal, before any compute
-                return volume.propagate(
-                    seg,
-                    im.frames,
-                    obj["slice"],
-                    points,
-                    extent=obj["extent"],
-                    corrections=corrections,
-                    spacing=im.spacing,
-                )
-            except ValueError as e:
-                raise FolderError(f"object {k}: {e}") from None
+        try:  # extent, clicks on any slice and the model's refusal, before any compute
+            return volume.propagate(
+                model,
+                im.frames,
+                obj["slice"],
+                points,
+                extent=obj["extent"],
+                corrections=corrections,
+                spacing=im.spacing,
+            )
+        except ValueError as e:
+            raise FolderError(f"object {k}: {e}") from None
 
     def check_flat(obj, k):
         if not obj["propagate"] and (obj["extent"] is not None or obj["corrections_on"]):
