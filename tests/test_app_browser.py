@@ -245,6 +245,19 @@ def test_zoom_and_pan_keep_clicks_on_their_pixels(served, browser):
     assert view_at(browser)["scale"] == pytest.approx(fit["scale"])
     assert view_at(browser)["ox"] == pytest.approx(fit["ox"])
 
+    # H hides the outline and shows it again; Delete removes the object, Ctrl+Z undoes
+    assert canvas.get_attribute("data-drawn") == "1"
+    ActionChains(browser).send_keys("h").perform()
+    assert canvas.get_attribute("data-drawn") == "0"
+    ActionChains(browser).send_keys("h").perform()
+    assert canvas.get_attribute("data-drawn") == "1"
+    ActionChains(browser).send_keys(Keys.DELETE).perform()
+    assert browser.execute_script("return window.dlset.state.objects.length") == 0
+    assert canvas.get_attribute("data-drawn") == "0"
+    ActionChains(browser).key_down(Keys.CONTROL).send_keys("z").key_up(Keys.CONTROL).perform()
+    wait_for(browser, lambda d: canvas.get_attribute("data-contours") == "1", "the undone delete")
+    assert canvas.get_attribute("data-drawn") == "1"
+
 
 def show_slice(driver, z):
     driver.execute_script(

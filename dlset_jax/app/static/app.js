@@ -11,7 +11,7 @@ const ZOOM_STEP = 1.25;  // per wheel notch or +/- key
 
 const state = {
   info: null, image: null, axis: 2, z: 0, objects: [], current: -1, revision: 0,
-  history: [], bitmap: null, drag: null, pan: null, space: false, busy: 0,
+  history: [], bitmap: null, drag: null, pan: null, space: false, hidden: false, busy: 0,
 };
 // Where the image lies on the canvas (read by the browser test to click on pixels):
 // `zoom` times the scale that fits the whole image, centred on image point (cx, cy)
@@ -192,6 +192,14 @@ function undo() {
   redraw();
 }
 
+function deleteObject(k) {
+  snapshot();
+  state.objects.splice(k, 1);
+  state.current = -1;
+  renderObjects();
+  redraw();
+}
+
 function newObject() {
   snapshot();
   const label = $("label").value.trim() || "object";
@@ -268,7 +276,7 @@ function redraw() {
                 state.image.height * view.scale * view.aspect);
   let drawn = 0;
   state.objects.forEach((o, k) => {
-    if (o.axis !== state.axis) return;  // annotated along another axis
+    if (o.axis !== state.axis || state.hidden) return;  // another axis, or outlines hidden
     const own = o.slice === state.z;
     // a 3-D object's propagated outline on the other slices it reaches (dashed)
     const there = own ? null : o.volume && o.volume[state.z];
@@ -336,10 +344,7 @@ function renderObjects() {
     const del = document.createElement("button");
     del.textContent = "x";
     del.title = "delete this object";
-    del.onclick = (ev) => {
-      ev.stopPropagation();
-      snapshot(); state.objects.splice(k, 1); state.current = -1; renderObjects(); redraw();
-    };
+    del.onclick = (ev) => { ev.stopPropagation(); deleteObject(k); };
     li.onclick = () => {  // select it; one annotated along another axis: shown there
       state.current = k;
       renderObjects();
@@ -552,6 +557,15 @@ window.addEventListener("keydown", (ev) => {
   else if (ev.key === "+" || ev.key === "=") zoomAt(ZOOM_STEP, canvas.width / 2, canvas.height / 2);
   else if (ev.key === "-") zoomAt(1 / ZOOM_STEP, canvas.width / 2, canvas.height / 2);
   else if (ev.key === "0") zoomFit();
+  else if (ev.key === "h") {  // the image without the outlines, and back
+    state.hidden = !state.hidden;
+    redraw();
+    status(state.hidden ? "outlines hidden (H shows them)" : "outlines shown");
+  }
+  else if ((ev.key === "Delete" || ev.key === "Backspace") && state.objects[state.current]) {
+    deleteObject(state.current);
+    status("object deleted (Ctrl+Z brings it back)");
+  }
   else if ((ev.key === "ArrowUp" || ev.key === "ArrowDown") && state.image.n_slices > 1) {
     ev.preventDefault();
     const z = state.z + (ev.key === "ArrowUp" ? 1 : -1);
