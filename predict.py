@@ -56,7 +56,9 @@ flags.DEFINE_string("ground_truth", None, "Mask / label map (or label volume) to
 flags.DEFINE_string("prefix", None, "Output file name prefix (default: the input's name).")
 flags.DEFINE_boolean("reorder", False, "The points are unordered: name them by position.")
 flags.DEFINE_float("threshold", None, "Mask = phi <= threshold (default: the run's).")
-flags.DEFINE_integer("bucket_size", 8, "Batch bucket size (objects).")
+flags.DEFINE_integer(
+    "bucket_size", None, "Batch bucket size (objects; default: dlset_jax.segmenter.BUCKET_SIZE)."
+)
 flags.DEFINE_boolean(
     "propagate", False, "NIfTI: each object through the volume from its slice (3-D)."
 )

@@ -7,7 +7,8 @@ with the workdir's model and a generated 512 x 512 image of ellipses, then over 
 HTTP (localhost only):
   1. sequential: `--requests` /api/segment calls, each four new clicks on one object
      (what the page sends after the fourth click): p50 / p95 / max in ms, the server's
-     own time for the same calls, and the first (compiling) call apart;
+     own time for the same calls, and the first call apart (the model is loaded as the
+     tool loads it, `server.load_segmenter`: compiled before the first click);
   2. load: `--clients` threads x `--requests` calls at once: p50 / p95, requests per
      second and the number of errors (must be 0);
   3. 3-D: `--volume_requests` calls that follow an ellipsoid through a generated
@@ -100,13 +101,14 @@ def main(argv=None) -> None:
     from dlset_jax.app import folder, server
 
     if a.workdir:
-        seg = segmenter.Segmenter.from_workdir(a.workdir, bucket_size=1)
-        what = f"{a.workdir} (step {seg.step})"
+        t0 = time.perf_counter()
+        seg = server.load_segmenter(a.workdir)  # as the tool loads it
+        what = f"{a.workdir} (step {seg.step}; loaded and compiled in {time.perf_counter() - t0:.1f} s)"
     else:
         c = config_lib.cpu_sized(config_lib.base_config())
         model = models.create_model(c.model)
         v = model.init_variables(jax.random.key(0), c.data.resolution)
-        seg = segmenter.Segmenter(c, v, bucket_size=1, check=False)
+        seg = server.warm_up(segmenter.Segmenter(c, v, bucket_size=1, check=False))
         what = "randomly initialised CPU-default model"
     root = tempfile.mkdtemp(prefix="dlset_app_bench_")
     clicks = make_image(root, np.random.default_rng(0))
@@ -128,7 +130,7 @@ def main(argv=None) -> None:
         return 1e3 * (time.perf_counter() - t0), out["ms"]
 
     first, _ = call(0)
-    print(f"first request (compiles): {first:.0f} ms")
+    print(f"first request: {first:.0f} ms")
     seq = [call(k) for k in range(a.requests)]
     print(
         f"sequential, {a.requests} requests: {percentiles([s[0] for s in seq])} "

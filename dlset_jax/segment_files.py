@@ -76,7 +76,7 @@ class Request:
     prefix: str | None = None
     reorder: bool = False
     threshold: float | None = None
-    bucket_size: int = 8
+    bucket_size: int | None = None  # None: segmenter.BUCKET_SIZE
     propagate: bool = False
     extent: str | None = None
     nonfinite: str = "error"
@@ -299,7 +299,10 @@ def _get_segmenter(req):
     if key not in _SEGMENTERS:
         _SEGMENTERS.clear()
         _SEGMENTERS[key] = segmenter.Segmenter.from_workdir(
-            req.workdir, req.step, bucket_size=req.bucket_size, threshold=req.threshold
+            req.workdir,
+            req.step,
+            bucket_size=segmenter.BUCKET_SIZE if req.bucket_size is None else req.bucket_size,
+            threshold=req.threshold,
         )
     return _SEGMENTERS[key]
 

@@ -736,3 +736,38 @@ def test_model_calls_take_turns_one_at_a_time_in_the_order_asked():
     for t in threads:
         t.join(10)
     assert slow.log == ["first", "b", "c", "d"]
+
+
+def test_the_tool_loads_its_model_compiled_for_one_object(random_model):
+    wd, _, _ = random_model
+    seg = server.load_segmenter(str(wd))
+    assert seg.bucket_size == 1 and seg.trace_count == 1  # compiled at load
+    img, mask = ellipse_image(np.random.default_rng(2))
+    seg.segment(img, [targets.extreme_points(mask)], corrections=[[]])
+    assert seg.trace_count == 1  # the first click compiles nothing
+
+
+@pytest.mark.slow
+def test_the_tool_starts_on_localhost_and_answers(random_model, images):
+    import subprocess
+    import sys
+    import urllib.request
+
+    wd, _, _ = random_model
+    cmd = [sys.executable, "-m", "dlset_jax.app", f"--workdir={wd}", f"--images={images}"]
+    proc = subprocess.Popen(
+        [*cmd, "--port=0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        lines = []
+        deadline = time.monotonic() + 120
+        while not any(ln.startswith("open http://127.0.0.1:") for ln in lines):
+            assert time.monotonic() < deadline and proc.poll() is None, lines
+            lines.append(proc.stdout.readline())
+        url = lines[-1].split()[1]
+        with urllib.request.urlopen(url + "api/images", timeout=30) as r:
+            ids = [im["id"] for im in json.loads(r.read())["images"]]
+        assert "a.png" in ids and "loading" in lines[0]
+    finally:
+        proc.terminate()
+        proc.wait(30)

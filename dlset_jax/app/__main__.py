@@ -36,14 +36,15 @@ def main(argv) -> int:
     logging.set_verbosity(logging.ERROR)
     import uvicorn
 
-    from dlset_jax import checkpoint, segmenter
+    from dlset_jax import checkpoint
     from dlset_jax.app import folder, server
 
     try:
         images = folder.ImageFolder(
             FLAGS.images, max_pixels=FLAGS.max_pixels, nonfinite=FLAGS.nonfinite
         )
-        seg = segmenter.Segmenter.from_workdir(FLAGS.workdir, FLAGS.step)
+        print(f"loading {FLAGS.workdir} and compiling its model ...", flush=True)
+        seg = server.load_segmenter(FLAGS.workdir, FLAGS.step)
     except (folder.FolderError, checkpoint.CheckpointMismatchError, FileNotFoundError) as e:
         print(f"python -m dlset_jax.app: {e}", file=sys.stderr)
         return 1
@@ -57,6 +58,7 @@ def main(argv) -> int:
             f"python -m dlset_jax.app: cannot bind {FLAGS.host}:{FLAGS.port} ({e})", file=sys.stderr
         )
         return 1
+    sock.listen()  # the URL printed below answers at once (queued until uvicorn runs)
     port = sock.getsockname()[1]
     print(f"annotating {images.root} with {FLAGS.workdir} (step {seg.step})")
     print(f"open http://{FLAGS.host}:{port}/", flush=True)

@@ -75,6 +75,20 @@ def _mask_contours(mask: np.ndarray) -> list[list[list[float]]]:
     return _contours(np.where(window, -0.5, 0.5), (y0, x0), 0.0)
 
 
+def load_segmenter(workdir: str, step: int | None = None) -> seglib.Segmenter:
+    """The tool's model (batches of one object, doubled when a save segments more on one
+    slice: `segmenter.BUCKET_SIZE`), its one-object program compiled at start-up, where
+    the first click used to wait 3-5 s for it."""
+    return warm_up(seglib.Segmenter.from_workdir(workdir, step))
+
+
+def warm_up(seg: seglib.Segmenter) -> seglib.Segmenter:
+    """`seg` with its one-object program compiled (one call on a blank image)."""
+    shape = (32, 32) if "grey" in seg.image_kinds else (32, 32, 3)
+    seg.segment(np.zeros(shape, np.uint8), [[[4, 16], [27, 16], [16, 4], [16, 27]]])
+    return seg
+
+
 class TakingTurns:
     """The one model, shared by the requests one model call at a time, in the order the
     calls asked (a ticket lock: Python's own lock lets the thread that just released it
