@@ -332,6 +332,7 @@ def test_an_object_followed_through_a_volume_between_named_slices(served, browse
 
 def test_a_volume_sliced_along_another_axis_with_its_true_pixel_shape(served, browser):
     nib = pytest.importorskip("nibabel")
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.support.ui import Select
 
     url, root, _, seg, _ = served
@@ -348,6 +349,13 @@ def test_a_volume_sliced_along_another_axis_with_its_true_pixel_shape(served, br
     )
     # rows are the 2.5 mm slices, columns 1 mm: drawn 2.5 times as tall as wide
     assert view_at(browser)["aspect"] == pytest.approx(2.5)
+    from selenium.webdriver.common.keys import Keys
+
+    ActionChains(browser).send_keys(Keys.ARROW_DOWN).perform()  # slices, not axes
+    wait_for(browser, lambda d: canvas.get_attribute("data-shown") == "19", "slice 19")
+    ActionChains(browser).send_keys(Keys.ARROW_UP).perform()
+    wait_for(browser, lambda d: canvas.get_attribute("data-shown") == "20", "slice 20")
+    assert canvas.get_attribute("data-axis") == "0"
     frame = np.rot90(ELLIPSOID_IMAGE[20])  # (z, y) turned as the tool shows it: (16, 48)
     truth = np.rot90(ELLIPSOID[20])
     points = targets.extreme_points(truth)

@@ -518,6 +518,7 @@ function showSlice(z) {
 }
 $("slice").oninput = (ev) => showSlice(Number(ev.target.value));
 $("axis").onchange = (ev) => {
+  ev.target.blur();  // the keys (Up / Down: slices) act on the page again
   imageMeta(state.image.id, Number(ev.target.value)).then((meta) => showAxis(meta, null))
     .then(() => status(`${state.image.n_slices} slices along axis ${state.axis}, ` +
                        `each ${state.image.width} x ${state.image.height}`))
