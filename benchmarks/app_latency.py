@@ -108,7 +108,7 @@ def main(argv=None) -> None:
         c = config_lib.cpu_sized(config_lib.base_config())
         model = models.create_model(c.model)
         v = model.init_variables(jax.random.key(0), c.data.resolution)
-        seg = server.warm_up(segmenter.Segmenter(c, v, bucket_size=1, check=False))
+        seg = server.warm_up(segmenter.Segmenter(c, v, check=False))
         what = "randomly initialised CPU-default model"
     root = tempfile.mkdtemp(prefix="dlset_app_bench_")
     clicks = make_image(root, np.random.default_rng(0))
