@@ -58,13 +58,12 @@ class Loaded:
 
     `frames`: (S, H, W) or (S, H, W, 3) uint8 (S = 1 for a 2-D image); what the model is
     given and what the page shows (window / level is applied on these values). A volume's
-    slices are along array `axis` of the file (`segment_files.read_input`); other
+    slices are along the array axis it was loaded with (`load`; `source["axis"]`); other
     inputs have axis 2 only.
     """
 
     image_id: str
     kind: str  # "image" | "nifti" | "dicom" | "dicom_series"
-    axis: int
     frames: np.ndarray
     spacing: tuple[float, float] | None
     intensity: str | None
@@ -253,7 +252,7 @@ class ImageFolder:
         intensity = inp.get("intensity") or prepared[0][1]["intensity"]
         if shown.ndim == 4 and shown.shape[-1] == 1:
             shown = shown[..., 0]
-        return Loaded(image_id, kind, axis, shown, inp.get("spacing"), intensity, inp)
+        return Loaded(image_id, kind, shown, inp.get("spacing"), intensity, inp)
 
     def _check_size(self, image_id: str, path: str, kind: str) -> None:
         """Refuses images over the pixel limit before decoding them, from their headers
