@@ -30,6 +30,7 @@ __all__ = [
     "read_dicom_series",
     "slice_view",
     "volume_slice",
+    "volume_frames",
     "slice_spacing",
     "parse_points",
     "read_points_file",
@@ -282,6 +283,12 @@ def slice_view(vol, axis, index, rot90):
     painted back in the volume's own orientation)."""
     s = np.moveaxis(vol, axis, 0)[index]
     return np.rot90(s) if rot90 else s
+
+
+def volume_frames(vol, axis, rot90):
+    """Every `volume_slice` along `axis`, stacked: (S, H, W), a view of `vol`."""
+    frames = np.moveaxis(vol, axis, 0)
+    return np.rot90(frames, axes=(1, 2)) if rot90 else frames
 
 
 def slice_spacing(zooms, axis, rot90):

@@ -175,12 +175,10 @@ def _volume_input(path, kind, vol, zooms, affine, header, intensity, filled, cha
         vol = vol[..., channel]
     elif vol.ndim != 3:
         raise RequestError(f"{path}: expected a 3-D volume, got shape {vol.shape}")
-    if axis not in (0, 1, 2):
-        raise RequestError(f"--axis must be 0, 1 or 2, got {axis}")
     vol8 = vol if vol.dtype == np.uint8 else readers.intensity_to_uint8(vol)
     if intensity is None and vol.dtype != np.uint8:
         intensity = "clipped at the 0.5 / 99.5 percentiles of the whole volume"
-    return {
+    inp = {
         "kind": kind,
         "nonfinite_filled": filled,
         "intensity": intensity,
@@ -188,11 +186,23 @@ def _volume_input(path, kind, vol, zooms, affine, header, intensity, filled, cha
         "shape": vol.shape,
         "affine": affine,
         "header": header,
-        "n_frames": vol.shape[axis],
-        "axis": axis,
+        "zooms": tuple(float(z) for z in zooms[:3]),
         "rot90": rot90,
-        "spacing": readers.slice_spacing(zooms[:3], axis, rot90),
     }
+    return along_axis(inp, axis)
+
+
+def along_axis(inp, axis: int) -> dict:
+    """A volume read by `read_input`, sliced along another array `axis`: the same volume
+    (not copied) with that axis's frame count and in-plane spacing."""
+    if axis not in (0, 1, 2):
+        raise RequestError(f"--axis must be 0, 1 or 2, got {axis}")
+    return dict(
+        inp,
+        axis=axis,
+        n_frames=inp["volume"].shape[axis],
+        spacing=readers.slice_spacing(inp["zooms"], axis, inp["rot90"]),
+    )
 
 
 def label_volume(inp, slice_maps: dict, dtype) -> np.ndarray:

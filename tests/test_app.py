@@ -699,6 +699,30 @@ def test_a_volume_is_annotated_along_any_axis_and_saved_in_the_files_orientation
     assert tree(root) == before
 
 
+def test_a_volume_is_read_once_whatever_the_axes_it_is_shown_along(ellipsoid_folder, monkeypatch):
+    from dlset_jax import segment_files
+
+    root, vol, _ = ellipsoid_folder
+    reads = []
+    read_input = segment_files.read_input
+    monkeypatch.setattr(
+        segment_files,
+        "read_input",
+        lambda path, *a, **k: reads.append(path) or read_input(path, *a, **k),
+    )
+    images = folder_lib.ImageFolder(str(root), max_pixels=10**6)
+    shown = {a: images.load("e.nii", a) for a in (2, 0, 1, 0, 2)}
+    assert len(reads) == 1  # one read of the file for all three axes
+    base = shown[2].source["volume"]
+    for a, im in shown.items():
+        assert np.shares_memory(im.frames, base)  # views of the one volume, no copies
+        assert im.source["axis"] == a and im.n_slices == vol.shape[a]
+        np.testing.assert_array_equal(im.frame(7), np.rot90(vol[(slice(None),) * a + (7,)]))
+    # in-plane spacing (rows, columns) from the zooms (0.8, 1.0, 2.5) along each axis
+    want = [(2.5, 1.0), (2.5, 0.8), (1.0, 0.8)]
+    assert [shown[a].spacing for a in (0, 1, 2)] == [pytest.approx(w) for w in want]
+
+
 def test_model_calls_take_turns_one_at_a_time_in_the_order_asked():
     class Slow:  # a segmenter whose calls wait for `go`, recording who ran when
         takes_corrections = False

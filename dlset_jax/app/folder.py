@@ -58,8 +58,8 @@ class Loaded:
 
     `frames`: (S, H, W) or (S, H, W, 3) uint8 (S = 1 for a 2-D image); what the model is
     given and what the page shows (window / level is applied on these values). A volume's
-    slices are along the array axis it was loaded with (`load`; `source["axis"]`); other
-    inputs have axis 2 only.
+    slices are along the array axis it was loaded with (`load`; `source["axis"]`), a view
+    of its one uint8 volume (`source["volume"]`); other inputs have axis 2 only.
     """
 
     image_id: str
@@ -197,37 +197,52 @@ class ImageFolder:
     # ---- reading
 
     def load(self, image_id: str, axis: int = 2) -> Loaded:
-        """`image_id` read (or from the cache); a volume sliced along `axis`."""
-        path = self.resolve(image_id)
-        key = (image_id, axis)
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
-        loaded = self._read(image_id, path, axis)
-        with self._lock:
-            self._cache[key] = loaded
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return loaded
+        """`image_id` read (or from the cache); a volume sliced along `axis`.
 
-    def _read(self, image_id: str, path: str, axis: int = 2) -> Loaded:
+        A volume is read once whatever the axes it is shown along: each axis's frames
+        are a view of the one uint8 volume (`readers.volume_frames`)."""
+        path = self.resolve(image_id)
         kind = segment_files.input_kind(path)
         if axis not in (0, 1, 2):
             raise FolderError(f"axis must be 0, 1 or 2, got {axis}")
         if axis != 2 and kind not in segment_files.VOLUME_KINDS:
             raise FolderError(f"{image_id}: a {kind} is sliced along axis 2 only, not {axis}")
+        with self._lock:
+            loaded = self._cache.get(image_id)
+            if loaded is not None:
+                self._cache.move_to_end(image_id)
+        if loaded is None:
+            loaded = self._read(image_id, path)
+            with self._lock:
+                self._cache[image_id] = loaded
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        if axis == loaded.source.get("axis", 2):
+            return loaded
+        inp = segment_files.along_axis(loaded.source, axis)
+        frames = readers.volume_frames(inp["volume"], axis, inp["rot90"])
+        return dataclasses.replace(loaded, frames=frames, spacing=inp["spacing"], source=inp)
+
+    def _read(self, image_id: str, path: str) -> Loaded:
+        kind = segment_files.input_kind(path)
         self._check_size(image_id, path, kind)
         try:
             inp = segment_files.read_input(
-                path,
-                kind,
-                page=0 if kind == "image" else None,
-                axis=axis,
-                nonfinite=self.nonfinite,
+                path, kind, page=0 if kind == "image" else None, nonfinite=self.nonfinite
             )
         except (readers.DataError, segment_files.RequestError) as e:
             raise FolderError(f"{image_id}: {e}".replace(path, image_id), 422) from None
+        if kind in segment_files.VOLUME_KINDS:
+            # uint8 grey already (`read_input`): what the model is given, as it is
+            frames = readers.volume_frames(inp["volume"], inp["axis"], inp["rot90"])
+            if frames.size > self.max_pixels:
+                raise FolderError(
+                    f"{image_id}: {frames.size} pixels, more than this tool's limit of "
+                    f"{self.max_pixels} (--max_pixels)",
+                    413,
+                )
+            intensity = inp["intensity"] or segmenter.prepare_image(frames[0])[1]["intensity"]
+            return Loaded(image_id, kind, frames, inp["spacing"], intensity, inp)
         if "n_frames" in inp:
             frames = np.stack([segment_files.frame(inp, i) for i in range(inp["n_frames"])])
         else:
