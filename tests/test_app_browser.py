@@ -249,6 +249,17 @@ def test_zoom_and_pan_keep_clicks_on_their_pixels(served, browser):
     assert canvas.get_attribute("data-drawn") == "1"
     ActionChains(browser).send_keys("h").perform()
     assert canvas.get_attribute("data-drawn") == "0"
+    # while hidden, a click on a point neither drags it nor starts a new object
+    x, y = points[0]
+    canvas_pos = view_at(browser)
+    ActionChains(browser).move_to_element_with_offset(
+        canvas,
+        int(round(canvas_pos["ox"] + (x + 0.5) * canvas_pos["scale"] - size["width"] / 2)),
+        int(round(canvas_pos["oy"] + (y + 0.5) * canvas_pos["scale"] - size["height"] / 2)),
+    ).click_and_hold().move_by_offset(25, 15).release().perform()
+    assert browser.execute_script("return window.dlset.state.objects[0].points") == clicked
+    assert browser.execute_script("return window.dlset.state.objects.length") == 1
+    assert "H shows them" in browser.find_element("id", "status").text
     ActionChains(browser).send_keys("h").perform()
     assert canvas.get_attribute("data-drawn") == "1"
     ActionChains(browser).send_keys(Keys.DELETE).perform()

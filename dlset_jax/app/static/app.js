@@ -387,6 +387,8 @@ canvas.addEventListener("mousedown", (ev) => {
     return;
   }
   if (ev.button !== 0) return;
+  // nothing is edited unseen: hidden points are not dragged, nor new ones placed
+  if (state.hidden) return status("outlines hidden: H shows them again to edit", true);
   const h = hit(cx, cy);
   if (h) {
     snapshot();
