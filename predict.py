@@ -1,4 +1,4 @@
-"""Segments objects of your own image from four clicks each, with a trained workdir.
+r"""Segments objects of your own image from four clicks each, with a trained workdir.
 
     # a PNG/JPEG/TIFF image, one object per --points (left right top bottom, "x,y")
     python predict.py --workdir workdirs/default --image slice.png \

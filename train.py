@@ -1,4 +1,4 @@
-"""Trains a deep level set model, then evaluates it on the test split.
+r"""Trains a deep level set model, then evaluates it on the test split.
 
     python train.py --config configs/default.py --workdir workdirs/default \
         [--config.train.batch_size=16 ...]

@@ -1,4 +1,4 @@
-"""The interactive benchmark of a workdir whose model takes corrective clicks.
+r"""The interactive benchmark of a workdir whose model takes corrective clicks.
 
     python scripts/interactive_benchmark.py --workdir workdirs/interactive \
         [--synthetic_objects 200] [--data_dir data/tfds] [--honour_width W --out_dir D]

@@ -1,4 +1,4 @@
-"""Save a PNG grid of input-pipeline outputs per data set, to check them by eye.
+r"""Save a PNG grid of input-pipeline outputs per data set, to check them by eye.
 
 Each row is one object as the network sees it: the crop (de-normalised), the
 guidance channel (built from the crop's click points as the network input builds it,
