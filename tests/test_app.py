@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import threading
 import time
 
@@ -581,6 +582,8 @@ def test_an_object_propagated_through_a_volume_is_saved_on_every_slice_it_reache
         ("v.nii", propagated(corrections_on={"2": [[3, 3, 1]]}), 'go in "corrections"'),
         ("v.nii", propagated(corrections_on={"9": [[3, 3, 1]]}), "slice 9"),
         ("v.nii", propagated(corrections_on={"3": [[3, 99, 1]]}), "outside the image"),
+        ("v.nii", {**propagated(), "edits_on": {"2": [[3, 3, 1, 1]]}}, 'go in "edits"'),
+        ("v.nii", {**propagated(), "edits_on": {"5": [[3, 3, 1, 1]]}}, "slice 5, out of range"),
     ],
 )
 def test_bad_3d_objects_are_refused_and_write_nothing(
@@ -697,6 +700,118 @@ def test_a_volume_is_annotated_along_any_axis_and_saved_in_the_files_orientation
     r = c.post("/api/segment", json={"id": "e.nii", **bad, "axis": 4})
     assert r.status_code == 400 and "axis" in r.json()["error"], r.text
     assert tree(root) == before
+
+
+def brute_paint(mask, edits):
+    """Brush discs painted pixel by pixel (the independent computation for `brush.paint`)."""
+    out = mask.copy()
+    for x, y, r, sign in edits:
+        for py in range(mask.shape[0]):
+            for px in range(mask.shape[1]):
+                if (px - x) ** 2 + (py - y) ** 2 <= r * r:
+                    out[py, px] = sign > 0
+    return out
+
+
+def test_brush_discs_paint_and_erase_in_order():
+    from dlset_jax.app import brush
+
+    rng = np.random.default_rng(7)
+    mask = rng.random((23, 31)) < 0.4
+    edits = [[3.5, 4, 2.5, 1], [0, 0, 1, -1], [30.4, 22.2, 6, 1], [15, 11, 4.2, -1], [15, 11, 1, 1]]
+    got = brush.paint(mask, brush.check(edits, mask.shape, "test"))
+    np.testing.assert_array_equal(got, brute_paint(mask, edits))
+    assert got is not mask and brush.paint(mask, brush.check([], mask.shape, "t")).tolist() == (
+        mask.tolist()
+    )
+    for bad, needle in [
+        ([[1, 2, 3]], "must be [x, y, radius, sign]"),
+        ([[1, 2, 0, 1]], "radius 0 not in (0, 64]"),
+        ([[1, 2, 65, 1]], "radius 65"),
+        ([[1, 2, 3, 0]], "sign must be 1 (paint) or -1 (erase)"),
+        ([[31, 2, 3, 1]], "outside the image (31 x 23)"),
+        ([[1, -0.6, 3, 1]], "outside the image"),
+        ([[float("nan"), 2, 3, 1]], "not finite"),
+        ([[1, 1, 1, 1]] * (brush.MAX_EDITS + 1), "more than 4096"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(needle)):
+            brush.check(bad, mask.shape, "object 1, slice 0")
+
+
+def test_brush_edits_act_after_the_model_and_are_saved_with_the_clicks(client, images, seg):
+    img = np.asarray(Image.open(images / "a.png"))
+    model_mask = seg.segment(img, [POINTS]).objects[0].mask
+    edits = [[4, 5, 2, 1], [6, 5, 2, 1], [30, 31, 3.5, -1]]  # a part outside, a hole inside
+    want = brute_paint(model_mask, edits)
+    assert want.sum() != model_mask.sum()
+    r = client.post("/api/segment", json={"id": "a.png", **obj(), "edits": edits})
+    assert r.status_code == 200 and r.json()["area_px"] == want.sum(), r.text
+    from matplotlib.path import Path
+
+    yy, xx = np.mgrid[:64, :64]
+    inside = np.zeros(64 * 64, bool)
+    for line in r.json()["contours"]:  # the outline drawn is the painted mask's
+        inside ^= Path(np.asarray(line)).contains_points(np.stack([xx.ravel(), yy.ravel()], 1))
+    np.testing.assert_array_equal(inside.reshape(64, 64), want)
+    r = client.post(
+        "/api/save",
+        json={"id": "a.png", "revision": 0, "objects": [{**obj(), "edits": edits}]},
+    )
+    assert r.status_code == 200, r.text
+    np.testing.assert_array_equal(np.asarray(Image.open(images / "a.labels.png")) == 1, want)
+    saved = client.get("/api/image", params={"id": "a.png"}).json()["annotation"]["objects"][0]
+    assert saved["edits"] == edits and saved["edits_on"] == {}
+
+
+def test_brush_edits_on_the_slices_of_a_propagated_object(seg, volume_folder):
+    nib = pytest.importorskip("nibabel")
+    from dlset_jax import volume
+
+    images = folder_lib.ImageFolder(str(volume_folder), max_pixels=10**6)
+    c = TestClient(server.create_app(seg, images, max_upload_bytes=1))
+    frames = images.load("v.nii").frames
+    want = volume.propagate(seg, frames, 2, np.asarray(POINTS), extent=(1, 3)).labels
+    own, on = [[31, 30, 5, -1]], {"3": [[2, 3, 2, 1]], "4": [[40, 41, 3, 1]]}
+    body = {**propagated(), "edits": own, "edits_on": on}
+    r = c.post("/api/segment", json={"id": "v.nii", **body})
+    assert r.status_code == 200, r.text
+    painted = {z: want[z] for z in (1, 2, 3)}
+    painted[2] = brute_paint(want[2], own)
+    painted[3] = brute_paint(want[3], on["3"])
+    painted[4] = brute_paint(np.zeros_like(want[4]), on["4"])  # beyond the object: painted only
+    slices = r.json()["slices"]
+    assert [(s["slice"], s["source"]) for s in slices] == [
+        (1, "propagated"),
+        (2, "clicks"),
+        (3, "propagated"),
+        (4, "painted"),
+    ]
+    assert [s["area_px"] for s in slices] == [int(painted[z].sum()) for z in (1, 2, 3, 4)]
+    assert r.json()["area_px"] == painted[2].sum()
+    r = c.post("/api/save", json={"id": "v.nii", "revision": 0, "objects": [body]})
+    assert r.status_code == 200, r.text
+    lab = np.asarray(nib.load(volume_folder / "v.labels.nii.gz").dataobj)
+    for z in range(5):
+        np.testing.assert_array_equal(np.rot90(lab[..., z]) > 0, painted.get(z, want[z] & False))
+
+
+@pytest.mark.parametrize(
+    "bad,needle",
+    [
+        ({**obj(), "edits": [[3, 3, 2]]}, "object 1, slice 0: brush edit 1 must be"),
+        ({**obj(), "edits": [[3, 70, 2, 1]]}, "brush edit 1 at (3, 70) is outside the image"),
+        ({**obj(), "edits": [[3, 3, 80, 1]]}, "radius 80"),
+        ({**obj(), "edits": [[3, 3, 2, 2]]}, "sign must be 1"),
+        ({**obj(), "edits_on": {"1": [[3, 3, 2, 1]]}}, 'set "propagate": true'),
+    ],
+)
+def test_bad_brush_edits_are_refused_and_write_nothing(client, images, bad, needle):
+    before = tree(images)
+    r = client.post("/api/segment", json={"id": "a.png", **bad})
+    assert r.status_code == 400 and needle in r.json()["error"], r.text
+    r = client.post("/api/save", json={"id": "a.png", "revision": 0, "objects": [obj(), bad]})
+    assert r.status_code == 400 and needle.replace("object 1", "object 2") in r.json()["error"]
+    assert tree(images) == before
 
 
 def test_a_volume_is_read_once_whatever_the_axes_it_is_shown_along(ellipsoid_folder, monkeypatch):

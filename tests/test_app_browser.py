@@ -181,6 +181,60 @@ def test_four_clicks_contour_save_and_reopen(served, browser, tmp_path):
         browser.save_screenshot(shot)
 
 
+def test_the_brush_paints_and_erases_the_current_object(served, browser):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    url, root, mask, seg, _ = served
+    open_image(browser, url, "ellipse.png")
+    points = targets.extreme_points(mask)
+    for x, y in points:
+        click_pixel(browser, x, y)
+    canvas = browser.find_element("id", "canvas")
+    wait_for(browser, lambda d: canvas.get_attribute("data-contours") == "1", "the contour")
+    area = browser.execute_script("return window.dlset.state.objects[0].area")
+
+    def drag(x0, y0, x1, y1):  # image pixels -> a main-button drag on the canvas
+        v, size = view_at(browser), canvas.size
+        cx = v["ox"] + (x0 + 0.5) * v["scale"] - size["width"] / 2
+        cy = v["oy"] + (y0 + 0.5) * v["scale"] - size["height"] / 2
+        ActionChains(browser).move_to_element_with_offset(
+            canvas, int(round(cx)), int(round(cy))
+        ).click_and_hold().move_by_offset(
+            int(round((x1 - x0) * v["scale"])), int(round((y1 - y0) * v["scale"]))
+        ).release().perform()
+        wait_idle(browser, "the edited mask")
+
+    ActionChains(browser).send_keys("b").perform()  # paint, radius 3 px
+    assert "paint brush, radius 3 px" in browser.find_element("id", "status").text
+    drag(4, 5, 14, 5)  # a band above the ellipse, outside the model's mask
+    painted = browser.execute_script("return window.dlset.state.objects[0].area")
+    assert painted > area + 40, (area, painted)
+    ActionChains(browser).send_keys("e").send_keys("[").perform()  # erase, radius 2 px
+    drag(31, 33, 33, 33)  # a hole in the middle
+    erased = browser.execute_script("return window.dlset.state.objects[0].area")
+    assert erased < painted - 10, (painted, erased)
+    ActionChains(browser).send_keys("e").perform()  # back to clicks
+    assert browser.execute_script("return window.dlset.state.brush") == 0
+
+    browser.find_element("id", "save").click()
+    wait_for(browser, lambda d: "saved (revision 1)" in d.find_element("id", "status").text, "save")
+    edits = json.loads((root / "ellipse.annotation.json").read_text())["objects"][0]["edits"]
+    assert {e[3] for e in edits} == {1, -1} and {e[2] for e in edits} == {3, 2}
+    img = np.asarray(Image.open(root / "ellipse.png"))
+    want = seg.segment(img, [points]).objects[0].mask
+    for x, y, r, sign in edits:  # the saved label map: the model's mask, then the discs
+        yy, xx = np.mgrid[: want.shape[0], : want.shape[1]]
+        want[(xx - x) ** 2 + (yy - y) ** 2 <= r * r] = sign > 0
+    labels = np.asarray(Image.open(root / "ellipse.labels.png"))
+    np.testing.assert_array_equal(labels == 1, want)
+    assert want[5, 4:15].all() and not want[33, 31:34].any()
+    # Ctrl+Z takes the last stroke back
+    ActionChains(browser).key_down(Keys.CONTROL).send_keys("z").key_up(Keys.CONTROL).perform()
+    wait_idle(browser, "the undone stroke")
+    assert browser.execute_script("return window.dlset.state.objects[0].area") == painted
+
+
 def view_at(driver):
     return driver.execute_script("return Object.assign({}, window.dlset.view)")
 

@@ -20,8 +20,9 @@ Saved beside an image `NAME.EXT` (all files of one save written together, atomic
                         NAME/: the same beside the folder, with the series' affine
                         (`readers.read_dicom_series`)
   NAME.annotation.json  the clicks of every object (label name, colour, slice, the four
-                        points, corrective clicks; for an object propagated through a
-                        volume its extent and the clicks on other slices), the label
+                        points, corrective clicks, brush edits; for an object propagated
+                        through a volume its extent and the clicks and edits on other
+                        slices), the label
                         table, the checkpoint and threshold used, and a revision number
                         that the next save must quote
 """
@@ -325,7 +326,8 @@ class ImageFolder:
           revision: the revision the client loaded (0: none saved); a different saved
             revision means another tab saved in between: 409, nothing written.
           objects: per object {"label", "color", "axis", "slice", "points",
-            "corrections", "propagate", "extent", "corrections_on"} (JSON-ready).
+            "corrections", "propagate", "extent", "corrections_on", "edits",
+            "edits_on"} (JSON-ready).
           masks: per object {slice: (H, W) bool mask} (its own slice, or every slice
             a propagated object reaches), slices along the object's axis.
           extra: more JSON facts to store (checkpoint, threshold).

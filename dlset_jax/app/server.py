@@ -12,21 +12,26 @@ Endpoints (JSON unless said; every error is `{"error": message}` with its status
   GET  /api/slice?id=&z=&axis=&lo=&hi=   one slice as PNG, window [lo, hi] of the
                              0..255 values the model is given (default 0, 255)
   POST /api/segment          {"id", "axis", "slice", "points": [[x, y] x 4], "corrections":
-                             [[x, y, sign]]} (left, right, top, bottom; pixel centres at
-                             integers; corrective clicks +1 / -1 for a model that takes
-                             them) -> the zero contour (polylines in image pixels),
-                             area, warnings, milliseconds. In a volume, with
-                             "propagate": true (and optionally "extent": [first, last],
-                             either null where not named,
-                             "corrections_on": {slice: [[x, y, sign]]}) the object is
-                             followed through the slices (`volume.propagate`) and
-                             "slices" lists each slice it reaches: contours, area,
-                             source ("clicks" / "propagated"); "stops" says why it ended
+                             [[x, y, sign]], "edits": [[x, y, r, sign]]} (left, right,
+                             top, bottom; pixel centres at integers; corrective clicks
+                             +1 / -1 for a model that takes them; brush discs painted
+                             +1 / erased -1 after the model, `brush`) -> the zero
+                             contour (polylines in image pixels; with edits the outline
+                             of the painted mask), area, warnings, milliseconds. In a
+                             volume, with "propagate": true (and optionally "extent":
+                             [first, last], either null where not named,
+                             "corrections_on": {slice: [[x, y, sign]]}, "edits_on":
+                             {slice: [[x, y, r, sign]]}) the object is followed through
+                             the slices (`volume.propagate`) and "slices" lists each
+                             slice it reaches or is painted on: contours, area, source
+                             ("clicks" / "propagated" / "painted"); "stops" says why it
+                             ended
   POST /api/save             {"id", "revision", "objects": [{"label", "color", "axis", "slice",
                              "points", "corrections", "propagate", "extent",
-                             "corrections_on"}]} -> every object segmented again from its
-                             clicks (propagated ones through the volume) and written with
-                             its label map (`ImageFolder.save`)
+                             "corrections_on", "edits", "edits_on"}]} -> every object
+                             segmented again from its clicks (propagated ones through
+                             the volume), its brush edits painted, and written with its
+                             label map (`ImageFolder.save`)
   POST /api/upload           multipart `file` -> stored as uploads/NAME (never over a file)
 
 Statuses: 400 bad input (clicks, JSON, slice), 403 a path outside the folder or a
@@ -44,6 +49,7 @@ import numpy as np
 
 from dlset_jax import segment_files
 from dlset_jax import segmenter as seglib
+from dlset_jax.app import brush
 from dlset_jax.app.folder import FolderError, ImageFolder
 
 STATIC = os.path.join(os.path.dirname(__file__), "static")
@@ -139,6 +145,10 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
         corrections_on: dict[int, list[list[float]]] = Field(
             default={}, max_length=MAX_CLICKED_SLICES
         )
+        # brush discs [x, y, r, sign] (`brush`): on `slice`, and for a propagated object
+        # on other slices by slice number
+        edits: list[list[float]] = Field(default=[], max_length=brush.MAX_EDITS)
+        edits_on: dict[int, list[list[float]]] = Field(default={}, max_length=MAX_CLICKED_SLICES)
 
     class SegmentIn(Clicks):
         id: str
@@ -300,11 +310,41 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
             raise FolderError(f"object {k}: {e}") from None
 
     def check_flat(obj, k):
-        if not obj["propagate"] and (obj["extent"] is not None or obj["corrections_on"]):
+        other_slices = obj["corrections_on"] or obj["edits_on"]
+        if not obj["propagate"] and (obj["extent"] is not None or other_slices):
             raise FolderError(
-                f"object {k}: an extent and clicks on other slices act through propagation: "
-                'set "propagate": true'
+                f"object {k}: an extent and clicks or edits on other slices act through "
+                'propagation: set "propagate": true'
             )
+
+    def checked_edits(im, obj, k) -> dict:
+        """Object `k`'s brush edits, {slice: (N, 4) discs}, checked before any model call."""
+        if obj["slice"] in obj["edits_on"]:
+            raise FolderError(f'object {k}: edits on its own slice {obj["slice"]} go in "edits"')
+        out = {}
+        for z, edits in [(obj["slice"], obj["edits"]), *obj["edits_on"].items()]:
+            if not 0 <= z < im.n_slices:
+                raise FolderError(
+                    f"object {k}: brush edits on slice {z}, out of range (0..{im.n_slices - 1})"
+                )
+            try:
+                discs = brush.check(edits, im.frames.shape[1:3], f"object {k}, slice {z}")
+            except ValueError as e:
+                raise FolderError(str(e)) from None
+            if len(discs):
+                out[z] = discs
+        return out
+
+    def propagated(im, obj, k, edits):
+        """Object `k` through the volume with its brush edits painted: the
+        `volume.propagate` result and {slice: (mask, source)} of every slice it reaches
+        or is painted on (those it does not reach: source "painted")."""
+        res = propagate(im, obj, k)
+        out = {f["slice"]: (res.labels[f["slice"]], f["source"]) for f in res.slices}
+        for z, discs in edits.items():
+            mask, source = out.get(z, (np.zeros(im.frames.shape[1:3], bool), "painted"))
+            out[z] = (brush.paint(mask, discs), source)
+        return res, dict(sorted(out.items()))
 
     @app.post("/api/segment")
     def segment(body: SegmentIn):
@@ -312,30 +352,37 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
         im = folder.load(body.id, body.axis)
         obj = body.model_dump()
         check_flat(obj, 1)
+        edits = checked_edits(im, obj, 1)
         if obj["propagate"]:
-            res = propagate(im, obj, 1)
+            res, masks = propagated(im, obj, 1, edits)
             slices = [
                 {
-                    "slice": f["slice"],
-                    "source": f["source"],
-                    "contours": _mask_contours(res.labels[f["slice"]]),
-                    "area_px": f["area_px"],
+                    "slice": z,
+                    "source": source,
+                    "contours": _mask_contours(mask),
+                    "area_px": int(mask.sum()),
                 }
-                for f in res.slices
+                for z, (mask, source) in masks.items()
             ]
-            start = next(f for f in res.slices if f["slice"] == res.start)
+            start = next(s for s in slices if s["slice"] == res.start)
+            warnings = next(f for f in res.slices if f["slice"] == res.start)["warnings"]
             return {
-                "contours": next(s["contours"] for s in slices if s["slice"] == res.start),
+                "contours": start["contours"],
                 "area_px": start["area_px"],
-                "warnings": start["warnings"],
+                "warnings": warnings,
                 "slices": slices,
                 "stops": res.stops,
                 "ms": 1e3 * (time.perf_counter() - t0),
             }
         out = segment_slice(im, body.slice, [body.points], [body.corrections], [1]).objects[0]
+        if edits:  # the outline of the painted mask: pixel edges, as the label map saves it
+            mask = brush.paint(out.mask, edits[body.slice])
+            contours, area = _mask_contours(mask), int(mask.sum())
+        else:
+            contours, area = _contours(out.phi_window, out.window, out.threshold), out.area_px
         return {
-            "contours": _contours(out.phi_window, out.window, out.threshold),
-            "area_px": out.area_px,
+            "contours": contours,
+            "area_px": area,
             "warnings": out.warnings,
             "ms": 1e3 * (time.perf_counter() - t0),
         }
@@ -353,7 +400,9 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
                 raise FolderError(f"object {k + 1}: slice {o['slice']} out of range (0..{n - 1})")
             if not o["propagate"]:
                 by_slice.setdefault((o["axis"], o["slice"]), []).append(k)
+        edits = []  # per object {slice: discs}
         for k, o in enumerate(objects):  # every refusal before the slow part
+            edits.append(checked_edits(ims[o["axis"]], o, k + 1))
             if o["propagate"]:
                 checked_points(ims[o["axis"]].frame(o["slice"]), o["points"], k + 1)
         per_slice = [o["corrections"] for o in objects] + [
@@ -375,11 +424,11 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
                 [k + 1 for k in ks],
             )
             for k, r in zip(ks, res.objects, strict=True):
-                masks[k] = {z: r.mask}
+                masks[k] = {z: brush.paint(r.mask, edits[k][z]) if z in edits[k] else r.mask}
         for k, o in enumerate(objects):
             if o["propagate"]:
-                res = propagate(ims[o["axis"]], o, k + 1)
-                masks[k] = {f["slice"]: res.labels[f["slice"]] for f in res.slices}
+                _, by_z = propagated(ims[o["axis"]], o, k + 1, edits[k])
+                masks[k] = {z: mask for z, (mask, _) in by_z.items()}
         extra = {
             "checkpoint": {"workdir": seg.workdir, "step": seg.step},
             "threshold": seg.threshold,

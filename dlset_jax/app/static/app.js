@@ -1,6 +1,7 @@
 // The annotation page: open an image, click four points per object, see the contour,
 // correct it (Shift+click: part of the object, Alt+click: background; models trained
-// with corrective clicks), in a volume follow it through the slices (3-D), save. Everything goes through the local server's /api (dlset_jax/app/server.py).
+// with corrective clicks; B / E: paint or erase pixels by hand, any model), in a volume
+// follow it through the slices (3-D), save. Everything goes through the local server's /api (dlset_jax/app/server.py).
 "use strict";
 
 const PALETTE = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4",
@@ -8,10 +9,13 @@ const PALETTE = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4
 const HIT_RADIUS = 8;  // canvas px: a click this close to a point grabs it
 const MAX_PX = 64;  // canvas px per image pixel at the deepest zoom
 const ZOOM_STEP = 1.25;  // per wheel notch or +/- key
+// brush radii in image px, [ and ] step through them (the server's limit: brush.MAX_RADIUS)
+const BRUSH_RADII = [0.5, 1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64];
 
 const state = {
   info: null, image: null, axis: 2, z: 0, objects: [], current: -1, revision: 0,
   history: [], bitmap: null, drag: null, pan: null, space: false, hidden: false, busy: 0,
+  brush: 0, brushR: 3, stroke: null, pointer: null,  // brush: 0 off, 1 paint, -1 erase
 };
 // Where the image lies on the canvas (read by the browser test to click on pixels):
 // `zoom` times the scale that fits the whole image, centred on image point (cx, cy)
@@ -50,9 +54,11 @@ const postJSON = (path, body) => api(path, {
 }).then((r) => r.json());
 
 // What the server needs of an object (and what undo and the saved annotation keep).
-const clicksOf = ({ label, color, axis, slice, points, corrections, propagate, extent, corrections_on }) =>
-  ({ label, color, axis, slice, points, corrections, propagate, extent, corrections_on });
-const blank = () => ({ axis: 2, corrections: [], propagate: false, extent: null, corrections_on: {} });
+const clicksOf = ({ label, color, axis, slice, points, corrections, propagate, extent, corrections_on,
+                    edits, edits_on }) =>
+  ({ label, color, axis, slice, points, corrections, propagate, extent, corrections_on, edits, edits_on });
+const blank = () => ({ axis: 2, corrections: [], propagate: false, extent: null, corrections_on: {},
+                       edits: [], edits_on: {} });
 // on the slice shown: drawn, clickable, correctable there
 const onView = (o) => o.axis === state.axis && o.slice === state.z;
 
@@ -317,6 +323,26 @@ function redraw() {
       ctx.stroke();
     });
   });
+  if (state.stroke) {  // the stroke being drawn, until the server answers with the mask
+    const o = state.objects[state.stroke.obj];
+    ctx.fillStyle = state.brush > 0 ? o.color : "#000";
+    ctx.globalAlpha = 0.5;
+    for (const [x, y, r] of state.stroke.discs) {
+      const [cx, cy] = toCanvas(x, y);
+      ctx.beginPath();
+      ctx.ellipse(cx, cy, r * view.scale, r * view.scale * view.aspect, 0, 0, 2 * Math.PI);
+      ctx.fill();
+    }
+    ctx.globalAlpha = 1;
+  }
+  if (state.brush && state.pointer) {  // the brush's size under the pointer
+    const [cx, cy] = state.pointer;
+    ctx.strokeStyle = state.brush > 0 ? "#fff" : "#f33";
+    ctx.lineWidth = 1;
+    ctx.beginPath();
+    ctx.ellipse(cx, cy, state.brushR * view.scale, state.brushR * view.scale * view.aspect, 0, 0, 2 * Math.PI);
+    ctx.stroke();
+  }
   canvas.dataset.contours = state.objects.filter((o) => o.contours && o.contours.length).length;
   canvas.dataset.drawn = drawn;  // outlines on the slice shown (read by the browser test)
 }
@@ -331,12 +357,14 @@ function renderObjects() {
     sw.style.background = o.color;
     li.appendChild(sw);
     const nCorr = o.corrections.length + Object.values(o.corrections_on).reduce((n, c) => n + c.length, 0);
+    const edited = o.edits.length || Object.keys(o.edits_on).length;
     const zs = o.volume ? Object.keys(o.volume).map(Number) : [];
     const what = o.error ? `error: ${o.error}` : o.pending ? "segmenting ..." :
       o.points.length < 4 ? `${o.points.length}/4 points` :
       (zs.length ? `3-D, slices ${Math.min(...zs)}..${Math.max(...zs)}` +
                    (o.extent ? ` (given ${o.extent[0] ?? "..."}..${o.extent[1] ?? "..."})` : "")
-                 : `${o.area ?? "?"} px`) + (nCorr ? `, ${nCorr} corrections` : "");
+                 : `${o.area ?? "?"} px`) + (nCorr ? `, ${nCorr} corrections` : "") +
+      (edited ? ", brush-edited" : "");
     const where = state.image.volume_shape ? ` (axis ${o.axis}, slice ${o.slice})` :
       state.image.n_slices > 1 ? ` (slice ${o.slice})` : "";
     li.appendChild(document.createTextNode(`${o.label}${where}: ${what} `));
@@ -389,6 +417,7 @@ canvas.addEventListener("mousedown", (ev) => {
   if (ev.button !== 0) return;
   // nothing is edited unseen: hidden points are not dragged, nor new ones placed
   if (state.hidden) return status("outlines hidden: H shows them again to edit", true);
+  if (state.brush) return startStroke(cx, cy);
   const h = hit(cx, cy);
   if (h) {
     snapshot();
@@ -424,7 +453,65 @@ canvas.addEventListener("mousedown", (ev) => {
   if (o.points.length === 4) segment(o); else status(`point ${o.points.length} of 4`);
 });
 
+// ---- the brush: discs painted into (erased from) the current object's mask on this
+// slice, after the model (dlset_jax/app/brush.py)
+
+function startStroke(cx, cy) {
+  const o = state.objects[state.current];
+  if (!o || o.points.length !== 4 || o.axis !== state.axis || (o.slice !== state.z && !o.propagate)) {
+    return status("the brush edits the current object on its own slice (a 3-D object: on any " +
+                  "slice): click its four points first, or pick it in the list", true);
+  }
+  snapshot();
+  state.stroke = { obj: state.current, discs: [] };
+  extendStroke(cx, cy);
+}
+
+function extendStroke(cx, cy) {
+  const { width, height } = state.image;
+  const [x, y] = toImage(cx, cy);
+  const p = [Math.min(Math.max(x, -0.5), width - 0.5), Math.min(Math.max(y, -0.5), height - 0.5)];
+  const d = state.stroke.discs, last = d[d.length - 1], r = state.brushR;
+  // discs at most half a radius apart along the path: a fast stroke leaves no gaps
+  const n = last ? Math.ceil(Math.hypot(p[0] - last[0], p[1] - last[1]) / Math.max(r / 2, 0.5)) : 1;
+  for (let i = 1; i <= n; i++) {
+    const q = last ? [last[0] + (i / n) * (p[0] - last[0]), last[1] + (i / n) * (p[1] - last[1])] : p;
+    d.push([Math.round(q[0] * 100) / 100, Math.round(q[1] * 100) / 100, r, state.brush]);
+  }
+  redraw();
+}
+
+function endStroke() {
+  const o = state.objects[state.stroke.obj];
+  const discs = state.stroke.discs;
+  state.stroke = null;
+  if (o.slice === state.z) o.edits.push(...discs);
+  else (o.edits_on[state.z] = o.edits_on[state.z] || []).push(...discs);
+  renderObjects();
+  segment(o);
+}
+
+function setBrush(mode) {
+  state.brush = state.brush === mode ? 0 : mode;
+  canvas.style.cursor = state.brush ? "crosshair" : "";
+  redraw();
+  status(state.brush ? `${state.brush > 0 ? "paint" : "erase"} brush, radius ${state.brushR} px ` +
+         "([ and ] change it; B / E / Esc: back to clicks)" : "clicks place points again");
+}
+
+function stepBrush(dir) {
+  const i = BRUSH_RADII.indexOf(state.brushR) + dir;
+  state.brushR = BRUSH_RADII[Math.min(Math.max(i, 0), BRUSH_RADII.length - 1)];
+  redraw();
+  status(`brush radius ${state.brushR} px`);
+}
+
+canvas.addEventListener("mouseleave", () => { state.pointer = null; redraw(); });
+
 canvas.addEventListener("mousemove", (ev) => {
+  state.pointer = eventPos(ev);
+  if (state.stroke) return extendStroke(...state.pointer);
+  if (state.brush && !state.pan) redraw();
   if (state.pan) {
     const [mx, my] = eventPos(ev);
     view.cx = state.pan.cx - (mx - state.pan.mx) / view.scale;
@@ -443,6 +530,7 @@ canvas.addEventListener("mousemove", (ev) => {
 
 window.addEventListener("mouseup", () => {
   state.pan = null;
+  if (state.stroke) return endStroke();
   if (!state.drag) return;
   const { obj, moved } = state.drag;
   state.drag = null;
@@ -478,7 +566,7 @@ function toggle3d() {
   if (!o) return;
   snapshot();
   o.propagate = !o.propagate;
-  if (!o.propagate) { o.extent = null; o.corrections_on = {}; o.volume = null; }
+  if (!o.propagate) { o.extent = null; o.corrections_on = {}; o.edits_on = {}; o.volume = null; }
   renderObjects();
   segment(o);
 }
@@ -496,9 +584,11 @@ function setExtent(end) {
   snapshot();
   o.propagate = true;
   o.extent = end === 0 ? [z, hi] : [lo, z];
-  for (const s of Object.keys(o.corrections_on)) {  // clicks beyond the new extent go
-    if ((o.extent[0] !== null && s < o.extent[0]) || (o.extent[1] !== null && s > o.extent[1])) {
-      delete o.corrections_on[s];
+  for (const by of [o.corrections_on, o.edits_on]) {  // clicks and edits beyond the new extent go
+    for (const s of Object.keys(by).map(Number)) {
+      if ((o.extent[0] !== null && s < o.extent[0]) || (o.extent[1] !== null && s > o.extent[1])) {
+        delete by[s];
+      }
     }
   }
   renderObjects();
@@ -560,6 +650,11 @@ window.addEventListener("keydown", (ev) => {
   else if (ev.key === "+" || ev.key === "=") zoomAt(ZOOM_STEP, canvas.width / 2, canvas.height / 2);
   else if (ev.key === "-") zoomAt(1 / ZOOM_STEP, canvas.width / 2, canvas.height / 2);
   else if (ev.key === "0") zoomFit();
+  else if (ev.key === "b") setBrush(1);
+  else if (ev.key === "e") setBrush(-1);
+  else if (ev.key === "Escape" && state.brush) setBrush(state.brush);
+  else if (ev.key === "[") stepBrush(-1);
+  else if (ev.key === "]") stepBrush(1);
   else if (ev.key === "h") {  // the image without the outlines, and back
     state.hidden = !state.hidden;
     redraw();
