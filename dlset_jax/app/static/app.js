@@ -463,7 +463,7 @@ function startStroke(cx, cy) {
                   "slice): click its four points first, or pick it in the list", true);
   }
   snapshot();
-  state.stroke = { obj: state.current, discs: [] };
+  state.stroke = { obj: state.current, z: state.z, discs: [] };  // z: a key may move the slice
   extendStroke(cx, cy);
 }
 
@@ -483,10 +483,10 @@ function extendStroke(cx, cy) {
 
 function endStroke() {
   const o = state.objects[state.stroke.obj];
-  const discs = state.stroke.discs;
+  const { z, discs } = state.stroke;
   state.stroke = null;
-  if (o.slice === state.z) o.edits.push(...discs);
-  else (o.edits_on[state.z] = o.edits_on[state.z] || []).push(...discs);
+  if (o.slice === z) o.edits.push(...discs);
+  else (o.edits_on[z] = o.edits_on[z] || []).push(...discs);
   renderObjects();
   segment(o);
 }
