@@ -323,6 +323,8 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
             raise FolderError(f'object {k}: edits on its own slice {obj["slice"]} go in "edits"')
         out = {}
         for z, edits in [(obj["slice"], obj["edits"]), *obj["edits_on"].items()]:
+            if not edits:
+                continue  # the object's own slice is checked where it is segmented
             if not 0 <= z < im.n_slices:
                 raise FolderError(
                     f"object {k}: brush edits on slice {z}, out of range (0..{im.n_slices - 1})"
