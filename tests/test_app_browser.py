@@ -176,6 +176,18 @@ def test_four_clicks_contour_save_and_reopen(served, browser, tmp_path):
     )
     items = browser.find_elements("css selector", "#objects li")
     assert len(items) == 1 and "object" in items[0].text
+    # renamed from the list (the page asks for the new label), then saved under it
+    items[0].find_element("css selector", "button.rename").click()
+    prompt = browser.switch_to.alert
+    prompt.send_keys("  optic disc ")
+    prompt.accept()
+    wait_for(browser, lambda d: "optic disc" in d.find_element("id", "objects").text, "rename")
+    browser.find_element("id", "save").click()
+    wait_for(browser, lambda d: "saved (revision 2)" in d.find_element("id", "status").text, "save")
+    saved = json.loads((root / "ellipse.annotation.json").read_text())
+    assert saved["labels"] == [{"name": "optic disc", "value": 1}]
+    assert saved["objects"][0]["label"] == "optic disc"
+    np.testing.assert_array_equal(np.asarray(Image.open(root / "ellipse.labels.png")), labels)
     shot = os.environ.get("DLSET_APP_SCREENSHOT")
     if shot:  # scripts can keep the page's picture (the README's)
         browser.save_screenshot(shot)

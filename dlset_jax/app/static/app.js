@@ -206,6 +206,22 @@ function deleteObject(k) {
   redraw();
 }
 
+// A new label for object k (its colour: the label's, as for every object of that label).
+function renameObject(k) {
+  const o = state.objects[k];
+  const answer = window.prompt(`new label for "${o.label}"`, o.label);
+  if (answer === null) return;
+  const label = answer.trim();
+  if (!label || label.length > 64) return status("a label is 1 to 64 characters", true);
+  if (label === o.label) return;
+  snapshot();
+  o.label = label;
+  o.color = colorFor(label);
+  renderObjects();
+  redraw();
+  status(`object ${k + 1} is now "${label}" (saved with the next Save)`);
+}
+
 function newObject() {
   snapshot();
   const label = $("label").value.trim() || "object";
@@ -369,6 +385,12 @@ function renderObjects() {
       state.image.n_slices > 1 ? ` (slice ${o.slice})` : "";
     li.appendChild(document.createTextNode(`${o.label}${where}: ${what} `));
     if (k === state.current) li.classList.add("current");
+    const ren = document.createElement("button");
+    ren.textContent = "\u270e";
+    ren.title = "rename this object (its label)";
+    ren.className = "rename";
+    ren.onclick = (ev) => { ev.stopPropagation(); renameObject(k); };
+    li.appendChild(ren);
     const del = document.createElement("button");
     del.textContent = "x";
     del.title = "delete this object";
