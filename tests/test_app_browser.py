@@ -156,6 +156,14 @@ def test_four_clicks_contour_save_and_reopen(served, browser, tmp_path):
     browser.save_screenshot(str(tmp_path / "page.png"))
     assert Image.open(tmp_path / "page.png").size[0] > 0
 
+    # another image while the object is not saved: the page asks, and No keeps the work
+    browser.find_element("css selector", 'li[data-id="v.nii"]').click()
+    ask = browser.switch_to.alert
+    assert "ellipse.png has changes that are not saved" in ask.text
+    ask.dismiss()
+    assert browser.execute_script("return window.dlset.state.image.id") == "ellipse.png"
+    assert browser.execute_script("return window.dlset.state.objects.length") == 1
+
     browser.find_element("id", "save").click()
     wait_for(
         browser, lambda d: "saved (revision 1)" in d.find_element("id", "status").text, "the save"
@@ -185,6 +193,9 @@ def test_four_clicks_contour_save_and_reopen(served, browser, tmp_path):
     browser.find_element("id", "save").click()
     wait_for(browser, lambda d: "saved (revision 2)" in d.find_element("id", "status").text, "save")
     saved = json.loads((root / "ellipse.annotation.json").read_text())
+    # saved: another image opens without a question (an alert would fail the wait)
+    browser.find_element("css selector", 'li[data-id="v.nii"]').click()
+    wait_for(browser, lambda d: d.find_element("id", "status").text.startswith("v.nii"), "v.nii")
     assert saved["labels"] == [{"name": "optic disc", "value": 1}]
     assert saved["objects"][0]["label"] == "optic disc"
     np.testing.assert_array_equal(np.asarray(Image.open(root / "ellipse.labels.png")), labels)

@@ -15,6 +15,7 @@ const BRUSH_RADII = [0.5, 1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64];
 const state = {
   info: null, image: null, axis: 2, z: 0, objects: [], current: -1, revision: 0,
   history: [], bitmap: null, drag: null, pan: null, space: false, hidden: false, busy: 0,
+  savedClicks: "[]",
   brush: 0, brushR: 3, stroke: null, pointer: null,  // brush: 0 off, 1 paint, -1 erase
 };
 // Where the image lies on the canvas (read by the browser test to click on pixels):
@@ -112,7 +113,13 @@ async function showAxis(meta, z) {
   await loadSlice();
 }
 
+// The clicks of the image as opened or last saved: anything else is not saved yet.
+const clicksJSON = () => JSON.stringify(state.objects.map(clicksOf));
+const unsaved = () => state.image !== null && clicksJSON() !== state.savedClicks;
+
 async function openImage(id) {
+  if (unsaved() && !window.confirm(`${state.image.id} has changes that are not saved: ` +
+                                   `open ${id} and lose them?`)) return;
   status(`opening ${id} ...`);
   let meta = await imageMeta(id, 2);
   state.objects = [];
@@ -126,6 +133,7 @@ async function openImage(id) {
     if (first && first.axis !== 2) meta = await imageMeta(id, first.axis);
     if (first) z = first.slice;
   }
+  state.savedClicks = clicksJSON();
   await showAxis(meta, z);
   await loadImages();
   await Promise.all(state.objects.map((o) => segment(o)));
@@ -235,12 +243,14 @@ async function save() {
   if (!state.image) return status("open an image first", true);
   const done = state.objects.filter((o) => o.points.length === 4);
   status(`saving ${done.length} objects ...`);
+  const sent = clicksJSON();  // what this save holds, whatever changes while it runs
   try {
     const out = await postJSON("/api/save", {
       id: state.image.id, revision: state.revision,
       objects: done.map(clicksOf),
     });
     state.revision = out.revision;
+    state.savedClicks = sent;
     status(`saved (revision ${out.revision}): ${out.files.join(", ")}`);
     canvas.dataset.saved = out.revision;
     loadImages();
@@ -696,6 +706,9 @@ window.addEventListener("keyup", (ev) => {
   if (ev.key === " ") { state.space = false; canvas.style.cursor = ""; }
 });
 window.addEventListener("resize", redraw);
+window.addEventListener("beforeunload", (ev) => {  // the browser asks before the work is lost
+  if (unsaved()) { ev.preventDefault(); ev.returnValue = ""; }
+});
 
 (async () => {
   try {
