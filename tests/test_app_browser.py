@@ -193,9 +193,17 @@ def test_four_clicks_contour_save_and_reopen(served, browser, tmp_path):
     browser.find_element("id", "save").click()
     wait_for(browser, lambda d: "saved (revision 2)" in d.find_element("id", "status").text, "save")
     saved = json.loads((root / "ellipse.annotation.json").read_text())
-    # saved: another image opens without a question (an alert would fail the wait)
-    browser.find_element("css selector", 'li[data-id="v.nii"]').click()
+    # saved: the next image opens without a question (PageDown; an alert would fail the
+    # wait), PageUp goes back
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    ActionChains(browser).send_keys(Keys.PAGE_DOWN).perform()
     wait_for(browser, lambda d: d.find_element("id", "status").text.startswith("v.nii"), "v.nii")
+    ActionChains(browser).send_keys(Keys.PAGE_UP).perform()
+    wait_for(
+        browser, lambda d: d.find_element("id", "status").text.startswith("ellipse"), "ellipse"
+    )
     assert saved["labels"] == [{"name": "optic disc", "value": 1}]
     assert saved["objects"][0]["label"] == "optic disc"
     np.testing.assert_array_equal(np.asarray(Image.open(root / "ellipse.labels.png")), labels)

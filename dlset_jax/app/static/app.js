@@ -87,6 +87,16 @@ async function loadImages() {
   if (!list.length) status("No images in the folder: upload one.");
 }
 
+// PageDown / PageUp: the next / previous image of the list (the first one if none is open)
+function openNeighbour(step) {
+  const ids = [...document.querySelectorAll("#images li")].map((li) => li.dataset.id);
+  if (!ids.length) return;
+  const i = state.image ? ids.indexOf(state.image.id) : -1;
+  const j = i < 0 ? 0 : i + step;
+  if (j < 0 || j >= ids.length) return status(`no ${step > 0 ? "next" : "previous"} image`);
+  openImage(ids[j]).catch((e) => status(e.message, true));
+}
+
 const imageMeta = async (id, axis) =>
   (await api(`/api/image?id=${encodeURIComponent(id)}&axis=${axis}`)).json();
 
@@ -672,6 +682,10 @@ window.addEventListener("keydown", (ev) => {
   else if ((ev.ctrlKey || ev.metaKey) && ev.key === "s") { ev.preventDefault(); save(); }
   else if (ev.key === "n") newObject();
   else if (ev.key === "p" && state.image && state.image.n_slices > 1) toggle3d();
+  else if (ev.key === "PageDown" || ev.key === "PageUp") {
+    ev.preventDefault();
+    openNeighbour(ev.key === "PageDown" ? 1 : -1);
+  }
   else if (ev.key === " ") {  // held: the main button pans
     ev.preventDefault();
     if (document.activeElement && document.activeElement.tagName === "BUTTON") document.activeElement.blur();
