@@ -132,6 +132,7 @@ def read_input(
     """
     if nonfinite not in readers.NONFINITE:
         raise RequestError(f"--nonfinite must be one of {readers.NONFINITE}, got {nonfinite!r}")
+    _check_axis(axis)  # before a volume is read and mapped, which takes a while
     if kind == "image":
         img, n = readers.fill_nonfinite(
             readers.read_image(path, page=page, nonfinite="keep"), path, nonfinite
@@ -195,14 +196,18 @@ def _volume_input(path, kind, vol, zooms, affine, header, intensity, filled, cha
 def along_axis(inp, axis: int) -> dict:
     """A volume read by `read_input`, sliced along another array `axis`: the same volume
     (not copied) with that axis's frame count and in-plane spacing."""
-    if axis not in (0, 1, 2):
-        raise RequestError(f"--axis must be 0, 1 or 2, got {axis}")
+    _check_axis(axis)
     return dict(
         inp,
         axis=axis,
         n_frames=inp["volume"].shape[axis],
         spacing=readers.slice_spacing(inp["zooms"], axis, inp["rot90"]),
     )
+
+
+def _check_axis(axis) -> None:
+    if axis not in (0, 1, 2):
+        raise RequestError(f"--axis must be 0, 1 or 2, got {axis}")
 
 
 def label_volume(inp, slice_maps: dict, dtype) -> np.ndarray:

@@ -828,7 +828,7 @@ def test_a_volume_is_read_once_whatever_the_axes_it_is_shown_along(ellipsoid_fol
     images = folder_lib.ImageFolder(str(root), max_pixels=10**6)
     shown = {a: images.load("e.nii", a) for a in (2, 0, 1, 0, 2)}
     assert len(reads) == 1  # one read of the file for all three axes
-    base = shown[2].source["volume"]
+    base, base_inp = shown[2].source["volume"], shown[2].source
     for a, im in shown.items():
         assert np.shares_memory(im.frames, base)  # views of the one volume, no copies
         assert im.source["axis"] == a and im.n_slices == vol.shape[a]
@@ -836,6 +836,13 @@ def test_a_volume_is_read_once_whatever_the_axes_it_is_shown_along(ellipsoid_fol
     # in-plane spacing (rows, columns) from the zooms (0.8, 1.0, 2.5) along each axis
     want = [(2.5, 1.0), (2.5, 0.8), (1.0, 0.8)]
     assert [shown[a].spacing for a in (0, 1, 2)] == [pytest.approx(w) for w in want]
+    # a bad axis is refused before anything is read (the file need not even exist)
+    for bad in (
+        lambda: read_input(str(root / "absent.nii"), "nifti", axis=3),
+        lambda: segment_files.along_axis(base_inp, -1),
+    ):
+        with pytest.raises(segment_files.RequestError, match="axis must be 0, 1 or 2"):
+            bad()
 
 
 def test_model_calls_take_turns_one_at_a_time_in_the_order_asked():
