@@ -281,12 +281,13 @@ def volume_slice(vol, axis, index, rot90):
 def slice_view(vol, axis, index, rot90):
     """`volume_slice` as a view of `vol`: writing to it writes the volume (label maps
     painted back in the volume's own orientation)."""
-    s = np.moveaxis(vol, axis, 0)[index]
-    return np.rot90(s) if rot90 else s
+    return volume_frames(vol, axis, rot90)[index]
 
 
 def volume_frames(vol, axis, rot90):
-    """Every `volume_slice` along `axis`, stacked: (S, H, W), a view of `vol`."""
+    """Every slice along `axis` as the training data's builder shows it, stacked:
+    (S, H, W), a view of `vol` (the one orientation rule of `volume_slice`,
+    `slice_view`)."""
     frames = np.moveaxis(vol, axis, 0)
     return np.rot90(frames, axes=(1, 2)) if rot90 else frames
 
