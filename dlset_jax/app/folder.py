@@ -233,18 +233,10 @@ class ImageFolder:
             )
         except (readers.DataError, segment_files.RequestError) as e:
             raise FolderError(f"{image_id}: {e}".replace(path, image_id), 422) from None
-        if kind in segment_files.VOLUME_KINDS:
-            # uint8 grey already (`read_input`): what the model is given, as it is
+        is_volume = kind in segment_files.VOLUME_KINDS
+        if is_volume:  # a view of the volume, not a copy
             frames = readers.volume_frames(inp["volume"], inp["axis"], inp["rot90"])
-            if frames.size > self.max_pixels:
-                raise FolderError(
-                    f"{image_id}: {frames.size} pixels, more than this tool's limit of "
-                    f"{self.max_pixels} (--max_pixels)",
-                    413,
-                )
-            intensity = inp["intensity"] or segmenter.prepare_image(frames[0])[1]["intensity"]
-            return Loaded(image_id, kind, frames, inp["spacing"], intensity, inp)
-        if "n_frames" in inp:
+        elif "n_frames" in inp:
             frames = np.stack([segment_files.frame(inp, i) for i in range(inp["n_frames"])])
         else:
             frames = inp["image"][None]
@@ -256,6 +248,9 @@ class ImageFolder:
                 f"tool's limit of {self.max_pixels} (--max_pixels)",
                 413,
             )
+        if is_volume:  # uint8 grey already (`read_input`): what the model is given, as it is
+            intensity = inp["intensity"] or segmenter.prepare_image(frames[0])[1]["intensity"]
+            return Loaded(image_id, kind, frames, inp["spacing"], intensity, inp)
         try:
             # grey stays one channel (three equal channels are grey), colour three
             kinds = (

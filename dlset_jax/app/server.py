@@ -330,11 +330,9 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
                     f"object {k}: brush edits on slice {z}, out of range (0..{im.n_slices - 1})"
                 )
             try:
-                discs = brush.check(edits, im.frames.shape[1:3], f"object {k}, slice {z}")
+                out[z] = brush.check(edits, im.frames.shape[1:3], f"object {k}, slice {z}")
             except ValueError as e:
                 raise FolderError(str(e)) from None
-            if len(discs):
-                out[z] = discs
         return out
 
     def propagated(im, obj, k, edits):
