@@ -144,6 +144,9 @@ def click_pixel(driver, x, y):
 
 
 def test_four_clicks_contour_save_and_reopen(served, browser, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
     url, root, mask, _, _ = served
     open_image(browser, url, "ellipse.png")
     points = targets.extreme_points(mask)  # (4, 2) x, y: left, right, top, bottom
@@ -195,9 +198,6 @@ def test_four_clicks_contour_save_and_reopen(served, browser, tmp_path):
     saved = json.loads((root / "ellipse.annotation.json").read_text())
     # saved: the next image opens without a question (PageDown; an alert would fail the
     # wait), PageUp goes back
-    from selenium.webdriver.common.action_chains import ActionChains
-    from selenium.webdriver.common.keys import Keys
-
     ActionChains(browser).send_keys(Keys.PAGE_DOWN).perform()
     wait_for(browser, lambda d: d.find_element("id", "status").text.startswith("v.nii"), "v.nii")
     ActionChains(browser).send_keys(Keys.PAGE_UP).perform()
