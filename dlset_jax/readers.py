@@ -151,8 +151,9 @@ def read_volume(path, *, nonfinite: str = "error") -> tuple[np.ndarray, tuple[fl
     """Read a volume (NIfTI via nibabel; NRRD/MHA/MHD via SimpleITK when installed).
 
     Returns ``(array, voxel_size)`` in the file's array order (NIfTI: i, j, k),
-    voxel sizes in mm. NaN/inf intensities raise :class:`DataError` unless
-    ``nonfinite`` says otherwise (as in :func:`read_image`).
+    voxel sizes in mm; a 2-D NIfTI is a volume of one slice (H, W, 1). NaN/inf
+    intensities raise :class:`DataError` unless ``nonfinite`` says otherwise (as in
+    :func:`read_image`).
     """
     path = os.fspath(path)
     low = path.lower()
@@ -181,6 +182,8 @@ def read_volume(path, *, nonfinite: str = "error") -> tuple[np.ndarray, tuple[fl
             raise DataError(f"{path}: cannot read volume ({type(e).__name__}: {e})") from e
     else:
         raise DataError(f"{path}: unknown volume format (expected one of {VOLUME_SUFFIXES})")
+    if arr.ndim == 2:  # a 2-D NIfTI (a radiograph, one slice): a volume of one slice
+        arr, zooms = arr[..., None], (*zooms[:2], 1.0)
     if arr.ndim < 3:
         raise DataError(f"{path}: expected a 3-D volume, got shape {arr.shape}")
     if nonfinite != "keep":

@@ -373,6 +373,8 @@ def run(req: Request) -> dict:
     for k, obj in enumerate(objects, 1):
         idx = obj["slice"]
         if stacked:
+            if idx is None and inp["n_frames"] == 1:
+                idx = 0  # a one-slice volume (or a 2-D NIfTI) needs no slice index
             if idx is None:
                 raise RequestError(
                     f"object {k}: no slice index for a volume of {inp['n_frames']} slices: "

@@ -942,3 +942,33 @@ def test_cli_nan_background_refused_then_read_as_the_minimum(capsys, tmp_path, r
         json.loads((tmp_path / "o2" / "hand_summary.json").read_text())["nonfinite_read_as_min"]
         == 0
     )
+
+
+def test_cli_a_2d_nifti_is_a_volume_of_one_slice(capsys, tmp_path, random_model):
+    """A 2-D NIfTI (a radiograph) and a one-slice volume need no --slice; both give
+    the answer for that slice that the same image as a PNG gives (the slice shown
+    rotated as every volume slice is), saved on the file's grid."""
+    import nibabel as nib
+
+    vol, _, masks = _volume(np.random.default_rng(4), n=1)
+    pts = " ".join(f"{x:g},{y:g}" for x, y in targets.extreme_points(masks[0]))
+    affine = np.diag([0.6, 0.9, 1.0, 1.0])
+    nib.save(nib.Nifti1Image(vol[..., 0], affine), tmp_path / "flat.nii.gz")
+    nib.save(nib.Nifti1Image(vol, affine), tmp_path / "one.nii.gz")
+    png = _png(tmp_path / "same.png", np.rot90(vol[..., 0]).copy())
+    code, _, err = _cli_in(capsys, random_model[0], png, tmp_path / "p", "--points", pts)
+    assert code == 0, err
+    want = np.asarray(Image.open(tmp_path / "p" / "same_mask.png")) > 0
+    assert want.any()
+    for name in ("flat", "one"):
+        out = tmp_path / name
+        code, _, err = _cli_in(
+            capsys, random_model[0], tmp_path / f"{name}.nii.gz", out, "--points", pts
+        )
+        assert code == 0, err
+        got = nib.load(out / f"{name}_mask.nii.gz")
+        assert got.shape == vol.shape
+        np.testing.assert_allclose(got.affine, affine)
+        np.testing.assert_array_equal(np.rot90(np.asarray(got.dataobj)[..., 0]) > 0, want)
+        summ = json.loads((out / f"{name}_summary.json").read_text())
+        assert summ["spacing_mm"] == pytest.approx([0.9, 0.6])
