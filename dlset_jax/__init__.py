@@ -2,7 +2,7 @@
 
 Layers (imports only run downwards, each layer uses only those below it):
   1. core, pure array functions: checks, guidance, corrections, levelset, losses,
-     targets, metrics
+     targets, metrics, outlines
   2. models/ (Flax networks)
   3. config (the schema), checkpoint (orbax; the one loader), readers, files (I/O),
      parallel (mesh, shardings), hostmem (memory back to the OS)

@@ -23,7 +23,11 @@ Outputs in `out_dir` (PREFIX = `prefix` or the input's name), written all or not
                           (and how many NaN / inf intensities `nonfinite="min"` read as
                           the lowest finite one),
                           warnings about the clicks, timings, and with `ground_truth`
-                          the metrics of eval.py
+                          the metrics of eval.py; each object's `contours`: its outline
+                          as closed polylines of `[x, y]` px in the clicks' coordinates
+                          (the level set's sub-pixel contour, `outlines.level_lines`;
+                          for a volume on the slice as shown, and each propagated
+                          slice's outline of its kept mask under `propagation`)
 With `ground_truth` (a mask / label map image, or a label volume for NIfTI input), the
 ground truth of object k is: the label value in its points-file `label` column when
 given; else, for a mask with a single non-zero value, the connected component of the
@@ -41,7 +45,7 @@ import time
 
 import numpy as np
 
-from dlset_jax import readers, segmenter
+from dlset_jax import outlines, readers, segmenter
 from dlset_jax.files import atomic_write_files
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii")
@@ -433,6 +437,7 @@ def run(req: Request) -> dict:
         for k, o in zip(ks, res.objects, strict=True):
             o.index = k - 1  # number objects over the whole call
             per_object[k] = dict(o.summary(), **({"slice": i} if i is not None else {}))
+            per_object[k]["contours"] = polylines(o.contours())
         slices.append({"slice": i, "objects": ks, **{k_: v for k_, v in res.timings.items()}})
         if gt_of is not None:
             labels = gt_of(i)
@@ -581,12 +586,21 @@ def _propagate(seg, inp, objects, spacing, per_object, maps, dtype):
         per_object[k]["propagation"] = {
             "extent": res.extent,
             "stops": res.stops,
-            "slices": res.slices,
+            "slices": [
+                dict(f, contours=polylines(outlines.mask_outline(res.labels[f["slice"]])))
+                for f in res.slices
+            ],
         }
         for f in res.slices:
             z = f["slice"]
             maps.setdefault(z, np.zeros(stack.shape[1:3], dtype))[res.labels[z]] = k
     return maps
+
+
+def polylines(lines) -> list:
+    """`outlines` polylines for JSON: lists of `[x, y]` image px (not rounded: a
+    vertex rounded may move the line across a pixel centre it passes close to)."""
+    return [line.tolist() for line in lines]
 
 
 def _json_default(v):

@@ -64,7 +64,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from dlset_jax import checkpoint, hostmem, inference, metrics, models, readers, targets
+from dlset_jax import checkpoint, hostmem, inference, metrics, models, outlines, readers, targets
 from dlset_jax import config as config_lib
 
 __all__ = [
@@ -400,6 +400,11 @@ class ObjectResult:
         y0, x0, y1, x1 = self.window
         out[y0:y1, x0:x1] = self.phi_window
         return out
+
+    def contours(self) -> list[np.ndarray]:
+        """The mask's outline: the closed `phi = threshold` lines of the level set,
+        each `(N, 2)` `(x, y)` image px, sub-pixel (`outlines.level_lines`)."""
+        return outlines.level_lines(self.phi_window, self.threshold, self.window[:2])
 
     @property
     def baseline_mask(self) -> np.ndarray:

@@ -151,21 +151,28 @@ def test_segment_returns_closed_contours_inside_the_image(client):
         assert xy.shape[1] == 2 and (xy >= -1).all() and (xy <= 64).all()
 
 
-def test_segment_contour_is_the_masks_boundary(seg):
-    """The contour polylines enclose the mask the Segmenter gives (an independent check
-    with matplotlib's point-in-polygon test on every pixel centre)."""
+def test_segment_contour_is_the_masks_boundary(seg, client):
+    """The API's contour is the Segmenter's level line (`ObjectResult.contours`), and
+    it encloses exactly the mask (an independent check with matplotlib's
+    point-in-polygon test on every pixel centre)."""
     from matplotlib.path import Path
 
     img, _ = ellipse_image(np.random.default_rng(1))
     obj = seg.segment(img, np.asarray(POINTS, float)).objects[0]
-    lines = server._contours(obj.phi_window, obj.window, obj.threshold)
+    lines = obj.contours()
     yy, xx = np.mgrid[:64, :64]
     centres = np.stack([xx.ravel(), yy.ravel()], 1)
     inside = np.zeros(64 * 64, bool)
     for line in lines:
-        inside ^= Path(np.asarray(line)).contains_points(centres)
-    agree = (inside.reshape(64, 64) == obj.mask).mean()
-    assert obj.mask.any() and agree > 0.99
+        inside ^= Path(line).contains_points(centres)
+    assert obj.mask.any()
+    np.testing.assert_array_equal(inside.reshape(64, 64), obj.mask)
+    r = client.post("/api/segment", json={"id": "a.png", "slice": 0, "points": POINTS})
+    a_png = ellipse_image(np.random.default_rng(0))[0]  # the `images` fixture's a.png
+    api = seg.segment(a_png, np.asarray(POINTS, float)).objects[0]
+    assert len(r.json()["contours"]) == len(api.contours())
+    for got, want in zip(r.json()["contours"], api.contours(), strict=True):
+        np.testing.assert_allclose(got, want)
 
 
 @pytest.mark.parametrize(
@@ -488,23 +495,6 @@ def test_corrections_reach_the_model_and_the_saved_annotation(click_seg, images)
 
 
 # ----------------------------------------------------------------- 3-D objects
-
-
-def test_mask_contours_enclose_exactly_the_mask():
-    """Every pixel centre inside the outline is a mask pixel and the other way round
-    (matplotlib's point-in-polygon test), holes and separate parts included."""
-    from matplotlib.path import Path
-
-    mask = ellipse_image(np.random.default_rng(2))[1]
-    mask[30:33, 28:31] = False  # a hole
-    mask[2:5, 2:6] = True  # a second part
-    yy, xx = np.mgrid[:64, :64]
-    centres = np.stack([xx.ravel(), yy.ravel()], 1)
-    inside = np.zeros(64 * 64, bool)
-    for line in server._mask_contours(mask):
-        inside ^= Path(np.asarray(line)).contains_points(centres)
-    np.testing.assert_array_equal(inside.reshape(64, 64), mask)
-    assert server._mask_contours(np.zeros((8, 8), bool)) == []
 
 
 def propagated(z=2, extent=(1, 3), corrections_on=None, **kw):

@@ -14,7 +14,15 @@ import numpy as np
 import pytest
 from conftest import REPO
 from PIL import Image
-from tiny_models import RES, dicom_file, ellipse_image, save_checkpoint, tiny_config, two_ellipses
+from tiny_models import (
+    RES,
+    dicom_file,
+    ellipse_image,
+    inside_polylines,
+    save_checkpoint,
+    tiny_config,
+    two_ellipses,
+)
 
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "configs"))
@@ -715,6 +723,9 @@ def test_cli_propagates_a_structure_through_the_volume(capsys, tmp_path, trained
     prop = summ["objects"][0]["propagation"]
     assert prop["extent"] == [2, 4] and prop["stops"] == {"below": "extent", "above": "extent"}
     assert [f["slice"] for f in prop["slices"]] == [2, 3, 4]
+    for f in prop["slices"]:  # each slice's outline holds exactly its saved pixels, as shown
+        shown = np.rot90(labels[..., f["slice"]]) > 0
+        np.testing.assert_array_equal(inside_polylines(f["contours"], shown.shape), shown)
     # the same as the library call
     seg = seglib.Segmenter.from_workdir(str(trained_workdir))
     res = volume.propagate(seg, np.stack(imgs), 3, targets.extreme_points(masks[3]), extent=(2, 4))
@@ -960,6 +971,9 @@ def test_cli_a_2d_nifti_is_a_volume_of_one_slice(capsys, tmp_path, random_model)
     assert code == 0, err
     want = np.asarray(Image.open(tmp_path / "p" / "same_mask.png")) > 0
     assert want.any()
+    summ = json.loads((tmp_path / "p" / "same_summary.json").read_text())
+    (obj,) = summ["objects"]  # the level set's outline holds exactly the mask's pixels
+    np.testing.assert_array_equal(inside_polylines(obj["contours"], want.shape), want)
     for name in ("flat", "one"):
         out = tmp_path / name
         code, _, err = _cli_in(

@@ -46,6 +46,19 @@ def ellipse_image(rng, h=64, w=64, center=None, axes=None):
     return np.clip(img, 0, 255).astype(np.uint8), mask
 
 
+def inside_polylines(lines, shape):
+    """`(H, W)` bool: pixel centres inside closed `(x, y)` polylines by the even-odd rule
+    (a hole is a polyline of its own), by matplotlib's point-in-polygon test."""
+    from matplotlib.path import Path
+
+    rows, cols = np.mgrid[: shape[0], : shape[1]]
+    pts = np.stack([cols.ravel(), rows.ravel()], 1).astype(np.float64)
+    parity = np.zeros(len(pts), bool)
+    for line in lines:
+        parity ^= Path(np.asarray(line, np.float64)).contains_points(pts)
+    return parity.reshape(shape)
+
+
 def two_ellipses(rng):
     img1, m1 = ellipse_image(rng, 64, 96, center=(32, 25), axes=(14, 9))
     img2, m2 = ellipse_image(rng, 64, 96, center=(30, 70), axes=(16, 11))

@@ -47,7 +47,7 @@ import time
 
 import numpy as np
 
-from dlset_jax import segment_files
+from dlset_jax import outlines, segment_files
 from dlset_jax import segmenter as seglib
 from dlset_jax.app import brush
 from dlset_jax.app.folder import FolderError, ImageFolder
@@ -59,26 +59,9 @@ MAX_CORRECTIONS = 64  # per object in a request; the model's own limit is checke
 MAX_CLICKED_SLICES = 64  # slices with corrective clicks, per propagated object
 
 
-def _contours(phi_window: np.ndarray, window, threshold: float) -> list[list[list[float]]]:
-    """The `phi = threshold` polylines of one object, closed, in image (x, y) pixels."""
-    import contourpy
-
-    # A margin of "outside" around the window closes contours that reach its edge.
-    z = np.pad(np.asarray(phi_window, np.float64), 1, constant_values=threshold + 1e3)
-    lines = contourpy.contour_generator(z=z).lines(threshold)
-    y0, x0 = window[0] - 1, window[1] - 1
-    return [[[float(x + x0), float(y + y0)] for x, y in line] for line in lines if len(line) > 2]
-
-
-def _mask_contours(mask: np.ndarray) -> list[list[list[float]]]:
-    """The outline of a bool `(H, W)` mask, halfway between inside and outside pixel
-    centres, as `_contours` polylines (an empty mask: none)."""
-    ys, xs = np.nonzero(mask)
-    if not len(ys):
-        return []
-    y0, x0 = ys.min(), xs.min()
-    window = mask[y0 : ys.max() + 1, x0 : xs.max() + 1]
-    return _contours(np.where(window, -0.5, 0.5), (y0, x0), 0.0)
+def _lines(lines) -> list[list[list[float]]]:
+    """`outlines` polylines as JSON lists of `[x, y]` image px."""
+    return [line.tolist() for line in lines]
 
 
 def load_segmenter(workdir: str, step: int | None = None) -> seglib.Segmenter:
@@ -359,7 +342,7 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
                 {
                     "slice": z,
                     "source": source,
-                    "contours": _mask_contours(mask),
+                    "contours": _lines(outlines.mask_outline(mask)),
                     "area_px": int(mask.sum()),
                 }
                 for z, (mask, source) in masks.items()
@@ -377,9 +360,9 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
         out = segment_slice(im, body.slice, [body.points], [body.corrections], [1]).objects[0]
         if edits:  # the outline of the painted mask: pixel edges, as the label map saves it
             mask = brush.paint(out.mask, edits[body.slice])
-            contours, area = _mask_contours(mask), int(mask.sum())
+            contours, area = _lines(outlines.mask_outline(mask)), int(mask.sum())
         else:
-            contours, area = _contours(out.phi_window, out.window, out.threshold), out.area_px
+            contours, area = _lines(out.contours()), out.area_px
         return {
             "contours": contours,
             "area_px": area,
