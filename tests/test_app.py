@@ -19,7 +19,7 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_models import dicom_file, dicom_series, ellipse_image
+from tiny_models import dicom_file, dicom_series, ellipse_image, inside_polylines
 
 from dlset_jax import segmenter as seglib
 from dlset_jax import targets
@@ -155,18 +155,10 @@ def test_segment_contour_is_the_masks_boundary(seg, client):
     """The API's contour is the Segmenter's level line (`ObjectResult.contours`), and
     it encloses exactly the mask (an independent check with matplotlib's
     point-in-polygon test on every pixel centre)."""
-    from matplotlib.path import Path
-
     img, _ = ellipse_image(np.random.default_rng(1))
     obj = seg.segment(img, np.asarray(POINTS, float)).objects[0]
-    lines = obj.contours()
-    yy, xx = np.mgrid[:64, :64]
-    centres = np.stack([xx.ravel(), yy.ravel()], 1)
-    inside = np.zeros(64 * 64, bool)
-    for line in lines:
-        inside ^= Path(line).contains_points(centres)
     assert obj.mask.any()
-    np.testing.assert_array_equal(inside.reshape(64, 64), obj.mask)
+    np.testing.assert_array_equal(inside_polylines(obj.contours(), obj.mask.shape), obj.mask)
     r = client.post("/api/segment", json={"id": "a.png", "slice": 0, "points": POINTS})
     a_png = ellipse_image(np.random.default_rng(0))[0]  # the `images` fixture's a.png
     api = seg.segment(a_png, np.asarray(POINTS, float)).objects[0]
@@ -220,6 +212,16 @@ def test_save_writes_label_map_and_clicks_and_reopens(client, images, seg):
     doc = json.loads((images / "a.annotation.json").read_text())
     assert doc["labels"] == [{"name": "disc", "value": 1}, {"name": "cup", "value": 2}]
     assert doc["objects"][0]["points"] == POINTS and doc["revision"] == 1
+    # each object's outline: the level set's contour, holding exactly its mask's pixels
+    assert [(o["object"], o["label"], o["slice"]) for o in doc["outlines"]] == [
+        (1, "disc", 0),
+        (2, "cup", 0),
+    ]
+    for o, w in zip(doc["outlines"], want, strict=True):
+        assert len(o["lines"]) == len(w.contours())
+        for got, line in zip(o["lines"], w.contours(), strict=True):
+            np.testing.assert_allclose(got, line)
+        np.testing.assert_array_equal(inside_polylines(o["lines"], w.mask.shape), w.mask)
     meta = client.get("/api/image", params={"id": "a.png"}).json()
     assert meta["annotation"]["objects"] == doc["objects"]
     listed = {im["id"]: im["annotated"] for im in client.get("/api/images").json()["images"]}
@@ -736,21 +738,19 @@ def test_brush_edits_act_after_the_model_and_are_saved_with_the_clicks(client, i
     assert want.sum() != model_mask.sum()
     r = client.post("/api/segment", json={"id": "a.png", **obj(), "edits": edits})
     assert r.status_code == 200 and r.json()["area_px"] == want.sum(), r.text
-    from matplotlib.path import Path
-
-    yy, xx = np.mgrid[:64, :64]
-    inside = np.zeros(64 * 64, bool)
-    for line in r.json()["contours"]:  # the outline drawn is the painted mask's
-        inside ^= Path(np.asarray(line)).contains_points(np.stack([xx.ravel(), yy.ravel()], 1))
-    np.testing.assert_array_equal(inside.reshape(64, 64), want)
+    # the outline drawn is the painted mask's
+    np.testing.assert_array_equal(inside_polylines(r.json()["contours"], want.shape), want)
     r = client.post(
         "/api/save",
         json={"id": "a.png", "revision": 0, "objects": [{**obj(), "edits": edits}]},
     )
     assert r.status_code == 200, r.text
     np.testing.assert_array_equal(np.asarray(Image.open(images / "a.labels.png")) == 1, want)
-    saved = client.get("/api/image", params={"id": "a.png"}).json()["annotation"]["objects"][0]
+    doc = client.get("/api/image", params={"id": "a.png"}).json()["annotation"]
+    saved = doc["objects"][0]
     assert saved["edits"] == edits and saved["edits_on"] == {}
+    (outline,) = doc["outlines"]  # the painted mask's outline
+    np.testing.assert_array_equal(inside_polylines(outline["lines"], want.shape), want)
 
 
 def test_brush_edits_on_the_slices_of_a_propagated_object(seg, volume_folder):
@@ -783,6 +783,11 @@ def test_brush_edits_on_the_slices_of_a_propagated_object(seg, volume_folder):
     lab = np.asarray(nib.load(volume_folder / "v.labels.nii.gz").dataobj)
     for z in range(5):
         np.testing.assert_array_equal(np.rot90(lab[..., z]) > 0, painted.get(z, want[z] & False))
+    doc = json.loads((volume_folder / "v.annotation.json").read_text())
+    assert [o["slice"] for o in doc["outlines"]] == [1, 2, 3, 4]
+    for o in doc["outlines"]:  # on each slice as shown, the saved mask's outline
+        got = inside_polylines(o["lines"], painted[o["slice"]].shape)
+        np.testing.assert_array_equal(got, painted[o["slice"]])
 
 
 @pytest.mark.parametrize(

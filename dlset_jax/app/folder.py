@@ -23,8 +23,11 @@ Saved beside an image `NAME.EXT` (all files of one save written together, atomic
                         points, corrective clicks, brush edits; for an object propagated
                         through a volume its extent and the clicks and edits on other
                         slices), the label
-                        table, the checkpoint and threshold used, and a revision number
-                        that the next save must quote
+                        table, the checkpoint and threshold used, a revision number
+                        that the next save must quote, and `outlines`: each object's
+                        outline on each slice it covers, closed polylines of [x, y] px
+                        on the slice as shown (the level set's contour; the mask's
+                        outline where painted or propagated; `dlset_jax/outlines.py`)
 """
 
 from __future__ import annotations

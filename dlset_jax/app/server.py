@@ -59,11 +59,6 @@ MAX_CORRECTIONS = 64  # per object in a request; the model's own limit is checke
 MAX_CLICKED_SLICES = 64  # slices with corrective clicks, per propagated object
 
 
-def _lines(lines) -> list[list[list[float]]]:
-    """`outlines` polylines as JSON lists of `[x, y]` image px."""
-    return [line.tolist() for line in lines]
-
-
 def load_segmenter(workdir: str, step: int | None = None) -> seglib.Segmenter:
     """The tool's model (batches of one object, doubled when a save segments more on one
     slice: `segmenter.BUCKET_SIZE`), its one-object program compiled at start-up, where
@@ -342,7 +337,7 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
                 {
                     "slice": z,
                     "source": source,
-                    "contours": _lines(outlines.mask_outline(mask)),
+                    "contours": segment_files.polylines(outlines.mask_outline(mask)),
                     "area_px": int(mask.sum()),
                 }
                 for z, (mask, source) in masks.items()
@@ -360,9 +355,9 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
         out = segment_slice(im, body.slice, [body.points], [body.corrections], [1]).objects[0]
         if edits:  # the outline of the painted mask: pixel edges, as the label map saves it
             mask = brush.paint(out.mask, edits[body.slice])
-            contours, area = _lines(outlines.mask_outline(mask)), int(mask.sum())
+            contours, area = segment_files.polylines(outlines.mask_outline(mask)), int(mask.sum())
         else:
-            contours, area = _lines(out.contours()), out.area_px
+            contours, area = segment_files.polylines(out.contours()), out.area_px
         return {
             "contours": contours,
             "area_px": area,
@@ -375,6 +370,7 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
         objects = [o.model_dump() for o in body.objects]
         ims = {a: folder.load(body.id, a) for a in sorted({2} | {o["axis"] for o in objects})}
         masks = [None] * len(objects)  # per object {slice: (H, W) mask}
+        lines = [None] * len(objects)  # per object {slice: its outline}
         by_slice: dict[tuple[int, int], list[int]] = {}  # (axis, slice) -> objects
         for k, o in enumerate(objects):
             check_flat(o, k + 1)
@@ -407,14 +403,30 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
                 [k + 1 for k in ks],
             )
             for k, r in zip(ks, res.objects, strict=True):
-                masks[k] = {z: brush.paint(r.mask, edits[k][z]) if z in edits[k] else r.mask}
+                if z in edits[k]:  # painted: the mask's outline; else the level set's
+                    masks[k] = {z: brush.paint(r.mask, edits[k][z])}
+                    lines[k] = {z: outlines.mask_outline(masks[k][z])}
+                else:
+                    masks[k], lines[k] = {z: r.mask}, {z: r.contours()}
         for k, o in enumerate(objects):
             if o["propagate"]:
                 _, by_z = propagated(ims[o["axis"]], o, k + 1, edits[k])
                 masks[k] = {z: mask for z, (mask, _) in by_z.items()}
+                lines[k] = {z: outlines.mask_outline(m) for z, m in masks[k].items()}
         extra = {
             "checkpoint": {"workdir": seg.workdir, "step": seg.step},
             "threshold": seg.threshold,
+            "outlines": [
+                {
+                    "object": k + 1,
+                    "label": o["label"],
+                    "axis": o["axis"],
+                    "slice": z,
+                    "lines": segment_files.polylines(lines[k][z]),
+                }
+                for k, o in enumerate(objects)
+                for z in sorted(lines[k])
+            ],
         }
         return folder.save(body.id, body.revision, objects, masks, extra)
 
