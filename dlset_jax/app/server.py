@@ -313,6 +313,14 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
                 raise FolderError(str(e)) from None
         return out
 
+    def painted(o, discs):
+        """One slice's answer with its brush edits: (mask, outline). Painted: the
+        mask's outline (pixel edges, as the label map saves it); else the level set's."""
+        if discs is None:
+            return o.mask, o.contours()
+        mask = brush.paint(o.mask, discs)
+        return mask, outlines.mask_outline(mask)
+
     def propagated(im, obj, k, edits):
         """Object `k` through the volume with its brush edits painted: the
         `volume.propagate` result and {slice: (mask, source)} of every slice it reaches
@@ -353,14 +361,10 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
                 "ms": 1e3 * (time.perf_counter() - t0),
             }
         out = segment_slice(im, body.slice, [body.points], [body.corrections], [1]).objects[0]
-        if edits:  # the outline of the painted mask: pixel edges, as the label map saves it
-            mask = brush.paint(out.mask, edits[body.slice])
-            contours, area = segment_files.polylines(outlines.mask_outline(mask)), int(mask.sum())
-        else:
-            contours, area = segment_files.polylines(out.contours()), out.area_px
+        mask, lines = painted(out, edits.get(body.slice))
         return {
-            "contours": contours,
-            "area_px": area,
+            "contours": segment_files.polylines(lines),
+            "area_px": int(mask.sum()),
             "warnings": out.warnings,
             "ms": 1e3 * (time.perf_counter() - t0),
         }
@@ -403,11 +407,8 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
                 [k + 1 for k in ks],
             )
             for k, r in zip(ks, res.objects, strict=True):
-                if z in edits[k]:  # painted: the mask's outline; else the level set's
-                    masks[k] = {z: brush.paint(r.mask, edits[k][z])}
-                    lines[k] = {z: outlines.mask_outline(masks[k][z])}
-                else:
-                    masks[k], lines[k] = {z: r.mask}, {z: r.contours()}
+                mask, outline = painted(r, edits[k].get(z))
+                masks[k], lines[k] = {z: mask}, {z: outline}
         for k, o in enumerate(objects):
             if o["propagate"]:
                 _, by_z = propagated(ims[o["axis"]], o, k + 1, edits[k])
