@@ -27,7 +27,10 @@ not name, where the inside of the kept mask looks like the clicked slice's surro
 answers a blob near its clicks, so the area alone does not tell that it has ended.
 Corrective clicks on any slice (`corrections={slice: clicks}`) are used when
 propagation reaches that slice, so they re-propagate everything beyond it (`repropagate`
-re-runs only that part of an earlier result).
+re-runs only that part of an earlier result). Hand edits of a slice's mask (`edits=
+{slice: edit}`, e.g. the annotation tool's brush) are the user's last word on that
+slice: the edited mask is kept, whatever the model answered there, and the next slice's
+clicks come from it, so a lobe painted on one slice is followed beyond it.
 
 Slices are along axis 0 of `vol` (`(S, H, W)` grey or `(S, H, W, 3)`); the caller
 chooses the axis (`segment_files.read_input` for files).
@@ -36,6 +39,7 @@ chooses the axis (`segment_files.read_input` for files).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from scipy import ndimage
@@ -144,6 +148,34 @@ def _check_corrections(seg, corrections, vol, extent):
     return out
 
 
+Edit = Callable[[np.ndarray], np.ndarray]
+
+
+def _check_edits(edits, n) -> dict[int, Edit]:
+    """`{slice: edit}` checked: each slice in the volume, each edit a function of a
+    `(H, W)` bool mask returning the edited mask."""
+    out = {}
+    for s, edit in (edits or {}).items():
+        if not (isinstance(s, (int, np.integer)) and 0 <= s < n):
+            raise ValueError(
+                f"edits for slice {s!r}: out of range, the volume has slices 0..{n - 1}"
+            )
+        if not callable(edit):
+            raise ValueError(f"edits for slice {s}: expected a function mask -> mask, got {edit!r}")
+        out[int(s)] = edit
+    return out
+
+
+def _edited(edits, s, mask):
+    """Slice `s`'s mask with the user's edits (a new bool array of the same shape)."""
+    if s not in edits:
+        return mask
+    out = np.asarray(edits[s](mask.copy()), bool)
+    if out.shape != mask.shape:
+        raise ValueError(f"edits for slice {s}: returned shape {out.shape}, not {mask.shape}")
+    return out
+
+
 def fuse_with_previous(answer, previous, weight: float) -> np.ndarray:
     """The mask between a slice's answer and the previous slice's mask.
 
@@ -240,10 +272,12 @@ def _points_of(mask):
     return pts
 
 
-def _walk(seg, vol, labels, facts, frm, step, limit, named, corrections, spacing, opts):
+def _walk(seg, vol, labels, facts, frm, step, limit, named, user, spacing, opts):
     """Propagates from slice `frm` (already segmented) towards `limit` (inclusive); where
-    the user named no end (`named` False) it also stops at the appearance floor."""
+    the user named no end (`named` False) it also stops at the appearance floor. `user`:
+    the `(corrections, edits)` by slice."""
     passes, vanish_fraction, prior_weight, floor, reference = opts
+    corrections, edits = user
     prev = labels[frm]
     s = frm + step
     while (s <= limit) if step > 0 else (s >= limit):
@@ -256,16 +290,18 @@ def _walk(seg, vol, labels, facts, frm, step, limit, named, corrections, spacing
             pts = _points_of(mask)
             if pts is None:
                 break
-        if pts is None or mask.sum() < vanish_fraction * prev.sum():
+        edited = s in edits  # the user's word: no rule of the walk overrides it
+        if not edited and (pts is None or mask.sum() < vanish_fraction * prev.sum()):
             return f"vanished at slice {s}"
-        # `prev` stays the model's own answer: the next clicks come from it
         kept = mask if s in corrections else fuse_with_previous(mask, prev, prior_weight)
-        if not named and s not in corrections and floor > 0:
+        kept = _edited(edits, s, kept)
+        if not (named or edited) and s not in corrections and floor > 0:
             if appearance(vol[s], kept, reference) < floor:
                 return f"vanished at slice {s} (its inside looks like the clicked slice's surroundings)"
         labels[s] = kept
-        facts[s] = _fact(s, "propagated", o, labels[s])
-        prev = mask
+        facts[s] = _fact(s, "propagated", o, kept, edited)
+        # the next clicks come from the model's own answer, or from the edited mask
+        prev = kept if edited else mask
         s += step
     return "extent" if named else "volume edge"
 
@@ -277,12 +313,14 @@ def _opts(vol, start, start_mask, passes, vanish_fraction, prior_weight, floor):
     return passes, vanish_fraction, prior_weight, floor, reference
 
 
-def _fact(s, source, o, kept):
-    """The per-slice summary: the clicks the model was given, the kept mask's area."""
+def _fact(s, source, o, kept, edited):
+    """The per-slice summary: the clicks the model was given, whether the user edited
+    the mask, the kept mask's area."""
     return {
         "slice": s,
         "source": source,
         "points": o.points.tolist(),
+        "edited": bool(edited),
         "area_px": int(kept.sum()),
         "corrections": o.corrections.tolist(),
         "warnings": list(o.warnings),
@@ -297,6 +335,7 @@ def propagate(
     *,
     extent=None,
     corrections=None,
+    edits: Mapping[int, Edit] | None = None,
     spacing=None,
     passes: int = PASSES,
     vanish_fraction: float = VANISH_FRACTION,
@@ -312,6 +351,10 @@ def propagate(
       extent: optional `(first, last)` slices of the structure (inclusive); either may
         be None (not named: that side ends where the structure does).
       corrections: optional `{slice: (K, 3) clicks (x, y, sign)}` (models with clicks).
+      edits: optional `{slice: edit}`, `edit(mask) -> mask` on `(H, W)` bool: the
+        user's own changes of that slice's mask (any model). Applied where propagation
+        reaches the slice; the edited mask is kept (no stopping rule overrides it) and
+        gives the next slice's clicks.
       spacing: in-plane pixel size for the per-slice areas (as `Segmenter.segment`).
       passes: segmentations per propagated slice (see the module doc).
       vanish_fraction: stop where the area falls below this share of the previous
@@ -334,16 +377,19 @@ def propagate(
     _check_weights(prior_weight, appearance_floor)  # before any slice is segmented
     n = vol.shape[0]
     corrections = _check_corrections(seg, corrections, vol, extent)
+    edits = _check_edits(edits, n)
     labels = np.zeros(vol.shape[:3], bool)
     mask, o = _segment(seg, vol[start], points, corrections.get(start), spacing)
+    mask = _edited(edits, start, mask)
     labels[start] = mask
-    facts = {start: _fact(start, "clicks", o, mask)}
+    facts = {start: _fact(start, "clicks", o, mask, start in edits)}
     opts = _opts(vol, start, mask, passes, vanish_fraction, prior_weight, appearance_floor)
     (lo, hi), named = _limits(extent, n), extent or (None, None)
     stops = {}
+    user = (corrections, edits)
     for side, step, limit, end in (("below", -1, lo, named[0]), ("above", +1, hi, named[1])):
         stops[side] = _walk(
-            seg, vol, labels, facts, start, step, limit, end is not None, corrections, spacing, opts
+            seg, vol, labels, facts, start, step, limit, end is not None, user, spacing, opts
         )
     return VolumeResult(labels, [facts[s] for s in sorted(facts)], stops, start, extent)
 
@@ -355,6 +401,7 @@ def repropagate(
     slice_index: int,
     clicks,
     *,
+    edits: Mapping[int, Edit] | None = None,
     spacing=None,
     passes: int = PASSES,
     vanish_fraction: float = VANISH_FRACTION,
@@ -363,9 +410,12 @@ def repropagate(
 ) -> VolumeResult:
     """`result` with corrective `clicks` on `slice_index`: that slice is segmented again
     from its points and the clicks, and everything beyond it (away from the start slice)
-    re-propagated; the slices between the start and it are kept."""
+    re-propagated; the slices between the start and it are kept. `edits`: the
+    structure's hand edits as given to `propagate` (applied again where slices are
+    segmented again)."""
     vol = np.asarray(vol)
     _check_weights(prior_weight, appearance_floor)
+    edits = _check_edits(edits, vol.shape[0])
     facts = {f["slice"]: f for f in result.slices}
     if slice_index not in facts:
         raise ValueError(
@@ -380,6 +430,7 @@ def repropagate(
             np.asarray(facts[slice_index]["points"]),
             extent=result.extent,
             corrections={slice_index: clicks},
+            edits=edits,
             spacing=spacing,
             passes=passes,
             vanish_fraction=vanish_fraction,
@@ -401,8 +452,10 @@ def repropagate(
     pts = np.asarray(facts[slice_index]["points"])
     corr = {slice_index: clicks}
     mask, o = _segment(seg, vol[slice_index], pts, clicks, spacing)
+    mask = _edited(edits, slice_index, mask)
     labels[slice_index] = mask
-    facts[slice_index] = _fact(slice_index, facts[slice_index]["source"], o, mask)
+    edited = slice_index in edits
+    facts[slice_index] = _fact(slice_index, facts[slice_index]["source"], o, mask, edited)
     stops = dict(result.stops)
     opts = _opts(
         vol,
@@ -414,7 +467,7 @@ def repropagate(
         appearance_floor,
     )
     stops[side] = _walk(
-        seg, vol, labels, facts, slice_index, step, limit, named, corr, spacing, opts
+        seg, vol, labels, facts, slice_index, step, limit, named, (corr, edits), spacing, opts
     )
     return VolumeResult(
         labels, [facts[s] for s in sorted(facts)], stops, result.start, result.extent

@@ -9,6 +9,7 @@ tests check the plumbing; the browser test checks a trained model's masks).
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -760,15 +761,24 @@ def test_brush_edits_on_the_slices_of_a_propagated_object(seg, volume_folder):
     images = folder_lib.ImageFolder(str(volume_folder), max_pixels=10**6)
     c = TestClient(server.create_app(seg, images, max_upload_bytes=1))
     frames = images.load("v.nii").frames
-    want = volume.propagate(seg, frames, 2, np.asarray(POINTS), extent=(1, 3)).labels
-    own, on = [[31, 30, 5, -1]], {"3": [[2, 3, 2, 1]], "4": [[40, 41, 3, 1]]}
+    # a lobe painted on the clicked slice, a disc erased on slice 3, one painted beyond
+    # the extent
+    own, on = [[46, 30, 4, 1]], {"3": [[31, 30, 3, -1]], "4": [[40, 41, 3, 1]]}
+    # the masks the tool keeps: the painted ones where propagation reaches them, each
+    # next slice followed from the painted mask (volume.propagate's rule, tested with an
+    # exact oracle in test_volume.py), the painting itself done pixel by pixel here
+    edits = {2: functools.partial(brute_paint, edits=own), 3: lambda m: brute_paint(m, on["3"])}
+    want = volume.propagate(seg, frames, 2, np.asarray(POINTS), extent=(1, 3), edits=edits)
+    plain = volume.propagate(seg, frames, 2, np.asarray(POINTS), extent=(1, 3))
+    np.testing.assert_array_equal(want.labels[2], brute_paint(plain.labels[2], own))
+    assert not want.labels[3][brute_paint(np.zeros_like(want.labels[3]), on["3"])].any()
+    assert (want.labels[1] != plain.labels[1]).any()  # clicked from the painted mask
     body = {**propagated(), "edits": own, "edits_on": on}
     r = c.post("/api/segment", json={"id": "v.nii", **body})
     assert r.status_code == 200, r.text
-    painted = {z: want[z] for z in (1, 2, 3)}
-    painted[2] = brute_paint(want[2], own)
-    painted[3] = brute_paint(want[3], on["3"])
-    painted[4] = brute_paint(np.zeros_like(want[4]), on["4"])  # beyond the object: painted only
+    painted = {z: want.labels[z] for z in (1, 2, 3)}
+    painted[4] = brute_paint(np.zeros_like(want.labels[4]), on["4"])  # beyond: painted only
+    want = want.labels
     slices = r.json()["slices"]
     assert [(s["slice"], s["source"]) for s in slices] == [
         (1, "propagated"),

@@ -200,6 +200,89 @@ def test_corrections_reach_their_slice_and_repropagate_beyond_it():
     assert not start.labels[10, 24, 22] and start.stops == res.stops
 
 
+def lobe_volume():
+    """The ball with a bright lobe on slices 12..16, far right of it (x 38..42): the
+    oracle, given the ball's points, never looks there."""
+    vol, ball = ball_volume()
+    lobe = np.zeros_like(ball)
+    lobe[12:17, 22:27, 38:43] = True
+    vol[lobe] = 220
+    return vol, ball, lobe
+
+
+def paint_lobe(mask):
+    out = mask.copy()
+    out[22:27, 38:43] = True
+    return out
+
+
+def test_hand_edits_are_kept_and_followed_beyond_their_slice():
+    vol, ball, lobe = lobe_volume()
+    plain = volume.propagate(Oracle(), vol, 10, start_points(ball, 10), extent=(6, 14), **EXACT)
+    assert not plain.labels[12:15][lobe[12:15]].any()  # the lobe is never found
+    oracle = Oracle()
+    res = volume.propagate(
+        oracle, vol, 10, start_points(ball, 10), extent=(6, 14), edits={12: paint_lobe}, **EXACT
+    )
+    np.testing.assert_array_equal(res.labels[:12], plain.labels[:12])  # before it: unchanged
+    np.testing.assert_array_equal(res.labels[12], paint_lobe(ball[12]))  # the edit kept
+    for s in (13, 14):  # beyond it, clicked from the painted mask: ball and lobe
+        np.testing.assert_array_equal(res.labels[s], ball[s] | lobe[s])
+    facts = {f["slice"]: f for f in res.slices}
+    assert [s for s in facts if facts[s]["edited"]] == [12]
+    np.testing.assert_array_equal(facts[13]["points"], targets.extreme_points(res.labels[12]))
+    assert facts[12]["area_px"] == res.labels[12].sum()
+    # on the start slice: both directions follow the edited mask (the lobe is not on
+    # slices below 12, so the walk down finds the ball again)
+    res = volume.propagate(
+        Oracle(), vol, 12, start_points(ball, 12), extent=(8, 14), edits={12: paint_lobe}, **EXACT
+    )
+    assert res.slices[4]["source"] == "clicks" and res.slices[4]["edited"]
+    np.testing.assert_array_equal(res.labels[13], ball[13] | lobe[13])
+    np.testing.assert_array_equal(res.labels[11], ball[11])
+    # an edit that erases the object ends the walk after its slice
+    erase = volume.propagate(
+        Oracle(),
+        vol,
+        10,
+        start_points(ball, 10),
+        edits={12: lambda m: np.zeros_like(m)},
+        **EXACT,
+    )
+    assert erase.stops["above"] == "vanished after slice 12" and not erase.labels[12:].any()
+    # a slice where the model finds nothing, painted: kept, and the walk goes on from it
+    dark = vol.copy()
+    dark[12] = 20
+    assert volume.propagate(Oracle(), dark, 10, start_points(ball, 10), **EXACT).stops["above"] == (
+        "vanished at slice 12"
+    )
+    painted = volume.propagate(
+        Oracle(), dark, 10, start_points(ball, 10), edits={12: lambda m: ball[12]}, **EXACT
+    )
+    np.testing.assert_array_equal(painted.labels[12:17], ball[12:17])
+    assert painted.stops["above"] == "vanished at slice 17"
+    # clicks re-propagated from slice 11 paint the edits beyond it again
+    click = [[22, 24, -1]]
+    kw = dict(extent=(6, 14), edits={12: paint_lobe}, **EXACT)
+    first = volume.propagate(Oracle(), vol, 10, start_points(ball, 10), **kw)
+    again = volume.repropagate(Oracle(), vol, first, 11, click, edits={12: paint_lobe}, **EXACT)
+    direct = volume.propagate(
+        Oracle(), vol, 10, start_points(ball, 10), corrections={11: click}, **kw
+    )
+    np.testing.assert_array_equal(again.labels, direct.labels)
+    assert again.labels[13][lobe[13]].all() and not again.labels[11, 24, 22]
+    forgot = volume.repropagate(Oracle(), vol, first, 11, click, **EXACT)
+    assert not forgot.labels[13][lobe[13]].any()
+    with pytest.raises(ValueError, match="edits for slice 21: out of range"):
+        volume.propagate(Oracle(), vol, 10, start_points(ball, 10), edits={21: paint_lobe})
+    with pytest.raises(ValueError, match="expected a function mask -> mask"):
+        volume.propagate(Oracle(), vol, 10, start_points(ball, 10), edits={12: "paint"})
+    with pytest.raises(ValueError, match=r"edits for slice 12: returned shape \(3, 3\)"):
+        volume.propagate(
+            Oracle(), vol, 10, start_points(ball, 10), edits={12: lambda m: np.ones((3, 3))}
+        )
+
+
 def disc(radius, size=48, centre=(24.0, 23.0)):
     y, x = np.mgrid[:size, :size]
     return (y - centre[0]) ** 2 + (x - centre[1]) ** 2 <= radius**2

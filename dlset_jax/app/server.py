@@ -22,7 +22,9 @@ Endpoints (JSON unless said; every error is `{"error": message}` with its status
                              [first, last], either null where not named,
                              "corrections_on": {slice: [[x, y, sign]]}, "edits_on":
                              {slice: [[x, y, r, sign]]}) the object is followed through
-                             the slices (`volume.propagate`) and "slices" lists each
+                             the slices (`volume.propagate`; a slice's brush edits
+                             painted where it reaches them, and the next slice followed
+                             from the painted mask) and "slices" lists each
                              slice it reaches or is painted on: contours, area, source
                              ("clicks" / "propagated" / "painted"); "stops" says why it
                              ended
@@ -40,6 +42,7 @@ upload name taken, 413 an image or upload over the limits, 422 a file that canno
 read, 500 a model error (the message is shown in the page; the server keeps running).
 """
 
+import functools
 import io
 import os
 import threading
@@ -258,8 +261,9 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
         except ValueError as e:
             raise FolderError(str(e)) from None
 
-    def propagate(im, obj, k):
-        """Object `k` (a `Clicks` dict) through the volume: `volume.propagate`'s result."""
+    def propagate(im, obj, k, edits):
+        """Object `k` (a `Clicks` dict) through the volume, its brush edits ({slice: discs})
+        painted where it reaches them (and followed beyond): `volume.propagate`'s result."""
         from dlset_jax import volume
 
         if im.kind not in segment_files.VOLUME_KINDS:
@@ -282,6 +286,7 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
                 points,
                 extent=obj["extent"],
                 corrections=corrections,
+                edits={z: functools.partial(brush.paint, edits=d) for z, d in edits.items()},
                 spacing=im.spacing,
             )
         except ValueError as e:
@@ -322,14 +327,15 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
         return mask, outlines.mask_outline(mask)
 
     def propagated(im, obj, k, edits):
-        """Object `k` through the volume with its brush edits painted: the
-        `volume.propagate` result and {slice: (mask, source)} of every slice it reaches
-        or is painted on (those it does not reach: source "painted")."""
-        res = propagate(im, obj, k)
+        """Object `k` through the volume with its brush edits: the `volume.propagate`
+        result and {slice: (mask, source)} of every slice it reaches (edits painted, and
+        the next slice propagated from the painted mask) or is painted on (those it does
+        not reach: source "painted")."""
+        res = propagate(im, obj, k, edits)
         out = {f["slice"]: (res.labels[f["slice"]], f["source"]) for f in res.slices}
         for z, discs in edits.items():
-            mask, source = out.get(z, (np.zeros(im.frames.shape[1:3], bool), "painted"))
-            out[z] = (brush.paint(mask, discs), source)
+            if z not in out:
+                out[z] = (brush.paint(np.zeros(im.frames.shape[1:3], bool), discs), "painted")
         return res, dict(sorted(out.items()))
 
     @app.post("/api/segment")
