@@ -131,23 +131,30 @@ def with_speckle(
     return out
 
 
-def clicks(mask: np.ndarray, jitter: int, rng: np.random.Generator) -> np.ndarray:
-    """Exact extreme points, each coordinate moved by an integer in [-jitter, jitter]."""
-    pts = targets.extreme_points(mask)
+def clicks(
+    mask: np.ndarray, jitter: int, rng: np.random.Generator, ties: str = "first"
+) -> np.ndarray:
+    """Exact extreme points (where an extreme row or column holds several pixels, the one
+    `ties` names: `targets.extreme_points`), each coordinate moved by an integer in
+    [-jitter, jitter]."""
+    pts = targets.extreme_points(mask, ties=ties)
     if jitter:
         pts = pts + rng.integers(-jitter, jitter + 1, size=pts.shape)
         pts = np.clip(pts, 0, np.array([mask.shape[1] - 1, mask.shape[0] - 1]))
     return pts.astype(np.float64)
 
 
-def run(segmenter, objects: list[dict], jitters=JITTERS, seed: int = 0) -> dict:
-    """Segments every object with each jitter; returns records and summaries per jitter."""
+def run(
+    segmenter, objects: list[dict], jitters=JITTERS, seed: int = 0, ties: str = "first"
+) -> dict:
+    """Segments every object with each jitter (the clicks' tie rule `ties`, see `clicks`);
+    returns records and summaries per jitter."""
     out = {}
     for jitter in jitters:
         rng = np.random.default_rng([seed, jitter])
         records = []
         for obj in objects:
-            pts = clicks(obj["mask"], jitter, rng)
+            pts = clicks(obj["mask"], jitter, rng, ties)
             res = segmenter.segment(obj["image"], [pts], spacing=obj["spacing"])
             o = res.objects[0]
             rec = metrics.object_metrics(o.mask, obj["mask"], spacing=obj["spacing"], tolerances=())

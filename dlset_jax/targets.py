@@ -221,18 +221,25 @@ def direction_field(dt) -> np.ndarray:
 # --------------------------------------------------------------------------
 # Clicks simulated from a mask, and the network's view of an image
 # --------------------------------------------------------------------------
-def extreme_points(mask, rng: np.random.Generator | None = None, pert: int = 0) -> np.ndarray:
+TIE_RULES = ("first", "middle", "last")
+
+
+def extreme_points(
+    mask, rng: np.random.Generator | None = None, pert: int = 0, ties: str = "first"
+) -> np.ndarray:
     """The four extreme points of a mask, as a user would click them.
 
     Left/right: the extreme column, at a row among its foreground pixels; top/bottom:
-    the extreme row, at a column among its pixels. Without ``rng`` the first candidate
-    (smallest index) is taken; with it one uniformly at random, and each coordinate
-    then gets an integer jitter in ``[-pert, pert]`` px, clipped to the image.
+    the extreme row, at a column among its pixels. Without ``rng`` the candidate that
+    ``ties`` names is taken (in index order: the first, the middle one ``n // 2``, or
+    the last); with it one uniformly at random, and each coordinate then gets an integer
+    jitter in ``[-pert, pert]`` px, clipped to the image.
 
     Args:
       mask: ``(H, W)`` bool/int (foreground ``!= 0``) or float (``> 0.5``).
       rng: numpy Generator for ties and jitter (training), None for exact points.
       pert: jitter in px (needs ``rng`` when > 0).
+      ties: "first" (the benchmarks' rule), "middle" or "last"; ignored with ``rng``.
 
     Returns:
       float32 ``(4, 2)`` ``(x, y)``, order left, right, top, bottom.
@@ -244,13 +251,17 @@ def extreme_points(mask, rng: np.random.Generator | None = None, pert: int = 0) 
         raise ValueError(f"extreme_points: pert must be >= 0, got {pert}")
     if pert > 0 and rng is None:
         raise ValueError("extreme_points: pert > 0 needs an rng")
+    if ties not in TIE_RULES:
+        raise ValueError(f"extreme_points: ties must be one of {TIE_RULES}, got {ties!r}")
     h, w = fg.shape
     cols, rows = np.flatnonzero(fg.any(0)), np.flatnonzero(fg.any(1))
     x0, x1, y0, y1 = cols[0], cols[-1], rows[0], rows[-1]
 
     def pick(cands):
         idx = np.flatnonzero(cands)
-        return idx[0] if rng is None else idx[rng.integers(len(idx))]
+        if rng is not None:
+            return idx[rng.integers(len(idx))]
+        return idx[{"first": 0, "middle": len(idx) // 2, "last": -1}[ties]]
 
     pts = np.array(
         [

@@ -4,6 +4,8 @@
     python scripts/real_image_benchmark.py --workdir workdirs/default --contrast 0.15
     python scripts/real_image_benchmark.py --workdir workdirs/default --speckle 4
     python scripts/real_image_benchmark.py --workdir workdirs/default --speckle 1 --grain 2 --bmode 40
+    python scripts/real_image_benchmark.py --workdir workdirs/default --split validation
+    python scripts/real_image_benchmark.py --workdir workdirs/default --ties middle
 
 Needs Debian's mricron-data (`apt-get install mricron-data`). Segments the 60 test
 objects through `Segmenter` from exact and +-2 px jittered clicks and writes
@@ -15,6 +17,11 @@ fully developed speckle of L looks (`real_benchmark.with_speckle`; what an ultra
 image is made of), written to `<workdir>/eval/real_speckle<L>/`; `--grain G` sets the
 speckle's correlation length (px, default 1) and `--bmode D` shows the speckled slice
 log-compressed over D dB as a scanner does (`eval/real_speckle<L>_grain<G>_bmode<D>/`).
+`--split validation` scores the 16 objects of the validation slabs instead
+(`eval/real_validation/`). `--ties middle` (or `last`) clicks, where an extreme row or
+column of a label holds several pixels, the middle (last) of them instead of the first
+(`targets.extreme_points`; `eval/real_ties_middle/`): how much the figures depend on
+where along a flat side the simulated user clicks.
 """
 
 import os
@@ -34,6 +41,13 @@ flags.DEFINE_float("grain", 1.0, "The speckle's correlation length (px).")
 flags.DEFINE_float(
     "bmode", 0.0, "Show the speckled slice log-compressed over this many dB (0: no)."
 )
+flags.DEFINE_enum("split", "test", ["test", "validation"], "Which slabs of colin27_aal.")
+flags.DEFINE_enum(
+    "ties",
+    "first",
+    ["first", "middle", "last"],
+    "Which pixel of a tied extreme row / column is clicked (the benchmark's: first).",
+)
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -46,8 +60,10 @@ def main(argv):
         print("real_image_benchmark: mricron-data is not installed", file=sys.stderr)
         return 2
     seg = segmenter.Segmenter.from_workdir(FLAGS.workdir)
-    objects = real_benchmark.test_objects(FLAGS.data_dir)
-    parts = ["real"]
+    objects = real_benchmark.test_objects(FLAGS.data_dir, FLAGS.split)
+    parts = ["real"] + (["validation"] if FLAGS.split != "test" else [])
+    if FLAGS.ties != "first":
+        parts.append(f"ties_{FLAGS.ties}")
     if FLAGS.contrast != 1.0:
         objects = real_benchmark.with_contrast(objects, FLAGS.contrast)
         parts.append(f"contrast{FLAGS.contrast:g}")
@@ -64,7 +80,7 @@ def main(argv):
         print("real_image_benchmark: --grain and --bmode need --speckle", file=sys.stderr)
         return 2
     name = "_".join(parts)
-    result = real_benchmark.run(seg, objects)
+    result = real_benchmark.run(seg, objects, ties=FLAGS.ties)
     out = FLAGS.out_dir or os.path.join(FLAGS.workdir, "eval", name)
     real_benchmark.write(result, out)
     real_benchmark.worst_cases_figure(seg, objects, result, os.path.join(out, "worst.png"))

@@ -17,6 +17,10 @@ def test_clicks_are_exact_or_jittered_within_bounds():
     assert np.abs(d).max() == 2 and (d == np.round(d)).all()
     assert set(np.unique(d)) == {-2, -1, 0, 1, 2}
     assert (moved[..., 0] <= 49).all() and (moved[..., 1] <= 39).all() and (moved >= 0).all()
+    # where an extreme side is a run of pixels, the tie rule picks along it
+    np.testing.assert_array_equal(
+        real_benchmark.clicks(m, 0, rng, ties="middle"), [[5, 20], [44, 20], [25, 10], [25, 29]]
+    )
 
 
 def test_table_and_verdict_name_structures_below_the_polygon():

@@ -316,6 +316,24 @@ def test_extreme_points_random_ties_are_valid_vary_and_deterministic():
     assert seen[2] == set(range(9, 20)) and seen[3] == set(range(6, 20))
 
 
+def test_extreme_points_tie_rules_pick_the_first_middle_or_last_candidate():
+    m = np.zeros((24, 32), bool)
+    m[4:15, 6:20] = True
+    m[4, 6:9] = False  # left column: rows 5..14; top row: columns 9..19
+    # candidates in index order: left rows 5..14, right rows 4..14, top columns 9..19,
+    # bottom columns 6..19; first, middle (n // 2) and last of each
+    want = {
+        "first": [[6, 5], [19, 4], [9, 4], [6, 14]],
+        "middle": [[6, 10], [19, 9], [14, 4], [13, 14]],
+        "last": [[6, 14], [19, 14], [19, 4], [19, 14]],
+    }
+    for rule, pts in want.items():
+        np.testing.assert_array_equal(T.extreme_points(m, ties=rule), pts)
+    np.testing.assert_array_equal(T.extreme_points(m), want["first"])  # the default
+    with pytest.raises(ValueError, match="ties must be one of"):
+        T.extreme_points(m, ties="centre")
+
+
 def test_extreme_points_jitter_bounded_clipped_deterministic():
     h, w = 24, 32
     m = np.zeros((h, w), bool)
