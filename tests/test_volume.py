@@ -230,7 +230,9 @@ def test_hand_edits_are_kept_and_followed_beyond_their_slice():
         np.testing.assert_array_equal(res.labels[s], ball[s] | lobe[s])
     facts = {f["slice"]: f for f in res.slices}
     assert [s for s in facts if facts[s]["edited"]] == [12]
-    np.testing.assert_array_equal(facts[13]["points"], targets.extreme_points(res.labels[12]))
+    np.testing.assert_array_equal(
+        facts[13]["points"], targets.extreme_points(res.labels[12], ties="middle")
+    )
     assert facts[12]["area_px"] == res.labels[12].sum()
     # on the start slice: both directions follow the edited mask (the lobe is not on
     # slices below 12, so the walk down finds the ball again)
@@ -322,12 +324,18 @@ def test_propagated_slices_are_smoothed_with_the_previous_answer():
         )
         assert res.slices[s - 6]["area_px"] == res.labels[s].sum()
     # the next clicks come from the oracle's own answer (ball[s -+ 1]), not from the
-    # smoothed mask
+    # smoothed mask: its extreme points, the middle pixel of each flat side
     assert len(oracle.calls) == 9
     for s, (image, pts, _) in zip((10, 9, 8, 7, 6, 11, 12, 13, 14), oracle.calls, strict=True):
         assert np.array_equal(image, vol[s])
-        source = s if s == 10 else (s + 1 if s < 10 else s - 1)
-        np.testing.assert_array_equal(pts, start_points(ball, source))
+        if s == 10:  # the user's clicks
+            np.testing.assert_array_equal(pts, start_points(ball, 10))
+            continue
+        source = ball[s + 1 if s < 10 else s - 1]
+        np.testing.assert_array_equal(pts, targets.extreme_points(source, ties="middle"))
+        ys, xs = np.nonzero(source)  # independently: the middle of each extreme run
+        left = np.sort(ys[xs == xs.min()])
+        assert pts[0].tolist() == [xs.min(), left[len(left) // 2]]
     # a slice with corrective clicks keeps the answer the clicks gave
     click = [[29, 28, 1]]
     corrected = volume.propagate(
