@@ -121,6 +121,12 @@ def _limits(extent, n):
     return (0 if lo is None else lo), (n - 1 if hi is None else hi)
 
 
+def _check_slice(s, n, what: str) -> None:
+    """`s` a slice index of a volume of `n` slices, or ValueError naming `what`."""
+    if not (isinstance(s, (int, np.integer)) and 0 <= s < n):
+        raise ValueError(f"{what} for slice {s!r}: out of range, the volume has slices 0..{n - 1}")
+
+
 def _check_corrections(seg, corrections, vol, extent):
     """Every slice's corrective clicks checked before any slice is segmented: the slice
     in the volume and inside the extent (propagation never reaches one outside), the
@@ -129,10 +135,7 @@ def _check_corrections(seg, corrections, vol, extent):
     first, last = _limits(extent, n)
     out = {}
     for s, c in (corrections or {}).items():
-        if not (isinstance(s, (int, np.integer)) and 0 <= s < n):
-            raise ValueError(
-                f"corrective clicks for slice {s!r}: out of range, the volume has slices 0..{n - 1}"
-            )
+        _check_slice(s, n, "corrective clicks")
         if not first <= s <= last:
             raise ValueError(
                 f"corrective clicks for slice {s}: outside the extent {extent}, where "
@@ -156,10 +159,7 @@ def _check_edits(edits, n) -> dict[int, Edit]:
     `(H, W)` bool mask returning the edited mask."""
     out = {}
     for s, edit in (edits or {}).items():
-        if not (isinstance(s, (int, np.integer)) and 0 <= s < n):
-            raise ValueError(
-                f"edits for slice {s!r}: out of range, the volume has slices 0..{n - 1}"
-            )
+        _check_slice(s, n, "edits")
         if not callable(edit):
             raise ValueError(f"edits for slice {s}: expected a function mask -> mask, got {edit!r}")
         out[int(s)] = edit
