@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["level_lines", "mask_outline"]
+__all__ = ["as_lists", "level_lines", "mask_outline"]
 
 _MIN_STEP = 1e-3  # the closing ring's least step above the threshold
 
@@ -66,3 +66,9 @@ def mask_outline(mask) -> list[np.ndarray]:
     y0, x0 = int(ys.min()), int(xs.min())
     window = m[y0 : ys.max() + 1, x0 : xs.max() + 1]
     return level_lines(np.where(window, -0.5, 0.5), 0.0, (y0, x0))
+
+
+def as_lists(lines) -> list:
+    """Polylines for JSON: lists of ``[x, y]`` image px (not rounded: a vertex rounded
+    may move the line across a pixel centre it passes close to)."""
+    return [np.asarray(line).tolist() for line in lines]

@@ -437,7 +437,7 @@ def run(req: Request) -> dict:
         for k, o in zip(ks, res.objects, strict=True):
             o.index = k - 1  # number objects over the whole call
             per_object[k] = dict(o.summary(), **({"slice": i} if i is not None else {}))
-            per_object[k]["contours"] = polylines(o.contours())
+            per_object[k]["contours"] = outlines.as_lists(o.contours())
         slices.append({"slice": i, "objects": ks, **{k_: v for k_, v in res.timings.items()}})
         if gt_of is not None:
             labels = gt_of(i)
@@ -587,7 +587,7 @@ def _propagate(seg, inp, objects, spacing, per_object, maps, dtype):
             "extent": res.extent,
             "stops": res.stops,
             "slices": [
-                dict(f, contours=polylines(outlines.mask_outline(res.labels[f["slice"]])))
+                dict(f, contours=outlines.as_lists(outlines.mask_outline(res.labels[f["slice"]])))
                 for f in res.slices
             ],
         }
@@ -595,12 +595,6 @@ def _propagate(seg, inp, objects, spacing, per_object, maps, dtype):
             z = f["slice"]
             maps.setdefault(z, np.zeros(stack.shape[1:3], dtype))[res.labels[z]] = k
     return maps
-
-
-def polylines(lines) -> list:
-    """`outlines` polylines for JSON: lists of `[x, y]` image px (not rounded: a
-    vertex rounded may move the line across a pixel centre it passes close to)."""
-    return [line.tolist() for line in lines]
 
 
 def _json_default(v):

@@ -351,7 +351,7 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
                 {
                     "slice": z,
                     "source": source,
-                    "contours": segment_files.polylines(outlines.mask_outline(mask)),
+                    "contours": outlines.as_lists(outlines.mask_outline(mask)),
                     "area_px": int(mask.sum()),
                 }
                 for z, (mask, source) in masks.items()
@@ -369,7 +369,7 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
         out = segment_slice(im, body.slice, [body.points], [body.corrections], [1]).objects[0]
         mask, lines = painted(out, edits.get(body.slice))
         return {
-            "contours": segment_files.polylines(lines),
+            "contours": outlines.as_lists(lines),
             "area_px": int(mask.sum()),
             "warnings": out.warnings,
             "ms": 1e3 * (time.perf_counter() - t0),
@@ -429,7 +429,7 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
                     "label": o["label"],
                     "axis": o["axis"],
                     "slice": z,
-                    "lines": segment_files.polylines(lines[k][z]),
+                    "lines": outlines.as_lists(lines[k][z]),
                 }
                 for k, o in enumerate(objects)
                 for z in sorted(lines[k])
