@@ -125,8 +125,13 @@ def read_image(
         raise DataError(f"{path}: cannot read image ({e})") from e
     if arr.ndim == 2:
         arr = arr[..., None]
-    if arr.ndim != 3 or arr.shape[0] < 2 or arr.shape[1] < 2:
+    if arr.ndim != 3:
         raise DataError(f"{path}: expected a 2-D image, got array of shape {arr.shape}")
+    if arr.shape[0] < 2 or arr.shape[1] < 2:
+        raise DataError(
+            f"{path}: an image of {arr.shape[1]} x {arr.shape[0]} px (width x height) is too "
+            "small to segment: it needs at least 2 px each way"
+        )
     if arr.dtype != np.uint8:
         arr = arr.astype(np.float32)
         if nonfinite != "keep":

@@ -52,6 +52,12 @@ VOLUME_SUFFIXES = (".nii.gz", ".nii")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 DICOM_SUFFIXES = (".dcm", ".dicom")
 VOLUME_KINDS = ("nifti", "dicom_series")  # read as volumes, written as NIfTI label volumes
+KIND_NAMES = {
+    "image": "a 2-D image",
+    "nifti": "a NIfTI volume",
+    "dicom": "a single DICOM file",
+    "dicom_series": "a DICOM series folder",
+}
 _SEGMENTERS: dict = {}  # (workdir, step, bucket, threshold, mtime) -> Segmenter (in-process reuse)
 
 
@@ -351,7 +357,8 @@ def run(req: Request) -> dict:
         objects += readers.read_points_file(req.points_file)
     if req.propagate and kind not in VOLUME_KINDS:
         raise RequestError(
-            f"--propagate needs a volume (NIfTI, a DICOM series folder), got a {kind} input"
+            "--propagate needs a volume (NIfTI, a DICOM series folder), got "
+            f"{KIND_NAMES[kind]} ({req.image})"
         )
     inp = read_input(
         req.image,

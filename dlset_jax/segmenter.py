@@ -501,6 +501,10 @@ class Segmenter:
         if threshold is None:
             threshold = config.levelset.threshold
             threshold_source = threshold_source or "config levelset.threshold"
+        if not np.isfinite(float(threshold)):  # NaN would give an empty mask, silently
+            raise ValueError(
+                f"threshold must be a finite number (level set value, crop px), got {threshold!r}"
+            )
         self.threshold = float(threshold)
         self.threshold_source = threshold_source or "given"
         self.image_kinds = tuple(config.data.image_kinds)

@@ -327,6 +327,11 @@ def test_read_image_errors(tmp_path):
         readers.read_image(p)
     with pytest.raises(DataError, match="missing.png"):
         readers.read_image(tmp_path / "missing.png")
+    for shape in ((1, 1), (1, 40), (40, 1)):  # a 2-D image, too small: said so
+        tiny = tmp_path / f"tiny{shape[0]}x{shape[1]}.png"
+        Image.fromarray(np.zeros(shape, np.uint8)).save(tiny)
+        with pytest.raises(DataError, match=rf"{shape[1]} x {shape[0]} px .* too small"):
+            readers.read_image(tiny)
 
 
 def test_read_image_multipage_tiff_needs_a_page(tmp_path):

@@ -317,6 +317,9 @@ def test_from_workdir_uses_the_threshold_chosen_on_validation(random_model, tmp_
     np.testing.assert_array_equal(o.mask, o.phi <= -2.0)
     given = seglib.Segmenter.from_workdir(str(wd), threshold=1.5)
     assert given.threshold == 1.5 and given.threshold_source == "given"
+    for bad in (float("nan"), float("inf")):  # not an empty mask without a word
+        with pytest.raises(ValueError, match="threshold must be a finite number"):
+            seglib.Segmenter.from_workdir(str(wd), threshold=bad)
 
 
 def test_objects_keep_only_their_window(segmenter):
@@ -774,7 +777,7 @@ def test_cli_propagation_input_errors(capsys, tmp_path, random_model, ellipse_pn
     _assert_one_line_error(
         code,
         err,
-        "--propagate needs a volume (NIfTI, a DICOM series folder), got a image input",
+        "--propagate needs a volume (NIfTI, a DICOM series folder), got a 2-D image (",
         out,
     )
     vol = np.zeros((64, 64, 5), np.uint8)
