@@ -433,10 +433,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 writer.images(done, "val/overlays", val["overlays"])
                 writer.text(f"validation at step {done}: " + reporting.short(val["scalars"]))
                 hostmem.release_freed_memory()
-            if done % config.train.checkpoint_every == 0 or done == total_steps:
+            saved = done % config.train.checkpoint_every == 0 or done == total_steps
+            if saved:
                 save(done)
             if preemption.requested:
-                save(done, force=True)
+                if not saved:  # orbax refuses to save a step twice
+                    save(done, force=True)
                 checkpointer.close()
                 writer.text(f"preempted at step {done}; rerun the same command to resume")
                 writer.close()

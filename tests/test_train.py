@@ -140,13 +140,14 @@ def test_extra_training_sets_are_mixed_in_and_reported(tmp_path, data_dir):
     assert os.path.isfile(os.path.join(workdir, "eval", "test", "table.md"))
 
 
-def test_sigterm_saves_a_checkpoint(tmp_path, data_dir):
+@pytest.mark.parametrize("every", [1000, 1])  # 1: the signal finds its step already saved
+def test_sigterm_saves_a_checkpoint(tmp_path, data_dir, every):
     workdir = tmp_path / "term"
     proc = run_train(
         workdir,
         data_dir,
         "--config.train.num_steps=400",
-        "--config.train.checkpoint_every=1000",
+        f"--config.train.checkpoint_every={every}",
         wait=False,
     )
     deadline = time.time() + 300
