@@ -236,26 +236,35 @@ def create_train_state(config, model, tx, rng_seed: int) -> TrainState:
 
 
 class _Preemption:
-    """Turns SIGTERM into a flag the loop checks after each step."""
+    """Turns SIGTERM and a first Ctrl-C (SIGINT) into a flag the loop checks after each
+    step: the step in flight finishes and is saved. A second Ctrl-C interrupts at once
+    (the last periodic checkpoint is then where a rerun resumes)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self._previous = {}
 
     def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: no handler, nothing to restore
-            self._previous = None
+        for sig in self.SIGNALS:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: no handler, nothing to restore
+                pass
         return self
 
     def _handle(self, signum, frame):
-        logging.warning("SIGTERM: saving a checkpoint and stopping")
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        name = signal.Signals(signum).name
+        logging.warning("%s: saving a checkpoint and stopping (Ctrl-C again: now)", name)
         self.requested = True
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
 
 
 def check_image_kinds(config, sources) -> None:

@@ -140,8 +140,11 @@ def test_extra_training_sets_are_mixed_in_and_reported(tmp_path, data_dir):
     assert os.path.isfile(os.path.join(workdir, "eval", "test", "table.md"))
 
 
-@pytest.mark.parametrize("every", [1000, 1])  # 1: the signal finds its step already saved
-def test_sigterm_saves_a_checkpoint(tmp_path, data_dir, every):
+@pytest.mark.parametrize(
+    "sig, every",
+    [(signal.SIGTERM, 1000), (signal.SIGTERM, 1), (signal.SIGINT, 1000)],
+)  # every=1: the signal finds its step already saved; SIGINT: a Ctrl-C
+def test_sigterm_saves_a_checkpoint(tmp_path, data_dir, sig, every):
     workdir = tmp_path / "term"
     proc = run_train(
         workdir,
@@ -157,7 +160,7 @@ def test_sigterm_saves_a_checkpoint(tmp_path, data_dir, every):
         out += line
         if line.startswith("step "):
             break
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     rest, _ = proc.communicate(timeout=300)
     out += rest
     assert proc.returncode == 0, out

@@ -166,3 +166,18 @@ def test_image_kinds_must_match_the_data_set():
         train_lib.check_image_kinds(c, [Src, Rgb])
     c.data.image_kinds = ("grey", "rgb")
     train_lib.check_image_kinds(c, [Src, Rgb])
+
+
+def test_a_second_ctrl_c_interrupts_at_once_and_handlers_are_restored():
+    import os
+    import signal
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with train_lib._Preemption() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGINT)  # the first: finish the step, save, stop
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # the second: now
+        os.kill(os.getpid(), signal.SIGTERM)  # SIGTERM only ever asks to stop
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
