@@ -21,6 +21,7 @@ def main(argv):
     del argv
     from dlset_jax import config as config_lib
     from dlset_jax import train_lib
+    from dlset_jax.data import pipeline
 
     logging.set_verbosity(logging.WARNING)
     import tensorflow_datasets as tfds
@@ -29,7 +30,7 @@ def main(argv):
     try:
         config_lib.validate(FLAGS.config)
         train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (config_lib.ConfigError, FileNotFoundError) as e:
+    except (config_lib.ConfigError, pipeline.DataSetNameError, FileNotFoundError) as e:
         raise app.UsageError(str(e)) from None
 
 

@@ -276,6 +276,7 @@ def test_two_processes_of_two_devices_match_one_device(tmp_path, data_dir, one_d
         ("--config.optim.learning_rate=-0.1", "optim.learning_rate must be > 0"),
         ("--config.data.resolution=36", "divisible by model.output_stride"),
         ("--config.data.build=false", "is not built"),
+        ("--config.data.name=nope", "unknown data set 'nope"),
     ],
 )
 def test_bad_config_stops_before_compute(tmp_path, override, message):
@@ -295,6 +296,8 @@ def test_bad_config_stops_before_compute(tmp_path, override, message):
     )
     assert proc.returncode != 0
     assert message in proc.stdout + proc.stderr
+    if "nonsense" not in override:  # a field no config has fails in ml_collections' parser
+        assert "Traceback" not in proc.stderr, proc.stderr
     assert not (tmp_path / "w" / "checkpoints").exists()
 
 

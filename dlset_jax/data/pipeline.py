@@ -74,6 +74,10 @@ EVAL_KEYS = TRAIN_KEYS + (
 # --------------------------------------------------------------------------
 # Sources
 # --------------------------------------------------------------------------
+class DataSetNameError(ValueError):
+    """A data set name (`data.name`, `data.extra_sets`) that no builder knows."""
+
+
 def load_source(
     name: str, data_dir, split: str, *, build: bool = True, manual_dir=None, config=None
 ):
@@ -104,13 +108,13 @@ def load_source(
     base, _, cfg_name = name.partition("/")
     cls = builders.BUILDERS.get(base)
     if cls is None:
-        raise ValueError(f"unknown data set {name!r}; known: {sorted(builders.BUILDERS)}")
+        raise DataSetNameError(f"unknown data set {name!r}; known: {sorted(builders.BUILDERS)}")
     kwargs: dict[str, Any] = {"data_dir": os.fspath(data_dir), "file_format": "array_record"}
     if config is not None:
         kwargs["config"] = config
     elif cfg_name:
         if cfg_name not in cls.builder_configs:
-            raise ValueError(
+            raise DataSetNameError(
                 f"unknown config {cfg_name!r} of {base}; known: {sorted(cls.builder_configs)}"
             )
         kwargs["config"] = cfg_name
