@@ -19,12 +19,14 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from dlset_jax.config import define_config_flag, flags_parser
+
 FLAGS = flags.FLAGS
 # Any get_config() file carries the overrides (its values are not used); this one is
 # the default so that `--config.a.b=...` works without naming a file.
 CARRIER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
-config_flags.DEFINE_config_file(
-    "config", CARRIER, "A get_config() file that carries --config.* overrides (see above)."
+define_config_flag(
+    "eval.py", CARRIER, "A get_config() file that carries --config.* overrides (see above)."
 )
 flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.")
 flags.DEFINE_string("split", "test", "Split to evaluate.")
@@ -60,4 +62,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=flags_parser("eval.py"))

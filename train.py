@@ -7,11 +7,12 @@ Rerunning the same command on the same workdir resumes from the last checkpoint.
 """
 
 from absl import app, flags, logging
-from ml_collections import config_flags
+
+from dlset_jax.config import define_config_flag, flags_parser
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    "config", "configs/default.py", "Path to a get_config() file.", lock_config=True
+define_config_flag(
+    "train.py", "configs/default.py", "Path to a get_config() file.", lock_config=True
 )
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and reports.")
 flags.mark_flags_as_required(["workdir"])
@@ -35,4 +36,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=flags_parser("train.py"))

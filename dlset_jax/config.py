@@ -9,6 +9,7 @@ lives in `data.dt_max` and is passed to both the SDT target and the evolution).
 from __future__ import annotations
 
 import json
+import sys
 
 import ml_collections
 
@@ -157,7 +158,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.sweep_thresholds = False  # sweep the mask threshold on the validation split
     c.eval.sweep_range = (-6.0, 4.0, 1.0)
     c.eval.num_overlays = 8
-    c.eval.checkpoint_step = -1  # -1 = latest
     # After training, also segment the Colin27 + AAL real-MR test objects through the
     # Segmenter (where Debian's mricron-data is installed; see real_benchmark.py).
     c.eval.real_benchmark = False
@@ -215,7 +215,8 @@ class ConfigError(ValueError):
 
 
 # Fields that configs saved by earlier versions may hold and that no longer exist.
-RETIRED_FIELDS = ("levelset.impl",)
+# eval.checkpoint_step: never read (eval.py --step, predict.py --step choose the checkpoint).
+RETIRED_FIELDS = ("levelset.impl", "eval.checkpoint_step")
 
 
 def from_saved(saved: dict) -> ml_collections.ConfigDict:
@@ -423,3 +424,48 @@ def validate(
         step_ > 0 and hi_ >= lo_,
         f"eval.sweep_range must be (low, high, step>0), got {tuple(e.sweep_range)}",
     )
+
+
+def _no_such_field(prog: str, error: Exception):
+    """One line (and exit status 2) for a `--config.a.b=...` override of a field the
+    schema lacks, where ml_collections answers with a traceback."""
+    while error.args and isinstance(error.args[0], BaseException):  # AttributeError(KeyError)
+        error = error.args[0]
+    text = str(error.args[0] if error.args else error)
+    key, _, hint = text.partition("\n")
+    key = key.strip("\"'")
+    names = [a.split("=")[0] for a in sys.argv[1:] if a.startswith("--config.")]
+    bad = [n for n in names if key in n.split(".")] or [key]
+    hint = f" ({hint.strip()})" if hint.strip() else ""
+    print(
+        f"{prog}: error: {', '.join(bad)}: no such config field{hint}; the schema is "
+        "dlset_jax/config.py",
+        file=sys.stderr,
+    )
+    raise SystemExit(2) from None
+
+
+def define_config_flag(prog: str, default: str, help_text: str, **kwargs):
+    """`--config` (a get_config() file) with its `--config.a.b=value` overrides, for the
+    entry points (with `flags_parser`: ml_collections applies the overrides where the
+    flag is defined or where the command line is parsed)."""
+    from ml_collections import config_flags
+
+    try:
+        return config_flags.DEFINE_config_file("config", default, help_text, **kwargs)
+    except (AttributeError, KeyError) as e:
+        _no_such_field(prog, e)
+
+
+def flags_parser(prog: str):
+    """absl's command-line parser for `app.run(main, flags_parser=...)`, with overrides
+    of unknown config fields as one line instead of a traceback."""
+    from absl import app
+
+    def parse(argv):
+        try:
+            return app.parse_flags_with_usage(argv)
+        except (AttributeError, KeyError) as e:
+            _no_such_field(prog, e)
+
+    return parse
