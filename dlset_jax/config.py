@@ -146,7 +146,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.eval_every = 1000  # steps; 0 = only at the end
     c.train.checkpoint_every = 500
     c.train.keep_checkpoints = 3
-    c.train.num_log_images = 4
     # A workdir whose latest checkpoint initialises a fresh run (fine-tuning): its
     # parameters and BatchNorm statistics, the input convolution widened with zero
     # weights for input channels it lacks (e.g. click maps); not its optimiser or step.
@@ -215,8 +214,9 @@ class ConfigError(ValueError):
 
 
 # Fields that configs saved by earlier versions may hold and that no longer exist.
-# eval.checkpoint_step: never read (eval.py --step, predict.py --step choose the checkpoint).
-RETIRED_FIELDS = ("levelset.impl", "eval.checkpoint_step")
+# eval.checkpoint_step and train.num_log_images were never read (eval.py / predict.py
+# --step choose the checkpoint; the overlays logged are eval.num_overlays).
+RETIRED_FIELDS = ("levelset.impl", "eval.checkpoint_step", "train.num_log_images")
 
 
 def from_saved(saved: dict) -> ml_collections.ConfigDict:

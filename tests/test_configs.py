@@ -107,13 +107,14 @@ def test_bad_values_are_named(field, value, message):
 def test_retired_field_of_a_saved_config_is_dropped_new_fields_get_defaults():
     saved = config_lib.base_config().to_dict()
     saved["levelset"]["impl"] = "auto"  # written by runs before the evolution kernel went
-    saved["eval"]["checkpoint_step"] = -1  # written by runs before it went (never read)
+    saved["eval"]["checkpoint_step"] = -1  # written by runs before they went (never read)
+    saved["train"]["num_log_images"] = 4
     del saved["data"]["relax_fraction"]  # fields added since
     del saved["data"]["contrast_floor"]
     c = config_lib.from_saved(saved)
     config_lib.validate(c)
     assert "impl" not in c.levelset and c.data.relax_fraction == 0.0
-    assert "checkpoint_step" not in c.eval
+    assert "checkpoint_step" not in c.eval and "num_log_images" not in c.train
     assert c.data.contrast_floor == 0.0  # checkpoints trained before it see images as then
 
 
