@@ -922,3 +922,22 @@ def test_the_tool_starts_on_localhost_and_answers(random_model, images):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--port=99999", "not an integer in the range [0, 65535]"),
+        ("--max_pixels=0", "not a positive integer"),
+        ("--max_upload_mb=0", "not a positive integer"),
+    ],
+)
+def test_the_tool_refuses_bad_limits_before_loading_anything(tmp_path, flag, message):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "dlset_jax.app", f"--workdir={tmp_path}", f"--images={tmp_path}"]
+    proc = subprocess.run([*cmd, flag], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert "loading" not in proc.stdout

@@ -21,10 +21,12 @@ flags.DEFINE_string("images", None, "Folder of images / volumes / DICOM files to
 flags.DEFINE_string(
     "host", "127.0.0.1", "Address to bind (another than localhost exposes the files)."
 )
-flags.DEFINE_integer("port", 8765, "Port (0: a free one).")
+flags.DEFINE_integer("port", 8765, "Port (0: a free one).", lower_bound=0, upper_bound=65535)
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-flags.DEFINE_integer("max_pixels", 100_000_000, "Largest image or volume read, in pixels.")
-flags.DEFINE_integer("max_upload_mb", 256, "Largest upload, in MiB.")
+flags.DEFINE_integer(
+    "max_pixels", 100_000_000, "Largest image or volume read, in pixels.", lower_bound=1
+)
+flags.DEFINE_integer("max_upload_mb", 256, "Largest upload, in MiB.", lower_bound=1)
 flags.DEFINE_enum(
     "nonfinite", "error", ["error", "min"], "NaN/inf intensities: refuse, or read as the lowest."
 )
