@@ -35,7 +35,11 @@ def main(argv):
             file=sys.stderr,
         )
         return 2
-    seg = segmenter.Segmenter.from_workdir(FLAGS.workdir)
+    try:
+        seg = segmenter.Segmenter.from_workdir(FLAGS.workdir)
+    except (FileNotFoundError, ValueError) as e:  # no checkpoint, or one of another model
+        print(f"heldout_benchmark: {e}", file=sys.stderr)
+        return 2
     out_root = os.path.join(FLAGS.workdir, "eval")
     print(heldout.benchmark(seg, FLAGS.dir, out_root, sources))
     return 0

@@ -65,9 +65,13 @@ def main(argv):
     from dlset_jax import heldout, real_benchmark, segmenter
     from dlset_jax import interactive_benchmark as ib
 
-    seg = segmenter.Segmenter.from_workdir(
-        FLAGS.workdir, bucket_size=1, honour_width=FLAGS.honour_width
-    )
+    try:
+        seg = segmenter.Segmenter.from_workdir(
+            FLAGS.workdir, bucket_size=1, honour_width=FLAGS.honour_width
+        )
+    except (FileNotFoundError, ValueError) as e:  # no checkpoint, or one of another model
+        print(f"interactive_benchmark: {e}", file=sys.stderr)
+        return 2
     if not seg.takes_corrections:
         print(
             f"interactive_benchmark: the model of {FLAGS.workdir} takes no corrective clicks "

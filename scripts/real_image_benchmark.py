@@ -36,10 +36,12 @@ flags.DEFINE_string("out_dir", None, "Output directory (default: <workdir>/eval/
 flags.DEFINE_float(
     "contrast", 1.0, "Squeeze each slice's grey levels to this share of their spread."
 )
-flags.DEFINE_integer("speckle", 0, "Multiply each slice by speckle of this many looks (0: none).")
+flags.DEFINE_integer(
+    "speckle", 0, "Multiply each slice by speckle of this many looks (0: none).", lower_bound=0
+)
 flags.DEFINE_float("grain", 1.0, "The speckle's correlation length (px).")
 flags.DEFINE_float(
-    "bmode", 0.0, "Show the speckled slice log-compressed over this many dB (0: no)."
+    "bmode", 0.0, "Show the speckled slice log-compressed over this many dB (0: no).", lower_bound=0
 )
 flags.DEFINE_enum("split", "test", ["test", "validation"], "Which slabs of colin27_aal.")
 flags.DEFINE_enum(
@@ -48,6 +50,8 @@ flags.DEFINE_enum(
     ["first", "middle", "last"],
     "Which pixel of a tied extreme row / column is clicked (the benchmark's: first).",
 )
+flags.register_validator("contrast", lambda v: v > 0, "--contrast must be > 0")
+flags.register_validator("grain", lambda v: v > 0, "--grain must be > 0 (px)")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -59,7 +63,11 @@ def main(argv):
     if not real_benchmark.available():
         print("real_image_benchmark: mricron-data is not installed", file=sys.stderr)
         return 2
-    seg = segmenter.Segmenter.from_workdir(FLAGS.workdir)
+    try:
+        seg = segmenter.Segmenter.from_workdir(FLAGS.workdir)
+    except (FileNotFoundError, ValueError) as e:  # no checkpoint, or one of another model
+        print(f"real_image_benchmark: {e}", file=sys.stderr)
+        return 2
     objects = real_benchmark.test_objects(FLAGS.data_dir, FLAGS.split)
     parts = ["real"] + (["validation"] if FLAGS.split != "test" else [])
     if FLAGS.ties != "first":

@@ -122,3 +122,32 @@ def test_the_end_of_a_run_scores_the_held_out_images_it_finds(tmp_path, random_m
     assert "| nucleus | 1 |" in text and "(1 objects)" in text
     out = tmp_path / "wd" / "eval" / "heldout_nuclei"
     assert {p.name for p in out.iterdir()} == {"table.md", "results.json", "worst.png"}
+
+
+@pytest.mark.parametrize(
+    "script, flags, wanted",
+    [
+        ("real_image_benchmark.py", (), "no checkpoints under"),
+        ("heldout_benchmark.py", ("--sources=nuclei",), "no checkpoints under"),
+        ("interactive_benchmark.py", (), "no checkpoints under"),
+        ("real_image_benchmark.py", ("--contrast=-1",), "--contrast must be > 0"),
+        ("real_image_benchmark.py", ("--grain=0",), "--grain must be > 0"),
+    ],
+)
+def test_benchmark_scripts_stop_with_one_line(tmp_path, script, flags, wanted):
+    """A workdir without checkpoints, or a bad flag: a message, no traceback."""
+    import pathlib
+    import subprocess
+    import sys
+
+    from dlset_jax import real_benchmark
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "scripts" / script
+    cmd = [sys.executable, str(path), f"--workdir={tmp_path / 'none'}", *flags]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    if wanted.startswith("no checkpoints") and script.startswith("real_image"):
+        if not real_benchmark.available():  # said before the checkpoint is looked for
+            wanted = "mricron-data is not installed"
+    assert wanted in proc.stderr, proc.stderr
