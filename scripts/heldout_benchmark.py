@@ -38,8 +38,7 @@ def main(argv):
     try:
         seg = segmenter.Segmenter.from_workdir(FLAGS.workdir)
     except (FileNotFoundError, ValueError) as e:  # no checkpoint, or one of another model
-        print(f"heldout_benchmark: {e}", file=sys.stderr)
-        return 2
+        sys.exit(f"heldout_benchmark: {e}")
     out_root = os.path.join(FLAGS.workdir, "eval")
     print(heldout.benchmark(seg, FLAGS.dir, out_root, sources))
     return 0

@@ -70,8 +70,7 @@ def main(argv):
             FLAGS.workdir, bucket_size=1, honour_width=FLAGS.honour_width
         )
     except (FileNotFoundError, ValueError) as e:  # no checkpoint, or one of another model
-        print(f"interactive_benchmark: {e}", file=sys.stderr)
-        return 2
+        sys.exit(f"interactive_benchmark: {e}")
     if not seg.takes_corrections:
         print(
             f"interactive_benchmark: the model of {FLAGS.workdir} takes no corrective clicks "

@@ -66,8 +66,7 @@ def main(argv):
     try:
         seg = segmenter.Segmenter.from_workdir(FLAGS.workdir)
     except (FileNotFoundError, ValueError) as e:  # no checkpoint, or one of another model
-        print(f"real_image_benchmark: {e}", file=sys.stderr)
-        return 2
+        sys.exit(f"real_image_benchmark: {e}")
     objects = real_benchmark.test_objects(FLAGS.data_dir, FLAGS.split)
     parts = ["real"] + (["validation"] if FLAGS.split != "test" else [])
     if FLAGS.ties != "first":
