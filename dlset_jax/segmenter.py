@@ -103,10 +103,13 @@ def prepare_image(image, image_kinds: Sequence[str] = IMAGE_KINDS, percentiles=(
       ValueError naming the problem.
     """
     img = np.asarray(image)
+    given = img.shape
     if img.ndim == 2:
         img = img[..., None]
-    if img.ndim != 3 or img.shape[0] < 2 or img.shape[1] < 2:
-        raise ValueError(f"image must be (H, W) grey or (H, W, 3) RGB, got shape {img.shape}")
+    if img.ndim != 3:
+        raise ValueError(f"image must be (H, W) grey or (H, W, 3) RGB, got shape {given}")
+    if img.shape[0] < 2 or img.shape[1] < 2:
+        raise ValueError(f"image of shape {given} is too small: it needs at least 2 x 2 px")
     if img.shape[-1] in (2, 4):
         raise ValueError(
             f"image of shape {img.shape} is ambiguous ({img.shape[-1]} channels: with an "

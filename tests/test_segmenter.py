@@ -158,6 +158,11 @@ def test_prepare_image_channels_and_intensities():
         seglib.prepare_image(np.zeros((8, 8, 5)))
     with pytest.raises(ValueError, match="NaN"):
         seglib.prepare_image(np.full((8, 8), np.nan))
+    for shape in ((0, 0), (1, 8), (8, 1, 3)):  # the shape as given, and what is wrong
+        with pytest.raises(ValueError, match=rf"shape \({shape[0]}, {shape[1]}.*too small"):
+            seglib.prepare_image(np.zeros(shape, np.uint8))
+    with pytest.raises(ValueError, match=r"\(H, W\) grey or \(H, W, 3\) RGB, got shape \(8,\)"):
+        seglib.prepare_image(np.zeros(8, np.uint8))
 
 
 @pytest.mark.parametrize("contrast", [1.0, 0.1])
