@@ -21,7 +21,7 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
     del argv
     from dlset_jax import config as config_lib
-    from dlset_jax import train_lib
+    from dlset_jax import readers, train_lib
     from dlset_jax.data import pipeline
 
     logging.set_verbosity(logging.WARNING)
@@ -31,7 +31,12 @@ def main(argv):
     try:
         config_lib.validate(FLAGS.config)
         train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (config_lib.ConfigError, pipeline.DataSetNameError, FileNotFoundError) as e:
+    except (
+        config_lib.ConfigError,
+        pipeline.DataSetNameError,
+        readers.DataError,  # the user's files, named with what is wrong
+        FileNotFoundError,
+    ) as e:
         raise app.UsageError(str(e)) from None
 
 

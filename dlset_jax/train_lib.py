@@ -302,6 +302,12 @@ def real_image_benchmarks(config, variables, threshold, workdir, writer) -> None
     others = heldout.present(config.eval.heldout_dir) if config.eval.heldout_dir else []
     if not (aal or others):
         return
+    if "grey" not in config.data.image_kinds:  # the slabs and held-out images are grey
+        writer.text(
+            "real-image benchmarks skipped: their images are grey and this model takes RGB "
+            f"images only (data.image_kinds={tuple(config.data.image_kinds)})"
+        )
+        return
     seg = segmenter.Segmenter(
         config,
         parallel.to_local(variables, parallel.local_mesh()),

@@ -122,6 +122,15 @@ def test_the_end_of_a_run_scores_the_held_out_images_it_finds(tmp_path, random_m
     assert "| nucleus | 1 |" in text and "(1 objects)" in text
     out = tmp_path / "wd" / "eval" / "heldout_nuclei"
     assert {p.name for p in out.iterdir()} == {"table.md", "results.json", "worst.png"}
+    # a model of RGB images only: said, not a crash at the end of its training
+    config.data.image_kinds = ("rgb",)
+    writer = _Writer()
+    train_lib.real_image_benchmarks(config, variables, 0.0, str(tmp_path / "wd2"), writer)
+    assert writer.texts == [
+        "real-image benchmarks skipped: their images are grey and this model takes RGB "
+        "images only (data.image_kinds=('rgb',))"
+    ]
+    assert not (tmp_path / "wd2").exists()
 
 
 @pytest.mark.parametrize(

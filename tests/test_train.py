@@ -347,3 +347,32 @@ def test_eval_cli_uses_the_saved_config(tmp_path, data_dir):
             "eval.py: error: --config.eval.nope: no such config field; the schema is "
             "dlset_jax/config.py"
         ], err
+
+
+def test_bad_user_data_is_one_line_naming_the_file(tmp_path):
+    """A user's folder with an image that has no mask: the file named, no traceback,
+    nothing trained."""
+    from PIL import Image
+
+    manual = tmp_path / "mine"
+    (manual / "images").mkdir(parents=True)
+    (manual / "masks").mkdir()
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(manual / "images" / "lonely.png")
+    cmd = [
+        sys.executable,
+        str(REPO / "train.py"),
+        f"--config={REPO}/configs/default.py",
+        f"--workdir={tmp_path / 'w'}",
+        f"--config.data.data_dir={tmp_path / 'tfds'}",
+        "--config.data.name=user_segmentation",
+        f"--config.data.manual_dir={manual}",
+        "--config.data.extra_sets=()",
+        "--config.data.extra_share=0",
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu")
+    )
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "lonely.png: no mask" in proc.stderr
+    assert not (tmp_path / "w" / "checkpoints").exists()
