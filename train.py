@@ -20,8 +20,8 @@ flags.mark_flags_as_required(["workdir"])
 
 def main(argv):
     del argv
+    from dlset_jax import checkpoint, readers, train_lib
     from dlset_jax import config as config_lib
-    from dlset_jax import readers, train_lib
     from dlset_jax.data import pipeline
 
     logging.set_verbosity(logging.WARNING)
@@ -35,6 +35,7 @@ def main(argv):
         config_lib.ConfigError,
         pipeline.DataSetNameError,
         readers.DataError,  # the user's files, named with what is wrong
+        checkpoint.CheckpointMismatchError,  # a workdir of another model
         FileNotFoundError,
     ) as e:
         raise app.UsageError(str(e)) from None

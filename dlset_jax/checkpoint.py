@@ -85,6 +85,12 @@ class Checkpointer:
         )
         return restored["state"], restored["data"], restored["config"]
 
+    def variable_shapes(self, step: int | None = None) -> dict:
+        """`{"params", "batch_stats"}` of a checkpoint as array metadata (shapes and
+        dtypes, nothing read): what `check_variables` needs before a restore."""
+        metadata = self._manager.item_metadata(self._existing(step))["state"]
+        return {k: metadata[k] for k in ("params", "batch_stats") if k in metadata}
+
     def restore_variables(self, step: int | None = None) -> dict:
         """`{"params", "batch_stats"}` of a checkpoint on this process's first device.
 
@@ -154,8 +160,11 @@ def _shapes(tree) -> dict:
     return {jax.tree_util.keystr(p): tuple(np.shape(x)) for p, x in flat}
 
 
-def check_variables(model, variables, resolution: int, where: str = "checkpoint") -> None:
-    """Raises CheckpointMismatchError when `variables` do not fit `model`."""
+def check_variables(
+    model, variables, resolution: int, where: str = "checkpoint", model_from: str = "its config"
+) -> None:
+    """Raises CheckpointMismatchError when `variables` do not fit `model` (built from
+    `model_from`, for the message)."""
     expected = jax.eval_shape(lambda: model.init_variables(jax.random.key(0), resolution))
     for col in ("params", "batch_stats"):
         want, got = _shapes(expected.get(col, {})), _shapes(variables.get(col, {}))
@@ -168,13 +177,13 @@ def check_variables(model, variables, resolution: int, where: str = "checkpoint"
                 else f"{where} has {col}{extra[0]} which the model lacks"
             )
             raise CheckpointMismatchError(
-                f"{where} does not match the model built from its config: {what} "
+                f"{where} does not match the model built from {model_from}: {what} "
                 f"({len(missing)} missing, {len(extra)} unexpected arrays)"
             )
         for k in want:
             if want[k] != got[k]:
                 raise CheckpointMismatchError(
-                    f"{where} does not match the model built from its config: {col}{k} has "
+                    f"{where} does not match the model built from {model_from}: {col}{k} has "
                     f"shape {got[k]} in the checkpoint, the model expects {want[k]}"
                 )
 

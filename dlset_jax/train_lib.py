@@ -386,6 +386,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.train.keep_checkpoints)
     state = parallel.replicate(create_train_state(config, model, tx, config.seed), mesh)
     if checkpointer.latest_step() is not None:
+        try:  # orbax would fail deep in its restore, with a screen of event-loop errors
+            ckpt_lib.check_variables(
+                model,
+                checkpointer.variable_shapes(),
+                config.data.resolution,
+                where=f"the checkpoint in {workdir}",
+                model_from="this run's config",
+            )
+        except ckpt_lib.CheckpointMismatchError as e:
+            raise ckpt_lib.CheckpointMismatchError(
+                f"cannot resume: {e}; rerun with the config it was trained with, or train "
+                "into another --workdir"
+            ) from None
         state, data_state, _ = checkpointer.restore(state)
         train_iter.set_state(data_state)
         writer.text(f"resumed from step {int(state.step)}")

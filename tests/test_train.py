@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 from conftest import REPO, override
@@ -376,3 +377,28 @@ def test_bad_user_data_is_one_line_naming_the_file(tmp_path):
     assert "Traceback" not in proc.stderr, proc.stderr
     assert "lonely.png: no mask" in proc.stderr
     assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_resuming_with_another_model_is_refused_and_loses_nothing(tmp_path, data_dir):
+    workdir = tmp_path / "w"
+    run_train(workdir, data_dir, "--config.train.num_steps=2")
+    step, params = final_params(workdir)
+    cmd = [
+        sys.executable,
+        str(REPO / "train.py"),
+        f"--config={REPO}/configs/tiny.py",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={data_dir}",
+        "--config.train.num_steps=4",
+        "--config.model.width=16",
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu")
+    )
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "cannot resume: the checkpoint in" in proc.stderr
+    assert "has shape (4,) in the checkpoint, the model expects (16,)" in proc.stderr
+    again, params_again = final_params(workdir)
+    assert again == step
+    jax.tree.map(np.testing.assert_array_equal, params, params_again)
