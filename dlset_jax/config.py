@@ -2,8 +2,10 @@
 
 `configs/*.py` start from `base_config()` and override what they need; `validate`
 runs before any compute, so a typo or a bad value stops the run with one clear line
-instead of a traceback minutes later. Each parameter has one home here (e.g. `dt_max`
-lives in `data.dt_max` and is passed to both the SDT target and the evolution).
+instead of a traceback minutes later (and `define_config_flag` / `flags_parser` give
+the entry points one line for a `--config.a.b=...` override of a field the schema
+lacks). Each parameter has one home here (e.g. `dt_max` lives in `data.dt_max` and is
+passed to both the SDT target and the evolution).
 """
 
 from __future__ import annotations
