@@ -626,6 +626,14 @@ def report_lines(summary: dict, out_dir: str) -> list[str]:
         where = f" slice {o['slice']}" if "slice" in o else ""
         lines.append(f"object {o['object']}{where} ({o['class'] or 'object'}): {area}")
         lines += [f"  warning: {w}" for w in o.get("warnings", [])]
+        if "propagation" in o:  # the clicked slice's line alone hides the rest of the walk
+            prop = o["propagation"]
+            zs = [f["slice"] for f in prop["slices"]]
+            px = sum(f["area_px"] for f in prop["slices"])
+            stops = "; ".join(f"{side}: {why}" for side, why in prop["stops"].items())
+            lines.append(
+                f"  through slices {min(zs)}..{max(zs)} ({len(zs)} slices, {px} px); {stops}"
+            )
     for m in summary.get("metrics", []):
         lines.append(
             f"object {m['object']}: DSC {m['dsc']:.3f} (four-point polygon "

@@ -720,7 +720,7 @@ def test_cli_propagates_a_structure_through_the_volume(capsys, tmp_path, trained
     pts = " ".join(f"{x:g},{y:g}" for x, y in targets.extreme_points(masks[3]))
     out = tmp_path / "out"
     args = ("--slice", "3", "--points", pts, "--propagate")
-    code, _, err = _cli_in(
+    code, printed, err = _cli_in(
         capsys, trained_workdir, tmp_path / "v.nii.gz", out, *args, "--extent", "2,4"
     )
     assert code == 0, err
@@ -731,6 +731,10 @@ def test_cli_propagates_a_structure_through_the_volume(capsys, tmp_path, trained
     prop = summ["objects"][0]["propagation"]
     assert prop["extent"] == [2, 4] and prop["stops"] == {"below": "extent", "above": "extent"}
     assert [f["slice"] for f in prop["slices"]] == [2, 3, 4]
+    total = sum(f["area_px"] for f in prop["slices"])
+    assert f"  through slices 2..4 (3 slices, {total} px); below: extent; above: extent" in (
+        printed.splitlines()
+    )
     for f in prop["slices"]:  # each slice's outline holds exactly its saved pixels, as shown
         shown = np.rot90(labels[..., f["slice"]]) > 0
         np.testing.assert_array_equal(inside_polylines(f["contours"], shown.shape), shown)
