@@ -61,6 +61,24 @@ def run_train(workdir, data_dir, *args, env=None, wait=True, devices=None):
     return proc.stdout + proc.stderr
 
 
+def refused_run(workdir, data_dir, *args, config="tiny.py"):
+    """train.py that must stop with a message: no traceback. Returns stdout + stderr."""
+    cmd = [
+        sys.executable,
+        str(REPO / "train.py"),
+        f"--config={REPO}/configs/{config}",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={data_dir}",
+        *args,
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu")
+    )
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc.stdout + proc.stderr
+
+
 def final_params(workdir):
     from dlset_jax import checkpoint
 
@@ -283,22 +301,8 @@ def test_two_processes_of_two_devices_match_one_device(tmp_path, data_dir, one_d
 )
 def test_bad_config_stops_before_compute(tmp_path, override, message):
     empty = tmp_path / "empty_tfds"
-    cmd = [
-        sys.executable,
-        str(REPO / "train.py"),
-        f"--config={REPO}/configs/tiny.py",
-        f"--workdir={tmp_path / 'w'}",
-        f"--config.data.data_dir={empty}",
-        override,
-    ]
-    if "build" not in override:
-        cmd.append("--config.data.build=false")
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu")
-    )
-    assert proc.returncode != 0
-    assert message in proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
+    more = () if "build" in override else ("--config.data.build=false",)
+    assert message in refused_run(tmp_path / "w", empty, override, *more)
     assert not (tmp_path / "w" / "checkpoints").exists()
 
 
@@ -359,23 +363,16 @@ def test_bad_user_data_is_one_line_naming_the_file(tmp_path):
     (manual / "images").mkdir(parents=True)
     (manual / "masks").mkdir()
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(manual / "images" / "lonely.png")
-    cmd = [
-        sys.executable,
-        str(REPO / "train.py"),
-        f"--config={REPO}/configs/default.py",
-        f"--workdir={tmp_path / 'w'}",
-        f"--config.data.data_dir={tmp_path / 'tfds'}",
+    out = refused_run(
+        tmp_path / "w",
+        tmp_path / "tfds",
         "--config.data.name=user_segmentation",
         f"--config.data.manual_dir={manual}",
         "--config.data.extra_sets=()",
         "--config.data.extra_share=0",
-    ]
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu")
+        config="default.py",
     )
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert "lonely.png: no mask" in proc.stderr
+    assert "lonely.png: no mask" in out
     assert not (tmp_path / "w" / "checkpoints").exists()
 
 
@@ -383,22 +380,9 @@ def test_resuming_with_another_model_is_refused_and_loses_nothing(tmp_path, data
     workdir = tmp_path / "w"
     run_train(workdir, data_dir, "--config.train.num_steps=2")
     step, params = final_params(workdir)
-    cmd = [
-        sys.executable,
-        str(REPO / "train.py"),
-        f"--config={REPO}/configs/tiny.py",
-        f"--workdir={workdir}",
-        f"--config.data.data_dir={data_dir}",
-        "--config.train.num_steps=4",
-        "--config.model.width=16",
-    ]
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu")
-    )
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert "cannot resume: the checkpoint in" in proc.stderr
-    assert "has shape (4,) in the checkpoint, the model expects (16,)" in proc.stderr
+    out = refused_run(workdir, data_dir, "--config.train.num_steps=4", "--config.model.width=16")
+    assert "cannot resume: the checkpoint in" in out
+    assert "has shape (4,) in the checkpoint, the model expects (16,)" in out
     again, params_again = final_params(workdir)
     assert again == step
     jax.tree.map(np.testing.assert_array_equal, params, params_again)
