@@ -29,6 +29,8 @@ import sys
 
 from absl import app, flags, logging
 
+from dlset_jax.targets import TIE_RULES
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (holds checkpoints/).")
 flags.DEFINE_string("data_dir", "data/tfds", "Where the colin27_aal data set is built.")
@@ -47,7 +49,7 @@ flags.DEFINE_enum("split", "test", ["test", "validation"], "Which slabs of colin
 flags.DEFINE_enum(
     "ties",
     "first",
-    ["first", "middle", "last"],
+    list(TIE_RULES),
     "Which pixel of a tied extreme row / column is clicked (the benchmark's: first).",
 )
 flags.register_validator("contrast", lambda v: v > 0, "--contrast must be > 0")
