@@ -97,6 +97,12 @@ def base_config() -> ml_collections.ConfigDict:
     # (positive) or outside (negative).
     c.clicks.honour_width = 0.0
     c.clicks.honour_margin = 3.0
+    # The four extreme points lie on the object: the same bump (standard deviation
+    # points_width crop px, 0 = off) lowers the level set at each of them until it is
+    # points_margin px inside, at inference (prediction, evaluation, the simulated
+    # user), not in the training loss. Needs no click channels.
+    c.clicks.points_width = 0.0
+    c.clicks.points_margin = 0.5
 
     c.levelset = ml_collections.ConfigDict()
     c.levelset.steps = 5  # T, train and test (paper)
@@ -296,6 +302,8 @@ def validate(
     need(k.sigma > 0, f"clicks.sigma must be > 0, got {k.sigma}")
     need(k.honour_width >= 0, f"clicks.honour_width must be >= 0, got {k.honour_width}")
     need(k.honour_margin >= 0, f"clicks.honour_margin must be >= 0, got {k.honour_margin}")
+    need(k.points_width >= 0, f"clicks.points_width must be >= 0, got {k.points_width}")
+    need(k.points_margin >= 0, f"clicks.points_margin must be >= 0, got {k.points_margin}")
     need(0 <= k.train_prob <= 1, f"clicks.train_prob must be in [0, 1], got {k.train_prob}")
     need(
         0 <= k.train_rounds <= k.max_clicks,

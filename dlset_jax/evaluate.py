@@ -48,11 +48,11 @@ FROZEN_FIELDS = (
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled_predict(model, config_json: str, mesh: Mesh):
+def _compiled_predict(model, config_json: str, mesh: Mesh, threshold: float):
     config = ml_collections.ConfigDict(json.loads(config_json))
     data = NamedSharding(mesh, P("data"))
     return jax.jit(
-        functools.partial(inference.predict_crops, model=model, config=config),
+        functools.partial(inference.predict_crops, model=model, config=config, threshold=threshold),
         in_shardings=(NamedSharding(mesh, P()), data, data),
     )
 
@@ -60,15 +60,18 @@ def _compiled_predict(model, config_json: str, mesh: Mesh):
 # ------------------------------------------------------------------- scoring
 
 
-def _iterate_predictions(config, variables, source, *, model, max_objects, predict=None):
+def _iterate_predictions(
+    config, variables, source, *, model, max_objects, threshold: float, predict=None
+):
     """Yields (batch, outputs) for this process's shard of the split.
 
     `predict(batch) -> phi_t (B, R, R, 1)` replaces the network and the evolution
-    (oracle tests of the scoring); None runs `inference.predict_crops`.
+    (oracle tests of the scoring); None runs `inference.predict_crops` (the extreme
+    points honoured against `threshold`).
     """
     if predict is None:
         mesh = parallel.local_mesh()
-        fn = _compiled_predict(model, config.to_json(), mesh)
+        fn = _compiled_predict(model, config.to_json(), mesh, float(threshold))
         variables = parallel.to_local(variables, mesh)
         sharding = NamedSharding(mesh, P("data"))
     objects = pipeline.ObjectSource(source)
@@ -91,14 +94,15 @@ def _iterate_predictions(config, variables, source, *, model, max_objects, predi
         yield batch, out
 
 
-def _overlay_crop(image, mask, phi, max_rgb=255):
-    """(R, R, 3) uint8: the crop with ground truth (green) and prediction (red) borders."""
+def _overlay_crop(image, mask, phi, threshold: float, max_rgb=255):
+    """(R, R, 3) uint8: the crop with ground truth (green) and prediction (red,
+    `phi <= threshold`) borders."""
     img = np.asarray(image, np.float32)
     img = (img - img.min()) / max(img.max() - img.min(), 1e-6)
     rgb = (img * max_rgb).astype(np.uint8).copy()
     for region, color in (
         (np.asarray(mask)[..., 0] > 0.5, (0, 255, 0)),
-        (np.asarray(phi)[..., 0] <= 0, (255, 0, 0)),
+        (np.asarray(phi)[..., 0] <= threshold, (255, 0, 0)),
     ):
         if region.any():  # an empty prediction has no contour to draw
             rgb[targets.contour(region)] = color
@@ -135,7 +139,13 @@ def run_evaluation(
     records, overlays = [], []
     res = config.data.resolution
     for batch, out in _iterate_predictions(
-        config, variables, source, model=model, max_objects=max_objects, predict=predict
+        config,
+        variables,
+        source,
+        model=model,
+        max_objects=max_objects,
+        threshold=threshold,
+        predict=predict,
     ):
         for i in np.nonzero(batch["valid"])[0]:
             h, w = (int(v) for v in batch["image_shape"][i])
@@ -150,7 +160,9 @@ def run_evaluation(
             rec["id"] = str(batch["id"][i])
             records.append(rec)
             if len(overlays) < config.eval.num_overlays:
-                overlays.append(_overlay_crop(batch["image"][i], batch["mask"][i], out["phi_t"][i]))
+                overlays.append(
+                    _overlay_crop(batch["image"][i], batch["mask"][i], out["phi_t"][i], threshold)
+                )
     records = _gather_records(records, workdir, split)
     summary = metrics.summarize(records)
     scalars = {k: v["mean"] for k, v in summary["overall"].items()}
@@ -193,10 +205,14 @@ def sweep_threshold(config, variables, *, model, workdir=None, predict=None) -> 
     """The mask threshold (phi <= t) with the best mean DSC on the validation split.
 
     With a workdir the choice is written to `eval/threshold.json`, where
-    `checkpoint.load` (and so prediction) finds it.
+    `checkpoint.load` (and so prediction) finds it. The threshold is chosen for the
+    network's own level set: the extreme points are not honoured during the sweep
+    (`clicks.points_width`; they are honoured against the threshold chosen, after it).
     """
     lo, hi, step = config.eval.sweep_range
     grid = tuple(float(t) for t in np.arange(lo, hi + step / 2, step))
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.clicks.points_width = 0.0
     res = run_evaluation(
         config,
         variables,

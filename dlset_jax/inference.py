@@ -6,7 +6,8 @@ step (`train_lib`), the evaluation (`evaluate`) and prediction (`segmenter`):
   `targets.crop_inputs` (host: crop around the clicks, normalise)
   -> `model_inputs` (device: image + guidance channel from the crop's points)
   -> the network -> `evolve` (T steps of `levelset.evolve` from phi0)
-  -> `honour_clicks` (with corrective clicks: the level set made to agree with them)
+  -> `honour_clicks` (the level set made to contain the four extreme points, and to
+     agree with the corrective clicks)
   -> `paste_back` (host: the crop's level set into the full image).
 
 `predict_crops` is the pure, jit-able middle part. Config fields read here:
@@ -97,16 +98,36 @@ def evolve(phi_init: jax.Array, outputs: dict, config, *, return_trajectory: boo
     )
 
 
-def honour_clicks(phi_t: jax.Array, clicks, config, threshold: float | None = None) -> jax.Array:
-    """`phi_t` made to agree with the corrective clicks (`corrections.honour_clicks`)
-    when the config asks for it (`clicks.enabled` and `clicks.honour_width > 0`).
+def honour_clicks(
+    phi_t: jax.Array, clicks, config, threshold: float | None = None, points=None
+) -> jax.Array:
+    """`phi_t` made to contain the four extreme points (`clicks.points_width > 0`)
+    and then to agree with the corrective clicks (`clicks.enabled` and
+    `clicks.honour_width > 0`), by `corrections.honour_clicks`.
+
+    The extreme points lie on the object, but the network's contour often passes a
+    pixel inside them where the image's strongest edge is not the object's border
+    (docs/history.md, "The answer contains its own clicks"). The training loss calls
+    this without `points`: its points are jittered off the object on purpose
+    (`data.pert`), and it trains the network's own answer.
 
     Args:
       phi_t: `(B, R, R, 1)` evolved level sets, crop px.
-      clicks: `(B, K, 3)` crop px, or None (no clicks: `phi_t` unchanged).
+      clicks: `(B, K, 3)` crop px, or None (no corrective clicks).
       threshold: the mask threshold (default `levelset.threshold`).
+      points: `(B, 4, 2)` the extreme points, crop px, or None (not honoured).
     """
     k = config.clicks
+    threshold = float(config.levelset.threshold if threshold is None else threshold)
+    if points is not None and k.points_width > 0:
+        pos = jnp.concatenate([points, jnp.ones_like(points[..., :1])], axis=-1)
+        phi_t = corrections.honour_clicks(
+            phi_t,
+            pos,
+            width=float(k.points_width),
+            margin=float(k.points_margin),
+            threshold=threshold,
+        )
     if clicks is None or not k.enabled or not k.honour_width > 0:
         return phi_t
     return corrections.honour_clicks(
@@ -114,7 +135,7 @@ def honour_clicks(phi_t: jax.Array, clicks, config, threshold: float | None = No
         clicks,
         width=float(k.honour_width),
         margin=float(k.honour_margin),
-        threshold=float(config.levelset.threshold if threshold is None else threshold),
+        threshold=threshold,
     )
 
 
@@ -135,12 +156,12 @@ def predict_crops(
       variables: `{"params", "batch_stats"}`.
       image: `(B, R, R, 3)` normalised crops; points: `(B, 4, 2)` crop px.
       clicks: `(B, K, 3)` corrective clicks in crop px, or None (see `model_inputs`).
-      threshold: the mask threshold the clicks are honoured against (`honour_clicks`).
+      threshold: the mask threshold the points and clicks are honoured against.
 
     Returns:
       the network's dict plus `phi_t` `(B, R, R, 1)`, the evolved level set made to
-      agree with the clicks (and `trajectory` `(T+1, B, R, R, 1)`, the evolution
-      itself, when asked).
+      contain the points and agree with the clicks (`honour_clicks`; and `trajectory`
+      `(T+1, B, R, R, 1)`, the evolution itself, before that, when asked).
     """
     out = model.apply(variables, model_inputs(image, points, config, clicks), train=False)
     res = evolve(out["phi0"], out, config, return_trajectory=return_trajectory)
@@ -148,7 +169,7 @@ def predict_crops(
         out["phi_t"], out["trajectory"] = res
     else:
         out["phi_t"] = res
-    out["phi_t"] = honour_clicks(out["phi_t"], clicks, config, threshold)
+    out["phi_t"] = honour_clicks(out["phi_t"], clicks, config, threshold, points)
     return out
 
 

@@ -523,18 +523,25 @@ class Segmenter:
         step: int | None = None,
         threshold: float | None = None,
         honour_width: float | None = None,
+        points_width: float | None = None,
         **kwargs,
     ) -> Segmenter:
         """A checkpoint of a training workdir (default: the latest) with its config and
-        the run's threshold (`checkpoint.load`), unless `threshold` is given;
-        `honour_width` replaces the run's `clicks.honour_width` (how the answer is made
-        to agree with corrective clicks, an inference-time choice; 0 = off)."""
+        the run's threshold (`checkpoint.load`), unless `threshold` is given.
+
+        `honour_width` / `points_width` replace the run's `clicks.honour_width` /
+        `clicks.points_width` (how the answer is made to agree with the corrective
+        clicks / to contain the four extreme points: inference-time choices; 0 = off).
+        """
         run = checkpoint.load(workdir, step)
         source = run.threshold_source if threshold is None else "given"
         config = run.config
-        if honour_width is not None:
+        widths = {"honour_width": honour_width, "points_width": points_width}
+        if any(v is not None for v in widths.values()):
             config = config.copy_and_resolve_references()
-            config.clicks.honour_width = float(honour_width)
+            for name, v in widths.items():
+                if v is not None:
+                    config.clicks[name] = float(v)
             config_lib.validate(config)
         return cls(
             config,

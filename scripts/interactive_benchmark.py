@@ -1,7 +1,7 @@
 r"""The interactive benchmark of a workdir whose model takes corrective clicks.
 
     python scripts/interactive_benchmark.py --workdir workdirs/interactive \
-        [--synthetic_objects 200] [--data_dir data/tfds] [--honour_width W --out_dir D]
+        [--synthetic_objects 200] [--data_dir data/tfds] [--honour_width W] [--points_width W] [--out_dir D]
 
 Synthetic: the first `--synthetic_objects` objects of the test split of each of
 `--synthetic_data` (domain_random, the generalist's own generator; synthetic_prostate,
@@ -37,6 +37,11 @@ flags.DEFINE_float(
     None,
     "Replaces the run's clicks.honour_width (0: the network's answer as it is).",
 )
+flags.DEFINE_float(
+    "points_width",
+    None,
+    "Replaces the run's clicks.points_width (0: the answer need not contain the points).",
+)
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -67,7 +72,10 @@ def main(argv):
 
     try:
         seg = segmenter.Segmenter.from_workdir(
-            FLAGS.workdir, bucket_size=1, honour_width=FLAGS.honour_width
+            FLAGS.workdir,
+            bucket_size=1,
+            honour_width=FLAGS.honour_width,
+            points_width=FLAGS.points_width,
         )
     except (FileNotFoundError, ValueError) as e:  # no checkpoint, or one of another model
         sys.exit(f"interactive_benchmark: {e}")

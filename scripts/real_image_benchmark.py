@@ -6,6 +6,7 @@
     python scripts/real_image_benchmark.py --workdir workdirs/default --speckle 1 --grain 2 --bmode 40
     python scripts/real_image_benchmark.py --workdir workdirs/default --split validation
     python scripts/real_image_benchmark.py --workdir workdirs/default --ties middle
+    python scripts/real_image_benchmark.py --workdir workdirs/default --points_width 0
 
 Needs Debian's mricron-data (`apt-get install mricron-data`). Segments the 60 test
 objects through `Segmenter` from exact and +-2 px jittered clicks and writes
@@ -21,7 +22,9 @@ log-compressed over D dB as a scanner does (`eval/real_speckle<L>_grain<G>_bmode
 (`eval/real_validation/`). `--ties middle` (or `last`) clicks, where an extreme row or
 column of a label holds several pixels, the middle (last) of them instead of the first
 (`targets.extreme_points`; `eval/real_ties_middle/`): how much the figures depend on
-where along a flat side the simulated user clicks.
+where along a flat side the simulated user clicks. `--points_width W` replaces the run's
+`clicks.points_width` (0: the answer need not contain its four points;
+`eval/real_points<W>/`).
 """
 
 import os
@@ -52,6 +55,12 @@ flags.DEFINE_enum(
     list(TIE_RULES),
     "Which pixel of a tied extreme row / column is clicked (the benchmark's: first).",
 )
+flags.DEFINE_float(
+    "points_width",
+    None,
+    "Replaces the run's clicks.points_width (0: the answer need not contain the points).",
+    lower_bound=0,
+)
 flags.register_validator("contrast", lambda v: v > 0, "--contrast must be > 0")
 flags.register_validator("grain", lambda v: v > 0, "--grain must be > 0 (px)")
 flags.mark_flags_as_required(["workdir"])
@@ -66,13 +75,15 @@ def main(argv):
         print("real_image_benchmark: mricron-data is not installed", file=sys.stderr)
         return 2
     try:
-        seg = segmenter.Segmenter.from_workdir(FLAGS.workdir)
+        seg = segmenter.Segmenter.from_workdir(FLAGS.workdir, points_width=FLAGS.points_width)
     except (FileNotFoundError, ValueError) as e:  # no checkpoint, or one of another model
         sys.exit(f"real_image_benchmark: {e}")
     objects = real_benchmark.test_objects(FLAGS.data_dir, FLAGS.split)
     parts = ["real"] + (["validation"] if FLAGS.split != "test" else [])
     if FLAGS.ties != "first":
         parts.append(f"ties_{FLAGS.ties}")
+    if FLAGS.points_width is not None:
+        parts.append(f"points{FLAGS.points_width:g}")
     if FLAGS.contrast != 1.0:
         objects = real_benchmark.with_contrast(objects, FLAGS.contrast)
         parts.append(f"contrast{FLAGS.contrast:g}")

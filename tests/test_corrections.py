@@ -161,6 +161,40 @@ def test_gradients_flow_through_honoured_clicks():
     np.testing.assert_allclose(g[0, 8, 12, 0], numeric, rtol=2e-2)
 
 
+def test_inference_honours_the_extreme_points_first_then_the_clicks(rng):
+    """`inference.honour_clicks`: the four points as positive clicks (their own width and
+    margin, with or without click channels), then the corrective clicks; the reference
+    is the numpy bump sequence."""
+    yy, xx = np.mgrid[:24, :24]
+    phi = np.hypot(yy - 12.0, xx - 12.0) - 6.0  # a disc of radius 6 px, centre (12, 12)
+    phi = np.stack([phi, phi + rng.normal(0, 0.3, phi.shape)])[..., None].astype(np.float32)
+    # left, right, top, bottom; some 2-3 px outside the disc, one inside
+    points = np.array([[[4.0, 12.0], [21.0, 12.5], [12.0, 3.0], [12.0, 16.0]]] * 2, np.float32)
+    clicks = np.array([[[12.0, 12.0, -1], [0, 0, 0]], [[2.0, 2.0, 1], [0, 0, 0]]], np.float32)
+    threshold = 0.5
+    off = tiny_config(**CLICKS, **{"clicks.honour_width": 3.0})
+    assert off.clicks.points_width == 0.0  # the schema's default: the points as they are
+    np.testing.assert_allclose(
+        inference.honour_clicks(phi, clicks, off, threshold, points),
+        corrections.honour_clicks(phi, clicks, width=3.0, margin=3.0, threshold=threshold),
+    )
+    on = tiny_config(**CLICKS, **{"clicks.honour_width": 3.0, "clicks.points_width": 4.0})
+    got = np.asarray(inference.honour_clicks(phi, clicks, on, threshold, points))
+    only_points = tiny_config(**{"clicks.points_width": 4.0, "clicks.points_margin": 1.0})
+    alone = np.asarray(inference.honour_clicks(phi, None, only_points, threshold, points))
+    for b in range(2):
+        pos = np.concatenate([points[b], np.ones((4, 1), np.float32)], axis=1)
+        want = honour_reference(phi[b, ..., 0], pos, 4.0, 0.5, threshold)
+        want = honour_reference(want, clicks[b], 3.0, 3.0, threshold)
+        np.testing.assert_allclose(got[b, ..., 0], want, atol=1e-4)
+        # positive bumps only lower the level set: every point ends inside by its margin
+        # (less the bump's bilinear sag between pixel centres, for a point off the grid)
+        at = ndimage.map_coordinates(alone[b, ..., 0], points[b].T[::-1], order=1)
+        assert (at <= threshold - 0.95).all(), at
+    # without points (the training loss) nothing happens to them
+    np.testing.assert_allclose(inference.honour_clicks(phi, None, only_points), phi)
+
+
 def test_config_needs_click_channels():
     c = tiny_config(**{"clicks.enabled": True})
     with pytest.raises(config_lib.ConfigError, match="in_channels must be 6"):
@@ -168,6 +202,9 @@ def test_config_needs_click_channels():
     config_lib.validate(tiny_config(**CLICKS))
     with pytest.raises(config_lib.ConfigError, match="honour_width must be >= 0"):
         config_lib.validate(tiny_config(**CLICKS, **{"clicks.honour_width": -1.0}))
+    for field in ("points_width", "points_margin"):
+        with pytest.raises(config_lib.ConfigError, match=f"clicks.{field} must be >= 0"):
+            config_lib.validate(tiny_config(**{f"clicks.{field}": -1.0}))
 
 
 @pytest.fixture(scope="module")

@@ -146,3 +146,35 @@ def test_distances_are_reported_in_the_data_sets_unit(tmp_path, spacing_json, un
     assert res["unit"] == unit and f"HD ({unit})" in res["table"]
     other = "mm" if unit == "px" else "px"
     assert f"HD ({other})" not in res["table"]
+
+
+def test_the_sweep_chooses_for_the_networks_own_level_set(small_config, tmp_path):
+    """The threshold is chosen with the extreme points not honoured (`clicks.points_width`),
+    so the same model gives the same choice with or without it; the evaluation then
+    honours them against the threshold it scores with."""
+    import jax
+    from scipy import ndimage
+
+    c = override(small_config, **{"eval.sweep_range": (-2.0, 2.0, 2.0)})
+    model = models.create_model(c.model)
+    variables = jax.tree.map(np.asarray, model.init_variables(jax.random.key(0), 64))
+    saved = {}
+    for width in (0.0, 6.0):
+        cw = override(c, **{"clicks.points_width": width})
+        wd = tmp_path / f"w{width:g}"
+        evaluate.sweep_threshold(cw, variables, model=model, workdir=str(wd))
+        saved[width] = json.loads((wd / "eval" / "threshold.json").read_text())
+    assert saved[6.0] == saved[0.0]
+    cw = override(c, **{"clicks.points_width": 6.0})
+    source = evaluate.pipeline.load_split(cw, "test")
+    for threshold in (-3.0, 1.0):
+        batch, out = next(
+            evaluate._iterate_predictions(
+                cw, variables, source, model=model, max_objects=8, threshold=threshold
+            )
+        )
+        margin = cw.clicks.points_margin
+        for phi, pts in zip(out["phi_t"][..., 0], batch["points"], strict=True):
+            at = ndimage.map_coordinates(phi, [pts[:, 1], pts[:, 0]], order=1)
+            # inside by the margin, less the bump's bilinear sag between pixel centres
+            assert (at <= threshold - 0.9 * margin).all(), (threshold, at)

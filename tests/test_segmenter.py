@@ -294,6 +294,11 @@ def test_from_workdir_and_mismatch(random_model, tmp_path):
     assert wider.config.clicks.honour_width == 4.0 and seg.config.clicks.honour_width == 0.0
     with pytest.raises(config_lib.ConfigError, match="honour_width must be >= 0"):
         seglib.Segmenter.from_workdir(str(wd), honour_width=-1.0)
+    both = seglib.Segmenter.from_workdir(str(wd), honour_width=2.0, points_width=5.0)
+    assert (both.config.clicks.honour_width, both.config.clicks.points_width) == (2.0, 5.0)
+    assert seg.config.clicks.points_width == 0.0
+    with pytest.raises(config_lib.ConfigError, match="points_width must be >= 0"):
+        seglib.Segmenter.from_workdir(str(wd), points_width=-1.0)
     with pytest.raises(FileNotFoundError, match="no checkpoint for step 7"):
         seglib.Segmenter.from_workdir(str(wd), step=7)
     with pytest.raises(FileNotFoundError, match="no checkpoints"):
@@ -325,6 +330,23 @@ def test_from_workdir_uses_the_threshold_chosen_on_validation(random_model, tmp_
     for bad in (float("nan"), float("inf")):  # not an empty mask without a word
         with pytest.raises(ValueError, match="threshold must be a finite number"):
             seglib.Segmenter.from_workdir(str(wd), threshold=bad)
+
+
+def test_the_answer_contains_its_four_points_when_asked(random_model, rng):
+    """`clicks.points_width`: the level set is lowered around each extreme point until
+    the point is in the mask, whatever the network answered."""
+    _, config, variables = random_model
+    img, (m1, m2) = two_ellipses(rng)
+    pts = [targets.extreme_points(m).astype(int) for m in (m1, m2)]
+    plain = seglib.Segmenter(config, variables, bucket_size=2).segment(img, pts)
+    # a threshold below the network's level set at every point: none of them is inside
+    low = min(float(o.phi[p[:, 1], p[:, 0]].min()) for o, p in zip(plain.objects, pts)) - 1.0
+    c = config.copy_and_resolve_references()
+    c.clicks.points_width = 3.0
+    for cfg, inside in ((config, False), (c, True)):
+        res = seglib.Segmenter(cfg, variables, bucket_size=2, threshold=low).segment(img, pts)
+        for o, p in zip(res.objects, pts):
+            assert (o.mask[p[:, 1], p[:, 0]] == inside).all()
 
 
 def test_objects_keep_only_their_window(segmenter):
