@@ -99,8 +99,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.clicks.honour_margin = 3.0
     # The four extreme points lie on the object: the same bump (standard deviation
     # points_width crop px, 0 = off) lowers the level set at each of them until it is
-    # points_margin px inside, at inference (prediction, evaluation, the simulated
-    # user), not in the training loss. Needs no click channels.
+    # points_margin px inside, at inference (prediction, evaluation), not in training.
+    # Needs no click channels.
     c.clicks.points_width = 0.0
     c.clicks.points_margin = 0.5
 

@@ -99,7 +99,12 @@ def evolve(phi_init: jax.Array, outputs: dict, config, *, return_trajectory: boo
 
 
 def honour_clicks(
-    phi_t: jax.Array, clicks, config, threshold: float | None = None, points=None
+    phi_t: jax.Array,
+    clicks,
+    config,
+    threshold: float | None = None,
+    points=None,
+    honour_points=None,
 ) -> jax.Array:
     """`phi_t` made to contain the four extreme points (`clicks.points_width > 0`)
     and then to agree with the corrective clicks (`clicks.enabled` and
@@ -107,20 +112,26 @@ def honour_clicks(
 
     The extreme points lie on the object, but the network's contour often passes a
     pixel inside them where the image's strongest edge is not the object's border
-    (docs/history.md, "The answer contains its own clicks"). The training loss calls
-    this without `points`: its points are jittered off the object on purpose
-    (`data.pert`), and it trains the network's own answer.
+    (docs/history.md, "The answer contains its own clicks"). Training does not honour
+    them (the loss passes no `points`, the simulated user `honour_points` = 0): its
+    points are jittered off the object on purpose (`data.pert`), and it trains the
+    network's own answer.
 
     Args:
       phi_t: `(B, R, R, 1)` evolved level sets, crop px.
       clicks: `(B, K, 3)` crop px, or None (no corrective clicks).
       threshold: the mask threshold (default `levelset.threshold`).
       points: `(B, 4, 2)` the extreme points, crop px, or None (not honoured).
+      honour_points: `(B,)` 1 where a crop's points are a person's clicks, 0 where they
+        are derived (e.g. from a neighbouring slice's answer) and not honoured; None: 1.
     """
     k = config.clicks
     threshold = float(config.levelset.threshold if threshold is None else threshold)
     if points is not None and k.points_width > 0:
-        pos = jnp.concatenate([points, jnp.ones_like(points[..., :1])], axis=-1)
+        sign = jnp.ones_like(points[..., :1])  # a zero sign is an empty slot: no bump
+        if honour_points is not None:
+            sign = sign * jnp.asarray(honour_points, sign.dtype)[:, None, None]
+        pos = jnp.concatenate([points, sign], axis=-1)
         phi_t = corrections.honour_clicks(
             phi_t,
             pos,
@@ -149,6 +160,7 @@ def predict_crops(
     config,
     return_trajectory: bool = False,
     threshold: float | None = None,
+    honour_points=None,
 ):
     """Network (eval mode) + evolution on crops. Pure; jit it.
 
@@ -157,6 +169,7 @@ def predict_crops(
       image: `(B, R, R, 3)` normalised crops; points: `(B, 4, 2)` crop px.
       clicks: `(B, K, 3)` corrective clicks in crop px, or None (see `model_inputs`).
       threshold: the mask threshold the points and clicks are honoured against.
+      honour_points: `(B,)` which crops' points are honoured (`honour_clicks`).
 
     Returns:
       the network's dict plus `phi_t` `(B, R, R, 1)`, the evolved level set made to
@@ -169,7 +182,7 @@ def predict_crops(
         out["phi_t"], out["trajectory"] = res
     else:
         out["phi_t"] = res
-    out["phi_t"] = honour_clicks(out["phi_t"], clicks, config, threshold, points)
+    out["phi_t"] = honour_clicks(out["phi_t"], clicks, config, threshold, points, honour_points)
     return out
 
 

@@ -564,7 +564,7 @@ class Segmenter:
         """Corrective clicks per object the model takes (0 without click channels)."""
         return int(self.config.clicks.max_clicks) if self.takes_corrections else 0
 
-    def _predict(self, variables, image, points, clicks):
+    def _predict(self, variables, image, points, clicks, honour_points):
         # Always with the trajectory (T+1 small crops per object) and the click slots:
         # one compiled program serves every call.
         self.trace_count += 1  # Python side effect: runs only while tracing
@@ -577,6 +577,7 @@ class Segmenter:
             config=self.config,
             return_trajectory=True,
             threshold=self.threshold,
+            honour_points=honour_points,
         )
 
     def check_accepts(self, corrections, object_ids=None) -> None:
@@ -658,6 +659,7 @@ class Segmenter:
         reorder: bool = False,
         corrections=None,
         object_ids=None,
+        honour_points: bool = True,
     ) -> Segmentation:
         """Segments the objects of one image from their four extreme points each.
 
@@ -676,6 +678,9 @@ class Segmenter:
             `(x, y, sign)` image px (see the module doc); None for none at all.
           object_ids: how errors name each object, e.g. the caller's own numbers when
             it segments some of its objects per call (default 1, 2, ...).
+          honour_points: the points are a person's clicks, which the answer is made
+            to contain (`clicks.points_width`); False for points derived by a program
+            (a neighbouring slice's answer), which are only the network's guidance.
 
         Returns:
           Segmentation with one ObjectResult per object, in the order given.
@@ -728,7 +733,8 @@ class Segmenter:
         batch_clicks = np.stack([c for c, _ in crop_clicks] + [crop_clicks[0][0]] * (size - n))
         t1 = time.perf_counter()
         traces = self.trace_count
-        out = self._fn(self.variables, batch_img, batch_pts, batch_clicks)
+        honour = np.full((size,), float(honour_points), np.float32)
+        out = self._fn(self.variables, batch_img, batch_pts, batch_clicks, honour)
         keys = (
             ["phi_t"]
             + (["trajectory"] if return_trajectory else [])

@@ -170,9 +170,19 @@ def simulate_corrections(variables, batch, rng, *, model, config):
     variables = jax.lax.stop_gradient(variables)
     gt = batch["mask"][..., 0] > 0.5
 
+    # the network's own answers, as the loss sees them: training's points are jittered
+    # off the object on purpose, so they are not honoured (`clicks.points_width`)
+    not_honoured = jnp.zeros(batch["image"].shape[:1], jnp.float32)
+
     def one_round(_, clicks):
         out = inference.predict_crops(
-            variables, batch["image"], batch["points"], clicks, model=model, config=config
+            variables,
+            batch["image"],
+            batch["points"],
+            clicks,
+            model=model,
+            config=config,
+            honour_points=not_honoured,
         )
         pred = out["phi_t"][..., 0] <= config.levelset.threshold
         return corrections.add_click(clicks, jax.vmap(corrections.next_click)(pred, gt))

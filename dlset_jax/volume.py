@@ -257,8 +257,14 @@ def _signed_distance(mask):
     return ndimage.distance_transform_edt(~mask) - ndimage.distance_transform_edt(mask)
 
 
-def _segment(seg, image, points, clicks, spacing):
-    o = seg.segment(image, [points], spacing, corrections=[clicks]).objects[0]
+def _segment(seg, image, points, clicks, spacing, clicked: bool = False):
+    """One slice. `clicked`: the points are the user's, which the answer must contain;
+    points taken from a neighbouring slice's answer are guidance only (honouring them
+    grows a structure slice by slice: the 3-D benchmark's putamina 80.2 / 85.4 -> 70.1 /
+    75.5, docs/history.md, "The answer contains its own clicks")."""
+    o = seg.segment(image, [points], spacing, corrections=[clicks], honour_points=clicked).objects[
+        0
+    ]
     return o.mask, o
 
 
@@ -386,7 +392,7 @@ def propagate(
     corrections = _check_corrections(seg, corrections, vol, extent)
     edits = _check_edits(edits, n)
     labels = np.zeros(vol.shape[:3], bool)
-    mask, o = _segment(seg, vol[start], points, corrections.get(start), spacing)
+    mask, o = _segment(seg, vol[start], points, corrections.get(start), spacing, clicked=True)
     mask = _edited(edits, start, mask)
     labels[start] = mask
     facts = {start: _fact(start, "clicks", o, mask, start in edits)}
@@ -458,7 +464,8 @@ def repropagate(
             labels[s] = False
     pts = np.asarray(facts[slice_index]["points"])
     corr = {slice_index: clicks}
-    mask, o = _segment(seg, vol[slice_index], pts, clicks, spacing)
+    clicked = facts[slice_index]["source"] == "clicks"
+    mask, o = _segment(seg, vol[slice_index], pts, clicks, spacing, clicked=clicked)
     mask = _edited(edits, slice_index, mask)
     labels[slice_index] = mask
     edited = slice_index in edits

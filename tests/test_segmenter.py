@@ -347,6 +347,11 @@ def test_the_answer_contains_its_four_points_when_asked(random_model, rng):
         res = seglib.Segmenter(cfg, variables, bucket_size=2, threshold=low).segment(img, pts)
         for o, p in zip(res.objects, pts):
             assert (o.mask[p[:, 1], p[:, 0]] == inside).all()
+    # points a program derived (a neighbouring slice's answer) are guidance only
+    seg = seglib.Segmenter(c, variables, bucket_size=2, threshold=low)
+    derived = seg.segment(img, pts, honour_points=False)
+    for o, p in zip(derived.objects, plain.objects):
+        np.testing.assert_allclose(o.phi_window, p.phi_window, atol=1e-6)
 
 
 def test_objects_keep_only_their_window(segmenter):

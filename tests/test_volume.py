@@ -45,11 +45,22 @@ class Oracle:
 
     def __init__(self):
         self.calls = []
+        self.honoured = []  # per call: whether the points were to be honoured
 
-    def segment(self, image, points_list, spacing=None, classes=None, *, corrections=None):
+    def segment(
+        self,
+        image,
+        points_list,
+        spacing=None,
+        classes=None,
+        *,
+        corrections=None,
+        honour_points=True,
+    ):
         pts, _ = seglib.check_points(points_list[0], image.shape)
         clicks = seglib.check_corrections((corrections or [None])[0], image.shape)
         self.calls.append((image, pts, clicks))
+        self.honoured.append(honour_points)
         h, w = image.shape[:2]
         y0, y1 = max(int(pts[:, 1].min()) - 2, 0), min(int(pts[:, 1].max()) + 3, h)
         x0, x1 = max(int(pts[:, 0].min()) - 2, 0), min(int(pts[:, 0].max()) + 3, w)
@@ -96,8 +107,8 @@ class Blob(Oracle):
         super().__init__()
         self.mask = mask
 
-    def segment(self, image, points_list, spacing=None, classes=None, *, corrections=None):
-        out = super().segment(image, points_list, spacing, classes, corrections=corrections)
+    def segment(self, image, points_list, spacing=None, classes=None, **kwargs):
+        out = super().segment(image, points_list, spacing, classes, **kwargs)
         out.objects[0].mask = self.mask.copy()
         return out
 
@@ -173,8 +184,12 @@ def test_corrections_reach_their_slice_and_repropagate_beyond_it():
     oracle = Oracle()
     res = volume.propagate(oracle, vol, 10, start_points(ball, 10), extent=(6, 14), **EXACT)
     assert not res.labels[12, 28, 29]
+    # only the user's points are honoured (`clicks.points_width`), not those taken from
+    # a neighbouring slice's answer
+    assert oracle.honoured == [True] + [False] * 8
     # a positive click on slice 12 outside the ball (inside the crop box)
     oracle.calls.clear()
+    oracle.honoured.clear()
     click = [[29, 28, 1]]
     again = volume.repropagate(oracle, vol, res, 12, click, **EXACT)
     assert again.labels[12, 27:30, 28:31].all()
@@ -184,6 +199,7 @@ def test_corrections_reach_their_slice_and_repropagate_beyond_it():
     images = [c[0] for c in oracle.calls]
     assert len(images) == 3 and np.array_equal(images[0], vol[12])
     np.testing.assert_array_equal(oracle.calls[0][2], click)
+    assert oracle.honoured == [False] * 3  # slice 12's points were propagated ones
     assert again.slices[6]["corrections"] == [[29.0, 28.0, 1.0]]
     # the same clicks given up front
     direct = volume.propagate(
@@ -196,8 +212,10 @@ def test_corrections_reach_their_slice_and_repropagate_beyond_it():
     assert len(oracle.calls) == 5 and not len(oracle.calls[3][2]) and len(oracle.calls[0][2])
     np.testing.assert_array_equal(two.labels, again.labels)
     # on the start slice both directions are redone
-    start = volume.repropagate(Oracle(), vol, res, 10, [[22, 24, -1]], **EXACT)
+    oracle = Oracle()
+    start = volume.repropagate(oracle, vol, res, 10, [[22, 24, -1]], **EXACT)
     assert not start.labels[10, 24, 22] and start.stops == res.stops
+    assert oracle.honoured == [True] + [False] * 8  # the user's own points again
 
 
 def lobe_volume():
