@@ -7,8 +7,9 @@ docs/data.md), grey and colour, objects from 8 px to the whole image, with a fif
 the training objects from the simulated prostate MR and fundus sets. Crops and click
 jitter scale with the object; faint crops are stretched to a contrast floor; plain BCE
 on the evolved level set (the class-balanced BCE of eq. 6 pushes contours outwards); a
-cosine schedule over the whole run. Sized for a 2-core CPU (25 to 50 minutes with the
-data generation, by the machine; README).
+cosine schedule over the whole run. At inference the level set is lowered around each
+of the four points until they are inside the mask (`clicks.points_width`). Sized for a
+2-core CPU (25 to 50 minutes with the data generation, by the machine; README).
 
     python train.py --config configs/default.py --workdir workdirs/default
 
@@ -50,6 +51,10 @@ def get_config(variant="four_clicks"):
     # a crop spanning fewer than 64 grey levels is stretched to 64: a CT organ in a
     # -1000..+1000 HU window looks as contrasted as the training images' objects
     c.data.contrast_floor = 64.0
+    # the answer contains its four points (the width chosen on 300 objects of the
+    # domain_random validation split, DSC %: 86.3 without, 86.6 / 86.7 / 86.7 / 86.7 /
+    # 86.7 at 4 / 8 / 12 / 16 / 24 crop px; docs/history.md)
+    c.clicks.points_width = 12.0
     c.loss.update(balanced=False, warmup_epochs=0.3)
     c.train.update(num_epochs=1, num_steps=3000, log_every=50, checkpoint_every=250)
     # the mask threshold chosen on the validation split of the same generator
