@@ -235,7 +235,8 @@ def worst_cases_figure(segmenter, objects, result, path: str, n: int = 6) -> Non
 
     recs = result[min(result)]["records"]
     order = np.argsort([r["dsc"] for r in recs])[:n]
-    fig = Figure(figsize=(2.4 * len(order), 2.8))
+    # constrained layout keeps the figure's title off the tallest panel's
+    fig = Figure(figsize=(2.4 * len(order), 2.8), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(order), squeeze=False)[0]
     for ax, i in zip(axes, order, strict=True):
