@@ -48,7 +48,7 @@ FROZEN_FIELDS = (
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled_predict(model, config_json: str, mesh: Mesh, threshold: float):
+def _compiled_predict(model, config_json: str, mesh: Mesh, threshold: float | None):
     config = ml_collections.ConfigDict(json.loads(config_json))
     data = NamedSharding(mesh, P("data"))
     return jax.jit(
@@ -71,7 +71,10 @@ def _iterate_predictions(
     """
     if predict is None:
         mesh = parallel.local_mesh()
-        fn = _compiled_predict(model, config.to_json(), mesh, float(threshold))
+        # the threshold shapes the program only where the points are honoured against
+        # it: otherwise one compilation serves the sweep and the scoring
+        honoured = float(threshold) if config.clicks.points_width > 0 else None
+        fn = _compiled_predict(model, config.to_json(), mesh, honoured)
         variables = parallel.to_local(variables, mesh)
         sharding = NamedSharding(mesh, P("data"))
     objects = pipeline.ObjectSource(source)
