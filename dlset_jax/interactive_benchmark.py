@@ -38,9 +38,8 @@ JITTERS = (1, 2, 4)
 
 
 def _dice(a, b) -> float:
-    """DSC of 2-D masks, or of volumes (`(S, H, W)`, as one stack of rows: DSC counts)."""
-    a, b = np.asarray(a), np.asarray(b)
-    return float(metrics.dice(a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])))
+    """DSC of 2-D masks, or of `(S, H, W)` volumes (voxel counts)."""
+    return float(metrics.volume_overlap(a, b)["dsc"])
 
 
 def click_curve(seg, obj: dict, points, max_clicks: int = MAX_CLICKS) -> dict:

@@ -73,6 +73,7 @@ __all__ = [
     "dice",
     "iou",
     "rvd",
+    "volume_overlap",
     "surface_distances",
     "hausdorff",
     "hd95",
@@ -170,6 +171,20 @@ def rvd(pred: Any, gt: Any) -> float:
     if ng == 0:
         return 0.0 if ns == 0 else math.inf
     return 100.0 * (ns - ng) / ng
+
+
+def volume_overlap(pred: Any, gt: Any) -> dict[str, float]:
+    """`dice`, `iou` and `rvd` of two `(S, H, W)` volumes (or `(H, W)` masks), counted
+    over all voxels: the slices stacked into one `(S * H, W)` mask, so each is the 2-D
+    definition above with voxel counts (volumetric DSC of a propagated structure)."""
+    p, g = np.asarray(pred), np.asarray(gt)
+    if p.ndim not in (2, 3) or p.shape != g.shape:
+        raise ValueError(
+            f"pred and gt must be (S, H, W) volumes or (H, W) masks of one shape; got "
+            f"{p.shape} and {g.shape}"
+        )
+    p, g = p.reshape(-1, p.shape[-1]), g.reshape(-1, g.shape[-1])
+    return {"dsc": dice(p, g), "iou": iou(p, g), "rvd": rvd(p, g)}
 
 
 # --------------------------------------------------------------------------

@@ -23,7 +23,10 @@ Outputs in `out_dir` (PREFIX = `prefix` or the input's name), written all or not
                           (and how many NaN / inf intensities `nonfinite="min"` read as
                           the lowest finite one),
                           warnings about the clicks, timings, and with `ground_truth`
-                          the metrics of eval.py; each object's `contours`: its outline
+                          the metrics of eval.py (on each clicked slice; for a
+                          propagated structure also `volume_metrics`: its volumetric
+                          DSC / IoU / RVD, voxels, mm^3 and slices against its ground
+                          truth through the volume); each object's `contours`: its outline
                           as closed polylines of `[x, y]` px in the clicks' coordinates
                           (the level set's sub-pixel contour, `outlines.level_lines`;
                           for a volume on the slice as shown, and each propagated
@@ -31,7 +34,9 @@ Outputs in `out_dir` (PREFIX = `prefix` or the input's name), written all or not
 With `ground_truth` (a mask / label map image, or a label volume for NIfTI input), the
 ground truth of object k is: the label value in its points-file `label` column when
 given; else, for a mask with a single non-zero value, the connected component of the
-mask that overlaps the object's four-point polygon most; else label value k.
+mask that overlaps the object's four-point polygon most; else label value k. Through a
+volume (`propagate`) the same rule holds, the connected part taken in 3-D
+(`volume_ground_truth`).
 """
 
 from __future__ import annotations
@@ -254,6 +259,12 @@ def read_ground_truth(path: str, inp: dict, req):
     return lambda i: lab
 
 
+def _by_component(labels, obj) -> bool:
+    """Whether object k's ground truth is the mask's connected part under its clicks (a
+    mask with one non-zero value and no `label` column) rather than a label value."""
+    return obj.get("label") is None and len(np.unique(labels[labels != 0])) == 1
+
+
 def ground_truth_mask(labels, obj, k, baseline, path):
     """The object's ground-truth mask (rule in the README / --help)."""
     from scipy import ndimage
@@ -261,22 +272,54 @@ def ground_truth_mask(labels, obj, k, baseline, path):
     if obj.get("label") is not None:
         gt = labels == obj["label"]
         what = f"label {obj['label']}"
+    elif _by_component(labels, obj):  # a binary mask: the component under the clicks
+        comp, n = ndimage.label(labels != 0)
+        overlap = np.bincount(comp[baseline], minlength=n + 1)[1:] if n else np.zeros(0)
+        gt = comp == (int(np.argmax(overlap)) + 1) if n and overlap.max() > 0 else labels != 0
+        what = "the mask's component under the clicks"
     else:
-        values = np.unique(labels[labels != 0])
-        if len(values) == 1:  # a binary mask: the component under the object's clicks
-            comp, n = ndimage.label(labels != 0)
-            overlap = np.bincount(comp[baseline], minlength=n + 1)[1:] if n else np.zeros(0)
-            gt = comp == (int(np.argmax(overlap)) + 1) if n and overlap.max() > 0 else labels != 0
-            what = "the mask's component under the clicks"
-        else:
-            gt = labels == k
-            what = f"label {k} (object number)"
+        gt = labels == k
+        what = f"label {k} (object number)"
     if not gt.any():
         raise RequestError(
             f"{path}: no ground truth for object {k} ({what} is empty); give a 'label' "
             "column in the points file"
         )
     return gt
+
+
+def volume_ground_truth(stack, start: int, obj, k, clicked_truth):
+    """Object k's ground truth through the volume, `(S, H, W)` bool, by the rule that
+    gave `clicked_truth` on its clicked slice `start` (`ground_truth_mask`): its label
+    value, or for a mask of one value the 3-D connected part of the mask that holds the
+    clicked slice's truth."""
+    from scipy import ndimage
+
+    if not _by_component(stack[start], obj):
+        return stack == (obj["label"] if obj.get("label") is not None else k)
+    comp, _ = ndimage.label(stack != 0)
+    return comp == np.bincount(comp[start][clicked_truth]).argmax()
+
+
+def volume_scores(pred, truth, voxel_mm3: float | None) -> dict:
+    """Volumetric DSC / IoU / RVD of a propagated object (`metrics.volume_overlap`),
+    its voxel counts (and mm^3) and the slices each spans."""
+    from dlset_jax import metrics as metrics_lib
+
+    def span(m):
+        zs = np.nonzero(m.any(axis=(1, 2)))[0]
+        return [int(zs.min()), int(zs.max())] if len(zs) else None
+
+    rec = metrics_lib.volume_overlap(pred, truth)
+    rec.update(
+        voxels=int(pred.sum()),
+        truth_voxels=int(truth.sum()),
+        slices=span(pred),
+        truth_slices=span(truth),
+    )
+    if voxel_mm3:
+        rec.update(volume_mm3=rec["voxels"] * voxel_mm3, truth_mm3=rec["truth_voxels"] * voxel_mm3)
+    return rec
 
 
 def png_bytes(arr) -> bytes:
@@ -430,6 +473,7 @@ def run(req: Request) -> dict:
     stem = req.prefix or file_stem(req.image)
     intensity = inp.get("intensity")
     files, per_object, metrics, slices = {}, {}, [], []
+    clicked_truth = {}  # object -> its ground truth on its clicked slice
     for i in sorted(groups, key=lambda v: -1 if v is None else v):
         ks = groups[i]
         res = seg.segment(
@@ -459,6 +503,7 @@ def run(req: Request) -> dict:
                 )
                 for o in res.objects
             ]
+            clicked_truth.update({o.index + 1: g for o, g in zip(res.objects, gts, strict=True)})
             for rec in segmenter.score_objects(res, gts):
                 metrics.append(dict(rec, **({"slice": i} if i is not None else {})))
         name = f"{stem}_overlay.png" if i is None else f"{stem}_overlay_slice{i:03d}.png"
@@ -471,7 +516,23 @@ def run(req: Request) -> dict:
         dtype = np.uint8 if len(objects) < 256 else np.uint16
         maps = {s["slice"]: s.pop("label_map") for s in slices}
         if req.propagate:
-            maps = _propagate(seg, inp, objects, spacing, per_object, maps, dtype)
+            maps, walked = _propagate(seg, inp, objects, spacing, per_object, maps, dtype)
+            if gt_of is not None:  # the whole structure scored, not only its clicked slice
+                truth = np.stack([gt_of(z) for z in range(inp["n_frames"])])
+                voxel = float(np.prod(inp["zooms"][:3]))
+                volume_metrics = [
+                    dict(
+                        object=k,
+                        **volume_scores(
+                            pred,
+                            volume_ground_truth(
+                                truth, objects[k - 1]["slice"], objects[k - 1], k, clicked_truth[k]
+                            ),
+                            voxel,
+                        ),
+                    )
+                    for k, pred in walked.items()
+                ]
         labels = label_volume(inp, maps, dtype)
         gz = kind == "dicom_series" or req.image.lower().endswith(".gz")
         files[f"{stem}_mask.nii" + (".gz" if gz else "")] = nifti_bytes(
@@ -498,6 +559,8 @@ def run(req: Request) -> dict:
         },
         "outputs": sorted(list(files) + [f"{stem}_summary.json"]),
     }
+    if req.propagate and gt_of is not None:
+        summary["volume_metrics"] = volume_metrics
     if metrics:
         from dlset_jax import metrics as metrics_lib
 
@@ -572,11 +635,12 @@ def _check_corrections_on(obj, k, start, inp, propagate):
 
 def _propagate(seg, inp, objects, spacing, per_object, maps, dtype):
     """Each object through the volume from its slice (`volume.propagate`); returns the
-    per-slice label maps with the propagated objects painted in order."""
+    per-slice label maps with the propagated objects painted in order, and each
+    object's own `(S, H, W)` mask."""
     from dlset_jax import volume
 
     stack = np.stack([frame(inp, i) for i in range(inp["n_frames"])])
-    maps = dict(maps)
+    maps, walked = dict(maps), {}
     for k, obj in enumerate(objects, 1):
         corr = dict(obj["corrections_on"])
         if len(obj["corrections"]):
@@ -601,7 +665,8 @@ def _propagate(seg, inp, objects, spacing, per_object, maps, dtype):
         for f in res.slices:
             z = f["slice"]
             maps.setdefault(z, np.zeros(stack.shape[1:3], dtype))[res.labels[z]] = k
-    return maps
+        walked[k] = res.labels
+    return maps, walked
 
 
 def _json_default(v):
@@ -639,6 +704,13 @@ def report_lines(summary: dict, out_dir: str) -> list[str]:
             f"object {m['object']}: DSC {m['dsc']:.3f} (four-point polygon "
             f"{m['baseline_dsc']:.3f}), HD {m['hd']:.2f} {m['units']}, "
             f"ABD {m['abd']:.2f} {m['units']}"
+        )
+    for m in summary.get("volume_metrics", []):
+        where = "slices {}..{}".format(*m["slices"]) if m["slices"] else "no slice"
+        lines.append(
+            f"object {m['object']} through the volume: DSC {m['dsc']:.3f}, RVD "
+            f"{m['rvd']:+.1f} %, {m['voxels']} voxels on {where} (truth {m['truth_voxels']}"
+            " on slices {}..{})".format(*m["truth_slices"])
         )
     lines.append(
         f"threshold {summary['threshold']:g} ({summary['threshold_source']}); "

@@ -444,3 +444,18 @@ def test_edge_strength_averages_both_sides_of_the_boundary():
     outer = ndimage.binary_dilation(mask, cross) & ~mask
     grad = ndimage.gaussian_gradient_magnitude(img, 0.7)
     assert M.edge_strength(img, mask) == pytest.approx(grad[inner | outer].mean(), rel=1e-12)
+
+
+def test_volume_overlap_counts_voxels_over_all_slices():
+    rng = np.random.default_rng(3)
+    p, g = rng.random((2, 5, 9, 7)) < 0.4
+    inter, ps, gs = (p & g).sum(), p.sum(), g.sum()
+    got = M.volume_overlap(p, g)
+    assert got["dsc"] == pytest.approx(2 * inter / (ps + gs))
+    assert got["iou"] == pytest.approx(inter / (p | g).sum())
+    assert got["rvd"] == pytest.approx(100 * (ps - gs) / gs)
+    assert M.volume_overlap(p[0], g[0])["dsc"] == pytest.approx(M.dice(p[0], g[0]))
+    with pytest.raises(ValueError, match="one shape"):
+        M.volume_overlap(p, g[:4])
+    with pytest.raises(ValueError, match="one shape"):
+        M.volume_overlap(p[None], g[None])

@@ -830,6 +830,85 @@ def test_cli_propagation_input_errors(capsys, tmp_path, random_model, ellipse_pn
         _assert_one_line_error(code, err, needle, out)
 
 
+def test_cli_scores_a_propagated_structure_through_the_volume(capsys, tmp_path, random_model):
+    """With --propagate and a ground-truth volume, each structure is scored through the
+    volume (not only on its clicked slice), against the 3-D connected part of a binary
+    mask that holds the clicked slice's truth (here: not the second blob beside it),
+    or against its label value in a label volume; the figures are those of the written
+    label volume."""
+    import nibabel as nib
+
+    imgs, masks, others = [], [], []
+    for z in range(6):  # an ellipse on slices 1..4, a second blob on slices 0..5
+        img, m = ellipse_image(np.random.default_rng(z), center=(30, 24), axes=(12, 8))
+        m = m if 1 <= z <= 4 else np.zeros_like(m)
+        other = np.zeros_like(m)
+        other[50:58, 50:58] = True
+        imgs.append(np.where(m | other, img, 40).astype(np.uint8))
+        masks.append(m)
+        others.append(other)
+    to_nifti = lambda a: np.stack([np.rot90(x, k=-1) for x in a], axis=-1)  # noqa: E731
+    affine = np.diag([0.5, 0.5, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(to_nifti(imgs), affine), tmp_path / "v.nii.gz")
+    binary = to_nifti([m | o for m, o in zip(masks, others, strict=True)]).astype(np.uint8)
+    nib.save(nib.Nifti1Image(binary, affine), tmp_path / "gt.nii.gz")
+    labelled = to_nifti([2 * m + 5 * o for m, o in zip(masks, others, strict=True)])
+    nib.save(nib.Nifti1Image(labelled.astype(np.uint8), affine), tmp_path / "lab.nii.gz")
+    pts = " ".join(f"{x:g},{y:g}" for x, y in targets.extreme_points(masks[2]))
+    truth = np.stack(masks)
+    clicks = {"points": targets.extreme_points(masks[2]).tolist(), "slice": 2, "label": 2}
+    (tmp_path / "p.json").write_text(json.dumps(clicks))  # names the object's label value
+    for gt_file, flags_ in (
+        ("gt.nii.gz", ("--points", pts, "--slice", "2")),
+        ("lab.nii.gz", ("--points_file", tmp_path / "p.json")),
+    ):
+        out = tmp_path / gt_file.split(".")[0]
+        code, printed, err = _cli_in(
+            capsys,
+            random_model[0],
+            tmp_path / "v.nii.gz",
+            out,
+            *flags_,
+            "--propagate",
+            "--extent",
+            "1,4",
+            "--ground_truth",
+            tmp_path / gt_file,
+        )
+        assert code == 0, err
+        labels = np.asarray(nib.load(out / "v_mask.nii.gz").dataobj)
+        pred = np.stack([np.rot90(labels[..., z]) for z in range(6)]) == 1
+        summ = json.loads((out / "v_summary.json").read_text())
+        (vm,) = summ["volume_metrics"]
+        inter = int((pred & truth).sum())
+        assert vm["object"] == 1
+        assert vm["dsc"] == pytest.approx(2 * inter / (pred.sum() + truth.sum()))
+        assert vm["iou"] == pytest.approx(inter / (pred | truth).sum())
+        assert vm["rvd"] == pytest.approx(100 * (pred.sum() - truth.sum()) / truth.sum())
+        assert (vm["voxels"], vm["truth_voxels"]) == (int(pred.sum()), int(truth.sum()))
+        assert vm["truth_mm3"] == pytest.approx(truth.sum() * 0.5 * 0.5 * 2.0)
+        assert vm["truth_slices"] == [1, 4]
+        assert [m["slice"] for m in summ["metrics"]] == [2]  # the clicked slice, as before
+        assert any(
+            line.startswith("object 1 through the volume: DSC ") for line in printed.splitlines()
+        )
+    # without --propagate nothing is scored through the volume
+    code, _, err = _cli_in(
+        capsys,
+        random_model[0],
+        tmp_path / "v.nii.gz",
+        tmp_path / "flat",
+        "--points",
+        pts,
+        "--slice",
+        "2",
+        "--ground_truth",
+        tmp_path / "gt.nii.gz",
+    )
+    assert code == 0, err
+    assert "volume_metrics" not in json.loads((tmp_path / "flat" / "v_summary.json").read_text())
+
+
 def test_cli_corrective_clicks_on_other_slices_act_through_propagation(
     capsys, tmp_path, random_click_model
 ):
