@@ -438,6 +438,7 @@ def run(req: Request) -> dict:
                 raise RequestError(
                     f"object {k}: slice {idx} out of range (0..{inp['n_frames'] - 1})"
                 )
+            obj["slice"] = idx  # where propagation starts (a one-slice volume: 0)
         elif idx not in (None, 0):
             raise RequestError(f"object {k}: slice {idx} given for a 2-D image")
         else:

@@ -1074,9 +1074,10 @@ def test_cli_nan_background_refused_then_read_as_the_minimum(capsys, tmp_path, r
 
 
 def test_cli_a_2d_nifti_is_a_volume_of_one_slice(capsys, tmp_path, random_model):
-    """A 2-D NIfTI (a radiograph) and a one-slice volume need no --slice; both give
-    the answer for that slice that the same image as a PNG gives (the slice shown
-    rotated as every volume slice is), saved on the file's grid."""
+    """A 2-D NIfTI (a radiograph) and a one-slice volume need no --slice (with
+    --propagate neither); both give the answer for that slice that the same image as a
+    PNG gives (the slice shown rotated as every volume slice is), saved on the file's
+    grid."""
     import nibabel as nib
 
     vol, _, masks = _volume(np.random.default_rng(4), n=1)
@@ -1104,3 +1105,18 @@ def test_cli_a_2d_nifti_is_a_volume_of_one_slice(capsys, tmp_path, random_model)
         np.testing.assert_array_equal(np.rot90(np.asarray(got.dataobj)[..., 0]) > 0, want)
         summ = json.loads((out / f"{name}_summary.json").read_text())
         assert summ["spacing_mm"] == pytest.approx([0.9, 0.6])
+        # --propagate too: its one slice is where the walk starts and ends
+        code, _, err = _cli_in(
+            capsys,
+            random_model[0],
+            tmp_path / f"{name}.nii.gz",
+            out,
+            "--points",
+            pts,
+            "--propagate",
+        )
+        assert code == 0, err
+        got = np.asarray(nib.load(out / f"{name}_mask.nii.gz").dataobj)
+        np.testing.assert_array_equal(np.rot90(got[..., 0]) > 0, want)
+        prop = json.loads((out / f"{name}_summary.json").read_text())["objects"][0]["propagation"]
+        assert [f["slice"] for f in prop["slices"]] == [0]
