@@ -847,7 +847,10 @@ def test_cli_scores_a_propagated_structure_through_the_volume(capsys, tmp_path, 
         imgs.append(np.where(m | other, img, 40).astype(np.uint8))
         masks.append(m)
         others.append(other)
-    to_nifti = lambda a: np.stack([np.rot90(x, k=-1) for x in a], axis=-1)  # noqa: E731
+
+    def to_nifti(slices):  # shown slices -> the NIfTI's array order
+        return np.stack([np.rot90(x, k=-1) for x in slices], axis=-1)
+
     affine = np.diag([0.5, 0.5, 2.0, 1.0])
     nib.save(nib.Nifti1Image(to_nifti(imgs), affine), tmp_path / "v.nii.gz")
     binary = to_nifti([m | o for m, o in zip(masks, others, strict=True)]).astype(np.uint8)
