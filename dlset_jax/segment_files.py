@@ -25,10 +25,11 @@ Outputs in `out_dir` (PREFIX = `prefix` or the input's name), written all or not
                           warnings about the clicks, timings, and with `ground_truth`
                           the metrics of eval.py (on each clicked slice; for a
                           propagated structure also `volume_metrics`: its volumetric
-                          DSC / IoU / RVD, voxels, mm^3 and slices against its ground
-                          truth through the volume); each object's `contours`: its outline
-                          as closed polylines of `[x, y]` px in the clicks' coordinates
-                          (the level set's sub-pixel contour, `outlines.level_lines`;
+                          DSC / IoU / RVD, voxels, mm^3, slices and per-slice DSC against
+                          its ground truth through the volume); each object's
+                          `contours`: its outline as closed polylines of `[x, y]` px
+                          in the clicks' coordinates (the level set's sub-pixel
+                          contour, `outlines.level_lines`;
                           for a volume on the slice as shown, and each propagated
                           slice's outline of its kept mask under `propagation`)
 With `ground_truth` (a mask / label map image, or a label volume for NIfTI input), the
@@ -303,7 +304,8 @@ def volume_ground_truth(stack, start: int, obj, k, clicked_truth):
 
 def volume_scores(pred, truth, voxel_mm3: float | None) -> dict:
     """Volumetric DSC / IoU / RVD of a propagated object (`metrics.volume_overlap`),
-    its voxel counts (and mm^3) and the slices each spans."""
+    its voxel counts (and mm^3), the slices each spans, and `per_slice` (DSC and areas
+    on every slice either holds: where along the walk the structure was lost)."""
     from dlset_jax import metrics as metrics_lib
 
     def span(m):
@@ -316,6 +318,15 @@ def volume_scores(pred, truth, voxel_mm3: float | None) -> dict:
         truth_voxels=int(truth.sum()),
         slices=span(pred),
         truth_slices=span(truth),
+        per_slice=[
+            {
+                "slice": int(z),
+                "dsc": metrics_lib.dice(pred[z], truth[z]),
+                "area_px": int(pred[z].sum()),
+                "truth_px": int(truth[z].sum()),
+            }
+            for z in np.nonzero((pred | truth).any(axis=(1, 2)))[0]
+        ],
     )
     if voxel_mm3:
         rec.update(volume_mm3=rec["voxels"] * voxel_mm3, truth_mm3=rec["truth_voxels"] * voxel_mm3)

@@ -891,6 +891,12 @@ def test_cli_scores_a_propagated_structure_through_the_volume(capsys, tmp_path, 
         assert (vm["voxels"], vm["truth_voxels"]) == (int(pred.sum()), int(truth.sum()))
         assert vm["truth_mm3"] == pytest.approx(truth.sum() * 0.5 * 0.5 * 2.0)
         assert vm["truth_slices"] == [1, 4]
+        shown = [z for z in range(6) if (pred[z] | truth[z]).any()]
+        assert [r["slice"] for r in vm["per_slice"]] == shown
+        for r in vm["per_slice"]:
+            p, t = pred[r["slice"]], truth[r["slice"]]
+            assert (r["area_px"], r["truth_px"]) == (int(p.sum()), int(t.sum()))
+            assert r["dsc"] == pytest.approx(2 * (p & t).sum() / (p.sum() + t.sum()))
         assert [m["slice"] for m in summ["metrics"]] == [2]  # the clicked slice, as before
         assert any(
             line.startswith("object 1 through the volume: DSC ") for line in printed.splitlines()
