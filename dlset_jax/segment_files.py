@@ -333,6 +333,19 @@ def volume_scores(pred, truth, voxel_mm3: float | None) -> dict:
     return rec
 
 
+def _volume_metrics(walked, objects, gt_of, inp, clicked_truth) -> list[dict]:
+    """`volume_scores` of each propagated object (`walked`: object -> `(S, H, W)` mask)
+    against its ground truth through the volume (`volume_ground_truth`)."""
+    truth = np.stack([gt_of(z) for z in range(inp["n_frames"])])
+    voxel = float(np.prod(inp["zooms"][:3]))
+    out = []
+    for k, pred in walked.items():
+        obj = objects[k - 1]
+        gt = volume_ground_truth(truth, obj["slice"], obj, k, clicked_truth[k])
+        out.append({"object": k, **volume_scores(pred, gt, voxel)})
+    return out
+
+
 def png_bytes(arr) -> bytes:
     """A 2-D uint8 / uint16 (or RGB uint8) array as PNG file contents."""
     from PIL import Image
@@ -486,6 +499,7 @@ def run(req: Request) -> dict:
     intensity = inp.get("intensity")
     files, per_object, metrics, slices = {}, {}, [], []
     clicked_truth = {}  # object -> its ground truth on its clicked slice
+    volume_metrics = None  # propagated objects scored through the volume
     for i in sorted(groups, key=lambda v: -1 if v is None else v):
         ks = groups[i]
         res = seg.segment(
@@ -530,21 +544,7 @@ def run(req: Request) -> dict:
         if req.propagate:
             maps, walked = _propagate(seg, inp, objects, spacing, per_object, maps, dtype)
             if gt_of is not None:  # the whole structure scored, not only its clicked slice
-                truth = np.stack([gt_of(z) for z in range(inp["n_frames"])])
-                voxel = float(np.prod(inp["zooms"][:3]))
-                volume_metrics = [
-                    dict(
-                        object=k,
-                        **volume_scores(
-                            pred,
-                            volume_ground_truth(
-                                truth, objects[k - 1]["slice"], objects[k - 1], k, clicked_truth[k]
-                            ),
-                            voxel,
-                        ),
-                    )
-                    for k, pred in walked.items()
-                ]
+                volume_metrics = _volume_metrics(walked, objects, gt_of, inp, clicked_truth)
         labels = label_volume(inp, maps, dtype)
         gz = kind == "dicom_series" or req.image.lower().endswith(".gz")
         files[f"{stem}_mask.nii" + (".gz" if gz else "")] = nifti_bytes(
@@ -571,7 +571,7 @@ def run(req: Request) -> dict:
         },
         "outputs": sorted(list(files) + [f"{stem}_summary.json"]),
     }
-    if req.propagate and gt_of is not None:
+    if volume_metrics is not None:
         summary["volume_metrics"] = volume_metrics
     if metrics:
         from dlset_jax import metrics as metrics_lib
