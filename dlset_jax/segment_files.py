@@ -298,7 +298,9 @@ def volume_ground_truth(stack, start: int, obj, k, clicked_truth):
 
     if not _by_component(stack[start], obj):
         return stack == (obj["label"] if obj.get("label") is not None else k)
-    comp, _ = ndimage.label(stack != 0)
+    # the clicked slice's one value, not any non-zero value: other slices of a label
+    # volume may hold other structures touching this one
+    comp, _ = ndimage.label(stack == stack[start][clicked_truth][0])
     return comp == np.bincount(comp[start][clicked_truth]).argmax()
 
 

@@ -918,6 +918,27 @@ def test_cli_scores_a_propagated_structure_through_the_volume(capsys, tmp_path, 
     assert "volume_metrics" not in json.loads((tmp_path / "flat" / "v_summary.json").read_text())
 
 
+def test_volume_ground_truth_is_the_clicked_value_connected_in_3d():
+    """A mask whose clicked slice holds one value: the structure through the volume is
+    the 3-D connected part of that value under the clicked truth, not a touching
+    structure of another value on another slice, nor a separate blob of the same value."""
+    from dlset_jax import segment_files
+
+    stack = np.zeros((4, 8, 8), np.int64)
+    stack[1:3, 2:5, 2:5] = 3  # the structure, clicked on slice 1
+    stack[3, 2:5, 2:5] = 7  # another structure touching it from slice 3
+    stack[1:3, 6:8, 6:8] = 3  # a blob of the same value, not connected
+    clicked = stack[1] == 3
+    clicked[6:8, 6:8] = False
+    want = np.zeros(stack.shape, bool)
+    want[1:3, 2:5, 2:5] = True
+    got = segment_files.volume_ground_truth(stack, 1, {}, 1, clicked)
+    np.testing.assert_array_equal(got, want)
+    # a label value given: that value everywhere
+    got = segment_files.volume_ground_truth(stack, 1, {"label": 7}, 1, clicked)
+    np.testing.assert_array_equal(got, stack == 7)
+
+
 def test_cli_corrective_clicks_on_other_slices_act_through_propagation(
     capsys, tmp_path, random_click_model
 ):
