@@ -321,8 +321,6 @@ def read_dicom(path: str) -> dict:
     is_rgb = arr.shape[-1] == 3 and photometric not in ("MONOCHROME1", "MONOCHROME2")
     if not is_rgb:
         arr = _rescaled(ds, arr)
-        if photometric == "MONOCHROME1":
-            arr = arr.max() - arr
     sp = getattr(ds, "PixelSpacing", None) or getattr(ds, "ImagerPixelSpacing", None)
     spacing = (float(sp[0]), float(sp[1])) if sp is not None and len(sp) == 2 else None
     intensity = None
@@ -332,6 +330,10 @@ def read_dicom(path: str) -> dict:
         # for every slice of a series (a per-slice percentile stretch is not).
         arr = _windowed(arr, window)
         intensity = f"DICOM window [{window[0]:g}, {window[1]:g}]"
+    if not is_rgb and photometric == "MONOCHROME1":
+        # low values are bright; the window is defined on the stored values, so the
+        # inversion comes after it (as in read_dicom_series)
+        arr = 255 - arr if window is not None else arr.max() - arr
     if frames > 1:
         vol8 = arr if arr.dtype == np.uint8 else intensity_to_uint8(arr)
         intensity = intensity or "clipped at the 0.5 / 99.5 percentiles of all frames"

@@ -1010,6 +1010,24 @@ def test_read_dicom_applies_its_window_or_says_it_stretched(tmp_path):
     np.testing.assert_allclose(d["image"], img.astype(np.float32) * 32 - 100)
 
 
+def test_read_dicom_monochrome1_is_windowed_then_inverted(tmp_path):
+    """MONOCHROME1 (low values bright, as CR / DX radiographs store them): the window is
+    defined on the stored values, so the windowed image is inverted, not the reverse."""
+    pydicom = pytest.importorskip("pydicom")
+    img = np.random.default_rng(4).integers(0, 256, (20, 24)).astype(np.uint8)
+    for window in (True, False):
+        path = dicom_file(tmp_path / f"m1_{window}.dcm", img, window=window)
+        ds = pydicom.dcmread(path)
+        ds.PhotometricInterpretation = "MONOCHROME1"
+        ds.save_as(path)
+        d = readers.read_dicom(str(path))
+        if window:  # the window maps the stored values exactly back to img
+            np.testing.assert_array_equal(d["image"], 255 - img)
+        else:  # the rescaled values, inverted about their maximum
+            rescaled = img.astype(np.float32) * 32 - 100
+            np.testing.assert_allclose(d["image"], rescaled.max() - rescaled)
+
+
 @pytest.mark.slow
 def test_cli_dicom(capsys, tmp_path, trained_workdir, trained_segmenter):
     pytest.importorskip("pydicom")
