@@ -16,7 +16,8 @@ Outputs in `out_dir` (PREFIX = `prefix` or the input's name), written all or not
   PREFIX_mask.png         label map: 0 background, object k (1..N, given order) = k
                           (PREFIX_mask.nii[.gz] for NIfTI input: the label volume, with
                           the input's affine and header, a DICOM series' own affine;
-                          slices without points are 0)
+                          slices without points are 0; PREFIX_mask_sliceNNN.png per
+                          clicked frame of a multi-frame DICOM file)
   PREFIX_overlay.png      contours and clicks (PREFIX_overlay_sliceNNN.png per slice)
   PREFIX_summary.json     boxes, areas (mm^2 where the pixel spacing is known), the
                           threshold and where it came from, the intensity mapping
@@ -536,12 +537,14 @@ def run(req: Request) -> dict:
                 metrics.append(dict(rec, **({"slice": i} if i is not None else {})))
         name = f"{stem}_overlay.png" if i is None else f"{stem}_overlay_slice{i:03d}.png"
         files[name] = png_bytes(segmenter.overlay_image(frames[i], res))
-        if kind not in VOLUME_KINDS:
-            files[f"{stem}_mask.png"] = png_bytes(res.label_map())
-        else:
-            slices[-1]["label_map"] = res.label_map(np.uint8 if len(objects) < 256 else np.uint16)
-    if kind in VOLUME_KINDS:
+        # objects are numbered over the whole call, so the label type is the call's
         dtype = np.uint8 if len(objects) < 256 else np.uint16
+        if kind in VOLUME_KINDS:
+            slices[-1]["label_map"] = res.label_map(dtype)
+        else:  # a multi-frame DICOM: one label map per clicked frame, as the overlays
+            name = f"{stem}_mask.png" if i is None else f"{stem}_mask_slice{i:03d}.png"
+            files[name] = png_bytes(res.label_map(dtype))
+    if kind in VOLUME_KINDS:
         maps = {s["slice"]: s.pop("label_map") for s in slices}
         if req.propagate:
             maps, walked = _propagate(seg, inp, objects, spacing, per_object, maps, dtype)

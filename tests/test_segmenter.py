@@ -1028,6 +1028,36 @@ def test_read_dicom_monochrome1_is_windowed_then_inverted(tmp_path):
             np.testing.assert_allclose(d["image"], rescaled.max() - rescaled)
 
 
+def test_cli_multiframe_dicom_writes_each_clicked_frames_mask(capsys, tmp_path, random_model):
+    """A two-frame DICOM with one object on each frame: a label map per frame (the
+    objects numbered over the call), not one file that the last frame overwrites."""
+    pydicom = pytest.importorskip("pydicom")
+    wd, config, variables = random_model
+    rng = np.random.default_rng(21)
+    (img0, m0), (img1, m1) = ellipse_image(rng), ellipse_image(rng)
+    path = dicom_file(tmp_path / "mf.dcm", img0)
+    ds = pydicom.dcmread(path)
+    ds.NumberOfFrames = 2
+    ds.PixelData = (np.stack([img0, img1]).astype(np.uint16) * 16).tobytes()
+    ds.save_as(path)
+    rows = [
+        ",".join(f"{v:g}" for p in targets.extreme_points(m) for v in p) + f",{i}"
+        for i, m in enumerate((m0, m1))
+    ]
+    clicks = tmp_path / "c.csv"
+    clicks.write_text("x1,y1,x2,y2,x3,y3,x4,y4,slice\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    code, _, err = _cli_in(capsys, wd, path, out, "--points_file", clicks)
+    assert code == 0, err
+    assert not (out / "mf_mask.png").exists()
+    seg = seglib.Segmenter(config, variables)
+    for k, (img, m) in enumerate(((img0, m0), (img1, m1)), 1):
+        labels = np.asarray(Image.open(out / f"mf_mask_slice{k - 1:03d}.png"))
+        want = seg.segment(img, [targets.extreme_points(m)]).objects[0].mask
+        assert want.any()
+        np.testing.assert_array_equal(labels, np.where(want, k, 0))
+
+
 @pytest.mark.slow
 def test_cli_dicom(capsys, tmp_path, trained_workdir, trained_segmenter):
     pytest.importorskip("pydicom")
