@@ -308,6 +308,8 @@ def _walk(seg, vol, labels, facts, frm, step, limit, named, user, spacing, opts)
             return f"vanished at slice {s}"
         kept = mask if s in corrections else fuse_with_previous(mask, prev, prior_weight)
         kept = _edited(edits, s, kept)
+        if not (edited or kept.any()):  # an answer beside, not on, the last slice's
+            return f"vanished at slice {s} (the answer does not overlap slice {s - step}'s)"
         if not (named or edited) and s not in corrections and floor > 0:
             if appearance(vol[s], kept, reference) < floor:
                 return f"vanished at slice {s} (its inside looks like the clicked slice's surroundings)"

@@ -113,6 +113,32 @@ class Blob(Oracle):
         return out
 
 
+class Jumping(Oracle):
+    """A network whose answer on the slices above the clicked one lies beside the last
+    slice's answer (a small object whose answer jumps by more than its width)."""
+
+    def segment(self, image, points_list, spacing=None, classes=None, **kwargs):
+        out = super().segment(image, points_list, spacing, classes, **kwargs)
+        if len(self.calls) > 1:  # 17 px to the right: past the ball's 15 px width
+            mask = np.zeros_like(out.objects[0].mask)
+            mask[:, 17:] = out.objects[0].mask[:, :-17]
+            out.objects[0].mask = mask
+        return out
+
+
+@pytest.mark.parametrize("extent", [None, (3, 17)])
+def test_an_answer_beside_the_last_slices_one_ends_the_walk(extent):
+    """Fused with the last slice's mask, an answer that does not overlap it leaves
+    nothing: the walk stops there (it crashed without a named end, and stored empty
+    slices up to a named one)."""
+    vol, ball = ball_volume()
+    res = volume.propagate(Jumping(), vol, 10, start_points(ball, 10), extent=extent)
+    assert [f["slice"] for f in res.slices] == [10]
+    assert res.stops["above"] == "vanished at slice 11 (the answer does not overlap slice 10's)"
+    assert res.stops["below"].startswith("vanished at slice 9 (the answer does not overlap")
+    np.testing.assert_array_equal(res.labels[11:], False)
+
+
 def test_without_a_named_end_propagation_stops_where_the_inside_looks_like_the_surroundings():
     vol, ball = ball_volume()  # ball 220, background 20, slices 3..17
     blob = ball[10]
