@@ -20,14 +20,16 @@ the Colin27 + AAL test slabs that was 0.8-1.4 DSC points worse than one pass wit
 of three models (`scripts/interactive_benchmark.py`, 2026-12-02), so one pass is the
 default. Propagation stops at the given extent (the first and last slice of the
 structure, named by the user; either end may be left open), or where the object
-vanishes: the mask is empty, its four points fall within one pixel, or its area drops
-below `vanish_fraction` of the previous slice's; and, on a side whose end the user did
+vanishes: the mask is empty, its four points fall within one pixel, its area drops
+below `vanish_fraction` of the previous slice's, or it does not overlap the previous
+slice's answer; and, on a side whose end the user did
 not name, where the inside of the kept mask looks like the clicked slice's surroundings
 (`appearance` below `appearance_floor`): past the end of a structure the network still
 answers a blob near its clicks, so the area alone does not tell that it has ended.
 Corrective clicks on any slice (`corrections={slice: clicks}`) are used when
 propagation reaches that slice, so they re-propagate everything beyond it (`repropagate`
-re-runs only that part of an earlier result). Hand edits of a slice's mask (`edits=
+re-runs only that part of an earlier result, with the clicks it holds for the slices
+beyond). Hand edits of a slice's mask (`edits=
 {slice: edit}`, e.g. the annotation tool's brush) are the user's last word on that
 slice: the edited mask is kept, whatever the model answered there, and the next slice's
 clicks come from it, so a lobe painted on one slice is followed beyond it.
@@ -80,13 +82,16 @@ PRIOR_WEIGHT = 0.5
 class VolumeResult:
     """`labels` `(S, H, W)` bool; `slices`: one dict per slice the structure is in,
     in slice order (`slice`, `source` = "clicks" | "propagated", `points`, `area_px`,
-    `corrections`); `stops`: why propagation ended on each side (`below`, `above`)."""
+    `corrections`); `stops`: why propagation ended on each side (`below`, `above`);
+    `corrections`: the user's corrective clicks by slice, also on slices the walk did
+    not reach (`repropagate` applies them again)."""
 
     labels: np.ndarray
     slices: list[dict]
     stops: dict
     start: int
     extent: tuple[int, int] | None
+    corrections: dict = dataclasses.field(default_factory=dict)
 
 
 def _check(vol, start, extent):
@@ -406,7 +411,9 @@ def propagate(
         stops[side] = _walk(
             seg, vol, labels, facts, start, step, limit, end is not None, user, spacing, opts
         )
-    return VolumeResult(labels, [facts[s] for s in sorted(facts)], stops, start, extent)
+    return VolumeResult(
+        labels, [facts[s] for s in sorted(facts)], stops, start, extent, corrections
+    )
 
 
 def repropagate(
@@ -424,10 +431,11 @@ def repropagate(
     appearance_floor: float = APPEARANCE_FLOOR,
 ) -> VolumeResult:
     """`result` with corrective `clicks` on `slice_index`: that slice is segmented again
-    from its points and the clicks, and everything beyond it (away from the start slice)
-    re-propagated; the slices between the start and it are kept. `edits`: the
-    structure's hand edits as given to `propagate` (applied again where slices are
-    segmented again)."""
+    from its points and the clicks (all of that slice's clicks: they replace the ones it
+    had), and everything beyond it (away from the start slice) re-propagated, with the
+    corrective clicks `result` holds for those slices; the slices between the start and
+    it are kept. `edits`: the structure's hand edits as given to `propagate` (applied
+    again where slices are segmented again)."""
     vol = np.asarray(vol)
     _check_weights(prior_weight, appearance_floor)
     edits = _check_edits(edits, vol.shape[0])
@@ -437,6 +445,7 @@ def repropagate(
             f"slice {slice_index} holds no part of the structure (slices "
             f"{min(facts)}..{max(facts)}): add clicks on a segmented slice, or start there"
         )
+    corr = {**result.corrections, slice_index: clicks}
     if slice_index == result.start:  # both directions start here
         return propagate(
             seg,
@@ -444,7 +453,7 @@ def repropagate(
             result.start,
             np.asarray(facts[slice_index]["points"]),
             extent=result.extent,
-            corrections={slice_index: clicks},
+            corrections=corr,
             edits=edits,
             spacing=spacing,
             passes=passes,
@@ -465,7 +474,8 @@ def repropagate(
             del facts[s]
             labels[s] = False
     pts = np.asarray(facts[slice_index]["points"])
-    corr = {slice_index: clicks}
+    corr = _check_corrections(seg, corr, vol, result.extent)
+    clicks = corr.get(slice_index)
     clicked = facts[slice_index]["source"] == "clicks"
     mask, o = _segment(seg, vol[slice_index], pts, clicks, spacing, clicked=clicked)
     mask = _edited(edits, slice_index, mask)
@@ -486,5 +496,5 @@ def repropagate(
         seg, vol, labels, facts, slice_index, step, limit, named, (corr, edits), spacing, opts
     )
     return VolumeResult(
-        labels, [facts[s] for s in sorted(facts)], stops, result.start, result.extent
+        labels, [facts[s] for s in sorted(facts)], stops, result.start, result.extent, corr
     )

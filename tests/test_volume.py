@@ -244,6 +244,26 @@ def test_corrections_reach_their_slice_and_repropagate_beyond_it():
     assert oracle.honoured == [True] + [False] * 8  # the user's own points again
 
 
+def test_repropagation_applies_the_clicks_given_on_other_slices_again():
+    """Clicks on slice 12 re-propagate beyond it: slice 13's earlier negative click is
+    given to the model again where the walk reaches 13 (and on the start slice too)."""
+    vol, ball = ball_volume()
+    neg = [[22, 24, -1]]  # inside the ball on slice 13
+    assert ball[13, 24, 22]
+    res = volume.propagate(
+        Oracle(), vol, 10, start_points(ball, 10), extent=(6, 14), corrections={13: neg}, **EXACT
+    )
+    assert not res.labels[13, 24, 22] and res.corrections[13].tolist() == [[22.0, 24.0, -1.0]]
+    for at in (12, 10):
+        again = volume.repropagate(Oracle(), vol, res, at, [[29, 28, 1]], **EXACT)
+        assert not again.labels[13, 24, 22], at
+        assert again.slices[7]["corrections"] == [[22.0, 24.0, -1.0]]
+        assert sorted(again.corrections) == sorted({at, 13})
+    # the slice's own clicks are replaced: an empty list takes them back
+    undone = volume.repropagate(Oracle(), vol, res, 13, [], **EXACT)
+    assert undone.labels[13, 24, 22] and 13 not in undone.corrections
+
+
 def lobe_volume():
     """The ball with a bright lobe on slices 12..16, far right of it (x 38..42): the
     oracle, given the ball's points, never looks there."""
