@@ -406,7 +406,8 @@ def read_dicom_series(folder: str, *, nonfinite: str = "error") -> dict:
     Raises:
       DataError naming the folder or the file: no DICOM image, more than one series,
       multi-frame or colour files, missing or differing geometry, two slices at one
-      position, unevenly spaced slices (a gantry tilt or a gap: convert with dcm2niix).
+      position, unevenly spaced slices (a gap), slices that move sideways along the
+      series (a gantry tilt; for either, convert with dcm2niix).
     """
     try:
         import pydicom  # noqa: F401
@@ -467,6 +468,15 @@ def read_dicom_series(folder: str, *, nonfinite: str = "error") -> dict:
             "a gap or a gantry tilt; convert the series with dcm2niix and give the NIfTI"
         )
     ipps = np.stack([geometry[i][1] for i in order])
+    span = ipps[-1] - ipps[0]
+    sideways = float(np.linalg.norm(span - (span @ normal) * normal))
+    if sideways > max(np.tan(np.radians(0.5)) * (depth[-1] - depth[0]), 0.01):
+        tilt = np.degrees(np.arctan2(sideways, depth[-1] - depth[0]))
+        raise DataError(
+            f"{folder}: the slices move sideways along the series ({tilt:.1f} degrees off "
+            "the slice normal: a gantry tilt); convert the series with dcm2niix and give "
+            "the NIfTI"
+        )
     if len(order) > 1:
         step = (ipps[-1] - ipps[0]) / (len(order) - 1)
     else:

@@ -106,6 +106,22 @@ def test_a_bad_series_is_refused_naming_what_and_where(tmp_path, damage, needle)
         readers.read_dicom_series(str(empty))
 
 
+def test_a_gantry_tilted_series_is_refused(tmp_path):
+    """Evenly spaced along the normal, but each slice moved sideways (a 10 degree gantry
+    tilt): the voxels are sheared, which a NIfTI affine's qform cannot hold."""
+    folder = tmp_path / "s"
+    dicom_series(folder, n=4)
+    for path in sorted(folder.glob("IM*")):
+        ds = pydicom.dcmread(path)
+        iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+        ipp = np.array([float(v) for v in ds.ImagePositionPatient])
+        depth = ipp @ np.cross(iop[:3], iop[3:])
+        ds.ImagePositionPatient = list(ipp + np.tan(np.radians(10)) * depth * iop[3:])
+        ds.save_as(path)
+    with pytest.raises(readers.DataError, match=r"move sideways .*10\.0 degrees.*gantry tilt"):
+        readers.read_dicom_series(str(folder))
+
+
 def test_predict_propagates_through_a_series_folder(capsys, tmp_path, random_model):
     """Four clicks on slice 2 of a series folder: a NIfTI label volume whose voxels lie
     where the series' pixels lie (its affine the series'), the clicked slice's mask the
