@@ -275,7 +275,8 @@ def ground_truth_mask(labels, obj, k, baseline, path):
         gt = labels == obj["label"]
         what = f"label {obj['label']}"
     elif _by_component(labels, obj):  # a binary mask: the component under the clicks
-        comp, n = ndimage.label(labels != 0)
+        # 8-connected, as the data builders cut a mask into objects
+        comp, n = ndimage.label(labels != 0, structure=np.ones((3, 3), bool))
         overlap = np.bincount(comp[baseline], minlength=n + 1)[1:] if n else np.zeros(0)
         gt = comp == (int(np.argmax(overlap)) + 1) if n and overlap.max() > 0 else labels != 0
         what = "the mask's component under the clicks"
@@ -300,8 +301,10 @@ def volume_ground_truth(stack, start: int, obj, k, clicked_truth):
     if not _by_component(stack[start], obj):
         return stack == (obj["label"] if obj.get("label") is not None else k)
     # the clicked slice's one value, not any non-zero value: other slices of a label
-    # volume may hold other structures touching this one
-    comp, _ = ndimage.label(stack == stack[start][clicked_truth][0])
+    # volume may hold other structures touching this one; connected through corners
+    # too, so that the clicked slice's 8-connected truth is one piece of it
+    value = stack[start][clicked_truth][0]
+    comp, _ = ndimage.label(stack == value, structure=np.ones((3, 3, 3), bool))
     return comp == np.bincount(comp[start][clicked_truth]).argmax()
 
 

@@ -939,6 +939,26 @@ def test_volume_ground_truth_is_the_clicked_value_connected_in_3d():
     np.testing.assert_array_equal(got, stack == 7)
 
 
+def test_ground_truth_components_touch_through_corners_as_the_builders_objects():
+    """A binary mask's object is its 8-connected part (as `readers.objects_from_label_map`
+    cuts masks into training objects), and 26-connected through a volume."""
+    from dlset_jax import segment_files
+
+    labels = np.zeros((12, 12), np.uint8)
+    labels[1:6, 1:6] = labels[6:11, 6:11] = 1  # two squares meeting at one corner
+    masks, _, _ = readers.objects_from_label_map(labels, {"object": [1]}, components="all")
+    assert len(masks) == 1
+    baseline = np.zeros_like(labels, bool)
+    baseline[2:4, 2:4] = True  # the clicks' polygon on the first square
+    got = segment_files.ground_truth_mask(labels, {}, 1, baseline, "gt.png")
+    np.testing.assert_array_equal(got, labels == 1)
+    stack = np.zeros((3, 12, 12), np.uint8)
+    stack[1] = labels
+    stack[2, 11, 11] = 1  # one voxel meeting the clicked slice's mask at a corner
+    got = segment_files.volume_ground_truth(stack, 1, {}, 1, labels == 1)
+    np.testing.assert_array_equal(got, stack == 1)
+
+
 def test_cli_corrective_clicks_on_other_slices_act_through_propagation(
     capsys, tmp_path, random_click_model
 ):
