@@ -88,7 +88,12 @@ def fill_nonfinite(arr: np.ndarray, path, nonfinite: str = "error") -> tuple[np.
 
 
 def read_image(
-    path, *, channels: int | None = None, page: int | None = None, nonfinite: str = "error"
+    path,
+    *,
+    channels: int | None = None,
+    page: int | None = None,
+    nonfinite: str = "error",
+    palette_indices: bool = False,
 ) -> np.ndarray:
     """Read a 2-D image as ``(H, W, C)``: uint8 kept, other types returned as float32.
 
@@ -98,6 +103,10 @@ def read_image(
     ``page`` is an error (which page was meant cannot be guessed).
     ``nonfinite``: what NaN / inf intensities mean (:func:`fill_nonfinite`), or
     ``"keep"`` to return them (the caller calls :func:`fill_nonfinite` for the count).
+    ``palette_indices``: a palette image with colours in its table as its indices (a
+    label map saved with a colour table, as PASCAL VOC's masks), not as the colours
+    they stand for; a palette of greys still gives its grey levels (8-bit BMP masks
+    such as REFUGE's store 0 / 128 / 255 that way).
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -114,7 +123,9 @@ def read_image(
                     raise DataError(f"{path}: page {page} out of range (0..{n_pages - 1})")
                 im.seek(page)
             im.load()
-            if channels == 1:
+            if palette_indices and im.mode == "P" and channels is None:
+                im = im if _colour_palette(im) else im.convert("L")
+            elif channels == 1:
                 im = im.convert("L") if im.mode not in ("L", "I", "I;16", "F") else im
             elif channels == 3 or im.mode in ("RGBA", "P", "LA", "CMYK", "YCbCr"):
                 im = im.convert("RGB")
@@ -139,9 +150,18 @@ def read_image(
     return arr
 
 
+def _colour_palette(im) -> bool:
+    """Whether a palette image uses any entry that is not a grey."""
+    used = np.unique(np.asarray(im))
+    table = np.asarray(im.getpalette() or [], np.int64).reshape(-1, 3)
+    table = table[used[used < len(table)]]
+    return bool(len(table)) and not (table == table[:, :1]).all()
+
+
 def read_mask(path) -> np.ndarray:
-    """Read a 2-D mask or label map as ``(H, W)`` (first channel of a colour file)."""
-    arr = read_image(path)
+    """Read a 2-D mask or label map as ``(H, W)`` (first channel of a colour file; a
+    colour palette file's indices)."""
+    arr = read_image(path, palette_indices=True)
     if arr.shape[-1] > 1 and not (arr == arr[..., :1]).all():
         raise DataError(f"{path}: label map has differing colour channels; save it as a grey image")
     out = arr[..., 0]

@@ -352,6 +352,25 @@ def test_read_image_multipage_tiff_needs_a_page(tmp_path):
     np.testing.assert_array_equal(readers.read_image(one, page=0), second[..., None])
 
 
+def test_read_mask_of_a_palette_png_gives_its_indices(tmp_path):
+    """A label map saved with a colour table (PASCAL VOC's masks): the labels are the
+    indices, not the colours; an image with a palette is still read in its colours."""
+    labels = np.zeros((6, 8), np.uint8)
+    labels[1:3, 1:4], labels[4:6, 5:8] = 1, 2
+    im = Image.fromarray(labels, mode="P")
+    im.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * (256 * 3 - 9))
+    im.save(tmp_path / "voc.png")
+    np.testing.assert_array_equal(readers.read_mask(tmp_path / "voc.png"), labels)
+    colours = readers.read_image(tmp_path / "voc.png")
+    assert colours.shape == (6, 8, 3) and colours[1, 1].tolist() == [128, 0, 0]
+    # a palette of greys (an 8-bit BMP mask of 0 / 128 / 255): the grey levels
+    im.putpalette([0, 0, 0, 128, 128, 128, 255, 255, 255] + [0] * (256 * 3 - 9))
+    im.save(tmp_path / "grey.bmp")
+    np.testing.assert_array_equal(
+        readers.read_mask(tmp_path / "grey.bmp"), np.array([0, 128, 255])[labels]
+    )
+
+
 def test_objects_from_label_map():
     lab = np.zeros((20, 20), np.int64)
     lab[2:8, 2:8] = 3
