@@ -127,6 +127,12 @@ def read_image(
                 im = im if _colour_palette(im) else im.convert("L")
             elif channels == 1:
                 im = im.convert("L") if im.mode not in ("L", "I", "I;16", "F") else im
+            elif channels == 3 and im.mode.startswith(("I", "F")):
+                # PIL would clip every intensity above 255 to white
+                raise DataError(
+                    f"{path}: a grey image of more than 8 bits ({im.mode}) where an 8-bit "
+                    "colour image is expected"
+                )
             elif channels == 3 or im.mode in ("RGBA", "P", "LA", "CMYK", "YCbCr"):
                 im = im.convert("RGB")
             arr = np.asarray(im)

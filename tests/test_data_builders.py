@@ -352,6 +352,14 @@ def test_read_image_multipage_tiff_needs_a_page(tmp_path):
     np.testing.assert_array_equal(readers.read_image(one, page=0), second[..., None])
 
 
+def test_a_16_bit_grey_image_read_as_colour_is_refused_not_clipped(tmp_path):
+    Image.fromarray(np.array([[0, 1000], [30000, 65535]], np.uint16)).save(tmp_path / "g.png")
+    with pytest.raises(DataError, match="more than 8 bits"):
+        readers.read_image(tmp_path / "g.png", channels=3)
+    got = readers.read_image(tmp_path / "g.png")  # as it is: float32 intensities
+    np.testing.assert_array_equal(got[..., 0], [[0, 1000], [30000, 65535]])
+
+
 def test_read_mask_of_a_palette_png_gives_its_indices(tmp_path):
     """A label map saved with a colour table (PASCAL VOC's masks): the labels are the
     indices, not the colours; an image with a palette is still read in its colours."""
