@@ -574,7 +574,7 @@ def parse_points(text: str, what: str) -> np.ndarray:
 def read_points_file(path: str) -> list[dict]:
     """Objects of a CSV / JSON / JSON Lines file: dicts with points, class, slice, label."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a byte-order mark: Excel's CSV
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read points file ({e})") from e
@@ -609,7 +609,9 @@ def read_points_file(path: str) -> list[dict]:
                 f"top, bottom), got {row['points']!r}"
             )
         out.append(
-            _click_row(pts, row, path, n, _json_corrections(row.get("corrections"), path, n))
+            _click_row(
+                pts, row, path, f"object {n}", _json_corrections(row.get("corrections"), path, n)
+            )
         )
     return _nonempty(out, path)
 
@@ -617,25 +619,25 @@ def read_points_file(path: str) -> list[dict]:
 CLICK_KINDS = ("extreme", "positive", "negative")
 
 
-def _click_row(points, row, path, n, corrections=None) -> dict:
+def _click_row(points, row, path, where, corrections=None) -> dict:
     """One object of a click file: its points and optional class, slice, label and
-    corrective clicks (`(K, 3)` `(x, y, sign)`)."""
+    corrective clicks (`(K, 3)` `(x, y, sign)`). `where`: the object in messages."""
     return {
         "points": points,
         "class": _opt_str(row.get("class")),
-        "slice": _opt_int(row.get("slice"), path, n, "slice"),
-        "label": _opt_int(row.get("label"), path, n, "label"),
+        "slice": _opt_int(row.get("slice"), path, where, "slice"),
+        "label": _opt_int(row.get("label"), path, where, "label"),
         "corrections": np.zeros((0, 3)) if corrections is None else corrections,
         "corrections_on": {},  # corrective clicks on other slices (click CSVs)
-        "extent": _opt_extent(row, path, n),
+        "extent": _opt_extent(row, path, where),
     }
 
 
-def _opt_extent(row, path, n):
+def _opt_extent(row, path, where):
     """`(first_slice, last_slice)` of a structure in a volume (either None where not
     given: that side ends where the structure does), or None."""
-    first = _opt_int(row.get("first_slice"), path, n, "first_slice")
-    last = _opt_int(row.get("last_slice"), path, n, "last_slice")
+    first = _opt_int(row.get("first_slice"), path, where, "first_slice")
+    last = _opt_int(row.get("last_slice"), path, where, "last_slice")
     return None if first is None and last is None else (first, last)
 
 
@@ -677,7 +679,7 @@ def _opt_str(v):
     return None if v is None or v == "" else str(v)
 
 
-def _opt_int(v, path, n, name):
+def _opt_int(v, path, where, name):
     if v is None or v == "":
         return None
     try:
@@ -685,7 +687,7 @@ def _opt_int(v, path, n, name):
     except (TypeError, ValueError):
         f = float("nan")
     if not np.isfinite(f) or f != int(f):
-        raise DataError(f"{path}: object {n}: {name} must be an integer, got {v!r}")
+        raise DataError(f"{path}: {where}: {name} must be an integer, got {v!r}")
     return int(f)
 
 
@@ -703,14 +705,30 @@ def _points_from_csv(text, path):
             f"{','.join(missing)}"
         )
     out = []
-    for n, row in enumerate(reader, 1):
-        row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+    for k, (n, row) in enumerate(_csv_rows(reader, path), 1):
+        empty = [c for c in cols if not row[c]]
+        if empty:
+            raise DataError(f"{path}: line {n}: no value for {','.join(empty)}")
         try:
             vals = [float(row[c]) for c in cols]
         except ValueError:
-            raise DataError(f"{path}: line {n + 1}: point coordinates must be numbers") from None
-        out.append(_click_row(np.asarray(vals, np.float64).reshape(4, 2), row, path, n))
+            raise DataError(f"{path}: line {n}: point coordinates must be numbers") from None
+        pts = np.asarray(vals, np.float64).reshape(4, 2)
+        out.append(_click_row(pts, row, path, f"line {n} (object {k})"))
     return _nonempty(out, path)
+
+
+def _csv_rows(reader, path):
+    """`(line, row)` of a CSV's rows, values stripped (a missing trailing value reads as
+    empty); a row of more values than the header names is an error naming its line."""
+    for row in reader:
+        extra = row.pop(None, None)  # csv.DictReader's place for values past the header
+        if extra is not None:
+            raise DataError(
+                f"{path}: line {reader.line_num}: {len(row) + len(extra)} values, the header "
+                f"names {len(row)} columns"
+            )
+        yield reader.line_num, {k.strip(): (v or "").strip() for k, v in row.items()}
 
 
 def _clicks_from_csv(reader, fields, path):
@@ -727,8 +745,7 @@ def _clicks_from_csv(reader, fields, path):
             f"missing {','.join(missing)}"
         )
     objs: dict = {}
-    for n, row in enumerate(reader, 2):  # line numbers, the header is line 1
-        row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+    for n, row in _csv_rows(reader, path):
         kind = row["kind"].lower()
         if kind not in CLICK_KINDS:
             raise DataError(
@@ -764,7 +781,8 @@ def _clicks_from_csv(reader, fields, path):
             o["extreme"].append((x, y))
         else:
             sign = 1.0 if kind == "positive" else -1.0
-            o["corr"].append((x, y, sign, _opt_int(own, path, n, "slice")))
+            where = f"line {n} (object {row['object']!r})"
+            o["corr"].append((x, y, sign, _opt_int(own, path, where, "slice")))
     out = []
     for name, o in objs.items():
         if len(o["extreme"]) != 4:
@@ -773,7 +791,8 @@ def _clicks_from_csv(reader, fields, path):
                 "four (left, right, top, bottom)"
             )
         row = dict(o["row"], slice=o["at"][0])
-        obj = _click_row(np.asarray(o["extreme"], np.float64), row, path, o["line"])
+        where = f"line {o['line']} (object {name!r})"
+        obj = _click_row(np.asarray(o["extreme"], np.float64), row, path, where)
         by_slice: dict = {}
         for x, y, sign, z in o["corr"]:
             z = obj["slice"] if z is None else z

@@ -408,7 +408,7 @@ def _get_segmenter(req):
 def run(req: Request) -> dict:
     t_start = time.perf_counter()
     if not req.points and not req.points_file:
-        raise RequestError("no objects: give --points (repeatable) or --points-file")
+        raise RequestError("no objects: give --points (repeatable) or --points_file")
     if req.classes and len(req.classes) != len(req.points):
         raise RequestError(f"{len(req.classes)} --class names for {len(req.points)} --points")
     kind = input_kind(req.image)

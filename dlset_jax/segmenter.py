@@ -284,12 +284,12 @@ def check_corrections(clicks, image_shape, *, obj: Any = 1) -> np.ndarray:
     for j, (x, y, sign) in enumerate(c):
         if sign not in (1.0, -1.0):
             raise ValueError(
-                f"object {obj}: corrective click {j} has sign {sign:g}; use +1 (positive: "
+                f"object {obj}: corrective click {j + 1} has sign {sign:g}; use +1 (positive: "
                 "part of the object) or -1 (negative: background)"
             )
         if not (0 <= x <= w - 1 and 0 <= y <= h - 1):
             raise ValueError(
-                f"object {obj}: corrective click {j} (x={x:g}, y={y:g}) lies outside the "
+                f"object {obj}: corrective click {j + 1} (x={x:g}, y={y:g}) lies outside the "
                 f"image (H={h}, W={w}: x must be in [0, {w - 1}], y in [0, {h - 1}])"
             )
     return c
@@ -618,12 +618,12 @@ class Segmenter:
             if not inside and sign > 0:
                 x, y = clicks[j, :2]
                 raise ValueError(
-                    f"object {obj}: positive click {j} (x={x:g}, y={y:g}) lies outside the "
+                    f"object {obj}: positive click {j + 1} (x={x:g}, y={y:g}) lies outside the "
                     f"object's crop box {tuple(int(v) for v in box)} (y0, x0, y1, x1) around "
                     "its four points: move the extreme points to include it"
                 )
             if not inside:
-                warnings.append(f"negative click {j} lies outside the crop box: no effect")
+                warnings.append(f"negative click {j + 1} lies outside the crop box: no effect")
                 continue
             out[k] = (cx, cy, sign)
             k += 1

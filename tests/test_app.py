@@ -493,7 +493,7 @@ def test_corrections_reach_the_model_and_the_saved_annotation(click_seg, images)
     before = tree(images)
     objects = [obj(), obj(points=small, corrections=[[60, 60, 1]])]
     r = client.post("/api/save", json={"id": "a.png", "revision": 1, "objects": objects})
-    assert r.status_code == 400 and "object 2: positive click 0" in r.json()["error"], r.text
+    assert r.status_code == 400 and "object 2: positive click 1" in r.json()["error"], r.text
     assert tree(images) == before
 
 

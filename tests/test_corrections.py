@@ -361,7 +361,7 @@ def test_a_segmenter_that_honours_clicks_flips_the_clicked_pixels(click_model):
 def test_bad_corrections_get_one_clear_error(click_segmenter):
     seg = click_segmenter
     with pytest.raises(
-        ValueError, match=r"corrective click 0 \(x=70, y=3\) lies outside the image"
+        ValueError, match=r"corrective click 1 \(x=70, y=3\) lies outside the image"
     ):
         seg.segment(IMAGE, [POINTS], corrections=[[[70, 3, 1]]])
     with pytest.raises(ValueError, match="has sign 2"):
@@ -386,9 +386,9 @@ def test_errors_name_objects_by_the_callers_ids(click_segmenter):
     # object of the annotation tool) names them by its own numbers
     seg = click_segmenter
     small = [[20, 30], [30, 30], [25, 25], [25, 35]]
-    with pytest.raises(ValueError, match=r"^object 7: positive click 0 .* crop box"):
+    with pytest.raises(ValueError, match=r"^object 7: positive click 1 .* crop box"):
         seg.segment(IMAGE, [POINTS, small], corrections=[None, [[60, 60, 1]]], object_ids=[3, 7])
-    with pytest.raises(ValueError, match=r"^object 3: corrective click 0 \(x=70"):
+    with pytest.raises(ValueError, match=r"^object 3: corrective click 1 \(x=70"):
         seg.segment(IMAGE, [POINTS, small], corrections=[[[70, 3, 1]], None], object_ids=[3, 7])
     with pytest.raises(ValueError, match=r"^object 7: 25 corrective clicks"):
         seg.segment(

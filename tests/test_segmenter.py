@@ -556,12 +556,23 @@ def test_read_click_files_with_a_kind_column(tmp_path):
     )
     (o,) = readers.read_points_file(str(j))
     assert o["corrections"].tolist() == [[4, 4, 1], [8, 8, -1]]
+    # a byte-order mark before the header, as Excel writes "CSV UTF-8"
+    c.write_bytes("\ufeffx1,y1,x2,y2,x3,y3,x4,y4\n1,5,9,5,5,1,5,9\n".encode())
+    (o,) = readers.read_points_file(str(c))
+    assert o["points"].tolist() == [[1, 5], [9, 5], [5, 1], [5, 9]]
     bad = {
         "object,kind,x,y\na,extreme,1,1\na,extreme,2,2\n": "has 2 extreme points",
         "object,kind,x,y\na,middle,1,1\n": "kind must be one of extreme, positive, negative",
         "object,kind,x,y,slice\na,extreme,1,1,2\na,extreme,2,2,3\n": "share its slice",
         "object,kind,x\na,extreme,1\n": "missing y",
         "object,kind,x,y\na,positive,one,1\n": "line 2: x and y must be numbers",
+        "object,kind,x,y\na,extreme,1,1,9\n": "line 2: 5 values, the header names 4 columns",
+        "x1,y1,x2,y2,x3,y3,x4,y4\n1,5,9,5,5,1,5,9,7\n": "line 2: 9 values, the header names 8",
+        "x1,y1,x2,y2,x3,y3,x4,y4\n\n1,5,9,5,5,1\n": "line 3: no value for x4,y4",
+        "object,kind,x,y,slice\n"
+        + "".join(f"b,extreme,{x},{y},two\n" for x, y in ((1, 5), (9, 5), (5, 1), (5, 9))): (
+            r"line 2 \(object 'b'\): slice must be an integer, got 'two'"
+        ),
     }
     for text, needle in bad.items():
         c.write_text(text)
@@ -588,7 +599,7 @@ def test_cli_corrections_need_a_model_that_takes_them(capsys, tmp_path, random_m
         capsys, "--workdir", random_model[0], "--image", img, "--points_file", c, "--out_dir", out
     )
     _assert_one_line_error(
-        code, err, "object 1: corrective click 0 (x=300, y=30) lies outside", out
+        code, err, "object 1: corrective click 1 (x=300, y=30) lies outside", out
     )
 
 
