@@ -426,6 +426,12 @@ def run(req: Request) -> dict:
         }
         for i, t in enumerate(req.points)
     ]
+    if not req.points and (req.slice is not None or req.extent):
+        # the file gives each object's own slice and extent; a flag would be ignored
+        raise RequestError(
+            "--slice and --extent apply to the --points objects; the objects of a points "
+            "file take theirs from its slice and first_slice / last_slice columns"
+        )
     if req.points_file:
         objects += readers.read_points_file(req.points_file)
     if req.propagate and kind not in VOLUME_KINDS:
@@ -460,9 +466,10 @@ def run(req: Request) -> dict:
             if idx is None and inp["n_frames"] == 1:
                 idx = 0  # a one-slice volume (or a 2-D NIfTI) needs no slice index
             if idx is None:
+                how = "--slice" if k <= len(req.points) else "a slice column in the points file"
                 raise RequestError(
                     f"object {k}: no slice index for a volume of {inp['n_frames']} slices: "
-                    "give --slice or a slice column in the points file"
+                    f"give {how}"
                 )
             if not 0 <= idx < inp["n_frames"]:
                 raise RequestError(

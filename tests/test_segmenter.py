@@ -970,6 +970,29 @@ def test_ground_truth_components_touch_through_corners_as_the_builders_objects()
     np.testing.assert_array_equal(got, stack == 1)
 
 
+def test_cli_slice_and_extent_flags_are_refused_for_objects_of_a_points_file(
+    capsys, tmp_path, random_model
+):
+    """--slice and --extent name the --points objects' slice and extent: with only a
+    points file they would be ignored, so they are refused; a file object without a
+    slice is told to give the file a slice column."""
+    import nibabel as nib
+
+    vol, _, masks = _volume(np.random.default_rng(9), n=3)
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), tmp_path / "v.nii")
+    row = ",".join(f"{v:g}" for p in targets.extreme_points(masks[1]) for v in p)
+    c = tmp_path / "p.csv"
+    c.write_text("x1,y1,x2,y2,x3,y3,x4,y4\n" + row + "\n")
+    out = tmp_path / "out"
+    for flags_ in (["--slice", "1"], ["--propagate", "--extent", "0,2"]):
+        code, _, err = _cli_in(
+            capsys, random_model[0], tmp_path / "v.nii", out, "--points_file", c, *flags_
+        )
+        _assert_one_line_error(code, err, "--slice and --extent apply to the --points objects", out)
+    code, _, err = _cli_in(capsys, random_model[0], tmp_path / "v.nii", out, "--points_file", c)
+    _assert_one_line_error(code, err, "3 slices: give a slice column in the points file", out)
+
+
 def test_cli_corrective_clicks_on_other_slices_act_through_propagation(
     capsys, tmp_path, random_click_model
 ):
