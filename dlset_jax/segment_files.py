@@ -14,6 +14,8 @@ for a model that takes them).
 Outputs in `out_dir` (PREFIX = `prefix` or the input's name), written all or nothing
 (`files.atomic_write_files`):
   PREFIX_mask.png         label map: 0 background, object k (1..N, given order) = k
+                          (where objects overlap, the later one; an object covered
+                          all over is warned about in the summary)
                           (PREFIX_mask.nii[.gz] for NIfTI input: the label volume, with
                           the input's affine and header, a DICOM series' own affine;
                           slices without points are 0; PREFIX_mask_sliceNNN.png per
@@ -553,7 +555,9 @@ def run(req: Request) -> dict:
             slices[-1]["label_map"] = res.label_map(dtype)
         else:  # a multi-frame DICOM: one label map per clicked frame, as the overlays
             name = f"{stem}_mask.png" if i is None else f"{stem}_mask_slice{i:03d}.png"
-            files[name] = png_bytes(res.label_map(dtype))
+            label_map = res.label_map(dtype)
+            files[name] = png_bytes(label_map)
+            _warn_painted_over(per_object, ks, np.unique(label_map))
     if kind in VOLUME_KINDS:
         maps = {s["slice"]: s.pop("label_map") for s in slices}
         if req.propagate:
@@ -561,6 +565,7 @@ def run(req: Request) -> dict:
             if gt_of is not None:  # the whole structure scored, not only its clicked slice
                 volume_metrics = _volume_metrics(walked, objects, gt_of, inp, clicked_truth)
         labels = label_volume(inp, maps, dtype)
+        _warn_painted_over(per_object, list(per_object), np.unique(labels))
         gz = kind == "dicom_series" or req.image.lower().endswith(".gz")
         files[f"{stem}_mask.nii" + (".gz" if gz else "")] = nifti_bytes(
             labels, inp["affine"], inp["header"], gz
@@ -598,6 +603,17 @@ def run(req: Request) -> dict:
     files[f"{stem}_summary.json"] = json.dumps(summary, indent=1, default=_json_default).encode()
     atomic_write_files(req.out_dir, files)
     return summary
+
+
+def _warn_painted_over(per_object, ks, present) -> None:
+    """A warning for each object `ks` whose mask is not empty but holds no pixel of the
+    label map: later objects covered all of it (the same object clicked twice?)."""
+    for k in ks:
+        if per_object[k]["area_px"] > 0 and k not in present:
+            per_object[k]["warnings"].append(
+                "not in the mask file: later objects cover all of it (where objects "
+                "overlap, the label map holds the later one)"
+            )
 
 
 def _parse_extent(text):

@@ -629,6 +629,24 @@ def test_dsc_clearly_above_four_point_baseline(trained_segmenter):
     assert (dsc > base).mean() >= 0.8
 
 
+def test_cli_an_object_covered_by_a_later_one_is_warned_about(
+    capsys, tmp_path, random_model, ellipse_png
+):
+    """The same object clicked twice: the label map holds the later one only, and the
+    summary and the printed report say that object 1 is not in it."""
+    img, pts, _ = ellipse_png
+    out = tmp_path / "out"
+    code, stdout, err = _cli_in(capsys, random_model[0], img, out, "--points", pts, "--points", pts)
+    assert code == 0, err
+    labels = np.asarray(Image.open(next(out.glob("*_mask.png"))))
+    assert set(np.unique(labels)) == {0, 2}
+    s = json.loads(next(out.glob("*_summary.json")).read_text())
+    first, second = s["objects"]
+    assert first["area_px"] > 0 and any("not in the mask file" in w for w in first["warnings"])
+    assert not any("not in the mask file" in w for w in second["warnings"])
+    assert "not in the mask file" in stdout
+
+
 @pytest.mark.slow
 def test_cli_png_end_to_end(capsys, tmp_path, trained_workdir):
     rng = np.random.default_rng(7)
