@@ -708,6 +708,14 @@ def _propagate(seg, inp, objects, spacing, per_object, maps, dtype):
         for f in res.slices:
             z = f["slice"]
             maps.setdefault(z, np.zeros(stack.shape[1:3], dtype))[res.labels[z]] = k
+        reached = {f["slice"] for f in res.slices}
+        unreached = sorted(z for z in corr if z not in reached)
+        if unreached:
+            per_object[k]["warnings"].append(
+                f"corrective clicks on slice {', '.join(map(str, unreached))} had no effect: "
+                f"the propagation stopped before it (below: {res.stops['below']}; above: "
+                f"{res.stops['above']}); name the extent to carry it there"
+            )
         walked[k] = res.labels
     return maps, walked
 

@@ -264,6 +264,27 @@ def test_repropagation_applies_the_clicks_given_on_other_slices_again():
     assert undone.labels[13, 24, 22] and 13 not in undone.corrections
 
 
+def test_predict_warns_about_corrective_clicks_on_slices_the_walk_never_reached():
+    """predict.py's propagation (`segment_files._propagate`) with the oracle: the ball
+    ends at slice 17, so a click on slice 19 has no effect, and the object says so."""
+    from dlset_jax import segment_files
+
+    vol, ball = ball_volume()
+    inp = {"kind": "dicom", "frames": vol, "n_frames": len(vol)}
+    obj = {
+        "slice": 10,
+        "points": start_points(ball, 10),
+        "extent": None,
+        "corrections": np.zeros((0, 3)),
+        "corrections_on": {19: np.array([[22.0, 24.0, -1.0]]), 12: np.array([[9.0, 9.0, -1.0]])},
+    }
+    per_object = {1: {"warnings": []}}
+    segment_files._propagate(Oracle(), inp, [obj], None, per_object, {}, np.uint8)
+    (warning,) = per_object[1]["warnings"]
+    assert warning.startswith("corrective clicks on slice 19 had no effect")
+    assert "above: vanished at slice 17" in warning
+
+
 def lobe_volume():
     """The ball with a bright lobe on slices 12..16, far right of it (x 38..42): the
     oracle, given the ball's points, never looks there."""
