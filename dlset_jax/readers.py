@@ -97,6 +97,9 @@ def read_image(
 ) -> np.ndarray:
     """Read a 2-D image as ``(H, W, C)``: uint8 kept, other types returned as float32.
 
+    Turned as its EXIF orientation says (a phone's or camera's photograph), so that
+    the pixels are where a viewer shows them and where the user clicked.
+
     ``channels``: 1 (converted to grey), 3 (converted to RGB) or None (kept:
     grey -> C=1, RGB -> 3; an alpha channel the file declares is dropped).
     ``page``: which page of a multi-page file (TIFF); a multi-page file without
@@ -108,7 +111,7 @@ def read_image(
     they stand for; a palette of greys still gives its grey levels (8-bit BMP masks
     such as REFUGE's store 0 / 128 / 255 that way).
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
@@ -123,6 +126,8 @@ def read_image(
                     raise DataError(f"{path}: page {page} out of range (0..{n_pages - 1})")
                 im.seek(page)
             im.load()
+            if im.getexif().get(0x0112, 1) != 1:  # EXIF Orientation: as a viewer shows it
+                im = ImageOps.exif_transpose(im)
             if palette_indices and im.mode == "P" and channels is None:
                 im = im if _colour_palette(im) else im.convert("L")
             elif channels == 1:

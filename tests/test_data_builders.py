@@ -360,6 +360,20 @@ def test_a_16_bit_grey_image_read_as_colour_is_refused_not_clipped(tmp_path):
     np.testing.assert_array_equal(got[..., 0], [[0, 1000], [30000, 65535]])
 
 
+def test_read_image_turns_a_photo_as_its_exif_orientation_says(tmp_path):
+    """Orientation 6 (stored turned; shown rotated 90 degrees clockwise): the pixels
+    come back as a viewer shows them, where the user's clicks were taken."""
+    stored = np.zeros((4, 6), np.uint8)
+    stored[0, :] = 255  # the stored top row
+    im = Image.fromarray(stored)
+    exif = im.getexif()
+    exif[0x0112] = 6
+    im.save(tmp_path / "turned.png", exif=exif)
+    got = readers.read_image(tmp_path / "turned.png")[..., 0]
+    np.testing.assert_array_equal(got, np.rot90(stored, -1))  # the top row is now the right column
+    assert got.shape == (6, 4) and (got[:, -1] == 255).all()
+
+
 def test_read_mask_of_a_palette_png_gives_its_indices(tmp_path):
     """A label map saved with a colour table (PASCAL VOC's masks): the labels are the
     indices, not the colours; an image with a palette is still read in its colours."""
