@@ -128,7 +128,7 @@ def input_kind(path: str) -> str:
 
 def file_stem(path: str) -> str:
     """The file name without its image / volume / DICOM suffix (a folder: its name)."""
-    name = os.path.basename(os.path.normpath(path))
+    name = os.path.basename(os.path.abspath(path))  # `.` names the current folder
     return readers.strip_suffix(name, VOLUME_SUFFIXES + IMAGE_SUFFIXES + DICOM_SUFFIXES) or name
 
 
@@ -407,10 +407,32 @@ def _get_segmenter(req):
     return _SEGMENTERS[key]
 
 
+def check_outputs(out_dir: str, prefix: str | None) -> None:
+    """Where the outputs go, checked before anything is read or segmented: a folder
+    that exists or can be made, and a prefix that is a plain file name."""
+    if not out_dir:
+        raise RequestError("--out_dir is empty: name the folder to write the outputs to")
+    if prefix is not None and (
+        not prefix or prefix.startswith(".") or os.sep in prefix or "/" in prefix
+    ):
+        raise RequestError(
+            f"--prefix must be a plain file name (no folder, not starting with '.'), got "
+            f"{prefix!r}; --out_dir names the folder"
+        )
+    here = os.path.abspath(out_dir)
+    while not os.path.exists(here):  # the nearest folder that exists must take a new one
+        here = os.path.dirname(here)
+    if not os.path.isdir(here):
+        raise RequestError(f"--out_dir {out_dir}: {here} exists and is not a folder")
+    if not os.access(here, os.W_OK | os.X_OK):
+        raise RequestError(f"--out_dir {out_dir}: cannot write in {here} (permission denied)")
+
+
 def run(req: Request) -> dict:
     t_start = time.perf_counter()
     if not req.points and not req.points_file:
         raise RequestError("no objects: give --points (repeatable) or --points_file")
+    check_outputs(req.out_dir, req.prefix)
     if req.classes and len(req.classes) != len(req.points):
         raise RequestError(f"{len(req.classes)} --class names for {len(req.points)} --points")
     kind = input_kind(req.image)

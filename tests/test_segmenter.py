@@ -418,6 +418,33 @@ def _assert_one_line_error(code, err, needle, out_dir):
     assert not out_dir.exists() or not any(out_dir.iterdir())
 
 
+def test_cli_unusable_outputs_are_refused_before_anything_is_read(capsys, tmp_path, ellipse_png):
+    """An empty --out_dir, an --out_dir below a file, and a --prefix holding a folder
+    are one-line errors, given before the model is loaded (the workdir does not exist)."""
+    from dlset_jax import segment_files
+
+    img, pts, _ = ellipse_png
+    (tmp_path / "a_file").write_text("")
+    cases = {
+        "": "--out_dir is empty",
+        str(tmp_path / "a_file" / "out"): "exists and is not a folder",
+    }
+    for out_dir, needle in cases.items():
+        code, _, err = _run_cli(
+            capsys, "--workdir", tmp_path / "nope", "--image", img, "--points", pts,
+            "--out_dir", out_dir,
+        )  # fmt: skip
+        assert code == 1 and needle in err, err
+    out = tmp_path / "out"
+    for prefix in ("sub/name", ".hidden"):
+        code, _, err = _cli_in(
+            capsys, tmp_path / "nope", img, out, "--points", pts, "--prefix", prefix
+        )
+        _assert_one_line_error(code, err, "--prefix must be a plain file name", out)
+    # a folder named `.` is named by its own name, not written as hidden files
+    assert segment_files.file_stem(".") == os.path.basename(os.getcwd())
+
+
 def test_cli_missing_checkpoint(capsys, tmp_path, ellipse_png):
     img, pts, _ = ellipse_png
     out = tmp_path / "out"
@@ -889,9 +916,10 @@ def test_cli_scores_a_propagated_structure_through_the_volume(capsys, tmp_path, 
     pts = " ".join(f"{x:g},{y:g}" for x, y in targets.extreme_points(masks[2]))
     truth = np.stack(masks)
     clicks = {"points": targets.extreme_points(masks[2]).tolist(), "slice": 2, "label": 2}
+    clicks.update(first_slice=1, last_slice=4)
     (tmp_path / "p.json").write_text(json.dumps(clicks))  # names the object's label value
     for gt_file, flags_ in (
-        ("gt.nii.gz", ("--points", pts, "--slice", "2")),
+        ("gt.nii.gz", ("--points", pts, "--slice", "2", "--extent", "1,4")),
         ("lab.nii.gz", ("--points_file", tmp_path / "p.json")),
     ):
         out = tmp_path / gt_file.split(".")[0]
@@ -902,8 +930,6 @@ def test_cli_scores_a_propagated_structure_through_the_volume(capsys, tmp_path, 
             out,
             *flags_,
             "--propagate",
-            "--extent",
-            "1,4",
             "--ground_truth",
             tmp_path / gt_file,
         )
@@ -911,6 +937,7 @@ def test_cli_scores_a_propagated_structure_through_the_volume(capsys, tmp_path, 
         labels = np.asarray(nib.load(out / "v_mask.nii.gz").dataobj)
         pred = np.stack([np.rot90(labels[..., z]) for z in range(6)]) == 1
         summ = json.loads((out / "v_summary.json").read_text())
+        assert summ["objects"][0]["propagation"]["extent"] == [1, 4]  # from either source
         (vm,) = summ["volume_metrics"]
         inter = int((pred & truth).sum())
         assert vm["object"] == 1
