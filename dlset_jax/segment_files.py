@@ -152,6 +152,11 @@ def read_input(
     if nonfinite not in readers.NONFINITE:
         raise RequestError(f"--nonfinite must be one of {readers.NONFINITE}, got {nonfinite!r}")
     _check_axis(axis)  # before a volume is read and mapped, which takes a while
+    if page is not None and kind != "image":
+        raise RequestError(
+            f"--page selects a page of a multi-page image file; {KIND_NAMES[kind]} "
+            f"({path}) has slices or frames: give --slice (or a slice column)"
+        )
     if kind == "image":
         img, n = readers.fill_nonfinite(
             readers.read_image(path, page=page, nonfinite="keep"), path, nonfinite

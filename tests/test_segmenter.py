@@ -877,6 +877,7 @@ def test_cli_propagation_input_errors(capsys, tmp_path, random_model, ellipse_pn
     base = ("--points", pts, "--slice", "2")
     for flags_, needle in (
         (("--extent", "1,3"), "without --propagate"),
+        (("--page", "1"), "--page selects a page of a multi-page image file; a NIfTI volume"),
         (("--propagate", "--extent", "3,4"), "extent (3, 4) must hold the clicked slice 2"),
         (("--propagate", "--extent", "x"), "--extent must be FIRST,LAST"),
         (("--propagate", "--extent", ","), "--extent must be FIRST,LAST"),
