@@ -25,7 +25,8 @@ Outputs in `out_dir` (PREFIX = `prefix` or the input's name), written all or not
                           threshold and where it came from, the intensity mapping
                           (and how many NaN / inf intensities `nonfinite="min"` read as
                           the lowest finite one),
-                          warnings about the clicks, timings, and with `ground_truth`
+                          warnings about the clicks (and about a ground truth whose
+                          affine differs from the image's), timings, and with `ground_truth`
                           the metrics of eval.py (on each clicked slice; for a
                           propagated structure also `volume_metrics`: its volumetric
                           DSC / IoU / RVD, voxels, mm^3, slices and per-slice DSC against
@@ -251,9 +252,11 @@ def frame(inp, index):
 
 
 def read_ground_truth(path: str, inp: dict, req):
-    """-> function slice index (or None) -> (H, W) int label map."""
+    """-> (function slice index (or None) -> (H, W) int label map, warnings)."""
     low = path.lower()
     if low.endswith(VOLUME_SUFFIXES):
+        import nibabel as nib
+
         lab, _ = readers.read_volume(path)
         if lab.ndim == 4 and lab.shape[3] == 1:
             lab = lab[..., 0]
@@ -262,10 +265,17 @@ def read_ground_truth(path: str, inp: dict, req):
                 f"{path}: ground-truth volume of shape {lab.shape} does not match the "
                 f"input {inp.get('shape', 'image')}"
             )
+        warnings = []
+        offset = np.abs(nib.load(path).affine - inp["affine"]).max()
+        if offset > 1e-3:  # the voxels are compared by index, wherever they lie
+            warnings.append(
+                f"the ground truth's affine differs from the image's (by up to {offset:.3g} "
+                "mm): its voxels are compared by index, as if they lay where the image's do"
+            )
         lab = np.rint(lab).astype(np.int64) if np.issubdtype(lab.dtype, np.floating) else lab
-        return lambda i: readers.volume_slice(lab, req.axis, i, req.rot90)
+        return (lambda i: readers.volume_slice(lab, req.axis, i, req.rot90)), warnings
     lab = readers.read_mask(path)
-    return lambda i: lab
+    return (lambda i: lab), []
 
 
 def _by_component(labels, obj) -> bool:
@@ -523,7 +533,9 @@ def run(req: Request) -> dict:
                 where = f" (slice {i})" if i is not None else ""
                 raise RequestError(f"{e}{where}") from None
             _check_corrections_on(objects[k - 1], k, i, inp, req.propagate)
-    gt_of = read_ground_truth(req.ground_truth, inp, req) if req.ground_truth else None
+    gt_of, warnings = (
+        read_ground_truth(req.ground_truth, inp, req) if req.ground_truth else (None, [])
+    )
     t_read = time.perf_counter()
     seg = _get_segmenter(req)
     t_model = time.perf_counter()
@@ -617,6 +629,7 @@ def run(req: Request) -> dict:
             "slices": slices,
         },
         "outputs": sorted(list(files) + [f"{stem}_summary.json"]),
+        "warnings": warnings,
     }
     if volume_metrics is not None:
         summary["volume_metrics"] = volume_metrics
@@ -790,6 +803,7 @@ def report_lines(summary: dict, out_dir: str) -> list[str]:
             f"{m['rvd']:+.1f} %, {m['voxels']} voxels on {where} (truth {m['truth_voxels']}"
             " on slices {}..{})".format(*m["truth_slices"])
         )
+    lines += [f"warning: {w}" for w in summary.get("warnings", [])]
     lines.append(
         f"threshold {summary['threshold']:g} ({summary['threshold_source']}); "
         f"wrote {', '.join(summary['outputs'])} to {out_dir}"

@@ -958,6 +958,19 @@ def test_cli_scores_a_propagated_structure_through_the_volume(capsys, tmp_path, 
         assert any(
             line.startswith("object 1 through the volume: DSC ") for line in printed.splitlines()
         )
+        assert summ["warnings"] == []
+    # a ground truth placed elsewhere (its affine moved by 3 mm) is scored voxel by voxel,
+    # and the summary and the report say so
+    moved = affine.copy()
+    moved[0, 3] = 3.0
+    nib.save(nib.Nifti1Image(binary, moved), tmp_path / "moved.nii.gz")
+    out = tmp_path / "moved"
+    args = ("--points", pts, "--slice", "2", "--ground_truth", tmp_path / "moved.nii.gz")
+    code, printed, err = _cli_in(capsys, random_model[0], tmp_path / "v.nii.gz", out, *args)
+    assert code == 0, err
+    (w,) = json.loads((out / "v_summary.json").read_text())["warnings"]
+    assert w.startswith("the ground truth's affine differs from the image's (by up to 3 mm)")
+    assert f"warning: {w}" in printed.splitlines()
     # without --propagate nothing is scored through the volume
     code, _, err = _cli_in(
         capsys,
