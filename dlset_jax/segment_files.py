@@ -605,6 +605,8 @@ def run(req: Request) -> dict:
                 volume_metrics = _volume_metrics(walked, objects, gt_of, inp, clicked_truth)
         labels = label_volume(inp, maps, dtype)
         _warn_painted_over(per_object, list(per_object), np.unique(labels))
+        if inp["header"] is not None and len(inp["header"].get_data_shape()) == 2:
+            labels = labels[..., 0]  # a 2-D NIfTI (read as one slice) is written 2-D
         gz = kind == "dicom_series" or req.image.lower().endswith(".gz")
         files[f"{stem}_mask.nii" + (".gz" if gz else "")] = nifti_bytes(
             labels, inp["affine"], inp["header"], gz
