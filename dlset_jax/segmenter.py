@@ -165,6 +165,11 @@ def _object_ids(object_ids, n: int) -> list:
     return ids
 
 
+# How far (px) a point may lie past the one that should be extreme on that side before
+# `check_points` warns.
+EXTREME_SLACK = 2.0
+
+
 def check_points(points, image_shape, *, obj: Any = 1, reorder: bool = False):
     """Validates (and with `reorder`, orders) the four extreme points of one object.
 
@@ -221,9 +226,26 @@ def check_points(points, image_shape, *, obj: Any = 1, reorder: bool = False):
             "(or reorder=True / --reorder for unordered points)"
         )
     warnings = []
-    # twice the polygon's area: the cross products of its diagonals
-    d1, d2 = pts[1] - pts[0], pts[3] - pts[2]
-    if abs(d1[0] * d2[1] - d1[1] * d2[0]) < 1.0:
+    # each point the extreme of its side: another point well past it means the points
+    # are not the object's extremes, or not in the order left, right, top, bottom
+    # (a pixel or two is a click's usual miss on a diagonal edge)
+    for j, (axis, sign) in enumerate(((0, -1), (0, 1), (1, -1), (1, 1))):
+        past = sign * (pts[:, axis] - pts[j, axis])
+        k = int(np.argmax(past))
+        if past[k] > EXTREME_SLACK:
+            side = ("left of", "right of", "above", "below")[j]
+            warnings.append(
+                f"point {k} ({POINT_NAMES[k]}) lies {past[k]:g} px {side} point {j} "
+                f"({POINT_NAMES[j]}): are these the object's extreme points, in the order "
+                "left, right, top, bottom?"
+            )
+    # on one line: every three of the points span (nearly) no area
+    spans = [
+        (pts[b, 0] - pts[a, 0]) * (pts[c, 1] - pts[a, 1])
+        - (pts[b, 1] - pts[a, 1]) * (pts[c, 0] - pts[a, 0])
+        for a, b, c in ((0, 1, 2), (0, 1, 3), (0, 2, 3), (1, 2, 3))
+    ]
+    if max(abs(v) for v in spans) < 1.0:
         warnings.append(
             "the four points are (nearly) on one line: segmented as a thin structure "
             f"({np.ptp(pts[:, 0]) + 1:g} x {np.ptp(pts[:, 1]) + 1:g} px box)"

@@ -56,6 +56,21 @@ def test_check_points_accepts_ordered_points_and_ties():
     # ties with an extreme are fine (a one-pixel-wide object), with a warning
     _, warnings = seglib.check_points([[3, 2], [3, 4], [3, 2], [3, 4]], (12, 12))
     assert "on one line" in warnings[0]
+    # a point well past the one that should be extreme on that side; a miss of up to
+    # EXTREME_SLACK px (a click beside a diagonal edge) is fine
+    pts = [[2, 50], [90, 50], [120, 10], [50, 90]]
+    _, warnings = seglib.check_points(pts, (100, 200))
+    assert warnings == [
+        "point 2 (top) lies 30 px right of point 1 (right): are these the object's extreme "
+        "points, in the order left, right, top, bottom?"
+    ]
+    _, warnings = seglib.check_points([[2, 50], [90, 50], [92, 10], [50, 90]], (100, 200))
+    assert warnings == []
+    # left and right on one pixel with the top and bottom beside it: a triangle, not a line
+    _, warnings = seglib.check_points([[10, 50], [10, 50], [10, 10], [10, 90]], (100, 200))
+    assert "on one line" in warnings[0]
+    _, warnings = seglib.check_points([[10, 50], [10, 50], [11, 10], [10, 90]], (100, 200))
+    assert warnings == []
 
 
 @pytest.mark.parametrize(
