@@ -22,17 +22,17 @@ default. Propagation stops at the given extent (the first and last slice of the
 structure, named by the user; either end may be left open), or where the object
 vanishes: the mask is empty, its four points fall within one pixel, its area drops
 below `vanish_fraction` of the previous slice's, or it does not overlap the previous
-slice's answer; and, on a side whose end the user did
-not name, where the inside of the kept mask looks like the clicked slice's surroundings
-(`appearance` below `appearance_floor`): past the end of a structure the network still
-answers a blob near its clicks, so the area alone does not tell that it has ended.
-Corrective clicks on any slice (`corrections={slice: clicks}`) are used when
-propagation reaches that slice, so they re-propagate everything beyond it (`repropagate`
-re-runs only that part of an earlier result, with the clicks it holds for the slices
-beyond). Hand edits of a slice's mask (`edits=
-{slice: edit}`, e.g. the annotation tool's brush) are the user's last word on that
-slice: the edited mask is kept, whatever the model answered there, and the next slice's
-clicks come from it, so a lobe painted on one slice is followed beyond it.
+slice's answer; and, on a side whose end the user did not name, where the inside of
+the kept mask looks like the clicked slice's surroundings (`appearance` below
+`appearance_floor`): past the end of a structure the network still answers a blob near
+its clicks, so the area alone does not tell that it has ended. Corrective clicks on
+any slice (`corrections={slice: clicks}`) are used when propagation reaches that slice,
+so they re-propagate everything beyond it (`repropagate` re-runs only that part of an
+earlier result, with the clicks it holds for the slices beyond). Hand edits of a
+slice's mask (`edits={slice: edit}`, e.g. the annotation tool's brush) are the user's
+last word on that slice: the edited mask is kept, whatever the model answered there,
+and the next slice's clicks come from it, so a lobe painted on one slice is followed
+beyond it.
 
 Slices are along axis 0 of `vol` (`(S, H, W)` grey or `(S, H, W, 3)`); the caller
 chooses the axis (`segment_files.read_input` for files).
