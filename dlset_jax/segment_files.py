@@ -301,9 +301,15 @@ def ground_truth_mask(labels, obj, k, baseline, path):
         gt = labels == k
         what = f"label {k} (object number)"
     if not gt.any():
+        present = [int(v) for v in np.unique(labels) if v != 0][:20]
+        fix = (
+            "name one of them in its 'label' column"
+            if obj.get("label") is not None
+            else "give a 'label' column in the points file"
+        )
         raise RequestError(
-            f"{path}: no ground truth for object {k} ({what} is empty); give a 'label' "
-            "column in the points file"
+            f"{path}: no ground truth for object {k} ({what} is empty; the labels present: "
+            f"{present}); {fix}"
         )
     return gt
 

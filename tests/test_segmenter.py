@@ -1211,6 +1211,23 @@ def test_cli_dicom(capsys, tmp_path, trained_workdir, trained_segmenter):
     assert dsc > 2 * (poly & mask).sum() / (poly.sum() + mask.sum())
 
 
+def test_cli_a_label_absent_from_the_ground_truth_names_the_labels_present(
+    capsys, tmp_path, random_model, ellipse_png
+):
+    img, pts, mask = ellipse_png
+    labels = mask.astype(np.uint8)
+    labels[0, :5] = 2  # a second structure
+    gt = _png(tmp_path / "gt.png", labels)
+    c = tmp_path / "p.json"
+    points = [[float(v) for v in p.split(",")] for p in pts.split()]
+    c.write_text(json.dumps([{"points": points, "label": 9}]))
+    out = tmp_path / "out"
+    args = ("--points_file", c, "--ground_truth", gt)
+    code, _, err = _cli_in(capsys, random_model[0], img, out, *args)
+    needle = "(label 9 is empty; the labels present: [1, 2]); name one of them"
+    _assert_one_line_error(code, err, needle, out)
+
+
 @pytest.mark.slow
 def test_cli_late_failure_leaves_no_files(capsys, tmp_path, trained_workdir, ellipse_png):
     """A ground truth that has nothing for the object fails after segmenting: no outputs."""
