@@ -30,6 +30,7 @@ from dlset_jax.app import server
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
+LOCAL = "http://127.0.0.1:8765"  # the server's own name (it refuses requests to others)
 POINTS = [[10, 30], [50, 31], [30, 12], [31, 50]]
 
 
@@ -77,7 +78,7 @@ def images(tmp_path):
 def client(seg, images):
     folder = folder_lib.ImageFolder(str(images), max_pixels=64 * 64)
     app = server.create_app(seg, folder, max_upload_bytes=20_000)
-    return TestClient(app)
+    return TestClient(app, base_url=LOCAL)
 
 
 def test_page_and_static_files_are_served(client):
@@ -281,6 +282,39 @@ def test_concurrent_saves_from_two_tabs(client, images):
     assert not [n for n in os.listdir(images) if n.endswith(".tmp")]
 
 
+def test_requests_to_another_host_or_from_another_site_are_refused(seg, images, client):
+    """DNS rebinding (a site's own name resolved to 127.0.0.1) and cross-site requests (any
+    page the user has open posting to the tool) get 403 and change nothing; the page's
+    own requests, and clients that send no Origin (curl), go through."""
+    upload = {"file": ("pwn.png", io.BytesIO(b"x"), "image/png")}
+    r = client.get("/api/images", headers={"host": "attacker.example:8765"})
+    assert r.status_code == 403 and "requests to host 'attacker.example:8765'" in r.json()["error"]
+    r = client.post("/api/upload", files=upload, headers={"origin": "http://attacker.example"})
+    assert r.status_code == 403 and "another site (http://attacker.example)" in r.json()["error"]
+    r = client.post("/api/upload", files=upload, headers={"sec-fetch-site": "cross-site"})
+    assert r.status_code == 403
+    assert not (images / "uploads" / "pwn.png").exists()
+    for host in ("localhost:8765", "[::1]:8765", "127.0.0.1"):
+        assert client.get("/api/info", headers={"host": host}).status_code == 200, host
+    r = client.post(
+        "/api/segment",
+        json={"id": "a.png", "points": POINTS},
+        headers={"origin": LOCAL, "sec-fetch-site": "same-origin"},
+    )
+    assert r.status_code == 200, r.text
+    # a server the user exposed (--host): any host name, still no cross-site writes
+    exposed = TestClient(
+        server.create_app(
+            seg, folder_lib.ImageFolder(str(images), max_pixels=64 * 64),
+            max_upload_bytes=20_000, hosts=None,
+        ),
+        base_url="http://annotation.lab:8765",
+    )  # fmt: skip
+    assert exposed.get("/api/info").status_code == 200
+    r = exposed.post("/api/upload", files=upload, headers={"origin": "http://attacker.example"})
+    assert r.status_code == 403
+
+
 def test_upload_stores_a_new_image_once(client, images):
     img, _ = ellipse_image(np.random.default_rng(2))
     r = client.post("/api/upload", files={"file": ("new.png", png(img), "image/png")})
@@ -308,7 +342,7 @@ def test_upload_stores_a_new_image_once(client, images):
 def test_a_model_error_is_a_message_and_the_server_keeps_running(seg, images, monkeypatch):
     folder = folder_lib.ImageFolder(str(images), max_pixels=64 * 64)
     app = server.create_app(seg, folder, max_upload_bytes=1)
-    client = TestClient(app, raise_server_exceptions=False)
+    client = TestClient(app, raise_server_exceptions=False, base_url=LOCAL)
 
     def boom(*a, **k):
         raise RuntimeError("out of memory (simulated)")
@@ -332,7 +366,8 @@ def test_volumes_have_slices_and_save_as_nifti_with_the_affine(seg, tmp_path):
     c = TestClient(
         server.create_app(
             seg, folder_lib.ImageFolder(str(root), max_pixels=10**6), max_upload_bytes=1
-        )
+        ),
+        base_url=LOCAL,
     )
     meta = c.get("/api/image", params={"id": "case.nii.gz"}).json()
     assert meta["n_slices"] == 3 and meta["spacing"] == pytest.approx([0.8, 0.8])
@@ -383,7 +418,7 @@ def test_a_dicom_series_folder_is_one_volume_saved_as_nifti_beside_it(seg, tmp_p
     for bad in ("mixed", "linked"):
         with pytest.raises(folder_lib.FolderError):
             images.resolve(bad)
-    c = TestClient(server.create_app(seg, images, max_upload_bytes=1))
+    c = TestClient(server.create_app(seg, images, max_upload_bytes=1), base_url=LOCAL)
     meta = c.get("/api/image", params={"id": "case1"}).json()
     assert meta["n_slices"] == 4
     pts = [[float(x), float(y)] for x, y in targets.extreme_points(masks[2])]
@@ -414,7 +449,8 @@ def test_dicom_saves_a_dicom_seg_that_references_the_source(seg, tmp_path):
     c = TestClient(
         server.create_app(
             seg, folder_lib.ImageFolder(str(root), max_pixels=10**6), max_upload_bytes=1
-        )
+        ),
+        base_url=LOCAL,
     )
     r = c.post("/api/save", json={"id": "im.dcm", "revision": 0, "objects": [obj("liver")]})
     assert r.status_code == 200, r.text
@@ -464,7 +500,8 @@ def test_corrections_reach_the_model_and_the_saved_annotation(click_seg, images)
             click_seg,
             folder_lib.ImageFolder(str(images), max_pixels=64 * 64),
             max_upload_bytes=1000,
-        )
+        ),
+        base_url=LOCAL,
     )
     info = client.get("/api/info").json()
     assert info["model"]["takes_corrections"] and info["limits"]["max_corrections"] == 24
@@ -529,7 +566,7 @@ def test_an_object_propagated_through_a_volume_is_saved_on_every_slice_it_reache
     from dlset_jax import volume
 
     images = folder_lib.ImageFolder(str(volume_folder), max_pixels=10**6)
-    c = TestClient(server.create_app(click_seg, images, max_upload_bytes=1))
+    c = TestClient(server.create_app(click_seg, images, max_upload_bytes=1), base_url=LOCAL)
     frames = images.load("v.nii").frames
     on = {"3": [[30, 31, 1], [60, 60, -1]], "1": [[5, 6, -1]]}  # JSON keys are strings
     own = [[31, 30, 1]]
@@ -583,7 +620,7 @@ def test_bad_3d_objects_are_refused_and_write_nothing(
     click_seg, volume_folder, image_id, bad, needle
 ):
     images = folder_lib.ImageFolder(str(volume_folder), max_pixels=10**6)
-    c = TestClient(server.create_app(click_seg, images, max_upload_bytes=1))
+    c = TestClient(server.create_app(click_seg, images, max_upload_bytes=1), base_url=LOCAL)
     before = tree(volume_folder)
     r = c.post("/api/segment", json={"id": image_id, **bad})
     assert r.status_code == 400 and needle in r.json()["error"], r.text
@@ -594,7 +631,7 @@ def test_bad_3d_objects_are_refused_and_write_nothing(
 
 def test_clicks_on_other_slices_are_refused_by_a_model_without_click_channels(seg, volume_folder):
     images = folder_lib.ImageFolder(str(volume_folder), max_pixels=10**6)
-    c = TestClient(server.create_app(seg, images, max_upload_bytes=1))
+    c = TestClient(server.create_app(seg, images, max_upload_bytes=1), base_url=LOCAL)
     before = tree(volume_folder)
     bad = propagated(corrections_on={"3": [[30, 31, 1]]})
     for path, body in (
@@ -632,7 +669,8 @@ def test_a_volume_is_annotated_along_any_axis_and_saved_in_the_files_orientation
     c = TestClient(
         server.create_app(
             seg, folder_lib.ImageFolder(str(root), max_pixels=10**6), max_upload_bytes=1
-        )
+        ),
+        base_url=LOCAL,
     )
 
     def cut(a, z):  # slice z along axis a, turned as the tool shows it (indexing by hand)
@@ -759,7 +797,7 @@ def test_brush_edits_on_the_slices_of_a_propagated_object(seg, volume_folder):
     from dlset_jax import volume
 
     images = folder_lib.ImageFolder(str(volume_folder), max_pixels=10**6)
-    c = TestClient(server.create_app(seg, images, max_upload_bytes=1))
+    c = TestClient(server.create_app(seg, images, max_upload_bytes=1), base_url=LOCAL)
     frames = images.load("v.nii").frames
     # a lobe painted on the clicked slice, a disc erased on slice 3, one painted beyond
     # the extent

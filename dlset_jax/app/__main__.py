@@ -50,7 +50,15 @@ def main(argv) -> int:
     except (folder.FolderError, checkpoint.CheckpointMismatchError, FileNotFoundError) as e:
         print(f"python -m dlset_jax.app: {e}", file=sys.stderr)
         return 1
-    api = server.create_app(seg, images, max_upload_bytes=FLAGS.max_upload_mb << 20)
+    # bound to this machine alone: only its own names (a rebound domain name is not);
+    # exposed with --host: any name the network gives it
+    local = FLAGS.host in server.LOCAL_HOSTS
+    api = server.create_app(
+        seg,
+        images,
+        max_upload_bytes=FLAGS.max_upload_mb << 20,
+        hosts=server.LOCAL_HOSTS if local else None,
+    )
     sock = socket.socket(socket.AF_INET6 if ":" in FLAGS.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:

@@ -37,7 +37,8 @@ Endpoints (JSON unless said; every error is `{"error": message}` with its status
   POST /api/upload           multipart `file` -> stored as uploads/NAME (never over a file)
 
 Statuses: 400 bad input (clicks, JSON, slice), 403 a path outside the folder or a
-hidden file, 404 unknown image, 409 a save that another tab's save overtook or an
+hidden file or a request addressed to another host name or sent from another site's
+page, 404 unknown image, 409 a save that another tab's save overtook or an
 upload name taken, 413 an image or upload over the limits, 422 a file that cannot be
 read, 500 a model error (the message is shown in the page; the server keeps running).
 """
@@ -104,9 +105,34 @@ class TakingTurns:
                 self._cond.notify_all()
 
 
-def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: int):
-    """The FastAPI application (run it with uvicorn; `__main__` does)."""
+# The names a server bound to this machine alone answers to (the Host header): a page
+# of another site that rebinds its own name to 127.0.0.1 sends its own name.
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _host_name(host: str) -> str:
+    """`Host` header -> its name without the port (`[::1]:8765` -> `::1`)."""
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def create_app(
+    seg: seglib.Segmenter,
+    folder: ImageFolder,
+    *,
+    max_upload_bytes: int,
+    hosts: tuple[str, ...] | None = LOCAL_HOSTS,
+):
+    """The FastAPI application (run it with uvicorn; `__main__` does).
+
+    `hosts`: the host names requests may be addressed to (None: any, for a server the
+    user exposed with `--host`). Whatever the host, a request that changes something
+    (POST) from a page of another origin is refused: any web site could otherwise
+    upload and save into the folder from the user's browser.
+    """
     from typing import Annotated
+    from urllib.parse import urlsplit
 
     from fastapi import FastAPI, File, Query, Request, UploadFile
     from fastapi.exceptions import RequestValidationError
@@ -162,6 +188,22 @@ def create_app(seg: seglib.Segmenter, folder: ImageFolder, *, max_upload_bytes: 
     @app.exception_handler(Exception)
     async def _model_error(request, exc: Exception):
         return error(f"internal error ({type(exc).__name__}: {exc})", 500)
+
+    @app.middleware("http")
+    async def _same_origin(request: Request, call_next):
+        host = request.headers.get("host", "")
+        if hosts is not None and _host_name(host) not in hosts:
+            return error(
+                f"requests to host {host!r} are refused: this server answers as "
+                f"{' / '.join(hosts)} (start it with --host to serve another name)",
+                403,
+            )
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            origin = request.headers.get("origin")
+            cross = request.headers.get("sec-fetch-site") == "cross-site"
+            if cross or (origin is not None and urlsplit(origin).netloc != host):
+                return error(f"a request from another site ({origin}) is refused", 403)
+        return await call_next(request)
 
     @app.middleware("http")
     async def _limit_json(request: Request, call_next):
