@@ -315,6 +315,37 @@ def test_requests_to_another_host_or_from_another_site_are_refused(seg, images, 
     assert r.status_code == 403
 
 
+def test_images_sharing_a_name_stem_are_refused_before_their_outputs_mix(client, images):
+    """a.png and a.jpg would read and write the same a.annotation.json and a.labels.png:
+    opening or saving either is a 409 that names the other; nothing is written."""
+    Image.open(images / "a.png").convert("RGB").save(images / "a.jpg")
+    for image_id, other in (("a.png", "a.jpg"), ("a.jpg", "a.png")):
+        r = client.get("/api/image", params={"id": image_id})
+        assert r.status_code == 409 and f"{other} in the same folder" in r.json()["error"]
+        r = client.post("/api/save", json={"id": image_id, "revision": 0, "objects": [obj()]})
+        assert r.status_code == 409, r.text
+    assert not list(images.glob("a.annotation.json")) and not list(images.glob("a.labels.*"))
+    os.remove(images / "a.jpg")
+    assert client.get("/api/image", params={"id": "a.png"}).status_code == 200
+
+
+def test_a_saved_annotation_that_is_a_link_out_or_not_the_tools_is_refused(
+    client, images, tmp_path
+):
+    (tmp_path / "outside.json").write_text(json.dumps({"revision": 1, "objects": []}))
+    os.symlink(tmp_path / "outside.json", images / "a.annotation.json")
+    r = client.get("/api/image", params={"id": "a.png"})
+    assert r.status_code == 403 and "link out of the folder" in r.json()["error"]
+    os.remove(images / "a.annotation.json")
+    for text in ("[1, 2]", '{"x": 1}', '{"revision": "1", "objects": []}'):
+        (images / "a.annotation.json").write_text(text)
+        r = client.get("/api/image", params={"id": "a.png"})
+        assert r.status_code == 422 and "not an annotation of this tool" in r.json()["error"]
+    (images / "a.annotation.json").write_text("{broken")
+    r = client.get("/api/image", params={"id": "a.png"})
+    assert r.status_code == 422 and "unreadable" in r.json()["error"]
+
+
 def test_upload_stores_a_new_image_once(client, images):
     img, _ = ellipse_image(np.random.default_rng(2))
     r = client.post("/api/upload", files={"file": ("new.png", png(img), "image/png")})

@@ -8,8 +8,9 @@ subfolder holding nothing but the DICOM files of one series (at least two, by th
 "DICM" preamble or a DICOM suffix, none a link out of the folder) is one volume, listed
 and served by the subfolder's id instead of its files.
 
-Saved beside an image `NAME.EXT` (all files of one save written together, atomically,
-`files.atomic_write_files`):
+Saved beside an image `NAME.EXT` (all files of one save written together, each whole
+through a temporary file, none of them where a write fails, `files.atomic_write_files`;
+two inputs of a folder with one NAME are refused, as they would share these files):
   NAME.labels.png       2-D images: the label map (uint8, or uint16 beyond 255
                         labels): 0 background, label k = the k-th label name
   NAME.seg.dcm          DICOM input: a DICOM Segmentation (highdicom) referencing the
@@ -306,16 +307,60 @@ class ImageFolder:
             os.path.dirname(path), segment_files.file_stem(path) + ".annotation.json"
         )
 
+    def _check_own_outputs(self, image_id: str, path: str) -> None:
+        """Refuses `image_id` where another input of its folder has the same name stem
+        (`a.png` and `a.jpg`, `v.nii` and `v.nii.gz`, a series folder `scan/` beside
+        `scan.nii.gz`): they would read and write the same annotation and label map."""
+        folder, stem = os.path.dirname(path), segment_files.file_stem(path)
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            return
+        clash = []
+        for name in sorted(names):
+            other = os.path.join(folder, name)
+            if name.startswith(".") or other == path or segment_files.file_stem(other) != stem:
+                continue
+            if os.path.isdir(other):
+                if self._series_files(other):
+                    clash.append(name + "/")
+            elif name.lower().endswith(INPUT_SUFFIXES) and not name.lower().endswith(
+                LABEL_SUFFIXES
+            ):
+                clash.append(name)
+        if clash:
+            raise FolderError(
+                f"{image_id}: {', '.join(clash)} in the same folder would share its "
+                f"annotation and label map ({stem}.annotation.json, {stem}.labels.*): "
+                "rename one of them",
+                409,
+            )
+
     def annotation(self, image_id: str) -> dict | None:
         """The saved annotation of `image_id`, or None."""
-        p = self.annotation_path(self.resolve(image_id))
-        if not os.path.exists(p):
+        path = self.resolve(image_id)
+        self._check_own_outputs(image_id, path)
+        p = self.annotation_path(path)
+        if not os.path.lexists(p):
             return None
+        if os.path.commonpath([os.path.realpath(p), self.root]) != self.root:
+            raise FolderError(f"{image_id}: its annotation file is a link out of the folder", 403)
         try:
             with open(p) as f:
-                return json.load(f)
+                saved = json.load(f)
         except (OSError, ValueError) as e:
-            raise FolderError(f"{image_id}: saved annotation unreadable ({e})", 500) from None
+            raise FolderError(f"{image_id}: saved annotation unreadable ({e})", 422) from None
+        if not (
+            isinstance(saved, dict)
+            and isinstance(saved.get("revision"), int)
+            and isinstance(saved.get("objects"), list)
+        ):
+            raise FolderError(
+                f"{image_id}: {os.path.basename(p)} is not an annotation of this tool (a "
+                "JSON object with a revision number and a list of objects)",
+                422,
+            )
+        return saved
 
     def save(self, image_id: str, revision: int, objects: list[dict], masks, extra: dict) -> dict:
         """Writes the label map and the annotation of `image_id` together.

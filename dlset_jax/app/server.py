@@ -38,9 +38,10 @@ Endpoints (JSON unless said; every error is `{"error": message}` with its status
 
 Statuses: 400 bad input (clicks, JSON, slice), 403 a path outside the folder or a
 hidden file or a request addressed to another host name or sent from another site's
-page, 404 unknown image, 409 a save that another tab's save overtook or an
-upload name taken, 413 an image or upload over the limits, 422 a file that cannot be
-read, 500 a model error (the message is shown in the page; the server keeps running).
+page, 404 unknown image, 409 a save that another tab's save overtook, an upload name
+taken or an image whose name stem another input of its folder shares (`a.png` and
+`a.jpg`: one annotation and label map for both), 413 an image or upload over the
+limits, 422 a file (or a saved annotation) that cannot be read, 500 a model error (the message is shown in the page; the server keeps running).
 """
 
 import functools
