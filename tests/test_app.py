@@ -329,6 +329,17 @@ def test_images_sharing_a_name_stem_are_refused_before_their_outputs_mix(client,
     assert client.get("/api/image", params={"id": "a.png"}).status_code == 200
 
 
+def test_an_image_replaced_on_disk_is_read_again(client, images):
+    """The cache knows a file by its size and time: a new a.png of another size is what
+    the page gets next, and what a save's label map is sized by."""
+    assert client.get("/api/image", params={"id": "a.png"}).json()["width"] == 64
+    new = images / "new.png"
+    new.write_bytes(png(np.zeros((40, 50), np.uint8)))
+    os.replace(new, images / "a.png")
+    meta = client.get("/api/image", params={"id": "a.png"}).json()
+    assert (meta["width"], meta["height"]) == (50, 40)
+
+
 def test_a_saved_annotation_that_is_a_link_out_or_not_the_tools_is_refused(
     client, images, tmp_path
 ):

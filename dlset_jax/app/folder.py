@@ -105,7 +105,7 @@ class ImageFolder:
         if nonfinite not in readers.NONFINITE:
             raise FolderError(f"--nonfinite must be one of {readers.NONFINITE}, got {nonfinite!r}")
         self.nonfinite = nonfinite
-        self._cache: collections.OrderedDict[str, Loaded] = collections.OrderedDict()
+        self._cache: collections.OrderedDict[str, tuple[tuple, Loaded]] = collections.OrderedDict()
         self._cache_size = int(cache_size)
         self._lock = threading.Lock()  # the cache
         self._save_locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
@@ -212,14 +212,18 @@ class ImageFolder:
             raise FolderError(f"axis must be 0, 1 or 2, got {axis}")
         if axis != 2 and kind not in segment_files.VOLUME_KINDS:
             raise FolderError(f"{image_id}: a {kind} is sliced along axis 2 only, not {axis}")
+        stamp = self._stamp(path)
         with self._lock:
-            loaded = self._cache.get(image_id)
-            if loaded is not None:
+            stamped, loaded = self._cache.get(image_id, (None, None))
+            if loaded is not None and stamped == stamp:
                 self._cache.move_to_end(image_id)
+            else:  # not read yet, or the file changed on disk since
+                loaded = None
         if loaded is None:
             loaded = self._read(image_id, path)
             with self._lock:
-                self._cache[image_id] = loaded
+                self._cache[image_id] = (stamp, loaded)
+                self._cache.move_to_end(image_id)
                 while len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
         if axis == loaded.source.get("axis", 2):
@@ -227,6 +231,15 @@ class ImageFolder:
         inp = segment_files.along_axis(loaded.source, axis)
         frames = readers.volume_frames(inp["volume"], axis, inp["rot90"])
         return dataclasses.replace(loaded, frames=frames, spacing=inp["spacing"], source=inp)
+
+    def _stamp(self, path: str) -> tuple:
+        """What tells a changed input from the one in the cache: the file's size and
+        modification time (a series folder: those of each of its files)."""
+        files = self._series_files(path) if os.path.isdir(path) else [path]
+        try:
+            return tuple((os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files)
+        except OSError:
+            return ()
 
     def _read(self, image_id: str, path: str) -> Loaded:
         kind = segment_files.input_kind(path)
