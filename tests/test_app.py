@@ -140,6 +140,7 @@ def test_bad_image_ids_are_refused(client, images, image_id, status, needle):
         r = getattr(client, method)(path, **kwargs)
         assert r.status_code == status, (path, r.text)
         assert needle in r.json()["error"], (path, r.text)
+        assert not r.json()["error"].startswith(f"{image_id}: {image_id}"), r.text
     assert tree(images) == before
 
 
@@ -357,7 +358,7 @@ def test_a_saved_annotation_that_is_a_link_out_or_not_the_tools_is_refused(
     assert r.status_code == 422 and "unreadable" in r.json()["error"]
 
 
-def test_upload_stores_a_new_image_once(client, images):
+def test_upload_stores_a_new_image_once(client, images, seg):
     img, _ = ellipse_image(np.random.default_rng(2))
     r = client.post("/api/upload", files={"file": ("new.png", png(img), "image/png")})
     assert r.status_code == 200 and r.json() == {"id": "uploads/new.png"}
@@ -370,6 +371,7 @@ def test_upload_stores_a_new_image_once(client, images):
         ("x.exe", b"MZ", 400, "expected an image"),
         ("a.labels.png", png(img), 400, "outputs"),
         (".hidden.png", png(img), 400, "expected an image"),
+        ("n" * 300 + ".png", png(img), 400, "at most 200 bytes"),
     ):
         r = client.post("/api/upload", files={"file": (name, data, "application/octet-stream")})
         assert r.status_code == status, (name, r.text)
@@ -379,6 +381,34 @@ def test_upload_stores_a_new_image_once(client, images):
     r = client.post("/api/upload", files={"file": ("../../escape.png", png(img), "image/png")})
     assert r.json() == {"id": "uploads/escape.png"}
     assert not (images.parent / "escape.png").exists()
+    # a file named uploads where the folder would go: a clear refusal, not a 500
+    root2 = images.parent / "other"
+    root2.mkdir()
+    (root2 / "uploads").write_text("")
+    other = TestClient(
+        server.create_app(
+            seg,
+            folder_lib.ImageFolder(str(root2), max_pixels=64 * 64),
+            max_upload_bytes=20_000,
+        ),
+        base_url=LOCAL,
+    )
+    r = other.post("/api/upload", files={"file": ("n.png", png(img), "image/png")})
+    assert r.status_code == 409 and "a file named uploads" in r.json()["error"]
+
+
+def test_uploaded_dicom_files_stay_single_files(client, images):
+    """Two DICOM files uploaded are two images, not one series folder `uploads`."""
+    pytest.importorskip("pydicom")
+    for k in (1, 2):
+        img, _ = ellipse_image(np.random.default_rng(k))
+        dicom_file(images / f"d{k}.dcm", img)
+        data = (images / f"d{k}.dcm").read_bytes()
+        os.remove(images / f"d{k}.dcm")
+        r = client.post("/api/upload", files={"file": (f"d{k}.dcm", data, "application/dicom")})
+        assert r.status_code == 200, r.text
+    ids = {i["id"]: i["kind"] for i in client.get("/api/images").json()["images"]}
+    assert ids["uploads/d1.dcm"] == ids["uploads/d2.dcm"] == "dicom" and "uploads" not in ids
 
 
 def test_a_model_error_is_a_message_and_the_server_keeps_running(seg, images, monkeypatch):
@@ -513,6 +543,9 @@ def test_dicom_saves_a_dicom_seg_that_references_the_source(seg, tmp_path):
     r = c.post("/api/save", json={"id": "bare.dcm", "revision": 0, "objects": [obj()]})
     assert r.status_code == 422 and "StudyInstanceUID" in r.json()["error"], r.text
     assert tree(root) == before
+    # no objects: a Segmentation of no segment is not a DICOM object (400, not a 500)
+    r = c.post("/api/save", json={"id": "im.dcm", "revision": 1, "objects": []})
+    assert r.status_code == 400 and "at least one segment" in r.json()["error"], r.text
 
 
 # ----------------------------------------------------------------- corrective clicks

@@ -168,7 +168,10 @@ class ImageFolder:
 
     def _series_files(self, folder: str) -> list[str]:
         """The files of `folder` if it holds one DICOM series (module doc), else [];
-        decided again only when the folder's entries change (its mtime)."""
+        decided again only when the folder's entries change (its mtime). `uploads/` is
+        never a series: its DICOM files are the single files users uploaded."""
+        if folder == os.path.join(self.root, "uploads"):
+            return []
         try:
             mtime = os.stat(folder).st_mtime_ns
         except OSError:
@@ -249,7 +252,10 @@ class ImageFolder:
                 path, kind, page=0 if kind == "image" else None, nonfinite=self.nonfinite
             )
         except (readers.DataError, segment_files.RequestError) as e:
-            raise FolderError(f"{image_id}: {e}".replace(path, image_id), 422) from None
+            message = str(e).replace(path, image_id)  # the reader names the file already
+            if not message.startswith(image_id):
+                message = f"{image_id}: {message}"
+            raise FolderError(message, 422) from None
         is_volume = kind in segment_files.VOLUME_KINDS
         if is_volume:  # a view of the volume, not a copy
             frames = readers.volume_frames(inp["volume"], inp["axis"], inp["rot90"])
@@ -462,7 +468,11 @@ class ImageFolder:
                 "(--max_upload_mb)",
                 413,
             )
+        if len(base.encode()) > 200:  # the check file's name adds to it; file systems stop at 255
+            raise FolderError(f"upload {name[:40]!r}...: a file name of at most 200 bytes, please")
         folder = os.path.join(self.root, "uploads")
+        if os.path.lexists(folder) and not os.path.isdir(folder):
+            raise FolderError("uploads refused: the image folder holds a file named uploads", 409)
         os.makedirs(folder, exist_ok=True)
         if os.path.realpath(folder) != folder:
             raise FolderError("uploads/ is a link: uploads refused", 403)
@@ -494,6 +504,11 @@ def dicom_seg_bytes(source_path: str, labels: np.ndarray, names: list[str]) -> b
 
     import dlset_jax
 
+    if not names:
+        raise FolderError(
+            f"{os.path.basename(source_path)}: a DICOM Segmentation holds at least one "
+            "segment; keep an object, or delete the .seg.dcm file to clear it (nothing saved)"
+        )
     source = pydicom.dcmread(source_path)
     algorithm = hd.AlgorithmIdentificationSequence(
         name="dlset_jax deep level set",
