@@ -715,6 +715,7 @@ def test_clicks_on_other_slices_are_refused_by_a_model_without_click_channels(se
     ):
         r = c.post(path, json=body)
         assert r.status_code == 400 and "takes no corrective clicks" in r.json()["error"], r.text
+        assert not re.match(r"object \d+: object", r.json()["error"]), r.text
     assert tree(volume_folder) == before
     r = c.post("/api/segment", json={"id": "v.nii", **propagated(extent=None)})
     assert r.status_code == 200 and r.json()["stops"], r.text

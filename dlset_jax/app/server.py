@@ -333,7 +333,10 @@ def create_app(
                 spacing=im.spacing,
             )
         except ValueError as e:
-            raise FolderError(f"object {k}: {e}") from None
+            message = str(e)  # the model's refusal names its object already
+            raise FolderError(
+                message if message.startswith("object ") else f"object {k}: {e}"
+            ) from None
 
     def check_flat(obj, k):
         other_slices = obj["corrections_on"] or obj["edits_on"]
