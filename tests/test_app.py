@@ -74,11 +74,16 @@ def images(tmp_path):
     return root
 
 
+def local_client(seg, root, *, max_pixels=64 * 64, max_upload_bytes=20_000, **kwargs):
+    """A client of the tool over the folder `root`, addressed as the server's own name."""
+    folder = folder_lib.ImageFolder(str(root), max_pixels=max_pixels)
+    app = server.create_app(seg, folder, max_upload_bytes=max_upload_bytes, **kwargs)
+    return TestClient(app, base_url=LOCAL)
+
+
 @pytest.fixture
 def client(seg, images):
-    folder = folder_lib.ImageFolder(str(images), max_pixels=64 * 64)
-    app = server.create_app(seg, folder, max_upload_bytes=20_000)
-    return TestClient(app, base_url=LOCAL)
+    return local_client(seg, images)
 
 
 def test_page_and_static_files_are_served(client):
@@ -385,14 +390,7 @@ def test_upload_stores_a_new_image_once(client, images, seg):
     root2 = images.parent / "other"
     root2.mkdir()
     (root2 / "uploads").write_text("")
-    other = TestClient(
-        server.create_app(
-            seg,
-            folder_lib.ImageFolder(str(root2), max_pixels=64 * 64),
-            max_upload_bytes=20_000,
-        ),
-        base_url=LOCAL,
-    )
+    other = local_client(seg, root2)
     r = other.post("/api/upload", files={"file": ("n.png", png(img), "image/png")})
     assert r.status_code == 409 and "a file named uploads" in r.json()["error"]
 
@@ -570,14 +568,7 @@ def click_seg(random_click_model):
 
 
 def test_corrections_reach_the_model_and_the_saved_annotation(click_seg, images):
-    client = TestClient(
-        server.create_app(
-            click_seg,
-            folder_lib.ImageFolder(str(images), max_pixels=64 * 64),
-            max_upload_bytes=1000,
-        ),
-        base_url=LOCAL,
-    )
+    client = local_client(click_seg, images, max_upload_bytes=1000)
     info = client.get("/api/info").json()
     assert info["model"]["takes_corrections"] and info["limits"]["max_corrections"] == 24
     img = np.asarray(Image.open(images / "a.png"))
