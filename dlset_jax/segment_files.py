@@ -560,6 +560,8 @@ def run(req: Request) -> dict:
     files, per_object, metrics, slices = {}, {}, [], []
     clicked_truth = {}  # object -> its ground truth on its clicked slice
     volume_metrics = None  # propagated objects scored through the volume
+    # objects are numbered over the whole call, so the label type is the call's
+    dtype = np.uint8 if len(objects) < 256 else np.uint16
     for i in sorted(groups, key=lambda v: -1 if v is None else v):
         ks = groups[i]
         res = seg.segment(
@@ -594,8 +596,6 @@ def run(req: Request) -> dict:
                 metrics.append(dict(rec, **({"slice": i} if i is not None else {})))
         name = f"{stem}_overlay.png" if i is None else f"{stem}_overlay_slice{i:03d}.png"
         files[name] = png_bytes(segmenter.overlay_image(frames[i], res))
-        # objects are numbered over the whole call, so the label type is the call's
-        dtype = np.uint8 if len(objects) < 256 else np.uint16
         if kind in VOLUME_KINDS:
             slices[-1]["label_map"] = res.label_map(dtype)
         else:  # a multi-frame DICOM: one label map per clicked frame, as the overlays

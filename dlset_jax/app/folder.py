@@ -84,6 +84,17 @@ class Loaded:
         return self.frames[z]
 
 
+def _input_name(name: str) -> bool:
+    """Whether a file name is one the tool lists: an image, volume or DICOM file, not
+    hidden, not one of its own outputs."""
+    low = name.lower()
+    return (
+        not name.startswith(".")
+        and low.endswith(INPUT_SUFFIXES)
+        and not low.endswith(LABEL_SUFFIXES)
+    )
+
+
 class ImageFolder:
     """The folder of images one tool instance annotates.
 
@@ -147,10 +158,7 @@ class ImageFolder:
                 out.append({"id": rel, "kind": "dicom_series", "annotated": annotated})
                 continue  # its files are slices of that volume, not images of their own
             for name in sorted(filenames):
-                low = name.lower()
-                if name.startswith(".") or not low.endswith(INPUT_SUFFIXES):
-                    continue
-                if low.endswith(LABEL_SUFFIXES):
+                if not _input_name(name):
                     continue
                 rel = os.path.relpath(os.path.join(dirpath, name), self.root).replace(os.sep, "/")
                 try:
@@ -240,9 +248,10 @@ class ImageFolder:
         modification time (a series folder: those of each of its files)."""
         files = self._series_files(path) if os.path.isdir(path) else [path]
         try:
-            return tuple((os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files)
+            stats = [os.stat(f) for f in files]
         except OSError:
             return ()
+        return tuple((st.st_size, st.st_mtime_ns) for st in stats)
 
     def _read(self, image_id: str, path: str) -> Loaded:
         kind = segment_files.input_kind(path)
@@ -343,9 +352,7 @@ class ImageFolder:
             if os.path.isdir(other):
                 if self._series_files(other):
                     clash.append(name + "/")
-            elif name.lower().endswith(INPUT_SUFFIXES) and not name.lower().endswith(
-                LABEL_SUFFIXES
-            ):
+            elif _input_name(name):
                 clash.append(name)
         if clash:
             raise FolderError(

@@ -41,7 +41,8 @@ hidden file or a request addressed to another host name or sent from another sit
 page, 404 unknown image, 409 a save that another tab's save overtook, an upload name
 taken or an image whose name stem another input of its folder shares (`a.png` and
 `a.jpg`: one annotation and label map for both), 413 an image or upload over the
-limits, 422 a file (or a saved annotation) that cannot be read, 500 a model error (the message is shown in the page; the server keeps running).
+limits, 422 a file (or a saved annotation) that cannot be read, 500 a model error
+(the message is shown in the page; the server keeps running).
 """
 
 import functools
